@@ -1,0 +1,107 @@
+use std::fmt;
+use std::io;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The object does not exist.
+    NotFound,
+    /// `PutMode::Create` found the object present.
+    AlreadyExists,
+    /// A byte range beyond the end of the object.
+    InvalidRange,
+    /// The key is not a valid object key.
+    InvalidKey,
+    /// Credentials or permissions were refused.
+    PermissionDenied,
+    /// The location or the backend settings are wrong.
+    InvalidConfig,
+    /// A failure that may go away if retried (network, throttling, timeouts).
+    Transient,
+    /// Anything else; retrying will not help.
+    Other,
+}
+
+/// A backend error: its kind, the object key if there is one, and the cause.
+#[derive(Debug)]
+pub struct Error {
+    kind: ErrorKind,
+    key: Option<String>,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error { kind, key: None, message: message.into(), source: None }
+    }
+
+    pub fn with_key(mut self, key: &str) -> Error {
+        self.key = Some(key.to_string());
+        self
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Error {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn not_found(key: &str) -> Error {
+        Error::new(ErrorKind::NotFound, "object not found").with_key(key)
+    }
+
+    /// Classify an I/O error on `key`.
+    pub fn io(key: &str, err: io::Error) -> Error {
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ErrorKind::Transient,
+            _ => match err.raw_os_error() {
+                // NFS shares report server trouble as these; they usually pass.
+                Some(libc::EIO | libc::ESTALE | libc::EAGAIN | libc::ETIMEDOUT | libc::ECONNRESET) => {
+                    ErrorKind::Transient
+                }
+                _ => ErrorKind::Other,
+            },
+        };
+        Error { kind, key: Some(key.to_string()), message: err.to_string(), source: None }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(key) => write!(f, "{key}: {}", self.message)?,
+            None => write!(f, "{}", self.message)?,
+        }
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
