@@ -1,0 +1,371 @@
+//! Backup: a file tree or a stream into a new snapshot.
+//!
+//! The pipeline (one thread each unless noted):
+//!
+//! ```text
+//! walker ──items──▶ assembler ──tree blobs──▶ saver ──packs──▶ uploaders (N)
+//!    └──file jobs──▶ readers (R) ──chunks──▶ chunk workers (W) ──▶ saver
+//! ```
+//!
+//! The walker visits the source in order and reuses unchanged files'
+//! content from the parent snapshot; readers cut the rest into chunks;
+//! chunk workers deduplicate, compress and seal them; the assembler writes
+//! directory trees in order and checkpoints on a timer. The snapshot is
+//! written last, after every pack and index file it needs
+//! (`docs/format.md` §12).
+
+mod assembler;
+mod reader;
+pub mod saver;
+mod walker;
+
+use std::io::Read;
+use std::path::{Component, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use self::assembler::Assembler;
+use self::reader::{ChunkJob, FileJob, ReadContext, chunk_worker, read_file};
+use self::saver::Saver;
+use self::walker::{ParentDir, PathTrie, Walker, scan_totals};
+use crate::error::{Error, Result};
+use crate::filter::PathFilter;
+use crate::id::SnapshotId;
+use crate::index::WriteIndex;
+use crate::progress::{CancelToken, Progress};
+use crate::repository::Repository;
+use crate::session::Session;
+use crate::snapshot::{Snapshot, SnapshotKind, Summary};
+
+/// Which files get fixed-size chunks instead of content-defined ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FixedChunking {
+    /// Sparse files and disk images (`.raw`, `.img`, `.qcow2`, …).
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// Which snapshot to compare against.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ParentChoice {
+    /// The newest snapshot of the same host and paths.
+    #[default]
+    Latest,
+    /// Read every file.
+    None,
+    Snapshot(SnapshotId),
+}
+
+/// What to back up.
+pub enum BackupSource {
+    /// Files and directories; relative paths are made absolute.
+    Paths(Vec<PathBuf>),
+    /// A byte stream, stored as one file named `filename`.
+    Stream { reader: Box<dyn Read + Send>, filename: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub tags: Vec<String>,
+    /// Recorded host name; defaults to this machine's.
+    pub hostname: Option<String>,
+    pub excludes: Vec<String>,
+    pub parent: ParentChoice,
+    pub fixed_chunking: FixedChunking,
+    pub checkpoint_interval: Duration,
+    /// Snapshot time; defaults to now.
+    pub time: Option<DateTime<Utc>>,
+    /// Count files and bytes first, for progress totals.
+    pub scan_totals: bool,
+    pub readers: usize,
+    pub workers: usize,
+    pub uploaders: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        BackupOptions {
+            tags: Vec::new(),
+            hostname: None,
+            excludes: Vec::new(),
+            parent: ParentChoice::Latest,
+            fixed_chunking: FixedChunking::Auto,
+            checkpoint_interval: Duration::from_secs(300),
+            time: None,
+            scan_totals: true,
+            readers: 2,
+            workers: cores,
+            uploaders: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    pub id: SnapshotId,
+    pub snapshot: Snapshot,
+    pub parent: Option<SnapshotId>,
+    /// The checkpoint of an interrupted backup that this one resumed.
+    pub resumed: Option<SnapshotId>,
+}
+
+/// Make paths absolute and lexically normal (no `.`/`..`), without
+/// resolving symlinks, so the snapshot records what the user named.
+pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+    let mut out = Vec::new();
+    for p in paths {
+        let joined = if p.is_absolute() { p.clone() } else { cwd.join(p) };
+        let mut norm = PathBuf::from("/");
+        for comp in joined.components() {
+            match comp {
+                Component::ParentDir => {
+                    norm.pop();
+                }
+                Component::Normal(c) => norm.push(c),
+                _ => {}
+            }
+        }
+        out.push(norm);
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn path_strings(paths: &[PathBuf]) -> Vec<String> {
+    paths.iter().map(|p| p.to_string_lossy().into_owned()).collect()
+}
+
+/// Run a backup and write its snapshot.
+pub fn run(
+    repo: &Repository,
+    source: BackupSource,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<BackupOutcome> {
+    let started = Instant::now();
+    let excludes = PathFilter::new(&options.excludes)?;
+    let (kind, paths) = match &source {
+        BackupSource::Paths(paths) => {
+            if paths.is_empty() {
+                return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+            }
+            let abs = absolute_paths(paths)?;
+            for p in &abs {
+                if let Err(e) = crate::sys::lstat(p) {
+                    return Err(Error::Invalid(format!("cannot back up {}: {e}", p.display())));
+                }
+            }
+            (SnapshotKind::Files, abs)
+        }
+        BackupSource::Stream { filename, .. } => {
+            if !crate::tree::valid_name(filename.as_bytes()) {
+                return Err(Error::Invalid(format!("{filename:?} is not a valid file name for the stream")));
+            }
+            (SnapshotKind::Stream, vec![PathBuf::from("/").join(filename)])
+        }
+    };
+    let hostname = options.hostname.clone().unwrap_or_else(crate::util::hostname);
+    let path_names = path_strings(&paths);
+
+    // The marker goes first: a prune that starts after it will wait for us;
+    // one that started before has already removed what it doomed from the
+    // index we load next (docs/format.md §13).
+    let session = Session::start(repo, "backup")?;
+    let index = Arc::new(repo.load_index()?);
+
+    let template = Snapshot {
+        version: 1,
+        time: options.time.unwrap_or_else(Utc::now),
+        hostname: hostname.clone(),
+        username: crate::util::username(),
+        // SAFETY: getuid/getgid have no preconditions.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        paths: path_names.clone(),
+        tags: options.tags.clone(),
+        kind,
+        tree: crate::id::BlobId([0; 32]),
+        parent: None,
+        session: session.id(),
+        excludes: options.excludes.clone(),
+        program_version: concat!("backstop ", env!("CARGO_PKG_VERSION")).to_string(),
+        summary: Summary::default(),
+    };
+
+    // Parents: the latest snapshot of the same source, and a newer
+    // checkpoint of an interrupted backup of it.
+    let mut parent_id = None;
+    let mut resumed = None;
+    let mut parent_trees = Vec::new();
+    if kind == SnapshotKind::Files {
+        let parent = match &options.parent {
+            ParentChoice::None => None,
+            ParentChoice::Snapshot(id) => Some((*id, repo.load_snapshot(id)?)),
+            ParentChoice::Latest => repo.snapshots()?.into_iter().rev().find(|(_, s)| s.same_source(&template)),
+        };
+        if options.parent != ParentChoice::None {
+            let newer_than = parent.as_ref().map(|(_, s)| s.time);
+            resumed = repo
+                .checkpoints()?
+                .into_iter()
+                .rev()
+                .find(|(_, c)| c.same_source(&template) && newer_than.is_none_or(|t| c.time > t));
+        }
+        if let Some((id, cp)) = &resumed {
+            progress.info(&format!("resuming the interrupted backup from checkpoint {}", id.short()));
+            match repo.load_tree(&index, &cp.tree) {
+                Ok(tree) => parent_trees.push(Arc::new(tree)),
+                Err(e) => progress.info(&format!("checkpoint {} is unusable: {e}", id.short())),
+            }
+        }
+        if let Some((id, p)) = &parent {
+            progress.info(&format!("using parent snapshot {}", id.short()));
+            parent_id = Some(*id);
+            match repo.load_tree(&index, &p.tree) {
+                Ok(tree) => parent_trees.push(Arc::new(tree)),
+                Err(e) => progress.info(&format!("parent snapshot {} is unusable: {e}", id.short())),
+            }
+        }
+    }
+
+    let write_index = Arc::new(WriteIndex::new(index.clone()));
+    let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders)?;
+    let warnings = AtomicU64::new(0);
+    let bytes_read = AtomicU64::new(0);
+    let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
+
+    let trie = PathTrie::new(&paths);
+    let result: Result<(crate::id::BlobId, Summary)> = std::thread::scope(|s| {
+        let (item_tx, item_rx) = crossbeam_channel::bounded(8192);
+        let (file_tx, file_rx) = crossbeam_channel::bounded::<FileJob>(256);
+        let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<ChunkJob>(options.workers.max(1) * 2);
+
+        for _ in 0..options.workers.max(1) {
+            let rx = chunk_rx.clone();
+            let saver = &saver;
+            s.spawn(move || chunk_worker(saver, rx));
+        }
+        drop(chunk_rx);
+        for _ in 0..options.readers.max(1) {
+            let rx = file_rx.clone();
+            let chunk_tx = chunk_tx.clone();
+            let (saver, bytes_read) = (&saver, &bytes_read);
+            let cdc = repo.cdc();
+            let fixed_size = repo.config().fixed_chunk_size as usize;
+            s.spawn(move || {
+                let ctx = ReadContext { saver, chunks: &chunk_tx, cdc, fixed_size, cancel, progress, bytes_read };
+                for job in rx {
+                    let reply = job.reply.clone();
+                    let outcome =
+                        if cancel.is_cancelled() { reader::FileOutcome::Cancelled } else { read_file(&ctx, job) };
+                    let _ = reply.send(outcome);
+                }
+            });
+        }
+        drop((file_rx, chunk_tx));
+
+        if options.scan_totals && kind == SnapshotKind::Files {
+            let (trie, excludes) = (&trie, &excludes);
+            s.spawn(move || scan_totals(trie, excludes, cancel, progress));
+        }
+
+        let assembler = {
+            let saver = &saver;
+            let template = &template;
+            let own = &mut own_checkpoints;
+            let checkpoint_interval = options.checkpoint_interval;
+            s.spawn(move || {
+                let mut assembler = Assembler::new(saver, progress, cancel, checkpoint_interval);
+                let mut checkpoint = |root: crate::id::BlobId| -> Result<()> {
+                    saver.flush()?;
+                    saver.write_index(Vec::new())?;
+                    let mut manifest = template.clone();
+                    manifest.tree = root;
+                    manifest.time = Utc::now();
+                    let id = repo.save_manifest(saver.sealer(), &manifest, true)?;
+                    for old in own.drain(..) {
+                        let _ = repo.delete_checkpoint(&old);
+                    }
+                    own.push(id);
+                    progress.info(&format!("checkpoint {} written", id.short()));
+                    Ok(())
+                };
+                let root = assembler.run(item_rx, &mut checkpoint);
+                root.map(|r| (r, assembler.summary))
+            })
+        };
+
+        let mut walker =
+            Walker::new(repo, &index, &excludes, options.fixed_chunking, item_tx, file_tx, cancel, progress, &warnings);
+        match source {
+            BackupSource::Paths(_) => walker.walk_paths(&trie, ParentDir::new(parent_trees)),
+            BackupSource::Stream { reader, filename } => {
+                let _ = walker.walk_stream(&filename, reader);
+            }
+        }
+        drop(walker); // closes the channels: the pipeline drains and ends
+        assembler.join().expect("the assembler thread panicked")
+    });
+
+    let (root, mut summary) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            drop(saver);
+            let _ = session.end();
+            return Err(e);
+        }
+    };
+    saver.flush()?;
+    saver.write_index(Vec::new())?;
+
+    // If our heartbeat lapsed, a prune may have counted us as dead and
+    // removed packs we reference; make sure they are all still there.
+    if session.may_have_lapsed() {
+        session.refresh()?;
+        verify_packs_exist(repo, &saver)?;
+    }
+
+    summary.warnings += warnings.load(Ordering::Relaxed);
+    summary.bytes_read = bytes_read.load(Ordering::Relaxed);
+    summary.data_blobs_added = saver.stats.data_blobs_added.load(Ordering::Relaxed);
+    summary.bytes_added = saver.stats.bytes_added.load(Ordering::Relaxed);
+    summary.bytes_added_stored = saver.stats.bytes_added_stored.load(Ordering::Relaxed);
+    summary.duration_ms = started.elapsed().as_millis() as u64;
+    let mut snapshot = template;
+    snapshot.tree = root;
+    snapshot.parent = parent_id;
+    snapshot.summary = summary;
+    let id = repo.save_manifest(saver.sealer(), &snapshot, false)?;
+    drop(saver);
+
+    for cp in own_checkpoints.iter().chain(resumed.as_ref().map(|(id, _)| id)) {
+        let _ = repo.delete_checkpoint(cp);
+    }
+    session.end()?;
+    Ok(BackupOutcome { id, snapshot, parent: parent_id, resumed: resumed.map(|(id, _)| id) })
+}
+
+/// Every pack this session relies on through the index it loaded must
+/// still exist.
+fn verify_packs_exist(repo: &Repository, saver: &Saver) -> Result<()> {
+    let present: std::collections::HashSet<String> = repo.backend().list("data/")?.into_iter().map(|m| m.key).collect();
+    for pack in saver.index().base().packs() {
+        let key = crate::pack::pack_key(pack);
+        if !present.contains(&key) {
+            return Err(Error::Invalid(format!(
+                "pack {} disappeared while this backup ran (a prune took the backup for dead); run the backup again",
+                pack.short()
+            )));
+        }
+    }
+    Ok(())
+}

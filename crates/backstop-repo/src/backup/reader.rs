@@ -1,0 +1,336 @@
+//! Reading one file (or stream) into chunks. The reader thread cuts chunks;
+//! the chunk workers hash, deduplicate, compress and seal them in parallel;
+//! the [`Collector`] puts their references back in order.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::saver::Saver;
+use crate::chunker::{Cdc, Cut, StreamChunker, is_zero};
+use crate::error::{Error, Result};
+use crate::pack::BlobKind;
+use crate::progress::{CancelToken, Progress};
+use crate::sys::{self, Stat};
+use crate::tree::ContentRef;
+
+pub(crate) enum FileSource {
+    Path(PathBuf),
+    Stream(Mutex<Option<Box<dyn Read + Send>>>),
+}
+
+/// A file to read, sent from the walker to a reader thread.
+pub(crate) struct FileJob {
+    pub source: FileSource,
+    /// What the walker saw; `None` for streams.
+    pub stat: Option<Stat>,
+    /// Content already stored by an interrupted backup (a checkpoint's
+    /// partial node): reading resumes after it.
+    pub resume: Vec<ContentRef>,
+    pub fixed: bool,
+    /// The finished prefix of the content, for checkpoints.
+    pub prefix: Arc<Mutex<Vec<ContentRef>>>,
+    pub reply: Sender<FileOutcome>,
+}
+
+pub(crate) enum FileOutcome {
+    Done {
+        content: Vec<ContentRef>,
+        size: u64,
+    },
+    /// Could not be read; the message names the problem. The backup goes on.
+    Failed(String),
+    /// A fatal error (the repository, not the source, failed).
+    Fatal(Error),
+    Cancelled,
+}
+
+/// A chunk for the chunk workers.
+pub(crate) struct ChunkJob {
+    pub data: Vec<u8>,
+    pub seq: usize,
+    pub reply: Sender<(usize, Result<ContentRef>)>,
+}
+
+/// Chunk worker: store each chunk (zero chunks are not stored).
+pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>) {
+    for job in jobs {
+        let len = job.data.len() as u64;
+        let result = if is_zero(&job.data) {
+            Ok(ContentRef::Zero { len })
+        } else {
+            saver.save(BlobKind::Data, &job.data).map(|(id, _)| ContentRef::Data { id, len })
+        };
+        let _ = job.reply.send((job.seq, result));
+    }
+}
+
+pub(crate) struct ReadContext<'a> {
+    pub saver: &'a Saver,
+    pub chunks: &'a Sender<ChunkJob>,
+    pub cdc: &'a Cdc,
+    pub fixed_size: usize,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a dyn Progress,
+    pub bytes_read: &'a AtomicU64,
+}
+
+/// Puts chunk results back in order and publishes the finished prefix.
+struct Collector<'a> {
+    ctx: &'a ReadContext<'a>,
+    reply_tx: Sender<(usize, Result<ContentRef>)>,
+    reply_rx: Receiver<(usize, Result<ContentRef>)>,
+    ready: BTreeMap<usize, ContentRef>,
+    next_seq: usize,
+    next_emit: usize,
+    content: Vec<ContentRef>,
+    prefix: Arc<Mutex<Vec<ContentRef>>>,
+}
+
+impl<'a> Collector<'a> {
+    fn new(ctx: &'a ReadContext<'a>, resume: Vec<ContentRef>, prefix: Arc<Mutex<Vec<ContentRef>>>) -> Collector<'a> {
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        *prefix.lock().unwrap_or_else(|e| e.into_inner()) = resume.clone();
+        Collector {
+            ctx,
+            reply_tx,
+            reply_rx,
+            ready: BTreeMap::new(),
+            next_seq: 0,
+            next_emit: 0,
+            content: resume,
+            prefix,
+        }
+    }
+
+    fn zero(&mut self, len: u64) {
+        if len > 0 {
+            self.ready.insert(self.next_seq, ContentRef::Zero { len });
+            self.next_seq += 1;
+            self.ctx.progress.advance(0, len);
+        }
+    }
+
+    fn submit(&mut self, data: Vec<u8>) -> Result<()> {
+        let len = data.len() as u64;
+        self.ctx.bytes_read.fetch_add(len, Ordering::Relaxed);
+        let job = ChunkJob { data, seq: self.next_seq, reply: self.reply_tx.clone() };
+        self.next_seq += 1;
+        self.ctx.chunks.send(job).map_err(|_| Error::Invalid("the chunk workers stopped".into()))?;
+        self.ctx.progress.advance(0, len);
+        while let Ok((seq, result)) = self.reply_rx.try_recv() {
+            self.ready.insert(seq, result?);
+        }
+        self.emit();
+        Ok(())
+    }
+
+    fn emit(&mut self) {
+        let start = self.content.len();
+        while let Some(c) = self.ready.remove(&self.next_emit) {
+            self.content.push(c);
+            self.next_emit += 1;
+        }
+        if self.content.len() > start {
+            self.prefix.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&self.content[start..]);
+        }
+    }
+
+    fn finish(mut self) -> Result<Vec<ContentRef>> {
+        while self.next_emit + self.ready.len() < self.next_seq {
+            let (seq, result) = self.reply_rx.recv().map_err(|_| Error::Invalid("the chunk workers stopped".into()))?;
+            self.ready.insert(seq, result?);
+        }
+        self.emit();
+        Ok(merge_zero_runs(self.content))
+    }
+}
+
+fn merge_zero_runs(content: Vec<ContentRef>) -> Vec<ContentRef> {
+    let mut out: Vec<ContentRef> = Vec::with_capacity(content.len());
+    for c in content {
+        match (out.last_mut(), c) {
+            (Some(ContentRef::Zero { len: a }), ContentRef::Zero { len: b }) => *a += b,
+            (_, c) if c.is_empty() => {}
+            (_, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// Read one file job to the end.
+pub(crate) fn read_file(ctx: &ReadContext, job: FileJob) -> FileOutcome {
+    match read(ctx, &job) {
+        Ok(outcome) => outcome,
+        Err(Error::Cancelled) => FileOutcome::Cancelled,
+        Err(e) => FileOutcome::Fatal(e),
+    }
+}
+
+fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
+    let start: u64 = job.resume.iter().map(ContentRef::len).sum();
+    let collector = Collector::new(ctx, job.resume.clone(), job.prefix.clone());
+    match &job.source {
+        FileSource::Stream(stream) => {
+            let Some(mut reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return Ok(FileOutcome::Failed("the stream was already consumed".into()));
+            };
+            let content = match cdc_chunks(ctx, &mut reader, collector)? {
+                Ok(content) => content,
+                Err(message) => return Ok(FileOutcome::Failed(message)),
+            };
+            let size = content.iter().map(ContentRef::len).sum();
+            Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
+        }
+        FileSource::Path(path) => {
+            let file = match sys::open_read(path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(FileOutcome::Failed("vanished before it could be read".into()));
+                }
+                Err(e) => return Ok(FileOutcome::Failed(format!("cannot open: {e}"))),
+            };
+            let before = match sys::fstat(&file) {
+                Ok(st) => st,
+                Err(e) => return Ok(FileOutcome::Failed(format!("cannot stat: {e}"))),
+            };
+            if !before.is_file() || job.stat.is_some_and(|s| s.ino != before.ino || s.dev != before.dev) {
+                return Ok(FileOutcome::Failed("was replaced while the backup ran".into()));
+            }
+            let result = if job.fixed {
+                fixed_chunks(ctx, &file, &before, start, collector)?
+            } else {
+                let mut reader = &file;
+                if start > 0 {
+                    reader.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
+                }
+                cdc_chunks(ctx, &mut reader, collector)?
+            };
+            let content = match result {
+                Ok(content) => content,
+                Err(message) => return Ok(FileOutcome::Failed(message)),
+            };
+            let size: u64 = content.iter().map(ContentRef::len).sum();
+            if let Ok(after) = sys::fstat(&file)
+                && (after.mtime_ns != before.mtime_ns || after.size != size)
+            {
+                ctx.progress.warning(path, "changed while it was read; the snapshot holds what was read");
+            }
+            Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
+        }
+    }
+}
+
+/// Content-defined chunks. The outer error is fatal; the inner one is a
+/// read error of this file.
+fn cdc_chunks(
+    ctx: &ReadContext,
+    reader: &mut dyn Read,
+    mut collector: Collector,
+) -> Result<std::result::Result<Vec<ContentRef>, String>> {
+    let mut chunker = StreamChunker::new(reader, Cut::Cdc(ctx.cdc));
+    loop {
+        if ctx.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        match chunker.next_chunk() {
+            Ok(Some(chunk)) => collector.submit(chunk)?,
+            Ok(None) => break,
+            Err(e) => return Ok(Err(format!("read error: {e}"))),
+        }
+    }
+    Ok(Ok(collector.finish()?))
+}
+
+/// Fixed-size chunks at offsets that are multiples of the chunk size, with
+/// holes skipped (never read) and recorded as zero runs.
+fn fixed_chunks(
+    ctx: &ReadContext,
+    file: &File,
+    stat: &Stat,
+    start: u64,
+    mut collector: Collector,
+) -> Result<std::result::Result<Vec<ContentRef>, String>> {
+    let size = stat.size;
+    let block = ctx.fixed_size as u64;
+    let extents = if stat.is_sparse() {
+        match sys::data_extents(file, size) {
+            Ok(extents) => extents,
+            Err(e) => return Ok(Err(format!("cannot find holes: {e}"))),
+        }
+    } else {
+        vec![(0, size)]
+    };
+    const BATCH_BLOCKS: u64 = 16;
+    let mut buf = vec![0u8; (block * BATCH_BLOCKS) as usize];
+    let mut pos = start - start % block;
+    for (data_start, data_end) in extents {
+        let a = (data_start / block * block).max(pos);
+        let b = data_end.div_ceil(block).saturating_mul(block).min(size);
+        if b <= a {
+            continue;
+        }
+        collector.zero(a - pos);
+        pos = a;
+        while pos < b {
+            if ctx.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let want = (b - pos).min(block * BATCH_BLOCKS) as usize;
+            let got = match read_full_at(file, &mut buf[..want], pos) {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(format!("read error at offset {pos}: {e}"))),
+            };
+            for piece in buf[..got].chunks(block as usize) {
+                collector.submit(piece.to_vec())?;
+            }
+            pos += got as u64;
+            if got < want {
+                // The file shrank while we read it; keep what we have.
+                return Ok(Ok(collector.finish()?));
+            }
+        }
+    }
+    collector.zero(size.saturating_sub(pos));
+    Ok(Ok(collector.finish()?))
+}
+
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_runs_merge_and_empty_refs_vanish() {
+        let id = crate::id::BlobId([1; 32]);
+        let merged = merge_zero_runs(vec![
+            ContentRef::Zero { len: 5 },
+            ContentRef::Zero { len: 0 },
+            ContentRef::Zero { len: 7 },
+            ContentRef::Data { id, len: 3 },
+            ContentRef::Zero { len: 1 },
+        ]);
+        assert_eq!(
+            merged,
+            vec![ContentRef::Zero { len: 12 }, ContentRef::Data { id, len: 3 }, ContentRef::Zero { len: 1 }]
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The blob saver: deduplicate, compress, seal, pack, upload. Shared by all
+//! threads of a backup (and by prune's repacking).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use backstop_backend::PutMode;
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::crypto::{Compression, Sealer};
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+use crate::index::{Claim, IndexFile, IndexPack, WriteIndex};
+use crate::pack::{BlobKind, FinishedPack, PackWriter, pack_key};
+use crate::repository::Repository;
+use crate::tree::{ContentRef, LIST_FANOUT, encode_list};
+
+/// Counters of what the saver stored.
+#[derive(Debug, Default)]
+pub struct SaverStats {
+    pub blobs_added: AtomicU64,
+    pub data_blobs_added: AtomicU64,
+    pub bytes_added: AtomicU64,
+    pub bytes_added_stored: AtomicU64,
+}
+
+struct Uploads {
+    /// Packs handed to uploaders and not yet done.
+    in_flight: usize,
+    /// Packs uploaded and not yet written to an index file.
+    done: Vec<IndexPack>,
+    error: Option<Error>,
+}
+
+/// State shared with the upload threads.
+struct Shared {
+    repo: Repository,
+    index: Arc<WriteIndex>,
+    uploads: Mutex<Uploads>,
+    uploads_changed: Condvar,
+}
+
+impl Shared {
+    fn upload(&self, pack: FinishedPack) {
+        let result = self.repo.backend().put_file(&pack_key(&pack.id), &pack.path, PutMode::Overwrite);
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                let entry = IndexPack::from_finished(&pack);
+                self.index.record(&entry);
+                uploads.done.push(entry);
+            }
+            Err(e) => {
+                if uploads.error.is_none() {
+                    uploads.error = Some(e.into());
+                }
+            }
+        }
+        uploads.in_flight -= 1;
+        drop(uploads);
+        self.uploads_changed.notify_all();
+    }
+}
+
+/// Stops its upload threads when dropped; packs not flushed are discarded.
+pub struct Saver {
+    shared: Arc<Shared>,
+    sealer: Arc<Sealer>,
+    staging: PathBuf,
+    compression: Compression,
+    data_pack: Mutex<Option<PackWriter>>,
+    tree_pack: Mutex<Option<PackWriter>>,
+    upload_tx: Mutex<Option<Sender<FinishedPack>>>,
+    uploaders: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub stats: SaverStats,
+}
+
+impl Saver {
+    /// Start a saver with `uploaders` upload threads.
+    pub fn start(repo: &Repository, sealer: Arc<Sealer>, index: Arc<WriteIndex>, uploaders: usize) -> Result<Saver> {
+        let staging = repo
+            .backend()
+            .staging_dir()
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("backstop-{}", std::process::id())));
+        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let shared = Arc::new(Shared {
+            repo: repo.clone(),
+            index,
+            uploads: Mutex::new(Uploads { in_flight: 0, done: Vec::new(), error: None }),
+            uploads_changed: Condvar::new(),
+        });
+        let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(uploaders.max(1));
+        let mut handles = Vec::new();
+        for _ in 0..uploaders.max(1) {
+            let shared = shared.clone();
+            let rx: Receiver<FinishedPack> = rx.clone();
+            let handle = std::thread::Builder::new()
+                .name("backstop-upload".into())
+                .spawn(move || {
+                    for pack in rx {
+                        shared.upload(pack);
+                    }
+                })
+                .map_err(|e| Error::io("upload thread", e))?;
+            handles.push(handle);
+        }
+        Ok(Saver {
+            shared,
+            sealer,
+            staging,
+            compression: Compression::Zstd(repo.config().compression_level),
+            data_pack: Mutex::new(None),
+            tree_pack: Mutex::new(None),
+            upload_tx: Mutex::new(Some(tx)),
+            uploaders: Mutex::new(handles),
+            stats: SaverStats::default(),
+        })
+    }
+
+    pub fn index(&self) -> &Arc<WriteIndex> {
+        &self.shared.index
+    }
+
+    pub fn sealer(&self) -> &Arc<Sealer> {
+        &self.sealer
+    }
+
+    fn repo(&self) -> &Repository {
+        &self.shared.repo
+    }
+
+    fn pack_slot(&self, kind: BlobKind) -> &Mutex<Option<PackWriter>> {
+        match kind {
+            BlobKind::Data => &self.data_pack,
+            BlobKind::Tree => &self.tree_pack,
+        }
+    }
+
+    fn target_size(&self, kind: BlobKind) -> u64 {
+        match kind {
+            BlobKind::Data => self.repo().config().pack_size as u64,
+            BlobKind::Tree => self.repo().config().tree_pack_size as u64,
+        }
+    }
+
+    fn first_error(&self) -> Option<String> {
+        self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).error.as_ref().map(|e| e.to_string())
+    }
+
+    /// Store `data` as a blob unless the repository has it. Returns its id
+    /// and whether it was new. When this returns, the blob is in the
+    /// repository or in an open pack that the next [`flush`](Self::flush)
+    /// uploads.
+    pub fn save(&self, kind: BlobKind, data: &[u8]) -> Result<(BlobId, bool)> {
+        let id = self.repo().key().blob_id(data);
+        if self.shared.index.claim(kind, &id) == Claim::Known {
+            return Ok((id, false));
+        }
+        let sealed = self.sealer.seal(kind.object_kind(), Some(&id), data, self.compression);
+        match self.add_to_pack(kind, id, &sealed, data.len()) {
+            Ok(()) => {
+                self.shared.index.packed(kind, &id);
+                self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+                if kind == BlobKind::Data {
+                    self.stats.data_blobs_added.fetch_add(1, Ordering::Relaxed);
+                }
+                self.stats.bytes_added.fetch_add(data.len() as u64, Ordering::Relaxed);
+                self.stats.bytes_added_stored.fetch_add(sealed.len() as u64, Ordering::Relaxed);
+                Ok((id, true))
+            }
+            Err(e) => {
+                self.shared.index.release(kind, &id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Copy an already sealed blob (prune's repacking) into a new pack.
+    pub fn save_sealed(&self, kind: BlobKind, id: BlobId, sealed: &[u8], raw_len: usize) -> Result<bool> {
+        if self.shared.index.claim(kind, &id) == Claim::Known {
+            return Ok(false);
+        }
+        match self.add_to_pack(kind, id, sealed, raw_len) {
+            Ok(()) => {
+                self.shared.index.packed(kind, &id);
+                Ok(true)
+            }
+            Err(e) => {
+                self.shared.index.release(kind, &id);
+                Err(e)
+            }
+        }
+    }
+
+    fn add_to_pack(&self, kind: BlobKind, id: BlobId, sealed: &[u8], raw_len: usize) -> Result<()> {
+        if let Some(error) = self.first_error() {
+            return Err(Error::Invalid(format!("an earlier upload failed: {error}")));
+        }
+        let raw_len = u32::try_from(raw_len).map_err(|_| Error::Invalid("blob larger than 4 GiB".into()))?;
+        let finished = {
+            let mut slot = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(PackWriter::create(&self.staging, kind).map_err(|e| Error::io(&self.staging, e))?);
+            }
+            let writer = slot.as_mut().expect("just created");
+            writer.add(id, sealed, raw_len).map_err(|e| Error::io(&self.staging, e))?;
+            if writer.size() >= self.target_size(kind) {
+                let writer = slot.take().expect("present");
+                Some(writer.finish(&self.sealer).map_err(|e| Error::io(&self.staging, e))?)
+            } else {
+                None
+            }
+        };
+        if let Some(pack) = finished {
+            self.send(pack)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, pack: FinishedPack) -> Result<()> {
+        self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).in_flight += 1;
+        let tx = self.upload_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match tx {
+            Some(tx) if tx.send(pack).is_ok() => Ok(()),
+            _ => {
+                self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).in_flight -= 1;
+                Err(Error::Invalid("the saver is shut down".into()))
+            }
+        }
+    }
+
+    /// Finish the open packs and wait until every pack is uploaded.
+    /// Everything `save` returned before this call is then in the repository.
+    pub fn flush(&self) -> Result<()> {
+        for kind in [BlobKind::Data, BlobKind::Tree] {
+            let writer = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(writer) = writer.filter(|w| !w.is_empty()) {
+                let pack = writer.finish(&self.sealer).map_err(|e| Error::io(&self.staging, e))?;
+                self.send(pack)?;
+            }
+        }
+        let mut uploads = self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        while uploads.in_flight > 0 {
+            uploads = self.shared.uploads_changed.wait(uploads).unwrap_or_else(|e| e.into_inner());
+        }
+        match uploads.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Write an index file for the packs uploaded since the last call, if
+    /// any. Call after [`flush`](Self::flush).
+    pub fn write_index(&self, supersedes: Vec<crate::id::IndexId>) -> Result<Option<crate::id::IndexId>> {
+        let packs = std::mem::take(&mut self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).done);
+        if packs.is_empty() && supersedes.is_empty() {
+            return Ok(None);
+        }
+        let file = IndexFile { supersedes, packs };
+        let hash = self.repo().put_sealed(&self.sealer, "index", crate::crypto::ObjectKind::Index, &file.encode())?;
+        Ok(Some(crate::id::IndexId(hash)))
+    }
+
+    /// Stop the upload threads. Unflushed packs are discarded.
+    pub fn shutdown(&self) {
+        self.upload_tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for handle in std::mem::take(&mut *self.uploaders.lock().unwrap_or_else(|e| e.into_inner())) {
+            let _ = handle.join();
+        }
+        self.data_pack.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.tree_pack.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Store long content lists as chunk-list blobs so a node stays small.
+    pub fn compact_content(&self, mut content: Vec<ContentRef>) -> Result<Vec<ContentRef>> {
+        while content.len() > LIST_FANOUT {
+            let mut lists = Vec::with_capacity(content.len() / LIST_FANOUT + 1);
+            for group in content.chunks(LIST_FANOUT) {
+                let len = group.iter().map(ContentRef::len).sum();
+                let (id, _) = self.save(BlobKind::Tree, &encode_list(group))?;
+                lists.push(ContentRef::List { id, len });
+            }
+            content = lists;
+        }
+        Ok(content)
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

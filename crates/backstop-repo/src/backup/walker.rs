@@ -1,0 +1,476 @@
+//! The walker visits the source in snapshot order (depth first, names
+//! sorted), decides for each file whether its parent's content can be
+//! reused, and emits [`Item`]s to the tree assembler and [`FileJob`]s to the
+//! readers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::FixedChunking;
+use super::reader::{FileJob, FileOutcome, FileSource};
+use crate::error::{Error, Result};
+use crate::filter::PathFilter;
+use crate::index::Index;
+use crate::pack::BlobKind;
+use crate::progress::{CancelToken, Progress};
+use crate::repository::Repository;
+use crate::sys::{self, Stat};
+use crate::tree::{ContentRef, Node, NodeData, NodeType, Tree};
+
+/// How a file relates to the parent snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileStatus {
+    New,
+    Changed,
+    Unchanged,
+}
+
+pub(crate) enum Item {
+    EnterDir(Node),
+    LeaveDir,
+    /// A finished node (symlink, device, unchanged file, …).
+    Node(Node, Option<FileStatus>),
+    /// A file being read; its content arrives on `reply`.
+    File {
+        node: Node,
+        status: FileStatus,
+        reply: Receiver<FileOutcome>,
+        prefix: Arc<Mutex<Vec<ContentRef>>>,
+    },
+}
+
+/// The parent snapshots' view of the directory being walked: one tree per
+/// parent source, newest first (a checkpoint, then the parent snapshot).
+#[derive(Default, Clone)]
+pub(crate) struct ParentDir {
+    trees: Vec<Arc<Tree>>,
+}
+
+impl ParentDir {
+    pub fn new(trees: Vec<Arc<Tree>>) -> ParentDir {
+        ParentDir { trees }
+    }
+
+    fn node(&self, name: &[u8]) -> impl Iterator<Item = &Node> {
+        self.trees.iter().filter_map(move |t| t.find(name))
+    }
+}
+
+/// Names of users and groups, looked up once per id.
+#[derive(Default)]
+struct Names {
+    users: HashMap<u32, Vec<u8>>,
+    groups: HashMap<u32, Vec<u8>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Vec<u8> {
+        self.users.entry(uid).or_insert_with(|| crate::util::user_name(uid).unwrap_or_default().into_bytes()).clone()
+    }
+
+    fn group(&mut self, gid: u32) -> Vec<u8> {
+        self.groups.entry(gid).or_insert_with(|| crate::util::group_name(gid).unwrap_or_default().into_bytes()).clone()
+    }
+}
+
+pub(crate) struct Walker<'a> {
+    pub repo: &'a Repository,
+    pub index: &'a Index,
+    pub excludes: &'a PathFilter,
+    pub fixed: FixedChunking,
+    pub items: Sender<Item>,
+    pub files: Sender<FileJob>,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a dyn Progress,
+    pub warnings: &'a AtomicU64,
+    names: Names,
+}
+
+/// The selected paths as a tree of components: intermediate directories are
+/// recorded with their own metadata but only the selected children.
+#[derive(Default, Debug)]
+pub(crate) struct PathTrie {
+    children: BTreeMap<Vec<u8>, PathTrie>,
+    selected: bool,
+}
+
+impl PathTrie {
+    pub fn new(paths: &[PathBuf]) -> PathTrie {
+        let mut root = PathTrie::default();
+        for path in paths {
+            let mut node = &mut root;
+            for comp in path.components().skip(1) {
+                if node.selected {
+                    break; // an ancestor is already selected
+                }
+                node = node.children.entry(comp.as_os_str().as_bytes().to_vec()).or_default();
+            }
+            node.selected = true;
+            node.children.clear();
+        }
+        root
+    }
+}
+
+/// Stop walking: the consumer is gone or the job was cancelled.
+struct Stop;
+
+impl<'a> Walker<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        repo: &'a Repository,
+        index: &'a Index,
+        excludes: &'a PathFilter,
+        fixed: FixedChunking,
+        items: Sender<Item>,
+        files: Sender<FileJob>,
+        cancel: &'a CancelToken,
+        progress: &'a dyn Progress,
+        warnings: &'a AtomicU64,
+    ) -> Walker<'a> {
+        Walker { repo, index, excludes, fixed, items, files, cancel, progress, warnings, names: Names::default() }
+    }
+
+    fn emit(&self, item: Item) -> std::result::Result<(), Stop> {
+        if self.cancel.is_cancelled() {
+            return Err(Stop);
+        }
+        self.items.send(item).map_err(|_| Stop)
+    }
+
+    fn warn(&self, path: &Path, message: &str) {
+        self.warnings.fetch_add(1, Ordering::Relaxed);
+        self.progress.warning(path, message);
+    }
+
+    /// Walk every selected path. Returns when done, cancelled, or when the
+    /// assembler stopped listening.
+    pub fn walk_paths(&mut self, trie: &PathTrie, parent: ParentDir) {
+        let _ = self.walk_trie(trie, Path::new("/"), &parent);
+    }
+
+    fn walk_trie(&mut self, trie: &PathTrie, path: &Path, parent: &ParentDir) -> std::result::Result<(), Stop> {
+        if trie.selected {
+            // The whole directory (only "/" reaches here).
+            return self.walk_dir_entries(path, parent);
+        }
+        for (name, child) in &trie.children {
+            let child_path = path.join(sys::os_str(name));
+            let stat = match sys::lstat(&child_path) {
+                Ok(st) => st,
+                Err(e) => {
+                    self.warn(&child_path, &format!("cannot back up: {e}"));
+                    continue;
+                }
+            };
+            if child.selected {
+                self.walk_entry(&child_path, name, &stat, parent)?;
+            } else if stat.is_dir() {
+                let node = self.node(name.clone(), &stat, &child_path, None);
+                self.emit(Item::EnterDir(node))?;
+                let sub = self.enter(parent, name);
+                self.walk_trie(child, &child_path, &sub)?;
+                self.emit(Item::LeaveDir)?;
+            } else {
+                self.warn(&child_path, "is not a directory, so the paths below it cannot be backed up");
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_dir_entries(&mut self, path: &Path, parent: &ParentDir) -> std::result::Result<(), Stop> {
+        let entries = match sys::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.warn(path, &format!("cannot read directory: {e}"));
+                return Ok(());
+            }
+        };
+        for entry in entries {
+            let name = entry.name.as_bytes();
+            self.walk_entry(&path.join(&entry.name), name, &entry.stat, parent)?;
+        }
+        Ok(())
+    }
+
+    /// The parent view of subdirectory `name`.
+    fn enter(&self, parent: &ParentDir, name: &[u8]) -> ParentDir {
+        let mut trees = Vec::new();
+        for node in parent.node(name) {
+            if let Some(subtree) = node.subtree() {
+                match self.repo.load_tree(self.index, &subtree) {
+                    Ok(tree) => trees.push(Arc::new(tree)),
+                    // A parent we cannot read only costs re-reading files.
+                    Err(e) => self.progress.info(&format!("parent tree {}: {e}", subtree.short())),
+                }
+            }
+        }
+        ParentDir { trees }
+    }
+
+    fn walk_entry(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        stat: &Stat,
+        parent: &ParentDir,
+    ) -> std::result::Result<(), Stop> {
+        if self.excludes.matches(path, stat.is_dir()) {
+            return Ok(());
+        }
+        match stat.file_type() {
+            libc::S_IFDIR => {
+                let node = self.node(name.to_vec(), stat, path, parent.node(name).next());
+                self.emit(Item::EnterDir(node))?;
+                let sub = self.enter(parent, name);
+                self.walk_dir_entries(path, &sub)?;
+                self.emit(Item::LeaveDir)
+            }
+            libc::S_IFREG => self.walk_file(path, name, stat, parent),
+            _ => {
+                let old = parent.node(name).next();
+                let mut node = self.node(name.to_vec(), stat, path, old);
+                if node.node_type == NodeType::Symlink {
+                    match sys::read_link(path) {
+                        Ok(target) => node.data = NodeData::Symlink { target },
+                        Err(e) => {
+                            self.warn(path, &format!("cannot read symlink: {e}"));
+                            return Ok(());
+                        }
+                    }
+                }
+                self.emit(Item::Node(node, None))
+            }
+        }
+    }
+
+    fn walk_file(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        stat: &Stat,
+        parent: &ParentDir,
+    ) -> std::result::Result<(), Stop> {
+        let candidates: Vec<&Node> = parent.node(name).filter(|n| n.node_type == NodeType::File).collect();
+        let same = |old: &Node| {
+            old.size == stat.size
+                && old.mtime_ns == stat.mtime_ns
+                && old.ctime_ns == stat.ctime_ns
+                && old.inode == stat.ino
+        };
+        let stored = |old: &Node| old.content().iter().all(|c| self.stored(c));
+        let status = if candidates.is_empty() { FileStatus::New } else { FileStatus::Changed };
+
+        if let Some(old) = candidates.iter().find(|old| !old.is_partial() && same(old) && stored(old)) {
+            let mut node = self.node(name.to_vec(), stat, path, Some(old));
+            node.data = NodeData::File { content: old.content().to_vec(), partial: false };
+            self.progress.advance(1, stat.size);
+            return self.emit(Item::Node(node, Some(FileStatus::Unchanged)));
+        }
+        // A file an interrupted backup had started: resume after its prefix.
+        let resume = candidates
+            .iter()
+            .find(|old| old.is_partial() && same(old) && stored(old))
+            .map(|old| old.content().to_vec())
+            .unwrap_or_default();
+        let resume = self.repo.expand_content(self.index, &resume).unwrap_or_default();
+        self.progress.advance(0, resume.iter().map(ContentRef::len).sum());
+
+        let node = self.node(name.to_vec(), stat, path, candidates.first().copied());
+        let fixed = match self.fixed {
+            FixedChunking::Always => true,
+            FixedChunking::Never => false,
+            FixedChunking::Auto => stat.is_sparse() || is_disk_image(name),
+        };
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let prefix = Arc::new(Mutex::new(Vec::new()));
+        let job = FileJob {
+            source: FileSource::Path(path.to_path_buf()),
+            stat: Some(*stat),
+            resume,
+            fixed,
+            prefix: prefix.clone(),
+            reply: reply_tx,
+        };
+        // The item first: the assembler must know the file before a reader
+        // can finish it.
+        self.emit(Item::File { node, status, reply: reply_rx, prefix })?;
+        self.files.send(job).map_err(|_| Stop)
+    }
+
+    /// Whether a parent's content reference is still in the index.
+    fn stored(&self, c: &ContentRef) -> bool {
+        match c {
+            ContentRef::Data { id, .. } => self.index.contains(BlobKind::Data, id),
+            ContentRef::List { id, .. } => self.index.contains(BlobKind::Tree, id),
+            ContentRef::Zero { .. } => true,
+        }
+    }
+
+    /// A node with the entry's metadata. Extended attributes are reused from
+    /// `old` when the inode's ctime is unchanged (any xattr change bumps it).
+    fn node(&mut self, name: Vec<u8>, st: &Stat, path: &Path, old: Option<&Node>) -> Node {
+        let node_type = match st.file_type() {
+            libc::S_IFREG => NodeType::File,
+            libc::S_IFDIR => NodeType::Dir,
+            libc::S_IFLNK => NodeType::Symlink,
+            libc::S_IFBLK => NodeType::BlockDevice,
+            libc::S_IFCHR => NodeType::CharDevice,
+            libc::S_IFIFO => NodeType::Fifo,
+            _ => NodeType::Socket,
+        };
+        let xattrs = match old {
+            Some(old) if old.ctime_ns == st.ctime_ns && old.inode == st.ino => old.xattrs.clone(),
+            _ => match sys::xattrs(path) {
+                Ok(x) => x,
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::EPERM) && e.kind() != std::io::ErrorKind::NotFound {
+                        self.warn(path, &format!("cannot read extended attributes: {e}"));
+                    }
+                    Vec::new()
+                }
+            },
+        };
+        let data = match node_type {
+            NodeType::File => NodeData::File { content: Vec::new(), partial: false },
+            NodeType::Dir => NodeData::Dir { subtree: crate::id::BlobId([0; 32]) },
+            NodeType::Symlink => NodeData::Symlink { target: Vec::new() },
+            NodeType::BlockDevice | NodeType::CharDevice => NodeData::Device { rdev: st.rdev },
+            NodeType::Fifo | NodeType::Socket => NodeData::Other,
+        };
+        Node {
+            name,
+            node_type,
+            mode: st.mode & 0o7777,
+            uid: st.uid,
+            gid: st.gid,
+            user: self.names.user(st.uid),
+            group: self.names.group(st.gid),
+            mtime_ns: st.mtime_ns,
+            atime_ns: st.atime_ns,
+            ctime_ns: st.ctime_ns,
+            device: st.dev,
+            inode: st.ino,
+            nlink: st.nlink,
+            size: if node_type == NodeType::File { st.size } else { 0 },
+            xattrs,
+            data,
+        }
+    }
+
+    /// Emit one stream as a file named `name`.
+    pub fn walk_stream(&mut self, name: &str, reader: Box<dyn std::io::Read + Send>) -> Result<()> {
+        let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
+        // SAFETY: getuid/getgid have no preconditions.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let node = Node {
+            name: name.as_bytes().to_vec(),
+            node_type: NodeType::File,
+            mode: 0o600,
+            uid,
+            gid,
+            user: self.names.user(uid),
+            group: self.names.group(gid),
+            mtime_ns: now,
+            atime_ns: now,
+            ctime_ns: now,
+            device: 0,
+            inode: 0,
+            nlink: 1,
+            size: 0,
+            xattrs: Vec::new(),
+            data: NodeData::File { content: Vec::new(), partial: false },
+        };
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let prefix = Arc::new(Mutex::new(Vec::new()));
+        let job = FileJob {
+            source: FileSource::Stream(Mutex::new(Some(reader))),
+            stat: None,
+            resume: Vec::new(),
+            fixed: false,
+            prefix: prefix.clone(),
+            reply: reply_tx,
+        };
+        let stopped = || Error::Cancelled;
+        self.emit(Item::File { node, status: FileStatus::New, reply: reply_rx, prefix }).map_err(|_| stopped())?;
+        self.files.send(job).map_err(|_| stopped())
+    }
+}
+
+/// Disk image files by extension: block-addressed content, so fixed-size
+/// chunks keep scattered writes cheap (see docs/decisions/0003).
+fn is_disk_image(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [&b".raw"[..], b".img", b".qcow2", b".vmdk", b".vdi", b".vhd", b".vhdx"].iter().any(|ext| lower.ends_with(ext))
+}
+
+/// Count files and bytes under the selected paths (for progress totals).
+pub(crate) fn scan_totals(trie: &PathTrie, excludes: &PathFilter, cancel: &CancelToken, progress: &dyn Progress) {
+    fn walk(path: &Path, excludes: &PathFilter, cancel: &CancelToken, totals: &mut (u64, u64)) {
+        let Ok(entries) = sys::read_dir(path) else { return };
+        for e in entries {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let p = path.join(&e.name);
+            if excludes.matches(&p, e.stat.is_dir()) {
+                continue;
+            }
+            if e.stat.is_dir() {
+                walk(&p, excludes, cancel, totals);
+            } else if e.stat.is_file() {
+                totals.0 += 1;
+                totals.1 += e.stat.size;
+            }
+        }
+    }
+    fn visit(trie: &PathTrie, path: &Path, excludes: &PathFilter, cancel: &CancelToken, totals: &mut (u64, u64)) {
+        if trie.selected {
+            match sys::lstat(path) {
+                Ok(st) if st.is_dir() => walk(path, excludes, cancel, totals),
+                Ok(st) if st.is_file() => {
+                    totals.0 += 1;
+                    totals.1 += st.size;
+                }
+                _ => {}
+            }
+            return;
+        }
+        for (name, child) in &trie.children {
+            visit(child, &path.join(sys::os_str(name)), excludes, cancel, totals);
+        }
+    }
+    let mut totals = (0, 0);
+    visit(trie, Path::new("/"), excludes, cancel, &mut totals);
+    progress.total(totals.0, totals.1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_trie_merges_paths_and_drops_nested_ones() {
+        let trie =
+            PathTrie::new(&[PathBuf::from("/home/alice"), PathBuf::from("/home/alice/docs"), PathBuf::from("/etc")]);
+        assert_eq!(trie.children.keys().cloned().collect::<Vec<_>>(), vec![b"etc".to_vec(), b"home".to_vec()]);
+        let home = &trie.children[&b"home".to_vec()];
+        assert!(!home.selected);
+        assert!(home.children[&b"alice".to_vec()].selected);
+        assert!(home.children[&b"alice".to_vec()].children.is_empty(), "nested paths are covered by their ancestor");
+        let reversed = PathTrie::new(&[PathBuf::from("/home/alice/docs"), PathBuf::from("/home/alice")]);
+        assert!(reversed.children[&b"home".to_vec()].children[&b"alice".to_vec()].children.is_empty());
+    }
+
+    #[test]
+    fn disk_images_are_recognised_by_extension() {
+        assert!(is_disk_image(b"vm-01.RAW"));
+        assert!(is_disk_image(b"disk.qcow2"));
+        assert!(!is_disk_image(b"notes.txt"));
+    }
+}

@@ -1,0 +1,278 @@
+//! Content-defined chunking (keyed FastCDC) for files and streams, and the
+//! helpers shared with fixed-size chunking (`docs/format.md` §4).
+
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+/// Chunk size bounds of the content-defined chunker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CdcParams {
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+impl Default for CdcParams {
+    fn default() -> Self {
+        CdcParams { min: 256 << 10, avg: 1 << 20, max: 4 << 20 }
+    }
+}
+
+impl CdcParams {
+    pub fn check(&self) -> Result<(), String> {
+        let ok = self.avg.is_power_of_two()
+            && (64..=1 << 26).contains(&self.avg)
+            && self.min >= 64
+            && self.min < self.avg
+            && self.avg < self.max
+            && self.max <= 64 << 20;
+        if ok { Ok(()) } else { Err(format!("invalid chunker parameters {self:?}")) }
+    }
+}
+
+/// FastCDC with normalised chunking (level 2) and a gear table derived from
+/// the repository key, so that chunk boundaries reveal nothing about content
+/// to someone without the key.
+pub struct Cdc {
+    gear: Box<[u64; 256]>,
+    min: usize,
+    avg: usize,
+    max: usize,
+    /// Harder mask before the average size, easier after it.
+    mask_small: u64,
+    mask_large: u64,
+}
+
+impl std::fmt::Debug for Cdc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cdc").field("min", &self.min).field("avg", &self.avg).field("max", &self.max).finish()
+    }
+}
+
+impl Cdc {
+    pub fn new(gear_key: &[u8; 32], params: CdcParams) -> Cdc {
+        let mut xof = blake3::Hasher::new_keyed(gear_key).finalize_xof();
+        let mut bytes = [0u8; 256 * 8];
+        xof.fill(&mut bytes);
+        let mut gear = Box::new([0u64; 256]);
+        for (i, g) in gear.iter_mut().enumerate() {
+            *g = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        }
+        let bits = params.avg.trailing_zeros();
+        let top = |n: u32| !0u64 << (64 - n);
+        Cdc {
+            gear,
+            min: params.min as usize,
+            avg: params.avg as usize,
+            max: params.max as usize,
+            mask_small: top(bits + 2),
+            mask_large: top(bits - 2),
+        }
+    }
+
+    pub fn max_size(&self) -> usize {
+        self.max
+    }
+
+    /// The length of the first chunk of `data`. The caller passes at least
+    /// `max_size()` bytes unless `data` is the end of the stream.
+    pub fn cut(&self, data: &[u8]) -> usize {
+        let n = data.len().min(self.max);
+        if n <= self.min {
+            return n;
+        }
+        let center = self.avg.min(n);
+        let gear = &*self.gear;
+        let mut hash: u64 = 0;
+        let mut i = self.min;
+        while i < center {
+            hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
+            if hash & self.mask_small == 0 {
+                return i + 1;
+            }
+            i += 1;
+        }
+        while i < n {
+            hash = (hash << 1).wrapping_add(gear[data[i] as usize]);
+            if hash & self.mask_large == 0 {
+                return i + 1;
+            }
+            i += 1;
+        }
+        n
+    }
+}
+
+/// Splits a byte stream into chunks, content-defined or fixed-size.
+pub struct StreamChunker<'c, R> {
+    reader: R,
+    cut: Cut<'c>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Cut<'c> {
+    Cdc(&'c Cdc),
+    Fixed(usize),
+}
+
+impl Cut<'_> {
+    fn max(&self) -> usize {
+        match self {
+            Cut::Cdc(cdc) => cdc.max_size(),
+            Cut::Fixed(size) => *size,
+        }
+    }
+}
+
+impl<'c, R: Read> StreamChunker<'c, R> {
+    pub fn new(reader: R, cut: Cut<'c>) -> StreamChunker<'c, R> {
+        let capacity = (2 * cut.max()).max(1 << 20);
+        StreamChunker { reader, cut, buf: vec![0; capacity], start: 0, end: 0, eof: false }
+    }
+
+    /// The next chunk, or `None` at the end of the stream.
+    pub fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if self.end - self.start < self.cut.max() && !self.eof {
+            self.fill()?;
+        }
+        let available = &self.buf[self.start..self.end];
+        if available.is_empty() {
+            return Ok(None);
+        }
+        let len = match self.cut {
+            Cut::Cdc(cdc) => cdc.cut(available),
+            Cut::Fixed(size) => size.min(available.len()),
+        };
+        let chunk = available[..len].to_vec();
+        self.start += len;
+        Ok(Some(chunk))
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        while self.end < self.buf.len() {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether every byte is zero (vectorises well).
+pub fn is_zero(data: &[u8]) -> bool {
+    let (prefix, words, suffix) = unsafe {
+        // SAFETY: any byte pattern is a valid u128.
+        data.align_to::<u128>()
+    };
+    prefix.iter().all(|&b| b == 0) && words.iter().fold(0u128, |acc, &w| acc | w) == 0 && suffix.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn small() -> CdcParams {
+        CdcParams { min: 1 << 10, avg: 4 << 10, max: 16 << 10 }
+    }
+
+    fn chunks(data: &[u8], cut: Cut) -> Vec<Vec<u8>> {
+        let mut c = StreamChunker::new(data, cut);
+        let mut out = Vec::new();
+        while let Some(chunk) = c.next_chunk().unwrap() {
+            out.push(chunk);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn chunks_concatenate_to_the_input(len in 0usize..200_000, seed in any::<u64>()) {
+            let data = pseudo_random(len, seed);
+            let cdc = Cdc::new(&[1; 32], small());
+            let cs = chunks(&data, Cut::Cdc(&cdc));
+            prop_assert_eq!(cs.concat(), data.clone());
+            for c in &cs[..cs.len().saturating_sub(1)] {
+                prop_assert!(c.len() >= 1 << 10 && c.len() <= 16 << 10);
+            }
+            let fixed = chunks(&data, Cut::Fixed(4096));
+            prop_assert_eq!(fixed.concat(), data);
+            prop_assert!(fixed.iter().rev().skip(1).all(|c| c.len() == 4096));
+        }
+    }
+
+    #[test]
+    fn average_chunk_size_is_near_the_target() {
+        let data = pseudo_random(8 << 20, 7);
+        let cdc = Cdc::new(&[2; 32], small());
+        let n = chunks(&data, Cut::Cdc(&cdc)).len();
+        let avg = data.len() / n;
+        assert!((3 << 10..=7 << 10).contains(&avg), "average chunk {avg} bytes over {n} chunks");
+    }
+
+    #[test]
+    fn boundaries_resynchronise_after_an_insertion() {
+        let data = pseudo_random(1 << 20, 3);
+        let mut shifted = data[..300_000].to_vec();
+        shifted.extend_from_slice(b"an insertion that shifts everything after it");
+        shifted.extend_from_slice(&data[300_000..]);
+        let cdc = Cdc::new(&[3; 32], small());
+        let a: std::collections::HashSet<_> = chunks(&data, Cut::Cdc(&cdc)).into_iter().collect();
+        let b = chunks(&shifted, Cut::Cdc(&cdc));
+        let shared = b.iter().filter(|c| a.contains(*c)).count();
+        assert!(shared * 10 >= b.len() * 9, "{shared} of {} chunks survive the insertion", b.len());
+    }
+
+    #[test]
+    fn the_key_changes_the_boundaries() {
+        let data = pseudo_random(1 << 20, 5);
+        let a = chunks(&data, Cut::Cdc(&Cdc::new(&[4; 32], small())));
+        let b = chunks(&data, Cut::Cdc(&Cdc::new(&[5; 32], small())));
+        assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn zero_detection() {
+        assert!(is_zero(&[]));
+        assert!(is_zero(&vec![0; 100_003]));
+        let mut v = vec![0; 100_003];
+        for i in [0, 17, 50_000, 100_002] {
+            v[i] = 1;
+            assert!(!is_zero(&v), "nonzero at {i}");
+            v[i] = 0;
+        }
+    }
+
+    #[test]
+    fn parameters_are_validated() {
+        CdcParams::default().check().unwrap();
+        assert!(CdcParams { min: 10, avg: 1000, max: 5000 }.check().is_err());
+        assert!(CdcParams { min: 4096, avg: 2048, max: 8192 }.check().is_err());
+    }
+}

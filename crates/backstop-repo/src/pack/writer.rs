@@ -1,0 +1,105 @@
+//! Building a pack in a local staging file, so a 32 MiB pack costs no
+//! memory and a local repository receives it by a rename.
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::{BlobKind, PackEntry, seal_header};
+use crate::crypto::Sealer;
+use crate::id::{BlobId, PackId};
+
+pub struct PackWriter {
+    kind: BlobKind,
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+    hasher: blake3::Hasher,
+    entries: Vec<(PackEntry, u32)>,
+    size: u64,
+}
+
+/// A complete pack file waiting to be uploaded. Its file is removed when
+/// this is dropped, unless `upload` consumed it.
+#[derive(Debug)]
+pub struct FinishedPack {
+    pub id: PackId,
+    pub kind: BlobKind,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Each blob with its offset in the pack.
+    pub blobs: Vec<(PackEntry, u32)>,
+}
+
+impl Drop for FinishedPack {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+impl PackWriter {
+    pub fn create(dir: &Path, kind: BlobKind) -> io::Result<PackWriter> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{}.pack.tmp", crate::id::SessionId::random().to_hex()));
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+        Ok(PackWriter {
+            kind,
+            path,
+            file: Some(BufWriter::with_capacity(256 << 10, file)),
+            hasher: blake3::Hasher::new(),
+            entries: Vec::new(),
+            size: 0,
+        })
+    }
+
+    pub fn kind(&self) -> BlobKind {
+        self.kind
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Append a sealed blob; returns its offset.
+    pub fn add(&mut self, id: BlobId, sealed: &[u8], raw_len: u32) -> io::Result<u32> {
+        let offset = u32::try_from(self.size).map_err(|_| io::Error::other("pack exceeds 4 GiB"))?;
+        let stored_len = u32::try_from(sealed.len()).map_err(|_| io::Error::other("blob exceeds 4 GiB"))?;
+        self.file.as_mut().expect("open until finished").write_all(sealed)?;
+        self.hasher.update(sealed);
+        self.size += sealed.len() as u64;
+        self.entries.push((PackEntry { kind: self.kind, id, stored_len, raw_len }, offset));
+        Ok(offset)
+    }
+
+    /// Write the header and close the file.
+    pub fn finish(mut self, sealer: &Sealer) -> io::Result<FinishedPack> {
+        let entries: Vec<PackEntry> = self.entries.iter().map(|(e, _)| *e).collect();
+        let tail = seal_header(sealer, &entries);
+        let mut file = self.file.take().expect("open until finished");
+        file.write_all(&tail)?;
+        file.flush()?;
+        drop(file);
+        self.hasher.update(&tail);
+        let size = self.size + tail.len() as u64;
+        Ok(FinishedPack {
+            id: PackId(*self.hasher.finalize().as_bytes()),
+            kind: self.kind,
+            path: std::mem::take(&mut self.path),
+            size,
+            blobs: std::mem::take(&mut self.entries),
+        })
+    }
+}
+
+impl Drop for PackWriter {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            self.file.take();
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}

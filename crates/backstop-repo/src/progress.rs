@@ -1,0 +1,47 @@
+//! Progress reporting and cancellation, shared by every long operation so
+//! that the CLI draws bars and the service streams events from the same code.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Receives progress from an operation. Called from several threads; keep
+/// implementations cheap (count, and draw on a timer).
+pub trait Progress: Send + Sync {
+    /// The size of the whole job, when known (a backup learns it while it
+    /// scans; a restore knows it up front).
+    fn total(&self, _files: u64, _bytes: u64) {}
+    /// Work done: whole files finished and bytes processed (read, reused,
+    /// written or verified).
+    fn advance(&self, _files: u64, _bytes: u64) {}
+    /// A file or object that could not be processed; the operation goes on.
+    fn warning(&self, _path: &Path, _message: &str) {}
+    /// A line for the operator's log ("using parent snapshot 1a2b3c4d").
+    fn info(&self, _message: &str) {}
+}
+
+/// Reports nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {}
+
+/// A cooperative cancellation flag. Operations check it between units of
+/// work and return [`Error::Cancelled`](crate::Error::Cancelled) after
+/// leaving the repository consistent (a backup writes a checkpoint first).
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}

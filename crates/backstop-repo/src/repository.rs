@@ -1,0 +1,451 @@
+//! An open repository: backend, master key and config, and the reads every
+//! operation shares (index, snapshots, trees, blobs).
+
+use std::sync::Arc;
+
+use backstop_backend::{Backend, PutMode};
+
+use crate::chunker::Cdc;
+use crate::config::Config;
+use crate::crypto::keyslot::{KdfParams, KeySlot, SlotError};
+use crate::crypto::{self, Compression, MasterKey, ObjectKind, Password, Sealer};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId, KeyId, SessionId, SnapshotId, object_hash};
+use crate::index::{Index, IndexFile};
+use crate::pack::{self, BlobKind};
+use crate::session::SessionTiming;
+use crate::snapshot::{Snapshot, checkpoint_key, snapshot_key};
+use crate::tree::{ContentRef, Tree, decode_list};
+use crate::util::parallel_map;
+
+/// Options for [`Repository::init`].
+#[derive(Debug, Clone, Default)]
+pub struct InitOptions {
+    pub kdf: KdfParams,
+    pub config: Config,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    key: MasterKey,
+    key_id: KeyId,
+    config: Config,
+    cdc: Cdc,
+    timing: SessionTiming,
+}
+
+/// An open repository. Cheap to clone; safe to share between threads.
+#[derive(Clone)]
+pub struct Repository {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.backend.location())
+            .field("id", &self.inner.config.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Manifests with their ids, oldest first.
+pub type Manifests = Vec<(SnapshotId, Snapshot)>;
+
+/// A damaged or unreadable object met while loading, reported instead of
+/// failing the whole operation.
+#[derive(Debug, Clone)]
+pub struct Damage {
+    pub object: String,
+    pub problem: String,
+}
+
+impl Repository {
+    /// Create a repository on an empty backend.
+    pub fn init(backend: Arc<dyn Backend>, password: &Password, options: InitOptions) -> Result<Repository> {
+        if password.is_empty() {
+            return Err(Error::Invalid("the password is empty; choose a non-empty password".into()));
+        }
+        options.config.check().map_err(Error::Invalid)?;
+        match backend.head("config") {
+            Ok(_) => return Err(Error::AlreadyInitialized { location: backend.location() }),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let key = MasterKey::generate();
+        let slot = KeySlot::wrap(&key, password, options.kdf, &crate::util::hostname(), &crate::util::username());
+        let key_id = write_key_slot(backend.as_ref(), &slot)?;
+        let sealer = Sealer::new(&key, SessionId::random());
+        let config_json = serde_json::to_vec(&options.config).expect("config serialises");
+        let sealed = sealer.seal(ObjectKind::Config, None, &config_json, Compression::None);
+        if let Err(e) = backend.put("config", &sealed, PutMode::Create) {
+            let _ = backend.delete(&key_key(&key_id));
+            if e.kind() == backstop_backend::ErrorKind::AlreadyExists {
+                return Err(Error::AlreadyInitialized { location: backend.location() });
+            }
+            return Err(e.into());
+        }
+        Ok(Repository::assemble(backend, key, key_id, options.config))
+    }
+
+    /// Open an existing repository with a password.
+    pub fn open(backend: Arc<dyn Backend>, password: &Password) -> Result<Repository> {
+        let sealed = match backend.get("config") {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Err(Error::NoRepository { location: backend.location() }),
+            Err(e) => return Err(e.into()),
+        };
+        let mut slots = Vec::new();
+        for meta in backend.list("keys/")? {
+            let Some(id) = meta.key.strip_prefix("keys/").and_then(|s| s.parse::<KeyId>().ok()) else { continue };
+            let bytes = backend.get(&meta.key)?;
+            match serde_json::from_slice::<KeySlot>(&bytes) {
+                Ok(slot) => slots.push((id, slot)),
+                Err(e) => return Err(Error::corrupt(meta.key, format!("key slot is not valid JSON: {e}"))),
+            }
+        }
+        if slots.is_empty() {
+            return Err(Error::corrupt("keys/", "the repository has no key slots"));
+        }
+        // Newest first: a freshly changed password is found at once.
+        slots.sort_by_key(|s| std::cmp::Reverse(s.1.created));
+        let mut opened = None;
+        for (id, slot) in &slots {
+            match slot.unwrap(password) {
+                Ok(key) => {
+                    opened = Some((*id, key));
+                    break;
+                }
+                Err(SlotError::WrongPassword) => continue,
+                Err(SlotError::Invalid(reason)) => return Err(Error::corrupt(key_key(id), reason)),
+            }
+        }
+        let Some((key_id, key)) = opened else { return Err(Error::WrongPassword) };
+        let config_json =
+            crypto::open(&key, ObjectKind::Config, None, &sealed, None).map_err(|e| Error::corrupt("config", e))?;
+        let config: Config = serde_json::from_slice(&config_json)
+            .map_err(|e| Error::corrupt("config", format!("not valid JSON: {e}")))?;
+        config.check().map_err(|reason| Error::corrupt("config", reason))?;
+        Ok(Repository::assemble(backend, key, key_id, config))
+    }
+
+    fn assemble(backend: Arc<dyn Backend>, key: MasterKey, key_id: KeyId, config: Config) -> Repository {
+        let cdc = Cdc::new(key.gear_key(), config.chunker);
+        Repository { inner: Arc::new(Inner { backend, key, key_id, config, cdc, timing: SessionTiming::default() }) }
+    }
+
+    /// Change the session heartbeat and staleness times (tests use short ones).
+    pub fn with_session_timing(self, timing: SessionTiming) -> Repository {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+            backend: arc.backend.clone(),
+            key: MasterKey::from_secret(*arc.key.secret()),
+            key_id: arc.key_id,
+            config: arc.config.clone(),
+            cdc: Cdc::new(arc.key.gear_key(), arc.config.chunker),
+            timing: arc.timing,
+        });
+        Repository { inner: Arc::new(Inner { timing, ..inner }) }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        &self.inner.key
+    }
+
+    /// The key slot this repository was opened with.
+    pub fn key_id(&self) -> KeyId {
+        self.inner.key_id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn cdc(&self) -> &Cdc {
+        &self.inner.cdc
+    }
+
+    pub fn session_timing(&self) -> SessionTiming {
+        self.inner.timing
+    }
+
+    pub fn location(&self) -> String {
+        self.inner.backend.location()
+    }
+
+    // ---------------------------------------------------------------- objects
+
+    /// Seal and store a content-addressed object (`index/`, `snapshots/`,
+    /// `checkpoints/`, `prune/`); returns the hash that names it.
+    pub(crate) fn put_sealed(
+        &self,
+        sealer: &Sealer,
+        prefix: &str,
+        kind: ObjectKind,
+        payload: &[u8],
+    ) -> Result<[u8; 32]> {
+        let sealed = sealer.seal(kind, None, payload, Compression::Zstd(self.config().compression_level));
+        let hash = object_hash(&sealed);
+        self.backend().put(&format!("{prefix}/{}", crate::id::hex(&hash)), &sealed, PutMode::Overwrite)?;
+        Ok(hash)
+    }
+
+    /// Fetch and open a sealed object, checking that its name matches.
+    pub(crate) fn get_sealed(&self, key: &str, kind: ObjectKind) -> Result<Vec<u8>> {
+        let bytes = self.backend().get(key)?;
+        if let Some(name) = key.rsplit('/').next()
+            && name.len() == 64
+            && crate::id::hex(&object_hash(&bytes)) != name
+        {
+            return Err(Error::corrupt(key, "content does not match its name (damaged or replaced)"));
+        }
+        crypto::open(self.key(), kind, None, &bytes, None).map_err(|e| Error::corrupt(key, e))
+    }
+
+    // ------------------------------------------------------------------ index
+
+    /// Load and merge every index file. Unreadable files are skipped and
+    /// reported; their packs then look unindexed (`check` says so and
+    /// `repair index` rebuilds them).
+    pub fn load_index_report(&self) -> Result<(Index, Vec<Damage>)> {
+        for attempt in 0..3 {
+            let metas = self.backend().list("index/")?;
+            let ids: Vec<IndexId> =
+                metas.iter().filter_map(|m| m.key.strip_prefix("index/").and_then(|s| s.parse().ok())).collect();
+            let loaded = parallel_map(&ids, 8, |id| {
+                let key = format!("index/{id}");
+                let result = self
+                    .get_sealed(&key, ObjectKind::Index)
+                    .and_then(|plain| IndexFile::decode(&plain).map_err(|e| Error::corrupt(key.clone(), e)));
+                (*id, result)
+            });
+            let mut files = Vec::new();
+            let mut damage = Vec::new();
+            let mut vanished = false;
+            for (id, result) in loaded {
+                match result {
+                    Ok(file) => files.push((id, file)),
+                    // Prune replaced it between our list and get: list again.
+                    Err(Error::Backend(e)) if e.is_not_found() => vanished = true,
+                    Err(Error::Corrupt { object, reason }) => damage.push(Damage { object, problem: reason }),
+                    Err(e) => return Err(e),
+                }
+            }
+            if vanished && attempt < 2 {
+                continue;
+            }
+            return Ok((Index::from_files(files), damage));
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Load the index, failing on nothing: damaged index files are skipped.
+    pub fn load_index(&self) -> Result<Index> {
+        Ok(self.load_index_report()?.0)
+    }
+
+    // -------------------------------------------------------------- snapshots
+
+    fn load_manifests(&self, prefix: &str) -> Result<(Manifests, Vec<Damage>)> {
+        let metas = self.backend().list(&format!("{prefix}/"))?;
+        let ids: Vec<SnapshotId> = metas
+            .iter()
+            .filter_map(|m| m.key.strip_prefix(prefix).and_then(|s| s.strip_prefix('/')).and_then(|s| s.parse().ok()))
+            .collect();
+        let loaded = parallel_map(&ids, 8, |id| (*id, self.load_manifest(prefix, id)));
+        let mut out = Vec::new();
+        let mut damage = Vec::new();
+        for (id, result) in loaded {
+            match result {
+                Ok(s) => out.push((id, s)),
+                Err(Error::Backend(e)) if e.is_not_found() => {} // forgotten meanwhile
+                Err(Error::Corrupt { object, reason }) => damage.push(Damage { object, problem: reason }),
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
+        Ok((out, damage))
+    }
+
+    fn load_manifest(&self, prefix: &str, id: &SnapshotId) -> Result<Snapshot> {
+        let key = format!("{prefix}/{id}");
+        let plain = self.get_sealed(&key, ObjectKind::Snapshot)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt(key, format!("not a valid manifest: {e}")))
+    }
+
+    /// All snapshots, oldest first, and the manifests that could not be read.
+    pub fn snapshots_report(&self) -> Result<(Manifests, Vec<Damage>)> {
+        self.load_manifests("snapshots")
+    }
+
+    /// All readable snapshots, oldest first.
+    pub fn snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        Ok(self.snapshots_report()?.0)
+    }
+
+    /// Checkpoints of unfinished backups, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        Ok(self.load_manifests("checkpoints")?.0)
+    }
+
+    pub fn checkpoints_report(&self) -> Result<(Manifests, Vec<Damage>)> {
+        self.load_manifests("checkpoints")
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        self.load_manifest("snapshots", id).map_err(|e| match e {
+            Error::Backend(b) if b.is_not_found() => Error::not_found(format!("snapshot {}", id.short())),
+            e => e,
+        })
+    }
+
+    /// Find a snapshot by `latest` or by a unique prefix of its id.
+    pub fn find_snapshot(&self, spec: &str) -> Result<(SnapshotId, Snapshot)> {
+        let snapshots = self.snapshots()?;
+        if spec == "latest" {
+            return snapshots
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::not_found("snapshot \"latest\" (the repository has no snapshots)"));
+        }
+        let spec_lower = spec.to_ascii_lowercase();
+        if spec_lower.is_empty() || !spec_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "{spec:?} is not a snapshot id; use `latest` or an id from `backstop snapshots`"
+            )));
+        }
+        let mut matches = snapshots.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_lower));
+        match (matches.next(), matches.next()) {
+            (Some(found), None) => Ok(found),
+            (Some(_), Some(_)) => {
+                Err(Error::Invalid(format!("snapshot id prefix {spec:?} is ambiguous; give more digits")))
+            }
+            (None, _) => Err(Error::not_found(format!("snapshot {spec:?}"))),
+        }
+    }
+
+    pub(crate) fn save_manifest(&self, sealer: &Sealer, snapshot: &Snapshot, checkpoint: bool) -> Result<SnapshotId> {
+        let json = serde_json::to_vec(snapshot).expect("snapshot serialises");
+        let prefix = if checkpoint { "checkpoints" } else { "snapshots" };
+        Ok(SnapshotId(self.put_sealed(sealer, prefix, ObjectKind::Snapshot, &json)?))
+    }
+
+    /// Delete a snapshot manifest (its data stays until prune).
+    pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        Ok(self.backend().delete(&snapshot_key(id))?)
+    }
+
+    pub fn delete_checkpoint(&self, id: &SnapshotId) -> Result<()> {
+        Ok(self.backend().delete(&checkpoint_key(id))?)
+    }
+
+    // ------------------------------------------------------------ blobs, trees
+
+    /// Read one blob through the index.
+    pub fn read_blob(&self, index: &Index, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = index.lookup(kind, id).ok_or_else(|| {
+            Error::corrupt(format!("{kind} blob {}", id.short()), "not in the index (its pack is missing or unindexed)")
+        })?;
+        pack::reader::load_blob(self.backend().as_ref(), self.key(), &loc, id)
+    }
+
+    pub fn load_tree(&self, index: &Index, id: &BlobId) -> Result<Tree> {
+        let plain = self.read_blob(index, BlobKind::Tree, id)?;
+        Tree::decode(&plain).map_err(|e| Error::corrupt(format!("tree {}", id.short()), e))
+    }
+
+    /// A file's content with every chunk list expanded.
+    pub fn expand_content(&self, index: &Index, content: &[ContentRef]) -> Result<Vec<ContentRef>> {
+        let mut out = Vec::with_capacity(content.len());
+        self.expand_into(index, content, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn expand_into(&self, index: &Index, content: &[ContentRef], out: &mut Vec<ContentRef>, depth: u32) -> Result<()> {
+        for c in content {
+            match *c {
+                ContentRef::List { id, len } => {
+                    if depth > 8 {
+                        return Err(Error::corrupt(format!("chunk list {}", id.short()), "nested too deeply"));
+                    }
+                    let plain = self.read_blob(index, BlobKind::Tree, &id)?;
+                    let inner =
+                        decode_list(&plain).map_err(|e| Error::corrupt(format!("chunk list {}", id.short()), e))?;
+                    let covered: u64 = inner.iter().map(ContentRef::len).sum();
+                    if covered != len {
+                        return Err(Error::corrupt(
+                            format!("chunk list {}", id.short()),
+                            format!("covers {covered} bytes, its reference says {len}"),
+                        ));
+                    }
+                    self.expand_into(index, &inner, out, depth + 1)?;
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(())
+    }
+
+    // -------------------------------------------------------------------- keys
+
+    /// Every key slot with its id.
+    pub fn keys(&self) -> Result<Vec<(KeyId, KeySlot)>> {
+        let mut out = Vec::new();
+        for meta in self.backend().list("keys/")? {
+            let Some(id) = meta.key.strip_prefix("keys/").and_then(|s| s.parse::<KeyId>().ok()) else { continue };
+            let bytes = self.backend().get(&meta.key)?;
+            let slot: KeySlot = serde_json::from_slice(&bytes).map_err(|e| Error::corrupt(meta.key.clone(), e))?;
+            out.push((id, slot));
+        }
+        out.sort_by_key(|k| k.1.created);
+        Ok(out)
+    }
+
+    /// Add a key slot for another password.
+    pub fn add_key(&self, password: &Password, kdf: KdfParams) -> Result<KeyId> {
+        if password.is_empty() {
+            return Err(Error::Invalid("the new password is empty".into()));
+        }
+        let slot = KeySlot::wrap(self.key(), password, kdf, &crate::util::hostname(), &crate::util::username());
+        write_key_slot(self.backend().as_ref(), &slot)
+    }
+
+    /// Remove a key slot. The slot this repository was opened with, and the
+    /// last slot, cannot be removed.
+    pub fn remove_key(&self, id: &KeyId) -> Result<()> {
+        let keys = self.keys()?;
+        if !keys.iter().any(|(k, _)| k == id) {
+            return Err(Error::not_found(format!("key {}", id.short())));
+        }
+        if *id == self.key_id() {
+            return Err(Error::Invalid(
+                "this is the key you opened the repository with; open it with another key to remove this one".into(),
+            ));
+        }
+        if keys.len() <= 1 {
+            return Err(Error::Invalid("cannot remove the repository's last key".into()));
+        }
+        Ok(self.backend().delete(&key_key(id))?)
+    }
+
+    /// Replace the current key slot with one for `new_password`.
+    pub fn change_password(&self, new_password: &Password, kdf: KdfParams) -> Result<KeyId> {
+        let new_id = self.add_key(new_password, kdf)?;
+        self.backend().delete(&key_key(&self.key_id()))?;
+        Ok(new_id)
+    }
+}
+
+pub fn key_key(id: &KeyId) -> String {
+    format!("keys/{id}")
+}
+
+fn write_key_slot(backend: &dyn Backend, slot: &KeySlot) -> Result<KeyId> {
+    let json = serde_json::to_vec_pretty(slot).expect("key slot serialises");
+    let id = KeyId(object_hash(&json));
+    backend.put(&key_key(&id), &json, PutMode::Create)?;
+    Ok(id)
+}

@@ -1,0 +1,636 @@
+//! Restore: a snapshot (or part of it) back into a directory.
+//!
+//! Restore first builds a [`RestorePlan`]: the directories, files and links
+//! to create, and for every pack the blobs to read from it and where each
+//! goes. Then it creates the directories, reads the packs in parallel (each
+//! pack once, adjacent blobs in one request), writes every blob to its
+//! files at their offsets, and leaves zero runs as holes. Links, special
+//! files and directory metadata come last.
+//!
+//! Nothing is written outside the target: every path is the target joined
+//! with names the tree decoder checked to be single safe components;
+//! directories that exist as symlinks are replaced, files are opened with
+//! `O_NOFOLLOW`, and symlinks are created only after all data is written,
+//! so no write can pass through one.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::error::{Error, Result};
+use crate::filter::PathFilter;
+use crate::id::{BlobId, PackId};
+use crate::index::Index;
+use crate::pack::{self, BlobKind, BlobLocation};
+use crate::progress::{CancelToken, Progress};
+use crate::repository::Repository;
+use crate::snapshot::Snapshot;
+use crate::sys;
+use crate::tree::{ContentRef, Node, NodeData, NodeType, valid_name};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub target: PathBuf,
+    /// Restore only entries matching these patterns (and what is below them).
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Read every restored file back and check it against the snapshot.
+    pub verify: bool,
+    pub threads: usize,
+}
+
+impl RestoreOptions {
+    pub fn new(target: impl Into<PathBuf>) -> RestoreOptions {
+        RestoreOptions { target: target.into(), include: Vec::new(), exclude: Vec::new(), verify: false, threads: 4 }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RestoreSummary {
+    pub files: u64,
+    pub dirs: u64,
+    pub links: u64,
+    pub bytes: u64,
+    /// Entries that could not be restored (each reported as a warning).
+    pub errors: u64,
+    /// Files read back and found identical (with `verify`).
+    pub verified: u64,
+}
+
+struct PlannedFile {
+    path: PathBuf,
+    node: Node,
+    /// The content with chunk lists expanded.
+    content: Vec<ContentRef>,
+    size: u64,
+    /// Data blobs still to be written; metadata is applied at zero.
+    remaining: AtomicUsize,
+    state: Mutex<FileState>,
+}
+
+#[derive(Default)]
+struct FileState {
+    created: bool,
+    failed: Option<String>,
+}
+
+enum Late {
+    Symlink { path: PathBuf, node: Node },
+    HardLink { path: PathBuf, to: PathBuf },
+    Special { path: PathBuf, node: Node },
+}
+
+/// One blob to read from a pack, and where it goes.
+struct BlobJob {
+    id: BlobId,
+    loc: BlobLocation,
+    targets: Vec<(usize, u64)>,
+}
+
+/// What a restore will do, computed before it touches the target.
+pub struct RestorePlan {
+    dirs: Vec<(PathBuf, Node)>,
+    files: Vec<PlannedFile>,
+    late: Vec<Late>,
+    packs: Vec<(PackId, Vec<BlobJob>)>,
+    /// Problems found while planning (missing blobs, …).
+    problems: Vec<(PathBuf, String)>,
+    pub total_bytes: u64,
+}
+
+impl RestorePlan {
+    pub fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn dir_count(&self) -> usize {
+        self.dirs.len()
+    }
+
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+}
+
+struct Planner<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    target: PathBuf,
+    include: PathFilter,
+    exclude: PathFilter,
+    plan: RestorePlan,
+    hardlinks: HashMap<(u64, u64), PathBuf>,
+    blob_jobs: HashMap<PackId, Vec<BlobJob>>,
+    blob_slot: HashMap<(PackId, u32), usize>,
+    cancel: &'a CancelToken,
+}
+
+impl Planner<'_> {
+    /// Plan the directory `tree` found at snapshot path `snap`. Returns
+    /// whether anything below was selected.
+    fn plan_tree(&mut self, tree_id: &BlobId, snap: &Path, dest: &Path, selected: bool) -> Result<bool> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let tree = match self.repo.load_tree(self.index, tree_id) {
+            Ok(t) => t,
+            Err(e) => {
+                self.plan.problems.push((dest.to_path_buf(), format!("directory contents lost: {e}")));
+                return Ok(selected);
+            }
+        };
+        let mut any = false;
+        for node in tree.nodes {
+            if !valid_name(&node.name) {
+                // The decoder refuses these; a second check costs nothing.
+                self.plan.problems.push((dest.to_path_buf(), "unsafe name skipped".into()));
+                continue;
+            }
+            let name = sys::os_str(&node.name);
+            let snap_path = snap.join(name);
+            let dest_path = dest.join(name);
+            let is_dir = node.node_type == NodeType::Dir;
+            if self.exclude.matches(&snap_path, is_dir) {
+                continue;
+            }
+            let here = selected || self.include.is_empty() || self.include.matches(&snap_path, is_dir);
+            match node.node_type {
+                NodeType::Dir => {
+                    let slot = self.plan.dirs.len();
+                    self.plan.dirs.push((dest_path.clone(), node.clone()));
+                    let subtree = node.subtree().expect("dir nodes have subtrees");
+                    let below = self.plan_tree(&subtree, &snap_path, &dest_path, here)?;
+                    if here || below {
+                        any = true;
+                    } else {
+                        // Nothing selected inside: the directory is not needed.
+                        self.plan.dirs.truncate(slot);
+                    }
+                }
+                _ if !here => {}
+                NodeType::File => {
+                    any = true;
+                    self.plan_file(dest_path, node)?;
+                }
+                NodeType::Symlink => {
+                    any = true;
+                    self.plan.late.push(Late::Symlink { path: dest_path, node });
+                }
+                _ => {
+                    any = true;
+                    self.plan.late.push(Late::Special { path: dest_path, node });
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    fn plan_file(&mut self, path: PathBuf, node: Node) -> Result<()> {
+        if node.nlink > 1 {
+            let key = (node.device, node.inode);
+            if let Some(first) = self.hardlinks.get(&key) {
+                self.plan.late.push(Late::HardLink { path, to: first.clone() });
+                return Ok(());
+            }
+            self.hardlinks.insert(key, path.clone());
+        }
+        let content = match self.repo.expand_content(self.index, node.content()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.plan.problems.push((path, format!("cannot be restored: {e}")));
+                return Ok(());
+            }
+        };
+        let size: u64 = content.iter().map(ContentRef::len).sum();
+        let mut locations = Vec::new();
+        let mut offset = 0u64;
+        for c in &content {
+            if let ContentRef::Data { id, len } = c {
+                match self.index.lookup(BlobKind::Data, id) {
+                    Some(loc) if loc.raw_len as u64 == *len => locations.push((*id, loc, offset)),
+                    Some(_) => {
+                        self.plan.problems.push((path, format!("blob {} has the wrong length", id.short())));
+                        return Ok(());
+                    }
+                    None => {
+                        self.plan.problems.push((
+                            path,
+                            format!(
+                                "cannot be restored: data blob {} is not in the index (damaged or missing pack)",
+                                id.short()
+                            ),
+                        ));
+                        return Ok(());
+                    }
+                }
+            }
+            offset += c.len();
+        }
+        let file_idx = self.plan.files.len();
+        for (id, loc, offset) in &locations {
+            let jobs = self.blob_jobs.entry(loc.pack).or_default();
+            let slot = *self.blob_slot.entry((loc.pack, loc.offset)).or_insert_with(|| {
+                jobs.push(BlobJob { id: *id, loc: *loc, targets: Vec::new() });
+                jobs.len() - 1
+            });
+            jobs[slot].targets.push((file_idx, *offset));
+        }
+        self.plan.total_bytes += size;
+        self.plan.files.push(PlannedFile {
+            path,
+            node,
+            content,
+            size,
+            remaining: AtomicUsize::new(locations.len()),
+            state: Mutex::new(FileState::default()),
+        });
+        Ok(())
+    }
+}
+
+/// Plan restoring `snapshot` into `options.target`.
+pub fn plan(
+    repo: &Repository,
+    index: &Index,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    cancel: &CancelToken,
+) -> Result<RestorePlan> {
+    let mut planner = Planner {
+        repo,
+        index,
+        target: options.target.clone(),
+        include: PathFilter::new(&options.include)?,
+        exclude: PathFilter::new(&options.exclude)?,
+        plan: RestorePlan {
+            dirs: Vec::new(),
+            files: Vec::new(),
+            late: Vec::new(),
+            packs: Vec::new(),
+            problems: Vec::new(),
+            total_bytes: 0,
+        },
+        hardlinks: HashMap::new(),
+        blob_jobs: HashMap::new(),
+        blob_slot: HashMap::new(),
+        cancel,
+    };
+    let target = planner.target.clone();
+    planner.plan_tree(&snapshot.tree, Path::new("/"), &target, false)?;
+    let mut packs: Vec<_> = planner.blob_jobs.into_iter().collect();
+    packs.sort_by_key(|p| p.0);
+    for (_, jobs) in &mut packs {
+        jobs.sort_by_key(|j| j.loc.offset);
+    }
+    planner.plan.packs = packs;
+    Ok(planner.plan)
+}
+
+/// Restore `snapshot` into `options.target`.
+pub fn run(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<RestoreSummary> {
+    let _session = crate::session::Session::start(repo, "restore")?;
+    let index = repo.load_index()?;
+    let plan = plan(repo, &index, snapshot, options, cancel)?;
+    execute(repo, &plan, options, progress, cancel)
+}
+
+/// Carry out a plan.
+pub fn execute(
+    repo: &Repository,
+    plan: &RestorePlan,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<RestoreSummary> {
+    let mut summary = RestoreSummary::default();
+    let errors = AtomicU64::new(0);
+    let report = |path: &Path, message: &str| {
+        errors.fetch_add(1, Ordering::Relaxed);
+        progress.warning(path, message);
+    };
+    for (path, problem) in &plan.problems {
+        report(path, problem);
+    }
+    progress.total(plan.files.len() as u64, plan.total_bytes);
+
+    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
+    for (path, _) in &plan.dirs {
+        if let Err(e) = ensure_dir(path) {
+            return Err(Error::io(path, e));
+        }
+    }
+    summary.dirs = plan.dirs.len() as u64;
+
+    let owners = sys::is_root();
+    // Files without data (empty, or all holes) are complete at once.
+    for f in &plan.files {
+        if f.remaining.load(Ordering::Relaxed) == 0 {
+            match create_file(f).and_then(|_| apply_metadata(&f.path, &f.node, owners)) {
+                Ok(()) => progress.advance(1, f.size),
+                Err(e) => mark_failed(f, &format!("cannot create: {e}")),
+            }
+        }
+    }
+
+    let next = AtomicUsize::new(0);
+    let bytes = AtomicU64::new(0);
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..options.threads.max(1) {
+            s.spawn(|| {
+                loop {
+                    if cancel.is_cancelled() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack_id, jobs)) = plan.packs.get(i) else { return };
+                    if let Err(e) = restore_pack(repo, plan, pack_id, jobs, owners, progress, &bytes) {
+                        if !matches!(e, Error::Corrupt { .. } | Error::Backend(_)) {
+                            fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            return;
+                        }
+                        // A damaged or missing pack fails only the files that need it.
+                        let message = e.to_string();
+                        for job in jobs {
+                            for (file, _) in &job.targets {
+                                mark_failed(&plan.files[*file], &message);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+
+    // Files whose data could not be restored are removed, not left wrong.
+    for f in &plan.files {
+        let state = f.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = &state.failed {
+            report(&f.path, &format!("not restored: {reason}"));
+            let _ = fs::remove_file(&f.path);
+        } else {
+            summary.files += 1;
+        }
+    }
+
+    for late in &plan.late {
+        let result = match late {
+            Late::HardLink { path, to } => {
+                let _ = remove_non_dir(path);
+                fs::hard_link(to, path).map(|_| summary.files += 1)
+            }
+            Late::Symlink { path, node } => restore_symlink(path, node, owners).map(|_| summary.links += 1),
+            Late::Special { path, node } => restore_special(path, node, owners),
+        };
+        if let Err(e) = result {
+            let path = match late {
+                Late::HardLink { path, .. } | Late::Symlink { path, .. } | Late::Special { path, .. } => path,
+            };
+            report(path, &e.to_string());
+        }
+    }
+
+    // Deepest directories first, so a read-only parent is set after its children.
+    for (path, node) in plan.dirs.iter().rev() {
+        if let Err(e) = apply_metadata(path, node, owners) {
+            report(path, &format!("cannot set metadata: {e}"));
+        }
+    }
+
+    if options.verify {
+        let results = crate::util::parallel_map(&plan.files, options.threads.max(1), |f| {
+            if f.state.lock().unwrap_or_else(|e| e.into_inner()).failed.is_some() {
+                return None;
+            }
+            Some(verify_file(repo, f))
+        });
+        for (f, result) in plan.files.iter().zip(results) {
+            match result {
+                Some(Ok(())) => summary.verified += 1,
+                Some(Err(problem)) => report(&f.path, &format!("verification failed: {problem}")),
+                None => {}
+            }
+        }
+    }
+    summary.bytes = bytes.load(Ordering::Relaxed);
+    summary.errors = errors.load(Ordering::Relaxed);
+    Ok(summary)
+}
+
+fn mark_failed(file: &PlannedFile, reason: &str) {
+    let mut state = file.state.lock().unwrap_or_else(|e| e.into_inner());
+    state.failed.get_or_insert_with(|| reason.to_string());
+}
+
+/// Make `path` a real directory: replace a symlink or file in its place.
+fn ensure_dir(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => {
+            fs::remove_file(path)?;
+            fs::create_dir(path)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_non_dir(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_dir() => fs::remove_file(path),
+        _ => Ok(()),
+    }
+}
+
+/// Create (truncate) the file at its full size, leaving holes unwritten.
+fn create_file(f: &PlannedFile) -> io::Result<()> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&f.path)
+    };
+    let file = match open() {
+        Ok(file) => file,
+        // A symlink (or a special file) stands where the file goes: replace it.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENXIO) => {
+            fs::remove_file(&f.path)?;
+            open()?
+        }
+        Err(e) => return Err(e),
+    };
+    file.set_len(f.size)
+}
+
+fn open_for_write(f: &PlannedFile) -> io::Result<File> {
+    {
+        let mut state = f.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.created {
+            create_file(f)?;
+            state.created = true;
+        }
+    }
+    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&f.path)
+}
+
+fn restore_pack(
+    repo: &Repository,
+    plan: &RestorePlan,
+    pack_id: &PackId,
+    jobs: &[BlobJob],
+    owners: bool,
+    progress: &dyn Progress,
+    bytes: &AtomicU64,
+) -> Result<()> {
+    let key = pack::pack_key(pack_id);
+    // Read runs of blobs that lie close together in one request.
+    const MAX_GAP: u64 = 1 << 20;
+    const MAX_RUN: u64 = 64 << 20;
+    let mut i = 0;
+    while i < jobs.len() {
+        let start = jobs[i].loc.offset as u64;
+        let mut end = start + jobs[i].loc.stored_len as u64;
+        let mut j = i + 1;
+        while j < jobs.len() {
+            let s = jobs[j].loc.offset as u64;
+            let e = s + jobs[j].loc.stored_len as u64;
+            if s > end + MAX_GAP || e - start > MAX_RUN {
+                break;
+            }
+            end = end.max(e);
+            j += 1;
+        }
+        let data = repo.backend().get_range(&key, start..end).map_err(|e| {
+            if e.is_not_found() {
+                Error::corrupt(key.clone(), "pack is missing")
+            } else if e.kind() == backstop_backend::ErrorKind::InvalidRange {
+                Error::corrupt(key.clone(), "pack is truncated")
+            } else {
+                Error::Backend(e)
+            }
+        })?;
+        for job in &jobs[i..j] {
+            let from = (job.loc.offset as u64 - start) as usize;
+            let sealed = &data[from..from + job.loc.stored_len as usize];
+            let plain = match pack::reader::open_blob(repo.key(), &job.loc, &job.id, sealed) {
+                Ok(plain) => plain,
+                Err(e) => {
+                    for (file, _) in &job.targets {
+                        mark_failed(&plan.files[*file], &e.to_string());
+                    }
+                    continue;
+                }
+            };
+            for &(file_idx, offset) in &job.targets {
+                let f = &plan.files[file_idx];
+                if let Err(e) = open_for_write(f).and_then(|file| file.write_all_at(&plain, offset)) {
+                    mark_failed(f, &format!("cannot write: {e}"));
+                }
+                bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
+                progress.advance(0, plain.len() as u64);
+                if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    let ok = f.state.lock().unwrap_or_else(|e| e.into_inner()).failed.is_none();
+                    if ok && let Err(e) = apply_metadata(&f.path, &f.node, owners) {
+                        progress.warning(&f.path, &format!("cannot set metadata: {e}"));
+                    }
+                    progress.advance(1, 0);
+                }
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Owner (as root), mode, extended attributes and times, in that order
+/// (chown clears setuid bits; times last because the others change ctime
+/// only).
+fn apply_metadata(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+    if owners {
+        sys::lchown(path, node.uid, node.gid)?;
+    }
+    if node.node_type != NodeType::Symlink {
+        fs::set_permissions(path, fs::Permissions::from_mode(node.mode))?;
+    }
+    for (name, value) in &node.xattrs {
+        if let Err(e) = sys::set_xattr(path, name, value) {
+            // Unprivileged restores cannot set trusted.* or security.*;
+            // filesystems without xattrs refuse all. Neither loses data.
+            if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)) {
+                return Err(e);
+            }
+        }
+    }
+    sys::set_times(path, node.atime_ns, node.mtime_ns)
+}
+
+fn restore_symlink(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+    let NodeData::Symlink { target } = &node.data else { return Ok(()) };
+    remove_non_dir(path)?;
+    std::os::unix::fs::symlink(sys::os_str(target), path)?;
+    if owners {
+        sys::lchown(path, node.uid, node.gid)?;
+    }
+    sys::set_times(path, node.atime_ns, node.mtime_ns)
+}
+
+fn restore_special(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+    let (kind, rdev) = match (&node.node_type, &node.data) {
+        (NodeType::Fifo, _) => (libc::S_IFIFO, 0),
+        (NodeType::BlockDevice, NodeData::Device { rdev }) if owners => (libc::S_IFBLK, *rdev),
+        (NodeType::CharDevice, NodeData::Device { rdev }) if owners => (libc::S_IFCHR, *rdev),
+        (NodeType::BlockDevice | NodeType::CharDevice, _) => {
+            return Err(io::Error::other("device nodes can only be restored as root"));
+        }
+        // A socket is created by the program that listens on it.
+        _ => return Ok(()),
+    };
+    remove_non_dir(path)?;
+    sys::mknod(path, kind | node.mode, rdev)?;
+    apply_metadata(path, node, owners)
+}
+
+/// Read a restored file and compare it with the snapshot's content.
+fn verify_file(repo: &Repository, f: &PlannedFile) -> std::result::Result<(), String> {
+    let file = File::open(&f.path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len != f.size {
+        return Err(format!("size is {len}, expected {}", f.size));
+    }
+    let mut offset = 0u64;
+    let mut buf = Vec::new();
+    for c in &f.content {
+        buf.resize(c.len() as usize, 0);
+        file.read_exact_at(&mut buf, offset).map_err(|e| format!("read at {offset}: {e}"))?;
+        match c {
+            ContentRef::Data { id, .. } if repo.key().blob_id(&buf) != *id => {
+                return Err(format!("bytes at offset {offset} differ from blob {}", id.short()));
+            }
+            ContentRef::Zero { .. } if !crate::chunker::is_zero(&buf) => {
+                return Err(format!("bytes at offset {offset} should be zero"));
+            }
+            _ => {}
+        }
+        offset += c.len();
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! Thin, safe wrappers over the Unix calls the archiver and restorer need and
+//! `std` does not offer: `fstatat` with nanosecond times, reads that do not
+//! touch access times, extended attributes, hole detection, and setting
+//! owners, times and device nodes on paths without following symlinks.
+
+use std::ffi::{CStr, CString, OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+fn cstr(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    cstr(path.as_os_str().as_bytes())
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// `struct stat`, with times in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Full `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub atime_ns: i64,
+    pub ctime_ns: i64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+    /// Allocated 512-byte blocks.
+    pub blocks: u64,
+}
+
+impl Stat {
+    fn from_raw(st: &libc::stat) -> Stat {
+        let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
+        Stat {
+            mode: st.st_mode,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: st.st_size as u64,
+            mtime_ns: ns(st.st_mtime, st.st_mtime_nsec),
+            atime_ns: ns(st.st_atime, st.st_atime_nsec),
+            ctime_ns: ns(st.st_ctime, st.st_ctime_nsec),
+            dev: st.st_dev,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            rdev: st.st_rdev,
+            blocks: st.st_blocks as u64,
+        }
+    }
+
+    pub fn file_type(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == libc::S_IFDIR
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file_type() == libc::S_IFREG
+    }
+
+    /// Fewer blocks allocated than the size needs: the file has holes.
+    pub fn is_sparse(&self) -> bool {
+        self.is_file() && self.blocks.saturating_mul(512) + 64 * 1024 < self.size
+    }
+}
+
+pub fn lstat(path: &Path) -> io::Result<Stat> {
+    let c = cpath(path)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated; st is a valid out-pointer.
+    check(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+pub fn fstat(file: &File) -> io::Result<Stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the life of `file`.
+    check(unsafe { libc::fstat(file.as_raw_fd(), &mut st) })?;
+    Ok(Stat::from_raw(&st))
+}
+
+/// Open with `O_NOATIME` when permitted (owner or root): a backup should
+/// not change what it backs up. Falls back to a plain open.
+fn open_noatime(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cpath(path)?;
+    let base = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    for extra in [libc::O_NOATIME, 0] {
+        // SAFETY: c is NUL-terminated.
+        let fd = unsafe { libc::open(c.as_ptr(), base | extra) };
+        if fd >= 0 {
+            // SAFETY: fd was just opened and is owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = io::Error::last_os_error();
+        if extra == 0 || err.raw_os_error() != Some(libc::EPERM) {
+            return Err(err);
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Open a regular file for reading without following a symlink in its place.
+pub fn open_read(path: &Path) -> io::Result<File> {
+    Ok(File::from(open_noatime(path, libc::O_RDONLY)?))
+}
+
+/// One entry of a directory, with its metadata.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub stat: Stat,
+}
+
+/// Read a directory's entries and `lstat` each, sorted by name. Entries that
+/// vanish between the listing and the stat are skipped.
+pub fn read_dir(path: &Path) -> io::Result<Vec<DirEntry>> {
+    let fd = open_noatime(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    let raw = fd.as_raw_fd();
+    // SAFETY: fdopendir takes ownership of a valid directory descriptor; we
+    // release ours with into_raw_fd semantics by forgetting it.
+    let dir = unsafe { libc::fdopendir(raw) };
+    if dir.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    std::mem::forget(fd);
+    struct Dir(*mut libc::DIR);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from fdopendir and is closed once.
+            unsafe { libc::closedir(self.0) };
+        }
+    }
+    let dir = Dir(dir);
+    let mut entries = Vec::new();
+    loop {
+        // readdir signals errors only through errno.
+        // SAFETY: errno location is thread-local and always valid.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: dir.0 is a valid DIR stream.
+        let ent = unsafe { libc::readdir64(dir.0) };
+        if ent.is_null() {
+            let errno = unsafe { *libc::__errno_location() };
+            if errno != 0 {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the dirent.
+        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
+        let bytes = name.to_bytes();
+        if bytes == b"." || bytes == b".." {
+            continue;
+        }
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: the directory descriptor is valid; name is NUL-terminated.
+        let rc = unsafe { libc::fstatat(libc::dirfd(dir.0), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::NotFound {
+                continue;
+            }
+            return Err(err);
+        }
+        entries.push(DirEntry { name: OsString::from_vec(bytes.to_vec()), stat: Stat::from_raw(&st) });
+    }
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    Ok(entries)
+}
+
+pub fn read_link(path: &Path) -> io::Result<Vec<u8>> {
+    Ok(std::fs::read_link(path)?.into_os_string().into_vec())
+}
+
+/// Extended attributes of `path` (not following symlinks). Filesystems
+/// without xattr support give an empty list.
+pub fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = cpath(path)?;
+    let names = loop {
+        // SAFETY: a null buffer with size 0 asks for the needed size.
+        let size = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENOTSUP) => Ok(Vec::new()),
+                _ => Err(err),
+            };
+        }
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = vec![0u8; size as usize];
+        // SAFETY: buf has the stated length.
+        let got = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got >= 0 {
+            buf.truncate(got as usize);
+            break buf;
+        }
+        if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+            return Err(io::Error::last_os_error());
+        }
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = cstr(name)?;
+        loop {
+            // SAFETY: as above.
+            let size = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+            if size < 0 {
+                let err = io::Error::last_os_error();
+                if err.raw_os_error() == Some(libc::ENODATA) {
+                    break; // removed meanwhile
+                }
+                return Err(err);
+            }
+            let mut value = vec![0u8; size as usize];
+            // SAFETY: value has the stated length.
+            let got = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+            if got >= 0 {
+                value.truncate(got as usize);
+                out.push((name.to_vec(), value));
+                break;
+            }
+            if io::Error::last_os_error().raw_os_error() != Some(libc::ERANGE) {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c = cpath(path)?;
+    let n = cstr(name)?;
+    // SAFETY: pointers valid for the stated lengths.
+    check(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+}
+
+/// The data extents `[start, end)` of a file, skipping holes. Filesystems
+/// without SEEK_DATA report the whole file as data.
+pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut pos: i64 = 0;
+    while (pos as u64) < size {
+        // SAFETY: fd is valid for the life of `file`.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ENXIO) => break, // only a hole remains
+                Some(libc::EINVAL | libc::ENOTSUP) if extents.is_empty() => return Ok(vec![(0, size)]),
+                _ => return Err(err),
+            }
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = (hole as u64).min(size);
+        if end > data as u64 {
+            extents.push((data as u64, end));
+        }
+        pos = hole;
+    }
+    Ok(extents)
+}
+
+/// Set access and modification times without following a symlink.
+pub fn set_times(path: &Path, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
+    let c = cpath(path)?;
+    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    let times = [ts(atime_ns), ts(mtime_ns)];
+    // SAFETY: c is NUL-terminated; times has two entries.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+}
+
+pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
+}
+
+pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
+    let c = cpath(path)?;
+    // SAFETY: c is NUL-terminated.
+    check(unsafe { libc::mknod(c.as_ptr(), mode, rdev) })
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn os_str(bytes: &[u8]) -> &OsStr {
+    OsStr::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Seek, SeekFrom, Write};
+
+    #[test]
+    fn holes_are_found_in_sparse_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let mut f = File::create(&path).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(&[1; 65536]).unwrap();
+        f.set_len(16 << 20).unwrap();
+        drop(f);
+        let f = File::open(&path).unwrap();
+        let extents = data_extents(&f, 16 << 20).unwrap();
+        let data: u64 = extents.iter().map(|(a, b)| b - a).sum();
+        assert!(extents.iter().any(|&(a, b)| a <= 4 << 20 && b >= (4 << 20) + 65536), "{extents:?}");
+        // tmpfs and ext4 report the hole; a filesystem without SEEK_HOLE reports all data.
+        assert!(data == 16 << 20 || data < 1 << 20, "{extents:?}");
+        assert!(lstat(&path).unwrap().is_sparse() || data == 16 << 20);
+    }
+
+    #[test]
+    fn read_dir_sorts_and_stats_without_following_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b"), b"x").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.path().join("a")).unwrap();
+        std::fs::create_dir(dir.path().join("c")).unwrap();
+        let entries = read_dir(dir.path()).unwrap();
+        let names: Vec<_> = entries.iter().map(|e| e.name.to_str().unwrap()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert_eq!(entries[0].stat.file_type(), libc::S_IFLNK);
+        assert!(entries[1].stat.is_file() && entries[1].stat.size == 1);
+        assert!(entries[2].stat.is_dir());
+    }
+
+    #[test]
+    fn open_read_refuses_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), b"x").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("target"), dir.path().join("link")).unwrap();
+        assert!(open_read(&dir.path().join("link")).is_err());
+        assert!(open_read(&dir.path().join("target")).is_ok());
+    }
+}

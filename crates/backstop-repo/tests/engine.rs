@@ -1,0 +1,266 @@
+//! Engine integration tests: backup, restore, incremental reuse, streams,
+//! concurrency, checkpoints. Damage and crash tests live in their own files.
+
+mod common;
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use backstop_repo::backup::{self, BackupOptions, BackupSource, ParentChoice};
+use backstop_repo::restore::{self, RestoreOptions};
+use backstop_repo::{CancelToken, NoProgress, SnapshotKind};
+use common::*;
+
+fn fixture(root: &Path) {
+    build(
+        root,
+        &[
+            Entry::File("small.txt", b"hello backstop\n".to_vec()),
+            Entry::File("empty", Vec::new()),
+            Entry::File("docs/big.bin", noise(3 << 20, 1)),
+            Entry::File("docs/text.log", text(2 << 20, 2)),
+            Entry::File("docs/nested/deep/file", text(5000, 3)),
+            Entry::Dir("empty-dir"),
+            Entry::Symlink("link-to-small", "small.txt"),
+            Entry::Symlink("dangling", "/does/not/exist"),
+            Entry::Sparse("disk.raw", 8 << 20, vec![(1 << 20, noise(200_000, 4)), (6 << 20, text(70_000, 5))]),
+            Entry::Sparse("holey.dat", 4 << 20, vec![(3 << 20, noise(4096, 6))]),
+            Entry::HardLink("docs/hardlink", "small.txt"),
+            Entry::Fifo("pipe"),
+        ],
+    );
+    // A name that is not UTF-8.
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt")), b"latin-1 name").unwrap();
+    fs::set_permissions(root.join("docs/text.log"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+}
+
+#[test]
+fn backup_and_restore_reproduce_contents_and_metadata() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fixture(&src);
+    let out = t.backup(&[&src]);
+    assert_eq!(out.snapshot.kind, SnapshotKind::Files);
+    assert_eq!(out.snapshot.summary.warnings, 0);
+    assert!(out.snapshot.summary.files_new >= 8);
+
+    let target = t.dir.path().join("restore");
+    let summary = t.restore("latest", &target);
+    assert_eq!(summary.errors, 0, "{summary:?}");
+    assert_same_tree(&src, &restored_path(&target, &src));
+
+    // Holes stay holes: the 8 MiB image with ~270 KiB of data allocates little.
+    let restored = restored_path(&target, &src.join("disk.raw"));
+    let blocks = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&restored).unwrap());
+    assert!(blocks * 512 < 2 << 20, "restored sparse file allocates {} bytes", blocks * 512);
+}
+
+#[test]
+fn an_unchanged_tree_reads_nothing_and_adds_no_data() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fixture(&src);
+    let first = t.backup(&[&src]);
+    let second = t.backup(&[&src]);
+    assert_eq!(second.parent, Some(first.id));
+    assert_eq!(second.snapshot.summary.bytes_read, 0, "{:?}", second.snapshot.summary);
+    assert_eq!(second.snapshot.summary.data_blobs_added, 0);
+    assert_eq!(second.snapshot.summary.files_new + second.snapshot.summary.files_changed, 0);
+}
+
+#[test]
+fn a_changed_file_is_read_again_and_only_new_chunks_are_stored() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fixture(&src);
+    t.backup(&[&src]);
+    // Insert in the middle of a large file: content-defined chunks resynchronise.
+    let path = src.join("docs/text.log");
+    let mut data = fs::read(&path).unwrap();
+    data.splice(1_000_000..1_000_000, text(10_000, 99));
+    fs::write(&path, &data).unwrap();
+    let second = t.backup(&[&src]);
+    let s = &second.snapshot.summary;
+    assert_eq!(s.files_changed, 1, "{s:?}");
+    assert_eq!(s.bytes_read, data.len() as u64);
+    assert!(s.bytes_added < 1_600_000, "an insertion re-stores about two chunks, not the file: {s:?}");
+
+    let target = t.dir.path().join("restore");
+    t.restore("latest", &target);
+    assert_eq!(fs::read(restored_path(&target, &path)).unwrap(), data);
+}
+
+#[test]
+fn fixed_chunks_make_scattered_writes_to_images_cheap() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(&src, &[Entry::Sparse("vm.img", 64 << 20, vec![(0, noise(8 << 20, 7)), (32 << 20, noise(8 << 20, 8))])]);
+    t.backup(&[&src]);
+    let f = fs::OpenOptions::new().write(true).open(src.join("vm.img")).unwrap();
+    for i in 0..16u64 {
+        std::os::unix::fs::FileExt::write_all_at(&f, &noise(4096, 100 + i), i * 1_000_003 % (8 << 20)).unwrap();
+    }
+    drop(f);
+    let second = t.backup(&[&src]);
+    let s = &second.snapshot.summary;
+    // 16 scattered 4 KiB writes touch at most 16 chunks of 64 KiB.
+    assert!(s.bytes_added <= 16 * 65536 + 65536, "{s:?}");
+    assert!(s.bytes_read <= 17 << 20, "holes are not read: {s:?}");
+    let target = t.dir.path().join("restore");
+    t.restore("latest", &target);
+    assert_eq!(
+        blake3::hash(&fs::read(restored_path(&target, &src.join("vm.img"))).unwrap()),
+        blake3::hash(&fs::read(src.join("vm.img")).unwrap())
+    );
+}
+
+#[test]
+fn a_stream_is_stored_as_one_file() {
+    let t = TestRepo::new();
+    let data = text(3 << 20, 11);
+    let source =
+        BackupSource::Stream { reader: Box::new(std::io::Cursor::new(data.clone())), filename: "db.sql".into() };
+    let out = backup::run(&t.repo, source, &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(out.snapshot.kind, SnapshotKind::Stream);
+    assert_eq!(out.snapshot.paths, vec!["/db.sql".to_string()]);
+    let target = t.dir.path().join("restore");
+    t.restore("latest", &target);
+    assert_eq!(fs::read(target.join("db.sql")).unwrap(), data);
+}
+
+#[test]
+fn excludes_leave_matching_entries_out() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(
+        &src,
+        &[
+            Entry::File("keep.txt", b"k".to_vec()),
+            Entry::File("drop.tmp", b"d".to_vec()),
+            Entry::File("cache/x", b"x".to_vec()),
+            Entry::File("sub/also.tmp", b"a".to_vec()),
+        ],
+    );
+    let options = BackupOptions { excludes: vec!["*.tmp".into(), "cache/".into()], ..Default::default() };
+    t.backup_with(&[&src], &options);
+    let target = t.dir.path().join("restore");
+    t.restore("latest", &target);
+    let r = restored_path(&target, &src);
+    assert!(r.join("keep.txt").exists());
+    assert!(!r.join("drop.tmp").exists() && !r.join("cache").exists() && !r.join("sub/also.tmp").exists());
+    assert!(r.join("sub").is_dir());
+}
+
+#[test]
+fn include_and_exclude_select_what_is_restored() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fixture(&src);
+    t.backup(&[&src]);
+    let (_, snap) = t.repo.find_snapshot("latest").unwrap();
+    let target = t.dir.path().join("restore");
+    let mut options = RestoreOptions::new(&target);
+    options.include = vec!["docs/".into()];
+    options.exclude = vec!["*.bin".into()];
+    let summary = restore::run(&t.repo, &snap, &options, &NoProgress, &CancelToken::new()).unwrap();
+    let r = restored_path(&target, &src);
+    assert!(r.join("docs/text.log").exists() && r.join("docs/nested/deep/file").exists());
+    assert!(!r.join("docs/big.bin").exists(), "excluded");
+    assert!(!r.join("small.txt").exists(), "not included");
+    assert_eq!(summary.errors, 0);
+}
+
+#[test]
+fn restore_verify_reads_back_every_file() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fixture(&src);
+    t.backup(&[&src]);
+    let (_, snap) = t.repo.find_snapshot("latest").unwrap();
+    let target = t.dir.path().join("restore");
+    let mut options = RestoreOptions::new(&target);
+    options.verify = true;
+    let summary = restore::run(&t.repo, &snap, &options, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(summary.errors, 0);
+    assert!(summary.verified >= 8, "{summary:?}");
+}
+
+#[test]
+fn two_concurrent_backups_into_one_repository_both_succeed() {
+    let t = TestRepo::new();
+    let a = t.dir.path().join("a");
+    let b = t.dir.path().join("b");
+    build(&a, &[Entry::File("x", noise(4 << 20, 20)), Entry::File("shared", text(1 << 20, 21))]);
+    build(&b, &[Entry::File("y", noise(4 << 20, 22)), Entry::File("shared", text(1 << 20, 21))]);
+    let repo_b = t.reopen();
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| t.backup(&[&a]));
+        let hb = s.spawn(|| {
+            let source = BackupSource::Paths(vec![b.clone()]);
+            backup::run(&repo_b, source, &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap()
+        });
+        ha.join().unwrap();
+        hb.join().unwrap();
+    });
+    assert_eq!(t.repo.snapshots().unwrap().len(), 2);
+    for (id, snap) in t.repo.snapshots().unwrap() {
+        let target = t.dir.path().join(format!("restore-{}", id.short()));
+        restore::run(&t.repo, &snap, &RestoreOptions::new(&target), &NoProgress, &CancelToken::new()).unwrap();
+        let src = Path::new(&snap.paths[0]);
+        assert_same_tree(src, &restored_path(&target, src));
+    }
+}
+
+#[test]
+fn parent_none_reads_everything_again() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(&src, &[Entry::File("f", text(100_000, 1))]);
+    t.backup(&[&src]);
+    let out = t.backup_with(&[&src], &BackupOptions { parent: ParentChoice::None, ..Default::default() });
+    assert_eq!(out.parent, None);
+    assert_eq!(out.snapshot.summary.bytes_read, 100_000);
+    assert_eq!(out.snapshot.summary.data_blobs_added, 0, "but deduplicates");
+}
+
+#[test]
+fn a_cancelled_backup_leaves_a_checkpoint_that_the_next_backup_resumes() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    let files: Vec<Entry> = (0..40)
+        .map(|i| Entry::File(Box::leak(format!("f{i:02}").into_boxed_str()), noise(256 << 10, 300 + i)))
+        .collect();
+    build(&src, &files);
+
+    // Cancel after about half the bytes.
+    struct CancelHalfway {
+        token: CancelToken,
+        seen: std::sync::atomic::AtomicU64,
+    }
+    impl backstop_repo::Progress for CancelHalfway {
+        fn advance(&self, _files: u64, bytes: u64) {
+            if self.seen.fetch_add(bytes, std::sync::atomic::Ordering::SeqCst) + bytes > 5 << 20 {
+                self.token.cancel();
+            }
+        }
+    }
+    let token = CancelToken::new();
+    let progress = CancelHalfway { token: token.clone(), seen: Default::default() };
+    let options = BackupOptions { readers: 1, workers: 1, ..Default::default() };
+    let err = backup::run(&t.repo, BackupSource::Paths(vec![src.clone()]), &options, &progress, &token).unwrap_err();
+    assert!(matches!(err, backstop_repo::Error::Cancelled), "{err}");
+    let checkpoints = t.repo.checkpoints().unwrap();
+    assert_eq!(checkpoints.len(), 1, "a cancelled backup leaves one checkpoint");
+    assert!(t.repo.snapshots().unwrap().is_empty(), "but no snapshot");
+
+    let out = t.backup(&[&src]);
+    assert_eq!(out.resumed, Some(checkpoints[0].0));
+    let s = &out.snapshot.summary;
+    assert!(s.files_unchanged >= 10, "finished files are reused: {s:?}");
+    assert!(s.bytes_read < 10 << 20, "only the remainder is read: {s:?}");
+    assert!(t.repo.checkpoints().unwrap().is_empty(), "the checkpoint is removed once resumed");
+    let target = t.dir.path().join("restore");
+    t.restore("latest", &target);
+    assert_same_tree(&src, &restored_path(&target, &src));
+}
