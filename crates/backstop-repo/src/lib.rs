@@ -21,6 +21,7 @@ pub mod error;
 pub mod filter;
 pub mod id;
 pub mod index;
+pub mod ops;
 pub mod pack;
 pub mod progress;
 pub mod repository;

@@ -49,6 +49,9 @@ impl std::fmt::Debug for Repository {
     }
 }
 
+/// Index files with their ids.
+pub type IndexFiles = Vec<(IndexId, IndexFile)>;
+
 /// Manifests with their ids, oldest first.
 pub type Manifests = Vec<(SnapshotId, Snapshot)>;
 
@@ -207,10 +210,9 @@ impl Repository {
 
     // ------------------------------------------------------------------ index
 
-    /// Load and merge every index file. Unreadable files are skipped and
-    /// reported; their packs then look unindexed (`check` says so and
-    /// `repair index` rebuilds them).
-    pub fn load_index_report(&self) -> Result<(Index, Vec<Damage>)> {
+    /// Every readable index file (superseded ones included), and the files
+    /// that could not be read.
+    pub fn load_index_files(&self) -> Result<(IndexFiles, Vec<Damage>)> {
         for attempt in 0..3 {
             let metas = self.backend().list("index/")?;
             let ids: Vec<IndexId> =
@@ -237,9 +239,17 @@ impl Repository {
             if vanished && attempt < 2 {
                 continue;
             }
-            return Ok((Index::from_files(files), damage));
+            return Ok((files, damage));
         }
         unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Load and merge every index file. Unreadable files are skipped and
+    /// reported; their packs then look unindexed (`check` says so and
+    /// `repair index` rebuilds them).
+    pub fn load_index_report(&self) -> Result<(Index, Vec<Damage>)> {
+        let (files, damage) = self.load_index_files()?;
+        Ok((Index::from_files(files), damage))
     }
 
     /// Load the index, failing on nothing: damaged index files are skipped.

@@ -96,13 +96,18 @@ impl Session {
             std::thread::Builder::new()
                 .name("backstop-heartbeat".into())
                 .spawn(move || {
-                    let mut stop = heartbeat.stop.lock().unwrap_or_else(|e| e.into_inner());
                     loop {
-                        let (guard, _) = heartbeat.wake.wait_timeout(stop, interval).unwrap_or_else(|e| e.into_inner());
-                        stop = guard;
+                        let stop = heartbeat.stop.lock().unwrap_or_else(|e| e.into_inner());
+                        // Checks the flag before sleeping, so a stop that
+                        // came before we got here is not missed.
+                        let (stop, _) = heartbeat
+                            .wake
+                            .wait_timeout_while(stop, interval, |stop| !*stop)
+                            .unwrap_or_else(|e| e.into_inner());
                         if *stop {
                             return;
                         }
+                        drop(stop);
                         if backend.put(&key, &marker, backstop_backend::PutMode::Overwrite).is_ok() {
                             *heartbeat.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                         }
@@ -145,6 +150,12 @@ impl Session {
         self.stop_heartbeat();
         self.repo.backend().delete(&session_key(&self.info.id))?;
         Ok(())
+    }
+
+    /// Stop heartbeating and leave the marker behind, as a process that was
+    /// killed does. For fault-injection tests.
+    pub fn abandon(mut self) {
+        self.stop_heartbeat();
     }
 
     fn stop_heartbeat(&mut self) {

@@ -250,10 +250,15 @@ impl Saver {
         }
     }
 
+    /// The packs uploaded since the last call (and not yet in an index file).
+    pub fn take_uploaded(&self) -> Vec<IndexPack> {
+        std::mem::take(&mut self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).done)
+    }
+
     /// Write an index file for the packs uploaded since the last call, if
     /// any. Call after [`flush`](Self::flush).
     pub fn write_index(&self, supersedes: Vec<crate::id::IndexId>) -> Result<Option<crate::id::IndexId>> {
-        let packs = std::mem::take(&mut self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).done);
+        let packs = self.take_uploaded();
         if packs.is_empty() && supersedes.is_empty() {
             return Ok(None);
         }

@@ -1,0 +1,301 @@
+//! Check: is everything every snapshot needs present and intact?
+//!
+//! Structure (index files, manifests, trees) is always checked; pack
+//! headers are compared with the index; with `read_data` the packs' bytes
+//! are read and every blob is decrypted and hashed. Every finding names the
+//! object and what is wrong with it.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::used::collect_used;
+use crate::error::{Error, Result};
+use crate::id::PackId;
+use crate::index::Index;
+use crate::pack::{self, BlobLocation};
+use crate::progress::{CancelToken, Progress};
+use crate::repository::Repository;
+use crate::util::parallel_map;
+
+/// How much pack data to read.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ReadData {
+    #[default]
+    None,
+    All,
+    /// This fraction of the packs, chosen at random.
+    Fraction(f64),
+    /// Packs whose first id byte is `n - 1` modulo `m` (`n/m`), so that `m`
+    /// runs with n = 1..m read every pack once.
+    Slice {
+        n: u32,
+        m: u32,
+    },
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = String;
+    /// `10%` or `2/5`.
+    fn from_str(s: &str) -> Result<ReadData, String> {
+        let bad = || format!("{s:?} is not a subset: use a percentage like 10% or a slice like 1/5");
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(ReadData::Fraction(p / 100.0));
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+        if m == 0 || n == 0 || n > m || m > 256 {
+            return Err(bad());
+        }
+        Ok(ReadData::Slice { n, m })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    pub read_data: ReadData,
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub object: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckReport {
+    /// Damage: data some snapshot needs is missing or wrong.
+    pub errors: Vec<Finding>,
+    /// Not damage, but worth knowing (leftovers of interrupted backups, …).
+    pub notes: Vec<Finding>,
+    pub snapshots: usize,
+    pub packs: usize,
+    pub packs_read: usize,
+    pub blobs_read: u64,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    fn error(&mut self, object: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(Finding { object: object.into(), problem: problem.into() });
+    }
+
+    fn note(&mut self, object: impl Into<String>, problem: impl Into<String>) {
+        self.notes.push(Finding { object: object.into(), problem: problem.into() });
+    }
+}
+
+pub fn run(
+    repo: &Repository,
+    options: &CheckOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
+    let _session = crate::session::Session::start(repo, "check")?;
+    let threads = options.threads.max(1);
+    let mut report = CheckReport::default();
+
+    progress.info("loading index");
+    let (index, damaged_indexes) = repo.load_index_report()?;
+    for d in damaged_indexes {
+        report
+            .error(d.object, format!("{}; run `backstop repair index` to rebuild the index from the packs", d.problem));
+    }
+
+    // Packs: listed in the index ⇔ present, with plausible sizes.
+    progress.info("checking packs");
+    let present: HashMap<PackId, u64> = repo
+        .backend()
+        .list("data/")?
+        .into_iter()
+        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()).map(|id| (id, m.size)))
+        .collect();
+    report.packs = present.len();
+    let mut expected_min: HashMap<PackId, u64> = HashMap::new();
+    for (_, loc) in index.iter() {
+        let end = loc.offset as u64 + loc.stored_len as u64 + pack::TRAILER_LEN as u64;
+        let e = expected_min.entry(loc.pack).or_default();
+        *e = (*e).max(end);
+    }
+    let live_writers = crate::session::list_sessions(repo)?.into_iter().any(|s| !s.stale && s.info.kind == "backup");
+    for pack in index.packs() {
+        match present.get(pack) {
+            None => report.error(pack::pack_key(pack), "is listed in the index but missing"),
+            Some(size) if *size < expected_min.get(pack).copied().unwrap_or(0) => {
+                report.error(pack::pack_key(pack), format!("is truncated ({size} bytes; the index needs more)"))
+            }
+            Some(_) => {}
+        }
+    }
+    let indexed: HashSet<PackId> = index.packs().iter().copied().collect();
+    for id in present.keys().filter(|p| !indexed.contains(p)) {
+        let why = if live_writers {
+            "is not in the index yet (a backup is running)"
+        } else {
+            "is not in the index (left by an interrupted backup; prune removes it, `repair index` adopts it)"
+        };
+        report.note(pack::pack_key(id), why);
+    }
+
+    // Headers agree with the index.
+    let by_pack = blobs_by_pack(&index);
+    let packs: Vec<(PackId, u64)> =
+        index.packs().iter().filter_map(|p| present.get(p).map(|size| (*p, *size))).collect();
+    let header_findings = parallel_map(&packs, threads, |(pack, size)| {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let expected = &by_pack[pack];
+        match pack::reader::read_header(repo.backend().as_ref(), repo.key(), pack, *size) {
+            Err(e) => Some(e.to_string()),
+            Ok(entries) => {
+                let mut offset = 0u32;
+                let mut in_header = HashMap::new();
+                for e in &entries {
+                    in_header.insert((e.kind, e.id), (offset, e.stored_len, e.raw_len));
+                    offset = offset.wrapping_add(e.stored_len);
+                }
+                let wrong = expected.iter().filter(|(id, loc)| {
+                    in_header.get(&(loc.kind, *id)) != Some(&(loc.offset, loc.stored_len, loc.raw_len))
+                });
+                let n = wrong.count();
+                (n > 0).then(|| format!("{n} blobs in the index do not match the pack header"))
+            }
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    for ((pack, _), finding) in packs.iter().zip(header_findings) {
+        if let Some(problem) = finding {
+            report.error(pack::pack_key(pack), problem);
+        }
+    }
+
+    // Snapshots and the trees they need.
+    progress.info("checking snapshots and trees");
+    let (snapshots, damaged) = repo.snapshots_report()?;
+    let (checkpoints, damaged_cp) = repo.checkpoints_report()?;
+    for d in damaged.into_iter().chain(damaged_cp) {
+        report.error(d.object, format!("{}; `backstop forget` it if it cannot be recovered", d.problem));
+    }
+    report.snapshots = snapshots.len();
+    let roots: Vec<(String, crate::id::BlobId)> = snapshots
+        .iter()
+        .map(|(id, s)| (format!("snapshot {}", id.short()), s.tree))
+        .chain(checkpoints.iter().map(|(id, s)| (format!("checkpoint {}", id.short()), s.tree)))
+        .collect();
+    let used = collect_used(repo, &index, &roots);
+    for d in used.damage {
+        report.error(d.object, d.problem);
+    }
+    for pending in repo.backend().list("prune/")? {
+        report.note(pending.key, "a prune deletion is pending (it finishes when the backups that were running end)");
+    }
+
+    // Data.
+    let selected: Vec<(PackId, u64)> = match options.read_data {
+        ReadData::None => Vec::new(),
+        ReadData::All => packs.clone(),
+        ReadData::Fraction(f) => {
+            let want = ((packs.len() as f64 * f).ceil() as usize).min(packs.len());
+            // A random order: keyed hashes of the pack ids under a fresh key.
+            let key = crate::id::BlobId::random().0;
+            let mut shuffled = packs.clone();
+            shuffled.sort_by_key(|(p, _)| *blake3::keyed_hash(&key, p.as_bytes()).as_bytes());
+            shuffled.truncate(want);
+            shuffled
+        }
+        ReadData::Slice { n, m } => packs.iter().filter(|(p, _)| (p.0[0] as u32) % m == n - 1).copied().collect(),
+    };
+    if !selected.is_empty() {
+        progress.info(&format!("reading {} packs", selected.len()));
+        let total: u64 = selected.iter().map(|(_, s)| s).sum();
+        progress.total(selected.len() as u64, total);
+        let results = parallel_map(&selected, threads, |(pack, size)| {
+            if cancel.is_cancelled() {
+                return (0, vec![]);
+            }
+            let r = read_pack(repo, pack, *size, &by_pack[pack]);
+            progress.advance(1, *size);
+            r
+        });
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        report.packs_read = selected.len();
+        for (blobs, findings) in results {
+            report.blobs_read += blobs;
+            report.errors.extend(findings);
+        }
+    }
+    Ok(report)
+}
+
+fn blobs_by_pack(index: &Index) -> HashMap<PackId, Vec<(crate::id::BlobId, BlobLocation)>> {
+    let mut out: HashMap<PackId, Vec<_>> = index.packs().iter().map(|p| (*p, Vec::new())).collect();
+    for (id, loc) in index.iter() {
+        out.entry(loc.pack).or_default().push((id, loc));
+    }
+    out
+}
+
+/// Read a whole pack: its hash, its header, and every blob the index lists.
+fn read_pack(
+    repo: &Repository,
+    pack: &PackId,
+    size: u64,
+    blobs: &[(crate::id::BlobId, BlobLocation)],
+) -> (u64, Vec<Finding>) {
+    let key = pack::pack_key(pack);
+    let mut findings = Vec::new();
+    let bytes = match repo.backend().get(&key) {
+        Ok(b) => b,
+        Err(e) => return (0, vec![Finding { object: key, problem: format!("cannot be read: {e}") }]),
+    };
+    if *blake3::hash(&bytes).as_bytes() != pack.0 {
+        findings.push(Finding { object: key.clone(), problem: "content does not match its name (damaged)".into() });
+    }
+    if bytes.len() as u64 != size {
+        findings.push(Finding { object: key.clone(), problem: "changed size while being read".into() });
+    }
+    let mut read = 0;
+    for (id, loc) in blobs {
+        let start = loc.offset as usize;
+        let Some(sealed) = bytes.get(start..start + loc.stored_len as usize) else {
+            findings.push(Finding {
+                object: format!("{} blob {}", loc.kind, id.short()),
+                problem: format!("lies beyond the end of {key}"),
+            });
+            continue;
+        };
+        if let Err(e) = pack::reader::open_blob(repo.key(), loc, id, sealed) {
+            findings
+                .push(Finding { object: format!("{} blob {} in {key}", loc.kind, id.short()), problem: e.to_string() });
+        }
+        read += 1;
+    }
+    (read, findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_parse() {
+        assert_eq!("10%".parse::<ReadData>().unwrap(), ReadData::Fraction(0.1));
+        assert_eq!("2/5".parse::<ReadData>().unwrap(), ReadData::Slice { n: 2, m: 5 });
+        for bad in ["0%", "101%", "x%", "0/5", "6/5", "1/0", "1", ""] {
+            assert!(bad.parse::<ReadData>().is_err(), "{bad}");
+        }
+    }
+}
