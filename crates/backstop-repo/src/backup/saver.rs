@@ -1,6 +1,7 @@
 //! The blob saver: deduplicate, compress, seal, pack, upload. Shared by all
 //! threads of a backup (and by prune's repacking).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -26,8 +27,12 @@ pub struct SaverStats {
 }
 
 struct Uploads {
-    /// Packs handed to uploaders and not yet done.
-    in_flight: usize,
+    /// Tickets are handed out in order when a pack is closed, before it is
+    /// finished and queued; `flush` waits for the tickets older than itself
+    /// only, so a steady stream of new packs cannot starve it.
+    next_ticket: u64,
+    /// Tickets of packs closed and not yet uploaded (or abandoned).
+    pending: BTreeSet<u64>,
     /// Packs uploaded and not yet written to an index file.
     done: Vec<IndexPack>,
     error: Option<Error>,
@@ -42,7 +47,20 @@ struct Shared {
 }
 
 impl Shared {
-    fn upload(&self, pack: FinishedPack) {
+    fn ticket(&self) -> u64 {
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let t = uploads.next_ticket;
+        uploads.next_ticket += 1;
+        uploads.pending.insert(t);
+        t
+    }
+
+    fn release(&self, ticket: u64) {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&ticket);
+        self.uploads_changed.notify_all();
+    }
+
+    fn upload(&self, ticket: u64, pack: FinishedPack) {
         let result = self.repo.backend().put_file(&pack_key(&pack.id), &pack.path, PutMode::Overwrite);
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         match result {
@@ -57,7 +75,7 @@ impl Shared {
                 }
             }
         }
-        uploads.in_flight -= 1;
+        uploads.pending.remove(&ticket);
         drop(uploads);
         self.uploads_changed.notify_all();
     }
@@ -71,7 +89,7 @@ pub struct Saver {
     compression: Compression,
     data_pack: Mutex<Option<PackWriter>>,
     tree_pack: Mutex<Option<PackWriter>>,
-    upload_tx: Mutex<Option<Sender<FinishedPack>>>,
+    upload_tx: Mutex<Option<Sender<(u64, FinishedPack)>>>,
     uploaders: Mutex<Vec<std::thread::JoinHandle<()>>>,
     pub stats: SaverStats,
 }
@@ -87,19 +105,19 @@ impl Saver {
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             index,
-            uploads: Mutex::new(Uploads { in_flight: 0, done: Vec::new(), error: None }),
+            uploads: Mutex::new(Uploads { next_ticket: 0, pending: BTreeSet::new(), done: Vec::new(), error: None }),
             uploads_changed: Condvar::new(),
         });
-        let (tx, rx) = crossbeam_channel::bounded::<FinishedPack>(uploaders.max(1));
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, FinishedPack)>(uploaders.max(1));
         let mut handles = Vec::new();
         for _ in 0..uploaders.max(1) {
             let shared = shared.clone();
-            let rx: Receiver<FinishedPack> = rx.clone();
+            let rx: Receiver<(u64, FinishedPack)> = rx.clone();
             let handle = std::thread::Builder::new()
                 .name("backstop-upload".into())
                 .spawn(move || {
-                    for pack in rx {
-                        shared.upload(pack);
+                    for (ticket, pack) in rx {
+                        shared.upload(ticket, pack);
                     }
                 })
                 .map_err(|e| Error::io("upload thread", e))?;
@@ -206,42 +224,53 @@ impl Saver {
             let writer = slot.as_mut().expect("just created");
             writer.add(id, sealed, raw_len).map_err(|e| Error::io(&self.staging, e))?;
             if writer.size() >= self.target_size(kind) {
-                let writer = slot.take().expect("present");
-                Some(writer.finish(&self.sealer).map_err(|e| Error::io(&self.staging, e))?)
+                // The ticket is taken under the slot lock: a flush that
+                // starts after this blob was added waits for this pack.
+                Some((slot.take().expect("present"), self.shared.ticket()))
             } else {
                 None
             }
         };
-        if let Some(pack) = finished {
-            self.send(pack)?;
+        match finished {
+            Some((writer, ticket)) => self.finish_and_send(writer, ticket),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    fn send(&self, pack: FinishedPack) -> Result<()> {
-        self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).in_flight += 1;
+    fn finish_and_send(&self, writer: PackWriter, ticket: u64) -> Result<()> {
+        let pack = match writer.finish(&self.sealer) {
+            Ok(pack) => pack,
+            Err(e) => {
+                self.shared.release(ticket);
+                return Err(Error::io(&self.staging, e));
+            }
+        };
         let tx = self.upload_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match tx {
-            Some(tx) if tx.send(pack).is_ok() => Ok(()),
+            Some(tx) if tx.send((ticket, pack)).is_ok() => Ok(()),
             _ => {
-                self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).in_flight -= 1;
+                self.shared.release(ticket);
                 Err(Error::Invalid("the saver is shut down".into()))
             }
         }
     }
 
-    /// Finish the open packs and wait until every pack is uploaded.
+    /// Finish the open packs and wait until they and every pack closed
+    /// before this call are uploaded (not packs closed meanwhile).
     /// Everything `save` returned before this call is then in the repository.
     pub fn flush(&self) -> Result<()> {
         for kind in [BlobKind::Data, BlobKind::Tree] {
-            let writer = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(writer) = writer.filter(|w| !w.is_empty()) {
-                let pack = writer.finish(&self.sealer).map_err(|e| Error::io(&self.staging, e))?;
-                self.send(pack)?;
+            let taken = {
+                let mut slot = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner());
+                slot.take().filter(|w| !w.is_empty()).map(|w| (w, self.shared.ticket()))
+            };
+            if let Some((writer, ticket)) = taken {
+                self.finish_and_send(writer, ticket)?;
             }
         }
         let mut uploads = self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        while uploads.in_flight > 0 {
+        let target = uploads.next_ticket;
+        while uploads.pending.range(..target).next().is_some() {
             uploads = self.shared.uploads_changed.wait(uploads).unwrap_or_else(|e| e.into_inner());
         }
         match uploads.error.take() {
