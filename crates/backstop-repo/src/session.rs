@@ -181,12 +181,15 @@ fn seal_marker(sealer: &Sealer, info: &SessionInfo) -> Vec<u8> {
     sealer.seal(ObjectKind::Session, None, &json, Compression::None)
 }
 
-/// Every session marker present, with whether it is stale. Markers that
+/// Every session marker present, with whether it is stale: not refreshed
+/// within `stale_after`, or written by a process of this host that no
+/// longer exists (a `kill -9` leaves no lock behind for long). Markers that
 /// cannot be read are reported as stale sessions of unknown kind, so that a
 /// damaged marker cannot block prune forever.
 pub fn list_sessions(repo: &Repository) -> Result<Vec<LiveSession>> {
     let stale_after = repo.session_timing().stale_after;
     let now = SystemTime::now();
+    let this_host = crate::util::hostname();
     let mut out = Vec::new();
     for meta in repo.backend().list("sessions/")? {
         let Some(id) = meta.key.strip_prefix("sessions/").and_then(|s| s.parse::<SessionId>().ok()) else {
@@ -202,7 +205,10 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<LiveSession>> {
             Err(e) => return Err(e.into()),
         };
         let (info, stale) = match info {
-            Some(info) => (info, stale),
+            Some(info) => {
+                let dead = info.hostname == this_host && !process_alive(info.pid);
+                (info, stale || dead)
+            }
             None => (
                 SessionInfo {
                     id,
@@ -217,4 +223,17 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<LiveSession>> {
         out.push(LiveSession { info, last_modified: meta.last_modified, stale });
     }
     Ok(out)
+}
+
+/// Whether a process with this pid exists on this machine. A reused pid
+/// counts as alive, which errs on the safe side (the marker then goes stale
+/// by age).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
