@@ -27,6 +27,7 @@ mod local;
 mod memory;
 mod retry;
 mod s3;
+mod throttle;
 
 pub mod conformance;
 
@@ -36,6 +37,7 @@ pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 pub use retry::{RetryBackend, RetryPolicy};
 pub use s3::{S3Backend, S3Options};
+pub use throttle::ThrottleBackend;
 
 /// What `put` does when the object already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,16 +167,26 @@ pub struct OpenOptions {
     /// Maximum concurrent backend operations.
     pub connections: usize,
     pub retry: RetryPolicy,
+    /// Upload limit in bytes per second.
+    pub upload_limit: Option<u64>,
+    /// Download limit in bytes per second.
+    pub download_limit: Option<u64>,
 }
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { s3: S3Options::default(), connections: 8, retry: RetryPolicy::default() }
+        OpenOptions {
+            s3: S3Options::default(),
+            connections: 8,
+            retry: RetryPolicy::default(),
+            upload_limit: None,
+            download_limit: None,
+        }
     }
 }
 
-/// Parse a repository location and return its backend, wrapped in the retry
-/// and concurrency-limit decorators.
+/// Parse a repository location and return its backend, wrapped in the retry,
+/// bandwidth-limit and concurrency-limit decorators.
 ///
 /// Accepted forms: `s3://bucket[/prefix]`, `memory:` (a fresh in-memory store,
 /// for tests), `file:/path`, or a plain filesystem path.
@@ -197,7 +209,8 @@ pub fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Backend>> {
         Arc::new(LocalBackend::new(path))
     };
     let retried = RetryBackend::new(inner, options.retry.clone());
-    Ok(Arc::new(LimitBackend::new(retried, options.connections.max(1))))
+    let throttled = ThrottleBackend::new(retried, options.upload_limit, options.download_limit);
+    Ok(Arc::new(LimitBackend::new(throttled, options.connections.max(1))))
 }
 
 #[cfg(test)]
