@@ -5,6 +5,8 @@
 //! a temporary directory, for as long as the value lives. Tests talk to it over
 //! HTTP exactly as they would to MinIO or Ceph RGW.
 
+pub mod fixture;
+
 use std::net::SocketAddr;
 use std::path::Path;
 

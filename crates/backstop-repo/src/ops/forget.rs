@@ -179,7 +179,11 @@ mod tests {
     #[test]
     fn keep_weekly_monthly_yearly() {
         let h = history();
-        assert_eq!(kept(&apply(&h, &KeepPolicy { monthly: 12, ..Default::default() }).unwrap()), 3, "January, February and 1 March");
+        assert_eq!(
+            kept(&apply(&h, &KeepPolicy { monthly: 12, ..Default::default() }).unwrap()),
+            3,
+            "January, February and 1 March"
+        );
         assert_eq!(kept(&apply(&h, &KeepPolicy { yearly: 3, ..Default::default() }).unwrap()), 1);
         let weeks = kept(&apply(&h, &KeepPolicy { weekly: 4, ..Default::default() }).unwrap());
         assert_eq!(weeks, 4);

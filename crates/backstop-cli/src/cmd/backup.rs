@@ -1,0 +1,155 @@
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use backstop_repo::backup::{self, BackupOptions, BackupSource, FixedChunking, ParentChoice};
+
+use crate::exit;
+use crate::global::Context;
+use crate::output::{bytes, duration_ms, print_json};
+
+#[derive(clap::Args)]
+#[command(long_about = "Back up files and directories into a new snapshot. Paths are recorded as \
+absolute paths. Files whose size, modification time, change time and inode match the parent \
+snapshot (the newest snapshot of the same host and paths, or --parent) are not read again. Files \
+that cannot be read are named in a warning, the rest is backed up, and the exit code is 3.
+
+With --stdin, standard input is stored as one file named by --stdin-filename.
+
+An interrupted backup (Ctrl-C, SIGTERM, a crash) leaves a checkpoint; the next backup of the same \
+paths resumes from it and does not read or upload again what was already saved.")]
+pub struct Args {
+    /// Files and directories to back up.
+    #[arg(value_name = "PATH", required_unless_present = "stdin")]
+    paths: Vec<PathBuf>,
+
+    /// Leave out paths matching PATTERN (gitignore syntax; repeatable).
+    #[arg(short = 'e', long, value_name = "PATTERN")]
+    exclude: Vec<String>,
+
+    /// Read exclude patterns from FILE, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+
+    /// Tag the snapshot (repeatable, or comma-separated).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    tag: Vec<String>,
+
+    /// Record this host name instead of the machine's.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
+
+    /// Compare against this snapshot instead of the newest one of the same host and paths.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "force")]
+    parent: Option<String>,
+
+    /// Read every file, ignoring any parent snapshot.
+    #[arg(long)]
+    force: bool,
+
+    /// Back up standard input instead of files.
+    #[arg(long, conflicts_with = "paths")]
+    stdin: bool,
+
+    /// File name for the --stdin data.
+    #[arg(long, default_value = "stdin", value_name = "NAME")]
+    stdin_filename: String,
+
+    /// Which files get fixed-size chunks: auto (sparse files and disk images), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    fixed_chunks: String,
+
+    /// Snapshot time (RFC 3339) instead of now.
+    #[arg(long, value_name = "TIME")]
+    time: Option<String>,
+
+    /// Do not count files first (progress then has no total or ETA).
+    #[arg(long)]
+    no_scan: bool,
+
+    /// Seconds between checkpoints of a long backup.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS", hide = true)]
+    checkpoint_interval: u64,
+}
+
+pub fn run(ctx: &Context, args: Args) -> Result<u8> {
+    let repo = ctx.open()?;
+    let mut excludes = args.exclude.clone();
+    for file in &args.exclude_file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        excludes
+            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+    }
+    let parent = match (&args.parent, args.force) {
+        (Some(spec), _) => ParentChoice::Snapshot(repo.find_snapshot(spec)?.0),
+        (None, true) => ParentChoice::None,
+        (None, false) => ParentChoice::Latest,
+    };
+    let time = match &args.time {
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .with_context(|| format!("--time {t:?} is not an RFC 3339 time like 2026-01-31T23:00:00Z"))?
+                .to_utc(),
+        ),
+        None => None,
+    };
+    let tags: Vec<String> = args.tag.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    if tags.iter().any(|t| t.chars().any(char::is_control)) {
+        bail!("tags cannot contain control characters");
+    }
+    let options = BackupOptions {
+        tags,
+        hostname: args.host.clone(),
+        excludes,
+        parent,
+        fixed_chunking: match args.fixed_chunks.as_str() {
+            "always" => FixedChunking::Always,
+            "never" => FixedChunking::Never,
+            _ => FixedChunking::Auto,
+        },
+        checkpoint_interval: std::time::Duration::from_secs(args.checkpoint_interval.max(1)),
+        time,
+        scan_totals: !args.no_scan,
+        ..BackupOptions::default()
+    };
+    let source = if args.stdin {
+        BackupSource::Stream { reader: Box::new(std::io::stdin()), filename: args.stdin_filename.clone() }
+    } else {
+        BackupSource::Paths(args.paths.clone())
+    };
+    let reporter = ctx.reporter(true);
+    let outcome = backup::run(&repo, source, &options, &reporter, &ctx.cancel);
+    reporter.finish();
+    let outcome = outcome?;
+    let s = &outcome.snapshot.summary;
+    if ctx.args.json {
+        print_json(&serde_json::json!({
+            "snapshot_id": outcome.id,
+            "parent": outcome.parent,
+            "resumed": outcome.resumed,
+            "paths": outcome.snapshot.paths,
+            "summary": s,
+        }));
+    } else if !ctx.args.quiet {
+        if let Some(p) = &outcome.parent {
+            println!("parent snapshot {}", p.short());
+        }
+        if let Some(c) = &outcome.resumed {
+            println!("resumed interrupted backup {}", c.short());
+        }
+        println!("Files:  {} new, {} changed, {} unmodified", s.files_new, s.files_changed, s.files_unchanged);
+        println!("Dirs:   {}", s.dirs);
+        println!("Added:  {} ({} stored)", bytes(s.bytes_added), bytes(s.bytes_added_stored));
+        println!(
+            "processed {} files, {} in {}",
+            s.files_new + s.files_changed + s.files_unchanged,
+            bytes(s.bytes_total),
+            duration_ms(s.duration_ms)
+        );
+        println!("snapshot {} saved", outcome.id.short());
+    }
+    if s.warnings > 0 {
+        eprintln!("warning: {} file(s) could not be read (named above); the snapshot has everything else", s.warnings);
+        return Ok(exit::INCOMPLETE);
+    }
+    Ok(0)
+}

@@ -1,0 +1,230 @@
+//! Commands that read snapshots: snapshots, ls, diff, dump.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use backstop_repo::ops::{diff as diff_op, dump as dump_op, ls as ls_op};
+use backstop_repo::tree::{Node, NodeData, NodeType};
+use backstop_repo::{Snapshot, SnapshotId, SnapshotKind};
+
+use crate::global::Context;
+use crate::output::{bytes, local_time, mode_string, print_json};
+
+/// Which snapshots a command looks at.
+#[derive(clap::Args, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots of this host (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub host: Vec<String>,
+
+    /// Only snapshots with this tag (repeatable: any of them).
+    #[arg(long, value_name = "TAG", value_delimiter = ',')]
+    pub tag: Vec<String>,
+
+    /// Only snapshots that include this path (repeatable: all of them).
+    #[arg(long, value_name = "PATH")]
+    pub path: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &Snapshot) -> bool {
+        (self.host.is_empty() || self.host.contains(&s.hostname))
+            && (self.tag.is_empty() || self.tag.iter().any(|t| s.has_tag(t)))
+            && self.path.iter().all(|p| s.paths.iter().any(|sp| sp == p))
+    }
+}
+
+pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).expect("snapshot serialises");
+    v["id"] = serde_json::Value::String(id.to_string());
+    v["short_id"] = serde_json::Value::String(id.short());
+    v
+}
+
+#[derive(clap::Args)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    filter: SnapshotFilter,
+}
+
+pub fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
+    let repo = ctx.open()?;
+    let (all, damaged) = repo.snapshots_report()?;
+    for d in &damaged {
+        eprintln!("warning: {}: {} (left out; run `backstop check`)", d.object, d.problem);
+    }
+    let list: Vec<_> = all.into_iter().filter(|(_, s)| args.filter.matches(s)).collect();
+    if ctx.args.json {
+        print_json(&list.iter().map(|(id, s)| snapshot_json(id, s)).collect::<Vec<_>>());
+        return Ok(0);
+    }
+    println!("{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size");
+    for (id, s) in &list {
+        let paths =
+            if s.kind == SnapshotKind::Stream { format!("{} (stdin)", s.paths.join(", ")) } else { s.paths.join(", ") };
+        println!(
+            "{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  {}",
+            id.short(),
+            local_time(&s.time),
+            s.hostname,
+            s.tags.join(","),
+            bytes(s.summary.bytes_total),
+            paths
+        );
+    }
+    if !ctx.args.quiet {
+        println!("{} snapshots", list.len());
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+#[command(long_about = "List the entries of a snapshot at or below PATH (default: everything). \
+With --json, one JSON object per line.")]
+pub struct LsArgs {
+    /// Snapshot id (or a unique prefix), or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    snapshot: String,
+
+    /// Start here (an absolute path as backed up).
+    #[arg(value_name = "PATH", default_value = "/")]
+    path: PathBuf,
+
+    /// Show mode, owner, size and modification time.
+    #[arg(short, long)]
+    long: bool,
+}
+
+fn node_json(path: &Path, node: &Node) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "path": path.to_string_lossy(),
+        "type": node.node_type.as_str(),
+        "mode": node.mode,
+        "uid": node.uid,
+        "gid": node.gid,
+        "user": String::from_utf8_lossy(&node.user),
+        "group": String::from_utf8_lossy(&node.group),
+        "size": node.size,
+        "mtime_ns": node.mtime_ns,
+    });
+    if let NodeData::Symlink { target } = &node.data {
+        v["link_target"] = serde_json::Value::String(String::from_utf8_lossy(target).into_owned());
+    }
+    v
+}
+
+pub fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
+    let repo = ctx.open()?;
+    let (_, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let index = repo.load_index()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut write_err = None;
+    ls_op::walk(&repo, &index, &snapshot, &args.path, &mut |path, node| {
+        if write_err.is_some() {
+            return;
+        }
+        let r = if ctx.args.json {
+            writeln!(out, "{}", node_json(path, node))
+        } else if args.long {
+            let mtime = chrono::DateTime::from_timestamp_nanos(node.mtime_ns);
+            let mut line = format!(
+                "{} {:>8} {:>8} {:>12} {} {}",
+                mode_string(node.node_type, node.mode),
+                name_or_id(&node.user, node.uid),
+                name_or_id(&node.group, node.gid),
+                node.size,
+                local_time(&mtime),
+                path.display()
+            );
+            if let NodeData::Symlink { target } = &node.data {
+                line.push_str(" -> ");
+                line.push_str(&String::from_utf8_lossy(target));
+            }
+            writeln!(out, "{line}")
+        } else {
+            writeln!(out, "{}", path.display())
+        };
+        if let Err(e) = r {
+            write_err = Some(e);
+        }
+    })?;
+    match write_err {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Some(e) => Err(e.into()),
+        None => {
+            out.flush().ok();
+            Ok(0)
+        }
+    }
+}
+
+fn name_or_id(name: &[u8], id: u32) -> String {
+    if name.is_empty() { id.to_string() } else { String::from_utf8_lossy(name).into_owned() }
+}
+
+#[derive(clap::Args)]
+#[command(long_about = "List the paths that differ between two snapshots, one per line with a \
+code: + added, - removed, M content modified, U metadata only, T type changed.")]
+pub struct DiffArgs {
+    #[arg(value_name = "SNAPSHOT_A")]
+    a: String,
+    #[arg(value_name = "SNAPSHOT_B")]
+    b: String,
+}
+
+pub fn diff(ctx: &Context, args: DiffArgs) -> Result<u8> {
+    let repo = ctx.open()?;
+    let (id_a, a) = repo.find_snapshot(&args.a)?;
+    let (id_b, b) = repo.find_snapshot(&args.b)?;
+    let index = repo.load_index()?;
+    let mut changes = Vec::new();
+    let json = ctx.args.json;
+    let stats = diff_op::diff(&repo, &index, &a.tree, &b.tree, &mut |path, change, node| {
+        if json {
+            changes.push(serde_json::json!({ "path": path.to_string_lossy(), "change": change, "type": node.node_type.as_str() }));
+        } else {
+            let suffix = if node.node_type == NodeType::Dir { "/" } else { "" };
+            println!("{}    {}{suffix}", change.code(), path.display());
+        }
+    })?;
+    if json {
+        print_json(&serde_json::json!({ "a": id_a, "b": id_b, "changes": changes, "stats": stats }));
+    } else if !ctx.args.quiet {
+        println!(
+            "\n{} added, {} removed, {} modified, {} metadata only, {} type changed",
+            stats.added, stats.removed, stats.modified, stats.metadata, stats.type_changed
+        );
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args)]
+#[command(long_about = "Write the content of one file of a snapshot to standard output. For a \
+snapshot of a stream (backup --stdin), PATH may be left out. Output is raw bytes; --json has no \
+effect.")]
+pub struct DumpArgs {
+    /// Snapshot id (or a unique prefix), or `latest`.
+    #[arg(value_name = "SNAPSHOT")]
+    snapshot: String,
+
+    /// The file, as an absolute path as backed up (or its name for a stream).
+    #[arg(value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
+pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
+    let repo = ctx.open()?;
+    let (_, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    let path = Path::new("/").join(args.path.unwrap_or_default());
+    let index = repo.load_index()?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    match dump_op::dump(&repo, &index, &snapshot, &path, &mut out)
+        .and_then(|_| out.flush().map_err(|e| backstop_repo::Error::io("standard output", e)))
+    {
+        Err(backstop_repo::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        r => r.map(|_| 0).with_context(|| format!("cannot dump {}", path.display())),
+    }
+}

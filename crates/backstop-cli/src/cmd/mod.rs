@@ -1,0 +1,8 @@
+//! One module per group of subcommands. Each `run` returns the exit code.
+
+pub mod backup;
+pub mod browse;
+pub mod init;
+pub mod key;
+pub mod maintain;
+pub mod restore;

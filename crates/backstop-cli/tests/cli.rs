@@ -1,0 +1,232 @@
+//! The command-line tool end to end: every command, local and on S3, exit
+//! codes and JSON output.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use common::*;
+
+fn fixture(root: &Path) {
+    build(
+        root,
+        &[
+            Entry::File("notes.txt", b"hello from the command line\n".to_vec()),
+            Entry::File("empty", Vec::new()),
+            Entry::File("data/random.bin", noise(3 << 20, 11)),
+            Entry::File("data/log.txt", text(1 << 20, 12)),
+            Entry::Dir("data/empty-dir"),
+            Entry::Symlink("link", "notes.txt"),
+            Entry::HardLink("data/hard", "notes.txt"),
+            Entry::Sparse("vm.raw", 16 << 20, vec![(4 << 20, noise(300_000, 13))]),
+            Entry::Fifo("fifo"),
+        ],
+    );
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"na\xefve.txt")), b"not utf-8").unwrap();
+}
+
+fn round_trip(cli: &Cli) {
+    let src = cli.path("src");
+    fixture(&src);
+    cli.init();
+
+    let first = cli.backup(&[&src]);
+    assert_eq!(first["summary"]["files_new"], 7, "{first}");
+    assert!(first["parent"].is_null());
+
+    // Nothing changed: nothing read, nothing added.
+    let second = cli.backup(&[&src]);
+    assert_eq!(second["parent"], first["snapshot_id"]);
+    assert_eq!(second["summary"]["bytes_read"], 0, "{second}");
+    assert_eq!(second["summary"]["data_blobs_added"], 0, "{second}");
+
+    fs::write(src.join("notes.txt"), b"changed\n").unwrap();
+    let third = cli.json(&["backup", src.to_str().unwrap(), "--tag", "nightly,weekly"]);
+    // notes.txt and data/hard, its hard link.
+    assert_eq!(third["summary"]["files_changed"], 2, "{third}");
+
+    let snaps = cli.json(&["snapshots"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+    assert_eq!(snaps[2]["tags"], serde_json::json!(["nightly", "weekly"]));
+    let table = cli.ok(&["snapshots", "--tag", "weekly"]);
+    assert!(table.contains("nightly,weekly") && table.contains("1 snapshots"), "{table}");
+
+    let ls = cli.ok(&["ls", "latest", src.to_str().unwrap()]);
+    for name in ["notes.txt", "data/random.bin", "data/empty-dir", "link", "fifo", "vm.raw"] {
+        assert!(ls.contains(&src.join(name).to_string_lossy().into_owned()), "{name} missing from\n{ls}");
+    }
+    let long = cli.ok(&["ls", "-l", "latest", src.join("link").to_str().unwrap()]);
+    assert!(long.starts_with("lrwxrwxrwx") && long.trim_end().ends_with("-> notes.txt"), "{long}");
+
+    let first_id = first["snapshot_id"].as_str().unwrap();
+    let diff = cli.ok(&["diff", &first_id[..10], "latest"]);
+    assert!(diff.contains(&format!("M    {}", src.join("notes.txt").display())), "{diff}");
+    assert!(diff.contains("0 added, 0 removed, 2 modified"), "{diff}");
+
+    let target = cli.path("restore");
+    let restored = cli.json(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    assert_eq!(restored["summary"]["errors"], 0);
+    assert_same_tree(&src, &restored_path(&target, &src));
+
+    let dumped = cli.ok(&["dump", "latest", src.join("data/log.txt").to_str().unwrap()]);
+    assert_eq!(dumped.as_bytes(), fs::read(src.join("data/log.txt")).unwrap());
+
+    // A stream.
+    let stream = text(2 << 20, 14);
+    let mut child = cli
+        .command(&["--json", "backup", "--stdin", "--stdin-filename", "db.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&stream).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    let dumped = cli.command(&["dump", "latest"]).output().unwrap();
+    assert!(dumped.status.success());
+    assert_eq!(dumped.stdout, stream);
+
+    // Retention: keep the newest file snapshot and the stream.
+    let forgot = cli.json(&["forget", "--keep-last", "1", "--prune"]);
+    assert_eq!(forgot["removed"].as_array().unwrap().len(), 2, "{forgot}");
+    assert!(forgot["prune"]["blobs_unused"].as_u64().unwrap() > 0, "{forgot}");
+    cli.check_clean(true);
+    assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 2);
+    let again = cli.path("restore2");
+    cli.ok(&["restore", "latest", "--target", again.to_str().unwrap()]);
+    let (_, files_snapshot) = {
+        let s = cli.json(&["snapshots", "--path", src.to_str().unwrap()]);
+        (s.clone(), s[0]["id"].as_str().unwrap().to_string())
+    };
+    cli.ok(&["restore", &files_snapshot, "--target", again.to_str().unwrap()]);
+    assert_same_tree(&src, &restored_path(&again, &src));
+}
+
+#[test]
+fn every_command_works_on_a_local_repository() {
+    round_trip(&Cli::local());
+}
+
+#[test]
+fn every_command_works_on_an_s3_repository() {
+    let server = backstop_testkit::S3Server::start(&["backups"]);
+    round_trip(&Cli::s3(&server, "backups"));
+}
+
+#[test]
+fn mistakes_get_documented_exit_codes_and_clear_messages() {
+    let cli = Cli::local();
+    let out = cli.run(&["snapshots"]);
+    assert_eq!(code(&out), 10, "{}", output_text(&out));
+    assert!(output_text(&out).contains("backstop init"));
+
+    cli.init();
+    let out = cli.run(&["init"]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("already exists"), "{}", output_text(&out));
+
+    let out = cli.command(&["snapshots"]).env("BACKSTOP_PASSWORD", "wrong").output().unwrap();
+    assert_eq!(code(&out), 12, "{}", output_text(&out));
+    assert!(output_text(&out).contains("wrong password"));
+
+    let out = cli.command(&["snapshots"]).env_remove("BACKSTOP_PASSWORD").output().unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("BACKSTOP_PASSWORD_FILE"), "{}", output_text(&out));
+
+    let out = cli.run(&["restore", "latest"]);
+    assert_eq!(code(&out), 2, "missing --target is a usage error");
+    let out = cli.run(&["restore", "latest", "--target", cli.path("t").to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("no snapshots"), "{}", output_text(&out));
+    let out = cli.run(&["forget"]);
+    assert!(output_text(&out).contains("no keep rule"), "{}", output_text(&out));
+    let out = cli.run(&["backup", cli.path("does-not-exist").to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("does-not-exist"));
+    let out = cli.run(&["check", "--read-data-subset", "150%"]);
+    assert_eq!(code(&out), 2);
+    let out = cli.command(&["snapshots"]).env("BACKSTOP_REPOSITORY", "ftp://x").output().unwrap();
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("s3://"), "{}", output_text(&out));
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    let cli = Cli::local();
+    let help = cli.ok(&["--help"]);
+    for needle in ["Exit codes", "130", "BACKSTOP_PASSWORD_FILE", "backup", "restore", "prune"] {
+        assert!(help.contains(needle), "{needle} missing from --help");
+    }
+}
+
+#[test]
+fn key_slots_can_be_added_changed_and_removed() {
+    let cli = Cli::local();
+    cli.init();
+    let second = cli.path("second-password");
+    fs::write(&second, "second password\n").unwrap();
+    let added = cli.json(&["key", "add", "--new-password-file", second.to_str().unwrap()]);
+    let added_id = added["key_id"].as_str().unwrap().to_string();
+    let keys = cli.json(&["key", "list"]);
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+
+    let with_second = |args: &[&str]| {
+        cli.command(args).env_remove("BACKSTOP_PASSWORD").env("BACKSTOP_PASSWORD_FILE", &second).output().unwrap()
+    };
+    assert!(with_second(&["snapshots"]).status.success());
+
+    // The key in use cannot be removed; another one can.
+    let out = with_second(&["key", "remove", &added_id[..8]]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("opened the repository with"), "{}", output_text(&out));
+    cli.ok(&["key", "remove", &added_id[..8]]);
+    assert_eq!(code(&with_second(&["snapshots"])), 12);
+
+    let third = cli.path("third-password");
+    fs::write(&third, "third\n").unwrap();
+    cli.ok(&["key", "passwd", "--new-password-file", third.to_str().unwrap()]);
+    assert_eq!(code(&cli.run(&["snapshots"])), 12, "the old password no longer opens it");
+    let out = cli
+        .command(&["snapshots"])
+        .env_remove("BACKSTOP_PASSWORD")
+        .env("BACKSTOP_PASSWORD_FILE", &third)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn an_unreadable_file_is_named_and_the_rest_is_saved_with_exit_code_3() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let cli = Cli::local();
+    let src = cli.path("src");
+    build(&src, &[Entry::File("ok.txt", b"fine".to_vec()), Entry::File("secret.txt", b"hidden".to_vec())]);
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    cli.init();
+    // Root reads anything: run the backup as an unprivileged user then.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        for p in [cli.dir.path(), &src] {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        std::process::Command::new("chmod").args(["-R", "a+rwX", &cli.location]).status().unwrap();
+        fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let mut cmd = cli.command(&["backup", src.to_str().unwrap()]);
+    if root {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(code(&out), 3, "{}", output_text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("secret.txt"), "the warning names the file: {stderr}");
+    assert!(stderr.contains("could not be read"), "{stderr}");
+    let ls = cli.ok(&["ls", "latest"]);
+    assert!(ls.contains("ok.txt"), "{ls}");
+}

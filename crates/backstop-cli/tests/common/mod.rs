@@ -1,0 +1,138 @@
+//! Drive the real `backstop` binary against a repository in a temporary
+//! directory (or on an S3 server), with cheap key derivation.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub use backstop_testkit::fixture::*;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Cli {
+    pub dir: tempfile::TempDir,
+    pub location: String,
+    env: Vec<(String, String)>,
+}
+
+impl Cli {
+    /// A repository location in a fresh temporary directory (not created).
+    pub fn local() -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("repo").to_string_lossy().into_owned();
+        Cli { dir, location, env: Vec::new() }
+    }
+
+    /// A repository on an S3 server.
+    pub fn s3(server: &backstop_testkit::S3Server, bucket: &str) -> Cli {
+        let dir = tempfile::tempdir().unwrap();
+        let env = server.env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        Cli { dir, location: format!("s3://{bucket}/repo"), env }
+    }
+
+    /// The repository's directory (local repositories only).
+    pub fn repo_dir(&self) -> PathBuf {
+        PathBuf::from(&self.location)
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+        cmd.args(args)
+            .env("BACKSTOP_REPOSITORY", &self.location)
+            .env("BACKSTOP_PASSWORD", PASSWORD)
+            .env("BACKSTOP_KDF_MEMORY_KIB", "64")
+            .env("RUST_BACKTRACE", "0")
+            .env_remove("BACKSTOP_PASSWORD_FILE")
+            .stdin(Stdio::null());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "backstop {args:?} panicked:\n{stderr}");
+        out
+    }
+
+    /// Run and require success; returns standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "backstop {args:?} failed with {}:\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    }
+
+    pub fn init(&self) {
+        self.ok(&["init"]);
+    }
+
+    /// Back up and return the new snapshot's JSON report.
+    pub fn backup(&self, paths: &[&Path]) -> serde_json::Value {
+        let mut args = vec!["backup"];
+        let strs: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
+        args.extend(strs.iter().map(String::as_str));
+        self.json(&args)
+    }
+
+    pub fn check_clean(&self, read_data: bool) {
+        let args: &[&str] = if read_data { &["check", "--read-data"] } else { &["check"] };
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check found damage:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
