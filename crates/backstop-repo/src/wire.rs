@@ -67,6 +67,9 @@ impl<'a> Reader<'a> {
             }
             v |= part << shift;
             if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return bad("varint is not in its shortest form");
+                }
                 return Ok(v);
             }
         }
@@ -158,6 +161,8 @@ mod tests {
     #[test]
     fn overlong_and_overflowing_varints_are_rejected() {
         assert!(Reader::new(&[0xff; 11]).varint().is_err());
+        assert!(Reader::new(&[0xe8, 0x00]).varint().is_err(), "104 padded to two bytes");
+        assert_eq!(Reader::new(&[0xe8, 0x01]).varint().unwrap(), 232);
         assert!(Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]).varint().is_err());
         assert_eq!(
             Reader::new(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]).varint().unwrap(),

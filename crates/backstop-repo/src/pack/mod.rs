@@ -83,7 +83,7 @@ pub(crate) fn encode_header(entries: &[PackEntry]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_header(payload: &[u8]) -> DecodeResult<Vec<PackEntry>> {
+pub fn decode_header(payload: &[u8]) -> DecodeResult<Vec<PackEntry>> {
     let mut r = Reader::new(payload);
     if r.u8()? != 1 {
         return bad("unknown pack header version");
