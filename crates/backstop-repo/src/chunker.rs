@@ -131,8 +131,23 @@ impl Cut<'_> {
 
 impl<'c, R: Read> StreamChunker<'c, R> {
     pub fn new(reader: R, cut: Cut<'c>) -> StreamChunker<'c, R> {
+        Self::with_buffer(reader, cut, Vec::new())
+    }
+
+    /// Reuse `buf` (from [`into_buffer`](Self::into_buffer)) instead of
+    /// allocating: zeroing a fresh 8 MiB buffer for every small file cost
+    /// a tenth of a backup's CPU.
+    pub fn with_buffer(reader: R, cut: Cut<'c>, mut buf: Vec<u8>) -> StreamChunker<'c, R> {
         let capacity = (2 * cut.max()).max(1 << 20);
-        StreamChunker { reader, cut, buf: vec![0; capacity], start: 0, end: 0, eof: false }
+        if buf.len() < capacity {
+            buf.resize(capacity, 0);
+        }
+        StreamChunker { reader, cut, buf, start: 0, end: 0, eof: false }
+    }
+
+    /// The buffer, for the next chunker.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 
     /// The next chunk, or `None` at the end of the stream.

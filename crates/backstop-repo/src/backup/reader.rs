@@ -234,16 +234,28 @@ fn cdc_chunks(
     reader: &mut dyn Read,
     mut collector: Collector,
 ) -> Result<std::result::Result<Vec<ContentRef>, String>> {
-    let mut chunker = StreamChunker::new(reader, Cut::Cdc(ctx.cdc));
-    loop {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let buf = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    let mut chunker = StreamChunker::with_buffer(reader, Cut::Cdc(ctx.cdc), buf);
+    let result = loop {
         if ctx.cancel.is_cancelled() {
-            return Err(Error::Cancelled);
+            break Err(Error::Cancelled);
         }
         match chunker.next_chunk() {
-            Ok(Some(chunk)) => collector.submit(chunk)?,
-            Ok(None) => break,
-            Err(e) => return Ok(Err(format!("read error: {e}"))),
+            Ok(Some(chunk)) => {
+                if let Err(e) = collector.submit(chunk) {
+                    break Err(e);
+                }
+            }
+            Ok(None) => break Ok(None),
+            Err(e) => break Ok(Some(format!("read error: {e}"))),
         }
+    };
+    BUFFER.with(|b| *b.borrow_mut() = chunker.into_buffer());
+    if let Some(message) = result? {
+        return Ok(Err(message));
     }
     Ok(Ok(collector.finish()?))
 }
