@@ -124,6 +124,7 @@ fn mistakes_get_documented_exit_codes_and_clear_messages() {
     assert_eq!(code(&out), 10, "{}", output_text(&out));
     assert!(output_text(&out).contains("backstop init"));
 
+    assert_eq!(code(&cli.run(&["init", "--compression", "30"])), 2, "an out-of-range level is a usage error");
     cli.init();
     let out = cli.run(&["init"]);
     assert_eq!(code(&out), 1);

@@ -10,6 +10,11 @@ BACKSTOP_REPOSITORY. The location must be empty (a directory that does not exist
 directory, or an empty S3 prefix). The password opens the repository's first key slot; add more \
 with `backstop key add`. Losing every password loses the data.")]
 pub struct Args {
+    /// zstd level for new data: 1 (fastest) to 19 (smallest); negative levels trade size for speed.
+    #[arg(long, default_value_t = 3, value_name = "LEVEL", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-7..=19))]
+    compression: i32,
+
     /// Target size of data packs in KiB (tests use small packs to get many).
     #[arg(long, hide = true, value_name = "KIB", value_parser = clap::value_parser!(u32).range(1024..=1048576))]
     pack_size_kib: Option<u32>,
@@ -19,6 +24,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let backend = ctx.backend()?;
     let password = ctx.password(true)?;
     let mut options = InitOptions { kdf: ctx.kdf(), ..InitOptions::default() };
+    options.config.compression_level = args.compression;
     if let Some(kib) = args.pack_size_kib {
         options.config.pack_size = kib * 1024;
     }
