@@ -130,6 +130,29 @@ fn a_stream_is_stored_as_one_file() {
 }
 
 #[test]
+fn an_image_streamed_with_fixed_chunks_stores_only_changed_blocks() {
+    let t = TestRepo::new();
+    let mut image = vec![0u8; 8 << 20];
+    image[1 << 20..3 << 20].copy_from_slice(&noise(2 << 20, 21));
+    let options = BackupOptions { fixed_chunking: backstop_repo::backup::FixedChunking::Always, ..Default::default() };
+    let stream = |data: &[u8]| BackupSource::Stream {
+        reader: Box::new(std::io::Cursor::new(data.to_vec())),
+        filename: "vm.raw".into(),
+    };
+    let first = backup::run(&t.repo, stream(&image), &options, &NoProgress, &CancelToken::new()).unwrap();
+    // Zeros are not stored: only the 2 MiB of data, in 64 KiB chunks.
+    assert_eq!(first.snapshot.summary.data_blobs_added, 32);
+    // One 4 KiB write costs one 64 KiB chunk, not a shifted CDC chunk.
+    image[(2 << 20) + 100..(2 << 20) + 4196].copy_from_slice(&noise(4096, 22));
+    let second = backup::run(&t.repo, stream(&image), &options, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(second.snapshot.summary.data_blobs_added, 1);
+    let mut out = Vec::new();
+    let index = t.repo.load_index().unwrap();
+    backstop_repo::ops::dump::dump(&t.repo, &index, &second.snapshot, Path::new("/"), &mut out).unwrap();
+    assert_eq!(out, image);
+}
+
+#[test]
 fn excludes_leave_matching_entries_out() {
     let t = TestRepo::new();
     let src = t.dir.path().join("src");

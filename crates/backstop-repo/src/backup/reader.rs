@@ -181,7 +181,10 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
             let Some(mut reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
                 return Ok(FileOutcome::Failed("the stream was already consumed".into()));
             };
-            let content = match cdc_chunks(ctx, &mut reader, collector)? {
+            // A stream has no holes to skip; fixed chunks still make an
+            // image streamed from a device or a hypervisor dedup by block.
+            let cut = if job.fixed { Cut::Fixed(ctx.fixed_size) } else { Cut::Cdc(ctx.cdc) };
+            let content = match stream_chunks(ctx, &mut reader, cut, collector)? {
                 Ok(content) => content,
                 Err(message) => return Ok(FileOutcome::Failed(message)),
             };
@@ -210,7 +213,7 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
                 if start > 0 {
                     reader.seek(SeekFrom::Start(start)).map_err(|e| Error::io(path, e))?;
                 }
-                cdc_chunks(ctx, &mut reader, collector)?
+                stream_chunks(ctx, &mut reader, Cut::Cdc(ctx.cdc), collector)?
             };
             let content = match result {
                 Ok(content) => content,
@@ -227,18 +230,19 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
     }
 }
 
-/// Content-defined chunks. The outer error is fatal; the inner one is a
-/// read error of this file.
-fn cdc_chunks(
+/// Chunks of a byte stream, cut by `cut`. The outer error is fatal; the
+/// inner one is a read error of this file.
+fn stream_chunks(
     ctx: &ReadContext,
     reader: &mut dyn Read,
+    cut: Cut,
     mut collector: Collector,
 ) -> Result<std::result::Result<Vec<ContentRef>, String>> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     let buf = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    let mut chunker = StreamChunker::with_buffer(reader, Cut::Cdc(ctx.cdc), buf);
+    let mut chunker = StreamChunker::with_buffer(reader, cut, buf);
     let result = loop {
         if ctx.cancel.is_cancelled() {
             break Err(Error::Cancelled);

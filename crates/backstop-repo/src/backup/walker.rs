@@ -392,7 +392,7 @@ impl<'a> Walker<'a> {
             source: FileSource::Stream(Mutex::new(Some(reader))),
             stat: None,
             resume: Vec::new(),
-            fixed: false,
+            fixed: self.fixed == FixedChunking::Always,
             prefix: prefix.clone(),
             reply: reply_tx,
         };
