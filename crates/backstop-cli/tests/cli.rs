@@ -74,6 +74,13 @@ fn round_trip(cli: &Cli) {
 
     let dumped = cli.ok(&["dump", "latest", src.join("data/log.txt").to_str().unwrap()]);
     assert_eq!(dumped.as_bytes(), fs::read(src.join("data/log.txt")).unwrap());
+    // An image into a file: same bytes, holes where the zeros were.
+    let image = cli.path("vm-restored.raw");
+    fs::write(&image, vec![1u8; 20 << 20]).unwrap(); // longer than the image: cut to size
+    cli.ok(&["dump", "latest", src.join("vm.raw").to_str().unwrap(), "--output", image.to_str().unwrap()]);
+    assert_eq!(fs::read(&image).unwrap(), fs::read(src.join("vm.raw")).unwrap());
+    use std::os::unix::fs::MetadataExt;
+    assert!(fs::metadata(&image).unwrap().blocks() * 512 < 2 << 20, "the holes were written out");
 
     // A stream.
     let stream = text(2 << 20, 14);

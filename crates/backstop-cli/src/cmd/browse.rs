@@ -201,9 +201,10 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<u8> {
 }
 
 #[derive(clap::Args)]
-#[command(long_about = "Write the content of one file of a snapshot to standard output. For a \
-snapshot of a stream (backup --stdin), PATH may be left out. Output is raw bytes; --json has no \
-effect.")]
+#[command(long_about = "Write the content of one file of a snapshot to standard output, or with \
+--output into a file or onto a block device at the same offsets (a disk image back onto a \
+volume; runs of zeros become holes in a regular file). For a snapshot of a stream (backup \
+--stdin), PATH may be left out. Output is raw bytes; --json has no effect.")]
 pub struct DumpArgs {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
@@ -212,6 +213,10 @@ pub struct DumpArgs {
     /// The file, as an absolute path as backed up (or its name for a stream).
     #[arg(value_name = "PATH")]
     path: Option<PathBuf>,
+
+    /// Write into this file or block device instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
@@ -219,6 +224,22 @@ pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
     let (_, snapshot) = repo.find_snapshot(&args.snapshot)?;
     let path = Path::new("/").join(args.path.unwrap_or_default());
     let index = repo.load_index()?;
+    if let Some(output) = &args.output {
+        let device = std::fs::metadata(output).is_ok_and(|m| {
+            use std::os::unix::fs::FileTypeExt;
+            m.file_type().is_block_device()
+        });
+        // A device keeps its size and may hold old data: write every byte.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(!device)
+            .truncate(!device)
+            .open(output)
+            .with_context(|| format!("cannot open {}", output.display()))?;
+        dump_op::dump_to_file(&repo, &index, &snapshot, &path, &file, !device)
+            .with_context(|| format!("cannot dump {} into {}", path.display(), output.display()))?;
+        return Ok(0);
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     match dump_op::dump(&repo, &index, &snapshot, &path, &mut out)
