@@ -131,12 +131,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
             "summary": s,
         }));
     } else if !ctx.args.quiet {
-        if let Some(p) = &outcome.parent {
-            println!("parent snapshot {}", p.short());
-        }
-        if let Some(c) = &outcome.resumed {
-            println!("resumed interrupted backup {}", c.short());
-        }
         println!("Files:  {} new, {} changed, {} unmodified", s.files_new, s.files_changed, s.files_unchanged);
         println!("Dirs:   {}", s.dirs);
         println!("Added:  {} ({} stored)", bytes(s.bytes_added), bytes(s.bytes_added_stored));
