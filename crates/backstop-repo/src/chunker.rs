@@ -199,19 +199,8 @@ pub fn is_zero(data: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_testkit::fixture::noise;
     use proptest::prelude::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
-    }
 
     fn small() -> CdcParams {
         CdcParams { min: 1 << 10, avg: 4 << 10, max: 16 << 10 }
@@ -229,7 +218,7 @@ mod tests {
     proptest! {
         #[test]
         fn chunks_concatenate_to_the_input(len in 0usize..200_000, seed in any::<u64>()) {
-            let data = pseudo_random(len, seed);
+            let data = noise(len, seed);
             let cdc = Cdc::new(&[1; 32], small());
             let cs = chunks(&data, Cut::Cdc(&cdc));
             prop_assert_eq!(cs.concat(), data.clone());
@@ -244,7 +233,7 @@ mod tests {
 
     #[test]
     fn average_chunk_size_is_near_the_target() {
-        let data = pseudo_random(8 << 20, 7);
+        let data = noise(8 << 20, 7);
         let cdc = Cdc::new(&[2; 32], small());
         let n = chunks(&data, Cut::Cdc(&cdc)).len();
         let avg = data.len() / n;
@@ -253,7 +242,7 @@ mod tests {
 
     #[test]
     fn boundaries_resynchronise_after_an_insertion() {
-        let data = pseudo_random(1 << 20, 3);
+        let data = noise(1 << 20, 3);
         let mut shifted = data[..300_000].to_vec();
         shifted.extend_from_slice(b"an insertion that shifts everything after it");
         shifted.extend_from_slice(&data[300_000..]);
@@ -266,7 +255,7 @@ mod tests {
 
     #[test]
     fn the_key_changes_the_boundaries() {
-        let data = pseudo_random(1 << 20, 5);
+        let data = noise(1 << 20, 5);
         let a = chunks(&data, Cut::Cdc(&Cdc::new(&[4; 32], small())));
         let b = chunks(&data, Cut::Cdc(&Cdc::new(&[5; 32], small())));
         assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());

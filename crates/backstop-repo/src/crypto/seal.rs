@@ -253,22 +253,11 @@ fn entropy_bits(sample: &[u8]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use backstop_testkit::fixture::noise;
     use proptest::prelude::*;
 
     fn key() -> MasterKey {
         MasterKey::from_secret([9; 32])
-    }
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect()
     }
 
     proptest! {
@@ -296,7 +285,7 @@ mod tests {
         let text = b"the quick brown fox jumps over the lazy dog. ".repeat(2000);
         let sealed = sealer.seal(ObjectKind::Data, None, &text, Compression::Zstd(3));
         assert!(sealed.len() < text.len() / 10, "text shrinks: {} -> {}", text.len(), sealed.len());
-        let random = pseudo_random(1 << 20, 42);
+        let random = noise(1 << 20, 42);
         assert!(looks_incompressible(&random));
         assert!(!looks_incompressible(&text));
         let sealed = sealer.seal(ObjectKind::Data, None, &random, Compression::Zstd(3));
