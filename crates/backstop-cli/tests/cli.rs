@@ -105,10 +105,8 @@ fn round_trip(cli: &Cli) {
     assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), 2);
     let again = cli.path("restore2");
     cli.ok(&["restore", "latest", "--target", again.to_str().unwrap()]);
-    let (_, files_snapshot) = {
-        let s = cli.json(&["snapshots", "--path", src.to_str().unwrap()]);
-        (s.clone(), s[0]["id"].as_str().unwrap().to_string())
-    };
+    let files_snapshot =
+        cli.json(&["snapshots", "--path", src.to_str().unwrap()])[0]["id"].as_str().unwrap().to_string();
     cli.ok(&["restore", &files_snapshot, "--target", again.to_str().unwrap()]);
     assert_same_tree(&src, &restored_path(&again, &src));
 }
