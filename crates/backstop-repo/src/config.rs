@@ -29,7 +29,7 @@ impl Config {
             id: crate::id::BlobId::random().to_hex(),
             created: Utc::now(),
             chunker: CdcParams::default(),
-            fixed_chunk_size: 64 << 10,
+            fixed_chunk_size: 32 << 10,
             pack_size: 32 << 20,
             tree_pack_size: 4 << 20,
             compression_level: 3,

@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long, default_value = "stdin", value_name = "NAME")]
     stdin_filename: String,
 
-    /// Which files get fixed 64 KiB chunks: auto (sparse files and disk images), always (also
+    /// Which files get fixed 32 KiB chunks: auto (sparse files and disk images), always (also
     /// for --stdin, e.g. an image read from a device), never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     fixed_chunks: String,
