@@ -281,6 +281,20 @@ pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     Ok(extents)
 }
 
+/// Ask the kernel to start writing `len` bytes of `file` from `offset` to
+/// disk, without waiting. Only a hint: errors surface at the fsync.
+#[cfg(target_os = "linux")]
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    // SAFETY: the fd is valid for the life of `file`; the call only
+    // schedules I/O.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
 /// Set access and modification times without following a symlink.
 pub fn set_times(path: &Path, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
     let c = cpath(path)?;

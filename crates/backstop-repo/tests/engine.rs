@@ -293,3 +293,61 @@ fn a_cancelled_backup_leaves_a_checkpoint_that_the_next_backup_resumes() {
     t.restore("latest", &target);
     assert_same_tree(&src, &restored_path(&target, &src));
 }
+
+#[test]
+fn a_flush_covers_every_blob_saved_before_it_while_other_threads_keep_saving() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use backstop_repo::backup::saver::Saver;
+    use backstop_repo::crypto::Sealer;
+    use backstop_repo::index::WriteIndex;
+    use backstop_repo::pack::BlobKind;
+
+    let t = TestRepo::new();
+    let index = Arc::new(WriteIndex::new(Arc::new(t.repo.load_index().unwrap())));
+    let sealer = Arc::new(Sealer::new(t.repo.key(), backstop_repo::SessionId::random()));
+    let saver = Saver::start(&t.repo, sealer, index, 2).unwrap();
+    let saved = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let mut uploaded = HashSet::new();
+    std::thread::scope(|s| {
+        for thread in 0..4u64 {
+            let (saver, saved, stop) = (&saver, &saved, &stop);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Small blobs, so that the threads contend for pack slots.
+                    let (id, _) = saver.save(BlobKind::Data, &noise(4096, thread << 32 | n)).unwrap();
+                    saved.lock().unwrap().push(id);
+                    n += 1;
+                }
+            });
+        }
+        // Stops the savers however this thread leaves the scope, so that a
+        // failed assertion fails the test instead of hanging it.
+        struct StopOnDrop<'a>(&'a AtomicBool);
+        impl Drop for StopOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = StopOnDrop(&stop);
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let before: Vec<_> = saved.lock().unwrap().clone();
+            saver.flush().unwrap();
+            for pack in saver.take_uploaded() {
+                uploaded.extend(pack.blobs.iter().map(|b| b.id));
+            }
+            let missing = before.iter().filter(|id| !uploaded.contains(*id)).count();
+            assert_eq!(
+                missing,
+                0,
+                "{missing} of {} blobs saved before the flush are not in uploaded packs",
+                before.len()
+            );
+        }
+    });
+}

@@ -13,6 +13,12 @@
 //! directory trees in order and checkpoints on a timer. The snapshot is
 //! written last, after every pack and index file it needs
 //! (`docs/format.md` §12).
+//!
+//! Hand-offs cost more than small chunks: a reader stores a file that is a
+//! single chunk itself, stores a chunk itself when every worker is busy,
+//! and hands an image's fixed-size chunks over a read batch at a time. The
+//! saver keeps several data packs open so that threads do not queue behind
+//! one pack's writes.
 
 mod assembler;
 mod reader;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::saver::Saver;
 use crate::chunker::{Cdc, Cut, StreamChunker, is_zero};
@@ -51,23 +51,32 @@ pub(crate) enum FileOutcome {
     Cancelled,
 }
 
-/// A chunk for the chunk workers.
+/// Chunks for the chunk workers: `data` cut into pieces of `piece` bytes
+/// (the last one may be shorter), numbered from `seq`. Batching the small
+/// fixed-size chunks of an image saves a hand-off per chunk.
 pub(crate) struct ChunkJob {
     pub data: Vec<u8>,
+    pub piece: usize,
     pub seq: usize,
     pub reply: Sender<(usize, Result<ContentRef>)>,
 }
 
-/// Chunk worker: store each chunk (zero chunks are not stored).
+/// Store one chunk; zero chunks are not stored.
+fn store_chunk(saver: &Saver, data: &[u8]) -> Result<ContentRef> {
+    let len = data.len() as u64;
+    if is_zero(data) {
+        Ok(ContentRef::Zero { len })
+    } else {
+        saver.save(BlobKind::Data, data).map(|(id, _)| ContentRef::Data { id, len })
+    }
+}
+
+/// Chunk worker: store each chunk of each job.
 pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>) {
     for job in jobs {
-        let len = job.data.len() as u64;
-        let result = if is_zero(&job.data) {
-            Ok(ContentRef::Zero { len })
-        } else {
-            saver.save(BlobKind::Data, &job.data).map(|(id, _)| ContentRef::Data { id, len })
-        };
-        let _ = job.reply.send((job.seq, result));
+        for (i, piece) in job.data.chunks(job.piece.max(1)).enumerate() {
+            let _ = job.reply.send((job.seq + i, store_chunk(saver, piece)));
+        }
     }
 }
 
@@ -117,16 +126,43 @@ impl<'a> Collector<'a> {
         }
     }
 
-    fn submit(&mut self, data: Vec<u8>) -> Result<()> {
+    /// Hand `data`, cut into pieces of `piece` bytes, to the chunk
+    /// workers; when they are all busy, store it on this thread instead
+    /// (so the cores stay busy without a queue of hand-offs).
+    fn submit(&mut self, data: Vec<u8>, piece: usize) -> Result<()> {
         let len = data.len() as u64;
         self.ctx.bytes_read.fetch_add(len, Ordering::Relaxed);
-        let job = ChunkJob { data, seq: self.next_seq, reply: self.reply_tx.clone() };
-        self.next_seq += 1;
-        self.ctx.chunks.send(job).map_err(|_| Error::Invalid("the chunk workers stopped".into()))?;
+        let pieces = data.len().div_ceil(piece.max(1));
+        let job = ChunkJob { data, piece, seq: self.next_seq, reply: self.reply_tx.clone() };
+        match self.ctx.chunks.try_send(job) {
+            Ok(()) => self.next_seq += pieces,
+            Err(TrySendError::Full(job)) => self.store_here(&job.data, piece)?,
+            Err(TrySendError::Disconnected(_)) => return Err(Error::Invalid("the chunk workers stopped".into())),
+        }
         self.ctx.progress.advance(0, len);
         while let Ok((seq, result)) = self.reply_rx.try_recv() {
             self.ready.insert(seq, result?);
         }
+        self.emit();
+        Ok(())
+    }
+
+    /// Store `data`, cut into pieces of `piece` bytes, on this thread.
+    fn store_here(&mut self, data: &[u8], piece: usize) -> Result<()> {
+        for piece in data.chunks(piece.max(1)) {
+            let stored = store_chunk(self.ctx.saver, piece)?;
+            self.ready.insert(self.next_seq, stored);
+            self.next_seq += 1;
+        }
+        Ok(())
+    }
+
+    /// A file that is a single chunk: store it on this thread, since the
+    /// reader would only wait for a worker to do it.
+    fn store_only_chunk(&mut self, data: &[u8]) -> Result<()> {
+        self.ctx.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.store_here(data, data.len())?;
+        self.ctx.progress.advance(0, data.len() as u64);
         self.emit();
         Ok(())
     }
@@ -249,7 +285,10 @@ fn stream_chunks(
         }
         match chunker.next_chunk() {
             Ok(Some(chunk)) => {
-                if let Err(e) = collector.submit(chunk) {
+                let only = collector.next_seq == 0 && chunker.is_done();
+                let len = chunk.len();
+                let stored = if only { collector.store_only_chunk(&chunk) } else { collector.submit(chunk, len) };
+                if let Err(e) = stored {
                     break Err(e);
                 }
             }
@@ -284,7 +323,6 @@ fn fixed_chunks(
         vec![(0, size)]
     };
     const BATCH_BLOCKS: u64 = 16;
-    let mut buf = vec![0u8; (block * BATCH_BLOCKS) as usize];
     let mut pos = start - start % block;
     for (data_start, data_end) in extents {
         let a = (data_start / block * block).max(pos);
@@ -299,12 +337,14 @@ fn fixed_chunks(
                 return Err(Error::Cancelled);
             }
             let want = (b - pos).min(block * BATCH_BLOCKS) as usize;
-            let got = match read_full_at(file, &mut buf[..want], pos) {
+            let mut batch = vec![0u8; want];
+            let got = match read_full_at(file, &mut batch, pos) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(format!("read error at offset {pos}: {e}"))),
             };
-            for piece in buf[..got].chunks(block as usize) {
-                collector.submit(piece.to_vec())?;
+            batch.truncate(got);
+            if got > 0 {
+                collector.submit(batch, block as usize)?;
             }
             pos += got as u64;
             if got < want {

@@ -17,6 +17,9 @@ use crate::pack::{BlobKind, FinishedPack, PackWriter, pack_key};
 use crate::repository::Repository;
 use crate::tree::{ContentRef, LIST_FANOUT, encode_list};
 
+/// Data packs open at once (see [`Saver::lock_slot`]).
+const DATA_PACK_SLOTS: usize = 4;
+
 /// Counters of what the saver stored.
 #[derive(Debug, Default)]
 pub struct SaverStats {
@@ -86,8 +89,14 @@ pub struct Saver {
     shared: Arc<Shared>,
     sealer: Arc<Sealer>,
     staging: PathBuf,
+    /// The staging directory is the backend's own: packs staged there become
+    /// the stored objects, so they are written to disk as they grow.
+    write_behind: bool,
     compression: Compression,
-    data_pack: Mutex<Option<PackWriter>>,
+    /// Open data packs, several so that threads storing small blobs do not
+    /// queue behind one another's pack writes; each is its own slot with
+    /// the flush protocol of a single one.
+    data_packs: Vec<Mutex<Option<PackWriter>>>,
     tree_pack: Mutex<Option<PackWriter>>,
     upload_tx: Mutex<Option<Sender<(u64, FinishedPack)>>>,
     uploaders: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -97,10 +106,10 @@ pub struct Saver {
 impl Saver {
     /// Start a saver with `uploaders` upload threads.
     pub fn start(repo: &Repository, sealer: Arc<Sealer>, index: Arc<WriteIndex>, uploaders: usize) -> Result<Saver> {
-        let staging = repo
-            .backend()
-            .staging_dir()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("backstop-{}", std::process::id())));
+        let backend_staging = repo.backend().staging_dir();
+        let write_behind = backend_staging.is_some();
+        let staging =
+            backend_staging.unwrap_or_else(|| std::env::temp_dir().join(format!("backstop-{}", std::process::id())));
         std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
         let shared = Arc::new(Shared {
             repo: repo.clone(),
@@ -108,7 +117,9 @@ impl Saver {
             uploads: Mutex::new(Uploads { next_ticket: 0, pending: BTreeSet::new(), done: Vec::new(), error: None }),
             uploads_changed: Condvar::new(),
         });
-        let (tx, rx) = crossbeam_channel::bounded::<(u64, FinishedPack)>(uploaders.max(1));
+        // Closed packs wait in staging files (on disk, not in memory), so the
+        // queue can be deep enough to ride out a slow fsync or upload.
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, FinishedPack)>(uploaders.max(1) * 4);
         let mut handles = Vec::new();
         for _ in 0..uploaders.max(1) {
             let shared = shared.clone();
@@ -127,8 +138,9 @@ impl Saver {
             shared,
             sealer,
             staging,
+            write_behind,
             compression: Compression::Zstd(repo.config().compression_level),
-            data_pack: Mutex::new(None),
+            data_packs: (0..DATA_PACK_SLOTS).map(|_| Mutex::new(None)).collect(),
             tree_pack: Mutex::new(None),
             upload_tx: Mutex::new(Some(tx)),
             uploaders: Mutex::new(handles),
@@ -148,11 +160,33 @@ impl Saver {
         &self.shared.repo
     }
 
-    fn pack_slot(&self, kind: BlobKind) -> &Mutex<Option<PackWriter>> {
-        match kind {
-            BlobKind::Data => &self.data_pack,
-            BlobKind::Tree => &self.tree_pack,
+    /// Every open pack slot, for flushing.
+    fn pack_slots(&self) -> impl Iterator<Item = &Mutex<Option<PackWriter>>> {
+        self.data_packs.iter().chain(std::iter::once(&self.tree_pack))
+    }
+
+    /// A pack slot for a blob of `kind`, locked: the first data slot that
+    /// is free (so a quiet backup fills one pack at a time), or this
+    /// thread's own when all are busy.
+    fn lock_slot(&self, kind: BlobKind) -> std::sync::MutexGuard<'_, Option<PackWriter>> {
+        if kind == BlobKind::Tree {
+            return self.tree_pack.lock().unwrap_or_else(|e| e.into_inner());
         }
+        for slot in &self.data_packs {
+            match slot.try_lock() {
+                Ok(guard) => return guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        thread_local! {
+            static HOME: usize = {
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                NEXT.fetch_add(1, Ordering::Relaxed) as usize
+            };
+        }
+        let home = HOME.with(|h| *h) % self.data_packs.len();
+        self.data_packs[home].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn target_size(&self, kind: BlobKind) -> u64 {
@@ -175,23 +209,30 @@ impl Saver {
         if self.shared.index.claim(kind, &id) == Claim::Known {
             return Ok((id, false));
         }
-        let sealed = self.sealer.seal(kind.object_kind(), Some(&id), data, self.compression);
-        match self.add_to_pack(kind, id, &sealed, data.len()) {
-            Ok(()) => {
-                self.shared.index.packed(kind, &id);
-                self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
-                if kind == BlobKind::Data {
-                    self.stats.data_blobs_added.fetch_add(1, Ordering::Relaxed);
-                }
-                self.stats.bytes_added.fetch_add(data.len() as u64, Ordering::Relaxed);
-                self.stats.bytes_added_stored.fetch_add(sealed.len() as u64, Ordering::Relaxed);
-                Ok((id, true))
-            }
-            Err(e) => {
-                self.shared.index.release(kind, &id);
-                Err(e)
-            }
+        thread_local! {
+            static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        SEALED.with(|buf| {
+            let mut sealed = buf.borrow_mut();
+            self.sealer.seal_into(kind.object_kind(), Some(&id), data, self.compression, &mut sealed);
+            let stored = sealed.len() as u64;
+            match self.add_to_pack(kind, id, &sealed, data.len()) {
+                Ok(()) => {
+                    self.shared.index.packed(kind, &id);
+                    self.stats.blobs_added.fetch_add(1, Ordering::Relaxed);
+                    if kind == BlobKind::Data {
+                        self.stats.data_blobs_added.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.stats.bytes_added.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    self.stats.bytes_added_stored.fetch_add(stored, Ordering::Relaxed);
+                    Ok((id, true))
+                }
+                Err(e) => {
+                    self.shared.index.release(kind, &id);
+                    Err(e)
+                }
+            }
+        })
     }
 
     /// Copy an already sealed blob (prune's repacking) into a new pack.
@@ -217,9 +258,13 @@ impl Saver {
         }
         let raw_len = u32::try_from(raw_len).map_err(|_| Error::Invalid("blob larger than 4 GiB".into()))?;
         let finished = {
-            let mut slot = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner());
+            let mut slot = self.lock_slot(kind);
             if slot.is_none() {
-                *slot = Some(PackWriter::create(&self.staging, kind).map_err(|e| Error::io(&self.staging, e))?);
+                *slot = Some(
+                    PackWriter::create(&self.staging, kind)
+                        .map_err(|e| Error::io(&self.staging, e))?
+                        .write_behind(self.write_behind),
+                );
             }
             let writer = slot.as_mut().expect("just created");
             writer.add(id, sealed, raw_len).map_err(|e| Error::io(&self.staging, e))?;
@@ -259,9 +304,9 @@ impl Saver {
     /// before this call are uploaded (not packs closed meanwhile).
     /// Everything `save` returned before this call is then in the repository.
     pub fn flush(&self) -> Result<()> {
-        for kind in [BlobKind::Data, BlobKind::Tree] {
+        for slot in self.pack_slots() {
             let taken = {
-                let mut slot = self.pack_slot(kind).lock().unwrap_or_else(|e| e.into_inner());
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
                 slot.take().filter(|w| !w.is_empty()).map(|w| (w, self.shared.ticket()))
             };
             if let Some((writer, ticket)) = taken {
@@ -302,8 +347,9 @@ impl Saver {
         for handle in std::mem::take(&mut *self.uploaders.lock().unwrap_or_else(|e| e.into_inner())) {
             let _ = handle.join();
         }
-        self.data_pack.lock().unwrap_or_else(|e| e.into_inner()).take();
-        self.tree_pack.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for slot in self.pack_slots() {
+            slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 
     /// Store long content lists as chunk-list blobs so a node stays small.

@@ -127,11 +127,28 @@ impl Sealer {
 
     /// Seal `payload`. `id` is the blob id for data and tree blobs.
     pub fn seal(&self, kind: ObjectKind, id: Option<&BlobId>, payload: &[u8], compression: Compression) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_into(kind, id, payload, compression, &mut out);
+        out
+    }
+
+    /// [`seal`](Self::seal) into `out` (cleared first), so that a caller
+    /// sealing many blobs reuses one buffer instead of faulting in fresh
+    /// memory for each.
+    pub fn seal_into(
+        &self,
+        kind: ObjectKind,
+        id: Option<&BlobId>,
+        payload: &[u8],
+        compression: Compression,
+        out: &mut Vec<u8>,
+    ) {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let mut nonce = [0u8; NONCE_LEN];
         nonce[4..].copy_from_slice(&n.to_be_bytes());
 
-        let mut out = Vec::with_capacity(SEAL_OVERHEAD + zstd::zstd_safe::compress_bound(payload.len()));
+        out.clear();
+        out.reserve(SEAL_OVERHEAD + zstd::zstd_safe::compress_bound(payload.len()));
         out.extend_from_slice(self.session.as_bytes());
         out.extend_from_slice(&nonce);
         let level = match compression {
@@ -173,7 +190,6 @@ impl Sealer {
             )
             .expect("AES-GCM sealing cannot fail for in-memory buffers of this size");
         out.extend_from_slice(tag.as_ref());
-        out
     }
 }
 

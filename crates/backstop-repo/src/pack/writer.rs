@@ -16,7 +16,14 @@ pub struct PackWriter {
     hasher: blake3::Hasher,
     entries: Vec<(PackEntry, u32)>,
     size: u64,
+    /// Start writing the file to disk while it grows (see [`PackWriter::write_behind`]).
+    write_behind: bool,
+    /// Bytes already handed to the disk by `write_behind`.
+    written_behind: u64,
 }
+
+/// With write-behind, the disk is told to start writing every this many bytes.
+const WRITE_BEHIND_STEP: u64 = 4 << 20;
 
 /// A complete pack file waiting to be uploaded. Its file is removed when
 /// this is dropped, unless `upload` consumed it.
@@ -48,7 +55,18 @@ impl PackWriter {
             hasher: blake3::Hasher::new(),
             entries: Vec::new(),
             size: 0,
+            write_behind: false,
+            written_behind: 0,
         })
+    }
+
+    /// Have the kernel start writing the file to disk as it grows, for a
+    /// staging file that becomes the stored pack (a local repository): the
+    /// fsync before it is placed then waits for little, instead of for the
+    /// whole pack. Pointless for packs that are uploaded and deleted.
+    pub fn write_behind(mut self, on: bool) -> PackWriter {
+        self.write_behind = on;
+        self
     }
 
     pub fn kind(&self) -> BlobKind {
@@ -72,6 +90,12 @@ impl PackWriter {
         self.hasher.update(sealed);
         self.size += sealed.len() as u64;
         self.entries.push((PackEntry { kind: self.kind, id, stored_len, raw_len }, offset));
+        if self.write_behind && self.size - self.written_behind >= WRITE_BEHIND_STEP {
+            let file = self.file.as_mut().expect("open until finished");
+            file.flush()?;
+            crate::sys::start_writeback(file.get_ref(), self.written_behind, self.size - self.written_behind);
+            self.written_behind = self.size;
+        }
         Ok(offset)
     }
 
