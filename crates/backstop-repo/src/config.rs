@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunker::CdcParams;
 
+/// zstd level of a new repository: level 2 is 1.25× faster than 3 on text
+/// for a repository 0.7 % larger (decision 0006).
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 2;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
     pub version: u32,
@@ -32,7 +36,7 @@ impl Config {
             fixed_chunk_size: 32 << 10,
             pack_size: 32 << 20,
             tree_pack_size: 4 << 20,
-            compression_level: 3,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
         }
     }
 

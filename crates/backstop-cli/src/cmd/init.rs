@@ -11,7 +11,7 @@ directory, or an empty S3 prefix). The password opens the repository's first key
 with `backstop key add`. Losing every password loses the data.")]
 pub struct Args {
     /// zstd level for new data: 1 (fastest) to 19 (smallest); negative levels trade size for speed.
-    #[arg(long, default_value_t = 3, value_name = "LEVEL", allow_negative_numbers = true,
+    #[arg(long, default_value_t = backstop_repo::config::DEFAULT_COMPRESSION_LEVEL, value_name = "LEVEL", allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-7..=19))]
     compression: i32,
 
