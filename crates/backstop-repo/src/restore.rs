@@ -335,7 +335,7 @@ pub fn execute(
     // Files without data (empty, or all holes) are complete at once.
     for f in &plan.files {
         if f.remaining.load(Ordering::Relaxed) == 0 {
-            match create_file(f).and_then(|_| apply_metadata(&f.path, &f.node, owners)) {
+            match create_file(f).and_then(|file| apply_file_metadata(&file, &f.node, owners)) {
                 Ok(()) => progress.advance(1, f.size),
                 Err(e) => mark_failed(f, &format!("cannot create: {e}")),
             }
@@ -459,7 +459,7 @@ fn remove_non_dir(path: &Path) -> io::Result<()> {
 }
 
 /// Create (truncate) the file at its full size, leaving holes unwritten.
-fn create_file(f: &PlannedFile) -> io::Result<()> {
+fn create_file(f: &PlannedFile) -> io::Result<File> {
     let open = || {
         OpenOptions::new()
             .write(true)
@@ -478,15 +478,20 @@ fn create_file(f: &PlannedFile) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    file.set_len(f.size)
+    file.set_len(f.size)?;
+    Ok(file)
 }
 
+/// The file to write a blob into: created by the first writer (whose
+/// handle is used right away: most files are a single blob), opened again
+/// by later ones.
 fn open_for_write(f: &PlannedFile) -> io::Result<File> {
     {
         let mut state = f.state.lock().unwrap_or_else(|e| e.into_inner());
         if !state.created {
-            create_file(f)?;
+            let file = create_file(f)?;
             state.created = true;
+            return Ok(file);
         }
     }
     OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&f.path)
@@ -542,14 +547,21 @@ fn restore_pack(
             };
             for &(file_idx, offset) in &job.targets {
                 let f = &plan.files[file_idx];
-                if let Err(e) = open_for_write(f).and_then(|file| file.write_all_at(&plain, offset)) {
-                    mark_failed(f, &format!("cannot write: {e}"));
-                }
+                let written = open_for_write(f).and_then(|file| file.write_all_at(&plain, offset).map(|()| file));
+                let file = match written {
+                    Ok(file) => Some(file),
+                    Err(e) => {
+                        mark_failed(f, &format!("cannot write: {e}"));
+                        None
+                    }
+                };
                 bytes.fetch_add(plain.len() as u64, Ordering::Relaxed);
                 progress.advance(0, plain.len() as u64);
                 if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     let ok = f.state.lock().unwrap_or_else(|e| e.into_inner()).failed.is_none();
-                    if ok && let Err(e) = apply_metadata(&f.path, &f.node, owners) {
+                    if let (true, Some(file)) = (ok, &file)
+                        && let Err(e) = apply_file_metadata(file, &f.node, owners)
+                    {
                         progress.warning(&f.path, &format!("cannot set metadata: {e}"));
                     }
                     progress.advance(1, 0);
@@ -581,6 +593,18 @@ fn apply_metadata(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
         }
     }
     sys::set_times(path, node.atime_ns, node.mtime_ns)
+}
+
+/// [`apply_metadata`] for a regular file through its open handle.
+fn apply_file_metadata(file: &File, node: &Node, owners: bool) -> io::Result<()> {
+    let meta = sys::FileMeta {
+        owner: owners.then_some((node.uid, node.gid)),
+        mode: node.mode,
+        xattrs: &node.xattrs,
+        atime_ns: node.atime_ns,
+        mtime_ns: node.mtime_ns,
+    };
+    sys::set_file_meta(file, &meta)
 }
 
 fn restore_symlink(path: &Path, node: &Node, owners: bool) -> io::Result<()> {

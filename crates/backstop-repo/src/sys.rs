@@ -250,6 +250,43 @@ pub fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
     check(unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
 }
 
+/// Owner, mode, extended attributes and times of an open regular file, in
+/// that order (see `restore::apply_metadata`); by descriptor, so no path is
+/// resolved again.
+pub struct FileMeta<'a> {
+    pub owner: Option<(u32, u32)>,
+    pub mode: u32,
+    pub xattrs: &'a [(Vec<u8>, Vec<u8>)],
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+}
+
+/// Apply `meta` to `file`. Extended attributes that the process may not
+/// set (EPERM, EACCES) or the filesystem does not support are skipped.
+pub fn set_file_meta(file: &File, meta: &FileMeta) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    if let Some((uid, gid)) = meta.owner {
+        // SAFETY: fd is valid for the life of `file`.
+        check(unsafe { libc::fchown(fd, uid, gid) })?;
+    }
+    // SAFETY: as above.
+    check(unsafe { libc::fchmod(fd, meta.mode & 0o7777) })?;
+    for (name, value) in meta.xattrs {
+        let n = cstr(name)?;
+        // SAFETY: pointers valid for the stated lengths; fd as above.
+        let rc = unsafe { libc::fsetxattr(fd, n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if let Err(e) = check(rc)
+            && !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP | libc::EACCES))
+        {
+            return Err(e);
+        }
+    }
+    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
+    let times = [ts(meta.atime_ns), ts(meta.mtime_ns)];
+    // SAFETY: fd as above; times has two entries.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) })
+}
+
 /// The data extents `[start, end)` of a file, skipping holes. Filesystems
 /// without SEEK_DATA report the whole file as data.
 pub fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {

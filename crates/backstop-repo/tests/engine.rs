@@ -351,3 +351,30 @@ fn a_flush_covers_every_blob_saved_before_it_while_other_threads_keep_saving() {
         }
     });
 }
+
+#[test]
+fn extended_attributes_and_modes_of_files_are_restored() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(&src, &[Entry::File("tagged.txt", b"has attributes".to_vec()), Entry::File("big.bin", noise(3 << 20, 9))]);
+    for name in ["tagged.txt", "big.bin"] {
+        let path = src.join(name);
+        backstop_repo::sys::set_xattr(&path, b"user.backstop.test", format!("value of {name}").as_bytes())
+            .expect("the test directory's file system must support user xattrs");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).unwrap();
+    }
+    t.backup(&[&src]);
+    let target = t.dir.path().join("restore");
+    assert_eq!(t.restore("latest", &target).errors, 0);
+    for name in ["tagged.txt", "big.bin"] {
+        let restored = restored_path(&target, &src.join(name));
+        let xattrs = backstop_repo::sys::xattrs(&restored).unwrap();
+        assert!(
+            xattrs.contains(&(b"user.backstop.test".to_vec(), format!("value of {name}").into_bytes())),
+            "{name}: {xattrs:?}"
+        );
+        assert_eq!(fs::metadata(&restored).unwrap().permissions().mode() & 0o7777, 0o604, "{name}");
+    }
+    assert_same_tree(&src, &restored_path(&target, &src));
+}
