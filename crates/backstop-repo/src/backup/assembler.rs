@@ -56,29 +56,12 @@ impl<'a> Assembler<'a> {
 
     /// Consume items until the walker is done; returns the root tree.
     pub fn run(&mut self, items: Receiver<Item>, checkpoint: &mut CheckpointFn) -> Result<BlobId> {
-        for item in items {
+        for item in &items {
             if self.cancel.is_cancelled() {
-                return self.stop(checkpoint);
+                return self.drain(item, &items, checkpoint);
             }
             match item {
-                Item::EnterDir(node) => self.stack.push(Frame { node: Some(node), nodes: Vec::new() }),
-                Item::LeaveDir => {
-                    let frame = self.stack.pop().expect("LeaveDir matches an EnterDir");
-                    if self.stack.is_empty() {
-                        return Err(Error::Invalid("unbalanced directory events".into()));
-                    }
-                    let node = self.close(frame)?;
-                    self.summary.dirs += 1;
-                    self.push(node);
-                }
-                Item::Node(node, status) => {
-                    if status == Some(FileStatus::Unchanged) {
-                        self.summary.files_unchanged += 1;
-                        self.summary.bytes_total += node.size;
-                    }
-                    self.push(node);
-                }
-                Item::File { mut node, status, reply, prefix } => {
+                Item::File { node, status, reply, prefix } => {
                     let outcome = loop {
                         let wait = self.next_checkpoint.saturating_duration_since(Instant::now());
                         match reply.recv_timeout(wait.min(Duration::from_millis(250))) {
@@ -99,26 +82,12 @@ impl<'a> Assembler<'a> {
                             }
                         }
                     };
-                    match outcome {
-                        FileOutcome::Done { content, size } => {
-                            match status {
-                                FileStatus::New => self.summary.files_new += 1,
-                                _ => self.summary.files_changed += 1,
-                            }
-                            self.summary.bytes_total += size;
-                            node.size = size;
-                            node.data = NodeData::File { content, partial: false };
-                            self.progress.advance(1, 0);
-                            self.push(node);
-                        }
-                        FileOutcome::Failed(message) => {
-                            self.summary.warnings += 1;
-                            self.progress.warning(&display(&self.stack, &node), &message);
-                        }
-                        FileOutcome::Fatal(e) => return Err(e),
-                        FileOutcome::Cancelled => return self.stop(checkpoint),
+                    if let FileOutcome::Cancelled = outcome {
+                        return self.stop(checkpoint);
                     }
+                    self.file_done(node, status, outcome)?;
                 }
+                other => self.structure(other)?,
             }
             if Instant::now() >= self.next_checkpoint {
                 self.write_checkpoint(None, checkpoint)?;
@@ -132,6 +101,79 @@ impl<'a> Assembler<'a> {
         }
         let root = self.stack.pop().expect("root frame");
         self.save_tree(root.nodes)
+    }
+
+    /// After a cancellation: keep what is finished already (the queued
+    /// items up to the first file whose content is not complete, which
+    /// readers far ahead of this thread may make many), then checkpoint.
+    fn drain(&mut self, first: Item, items: &Receiver<Item>, checkpoint: &mut CheckpointFn) -> Result<BlobId> {
+        let mut next = Some(first);
+        while let Some(item) = next {
+            match item {
+                Item::File { node, status, reply, prefix } => match reply.try_recv() {
+                    Ok(outcome @ (FileOutcome::Done { .. } | FileOutcome::Failed(_) | FileOutcome::Fatal(_))) => {
+                        self.file_done(node, status, outcome)?
+                    }
+                    _ => {
+                        let head = self.partial(&node, &prefix.lock().unwrap_or_else(|e| e.into_inner()));
+                        self.write_checkpoint(head, checkpoint)?;
+                        return Err(Error::Cancelled);
+                    }
+                },
+                other => self.structure(other)?,
+            }
+            next = items.try_recv().ok();
+        }
+        self.stop(checkpoint)
+    }
+
+    /// Directories and nodes that need no reading.
+    fn structure(&mut self, item: Item) -> Result<()> {
+        match item {
+            Item::EnterDir(node) => self.stack.push(Frame { node: Some(node), nodes: Vec::new() }),
+            Item::LeaveDir => {
+                let frame = self.stack.pop().expect("LeaveDir matches an EnterDir");
+                if self.stack.is_empty() {
+                    return Err(Error::Invalid("unbalanced directory events".into()));
+                }
+                let node = self.close(frame)?;
+                self.summary.dirs += 1;
+                self.push(node);
+            }
+            Item::Node(node, status) => {
+                if status == Some(FileStatus::Unchanged) {
+                    self.summary.files_unchanged += 1;
+                    self.summary.bytes_total += node.size;
+                }
+                self.push(node);
+            }
+            Item::File { .. } => return Err(Error::Invalid("a file item reached the structure handler".into())),
+        }
+        Ok(())
+    }
+
+    /// A file's reader finished (not cancelled).
+    fn file_done(&mut self, mut node: Node, status: FileStatus, outcome: FileOutcome) -> Result<()> {
+        match outcome {
+            FileOutcome::Done { content, size } => {
+                match status {
+                    FileStatus::New => self.summary.files_new += 1,
+                    _ => self.summary.files_changed += 1,
+                }
+                self.summary.bytes_total += size;
+                node.size = size;
+                node.data = NodeData::File { content, partial: false };
+                self.progress.advance(1, 0);
+                self.push(node);
+            }
+            FileOutcome::Failed(message) => {
+                self.summary.warnings += 1;
+                self.progress.warning(&display(&self.stack, &node), &message);
+            }
+            FileOutcome::Fatal(e) => return Err(e),
+            FileOutcome::Cancelled => return Err(Error::Cancelled),
+        }
+        Ok(())
     }
 
     fn stop(&mut self, checkpoint: &mut CheckpointFn) -> Result<BlobId> {
