@@ -62,6 +62,12 @@ impl Reporter {
         Reporter { counters, bar, ticker: Mutex::new(ticker), info }
     }
 
+    /// Whether a progress bar is drawn (totals and ETA are only worth
+    /// counting for one).
+    pub fn draws_bar(&self) -> bool {
+        self.bar.is_some()
+    }
+
     /// Stop drawing and clear the bar.
     pub fn finish(&self) {
         self.counters.done.store(true, Ordering::Relaxed);

@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long, value_name = "TIME")]
     time: Option<String>,
 
-    /// Do not count files first (progress then has no total or ETA).
+    /// Do not count files first (the progress bar then has no total or ETA). Counting is
+    /// skipped anyway when no bar is drawn (not a terminal, --quiet, --json).
     #[arg(long)]
     no_scan: bool,
 
@@ -109,7 +110,6 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         },
         checkpoint_interval: std::time::Duration::from_secs(args.checkpoint_interval.max(1)),
         time,
-        scan_totals: !args.no_scan,
         ..BackupOptions::default()
     };
     let source = if args.stdin {
@@ -118,6 +118,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         BackupSource::Paths(args.paths.clone())
     };
     let reporter = ctx.reporter(true);
+    // Without a bar nobody sees the totals: skip the counting walk.
+    let options = BackupOptions { scan_totals: !args.no_scan && reporter.draws_bar(), ..options };
     let outcome = backup::run(&repo, source, &options, &reporter, &ctx.cancel);
     reporter.finish();
     let outcome = outcome?;
