@@ -3,9 +3,11 @@
 //! [`S3Server`] runs a real S3-protocol server (the `s3s-fs` implementation,
 //! with SigV4 authentication) on `127.0.0.1` on a free port, storing objects in
 //! a temporary directory, for as long as the value lives. Tests talk to it over
-//! HTTP exactly as they would to MinIO or Ceph RGW.
+//! HTTP exactly as they would to MinIO or Ceph RGW. [`postgres::Postgres`]
+//! finds or starts a PostgreSQL server and hands out fresh databases.
 
 pub mod fixture;
+pub mod postgres;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,0 +1,228 @@
+//! Schema migrations, one list for both databases. Each migration is a
+//! version number and its statements for SQLite and for PostgreSQL; the
+//! applied version is kept in `schema_version`. Migrations only ever get
+//! appended.
+
+use crate::{Catalog, DbKind, Error, Result};
+
+struct Migration {
+    version: i64,
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+/// The tables. Times are milliseconds since the epoch; flags are 0/1.
+const V1_COMMON: &str = "
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_ms BIGINT NOT NULL,
+    last_used_ms BIGINT,
+    revoked_ms BIGINT
+);
+CREATE TABLE repositories (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    location TEXT NOT NULL,
+    region TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    option_names TEXT NOT NULL,
+    max_concurrent BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (tenant, name)
+);
+CREATE TABLE sources (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    host TEXT,
+    config TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (tenant, name)
+);
+CREATE TABLE plans (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    source_id TEXT NOT NULL REFERENCES sources(id),
+    repository_id TEXT NOT NULL REFERENCES repositories(id),
+    schedule TEXT,
+    timezone TEXT NOT NULL,
+    jitter_s BIGINT NOT NULL,
+    misfire TEXT NOT NULL,
+    overlap TEXT NOT NULL,
+    retention TEXT NOT NULL,
+    chain TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    deadline_s BIGINT,
+    enabled BIGINT NOT NULL,
+    next_fire_ms BIGINT,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (tenant, name)
+);
+CREATE TABLE jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    plan_id TEXT,
+    source_id TEXT,
+    repository_id TEXT NOT NULL,
+    region TEXT NOT NULL,
+    host TEXT,
+    params TEXT NOT NULL,
+    state TEXT NOT NULL,
+    wait_reason TEXT,
+    attempt BIGINT NOT NULL,
+    max_attempts BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_expires_ms BIGINT,
+    not_before_ms BIGINT NOT NULL,
+    deadline_s BIGINT,
+    idempotency_key TEXT,
+    parent_id TEXT,
+    step TEXT,
+    cancel_requested BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    started_ms BIGINT,
+    finished_ms BIGINT,
+    progress TEXT,
+    result TEXT,
+    error TEXT
+);
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (tenant, idempotency_key);
+CREATE INDEX jobs_queue ON jobs (state, region, not_before_ms);
+CREATE INDEX jobs_by_tenant ON jobs (tenant, created_ms);
+CREATE INDEX jobs_by_plan ON jobs (plan_id, state);
+CREATE TABLE fair_share (
+    region TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    last_claim_ms BIGINT NOT NULL,
+    PRIMARY KEY (region, tenant)
+);
+CREATE TABLE workers (
+    id TEXT PRIMARY KEY,
+    region TEXT NOT NULL,
+    last_seen_ms BIGINT NOT NULL
+);
+CREATE TABLE snapshots (
+    repository_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    plan_id TEXT,
+    job_id TEXT,
+    time_ms BIGINT NOT NULL,
+    hostname TEXT NOT NULL,
+    paths TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    PRIMARY KEY (repository_id, id)
+);
+CREATE INDEX snapshots_by_tenant ON snapshots (tenant, time_ms);
+";
+
+const V1_SQLITE: &str = "
+CREATE TABLE job_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    attempt BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms BIGINT NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+const V1_POSTGRES: &str = "
+CREATE TABLE job_events (
+    id BIGSERIAL PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    attempt BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX job_events_by_job ON job_events (job_id, id);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    tenant TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+";
+
+fn migrations() -> Vec<Migration> {
+    vec![Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_POSTGRES }]
+}
+
+fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(';').map(str::trim).filter(|s| !s.is_empty())
+}
+
+pub(crate) async fn run(catalog: &Catalog) -> Result<()> {
+    let pool = catalog.pool();
+    if catalog.kind() == DbKind::Postgres {
+        // Two coordinators starting at once must not both migrate.
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7406253101)").execute(&mut *tx).await?;
+        apply(catalog, &mut tx).await?;
+        tx.commit().await?;
+    } else {
+        let mut tx = pool.begin().await?;
+        apply(catalog, &mut tx).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+async fn apply(catalog: &Catalog, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(&mut **tx).await?;
+    let current: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(&mut **tx).await?;
+    let current = current.unwrap_or(0);
+    let known = migrations();
+    let newest = known.last().map(|m| m.version).unwrap_or(0);
+    if current > newest {
+        return Err(Error::Invalid(format!(
+            "the catalog has schema version {current}, newer than this program's {newest}; upgrade backstop"
+        )));
+    }
+    for m in known.into_iter().filter(|m| m.version > current) {
+        let own = match catalog.kind() {
+            DbKind::Sqlite => m.sqlite,
+            DbKind::Postgres => m.postgres,
+        };
+        let common = if m.version == 1 { V1_COMMON } else { "" };
+        for statement in statements(common).chain(statements(own)) {
+            sqlx::query(statement).execute(&mut **tx).await?;
+        }
+        sqlx::query(&catalog.sql("INSERT INTO schema_version (version) VALUES (?)"))
+            .bind(m.version)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1024 @@
+//! The job queue. Jobs move `queued → running → succeeded | failed | dead |
+//! cancelled`; a claim makes a new attempt, and every heartbeat and
+//! completion names its attempt, so one that lost its lease changes
+//! nothing ([`Error::StaleAttempt`]).
+//!
+//! Claiming is one short transaction: on PostgreSQL it takes an advisory
+//! lock per region (so concurrency limits hold across coordinators) and
+//! locks the chosen row `FOR UPDATE SKIP LOCKED`; on SQLite the catalog's
+//! single connection makes the transaction exclusive. Among eligible jobs
+//! the claim picks the tenant with the fewest running jobs, then the one
+//! served least recently, then its oldest job — so one tenant's burst
+//! delays another's job by at most one slot. Limits: per repository
+//! (`max_concurrent`), per source host ([`QueueConfig::host_limit`]), per
+//! region ([`QueueConfig::region_limit`]), and maintenance (retention,
+//! prune) never beside anything else on its repository. A queued job that
+//! is held back says why in `wait_reason`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use backstop_types::{
+    Claim, Completion, EventKind, Heartbeat, HeartbeatReply, Job, JobEvent, JobKind, JobProgress, JobState, LogLevel,
+    LogLine, Outcome, Page, RepositoryAccess, Retention, SourceAccess,
+};
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use crate::resources::Scope;
+use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
+
+/// Queue behaviour; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How long a claim or heartbeat holds a job.
+    pub lease: Duration,
+    /// Retry backoff: `base · 2^(attempt-1)`, at most `max`.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Jobs running at once against one source host.
+    pub host_limit: u32,
+    /// Jobs running at once in one region (none: only the workers' own
+    /// concurrency limits).
+    pub region_limit: Option<u32>,
+    pub default_max_attempts: u32,
+    /// Events kept per job (progress samples beyond it are dropped; state
+    /// changes and log lines are always kept).
+    pub max_progress_events: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            lease: Duration::from_secs(60),
+            backoff_base: Duration::from_secs(15),
+            backoff_max: Duration::from_secs(15 * 60),
+            host_limit: 2,
+            region_limit: None,
+            default_max_attempts: 3,
+            max_progress_events: 2000,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The wait before retry number `attempt` (1-based: after the first failure).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
+        self.backoff_base.saturating_mul(factor).min(self.backoff_max)
+    }
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub tenant: String,
+    pub kind: JobKind,
+    pub plan: Option<String>,
+    pub source: Option<String>,
+    pub repository: String,
+    pub region: String,
+    pub host: Option<String>,
+    pub params: Value,
+    pub max_attempts: u32,
+    pub deadline_seconds: Option<u64>,
+    /// Two inserts with one key (per tenant) make one job.
+    pub idempotency_key: Option<String>,
+    pub parent: Option<String>,
+    pub step: Option<String>,
+    /// Do not start before (scheduler jitter).
+    pub not_before_ms: Option<i64>,
+}
+
+/// What [`Catalog::list_jobs`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+    pub plan: Option<String>,
+    pub repository: Option<String>,
+    /// Jobs whose id sorts after this one (the previous page's cursor).
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// What one reaper pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Expired leases put back in the queue.
+    pub requeued: u32,
+    /// Expired leases on their last attempt.
+    pub dead: u32,
+    /// Running jobs stopped by their deadline.
+    pub deadline: u32,
+    /// Expired leases of jobs whose cancellation was asked for.
+    pub cancelled: u32,
+}
+
+pub(crate) const JOB_COLUMNS: &str = "id, tenant, kind, plan_id, source_id, repository_id, region, host, params, \
+     state, wait_reason, attempt, max_attempts, lease_owner, lease_expires_ms, not_before_ms, deadline_s, \
+     idempotency_key, parent_id, step, cancel_requested, created_ms, started_ms, finished_ms, progress, result, error";
+
+fn json_col(row: &AnyRow, col: &str) -> Result<Option<Value>> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("column {col}: {e}")))).transpose()
+}
+
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
+    let kind: String = row.try_get("kind")?;
+    let state: String = row.try_get("state")?;
+    let progress = json_col(row, "progress")?
+        .map(serde_json::from_value::<JobProgress>)
+        .transpose()
+        .map_err(|e| Error::Corrupt(format!("job progress: {e}")))?;
+    Ok(Job {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown job kind {kind:?}")))?,
+        state: JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown job state {state:?}")))?,
+        wait_reason: row.try_get("wait_reason")?,
+        plan: row.try_get("plan_id")?,
+        source: row.try_get("source_id")?,
+        repository: row.try_get("repository_id")?,
+        region: row.try_get("region")?,
+        host: row.try_get("host")?,
+        params: json_col(row, "params")?.unwrap_or(Value::Null),
+        attempt: row.try_get::<i64, _>("attempt")? as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires: opt_time(row.try_get("lease_expires_ms")?),
+        not_before: time(row.try_get("not_before_ms")?),
+        deadline_seconds: row.try_get::<Option<i64>, _>("deadline_s")?.map(|d| d as u64),
+        idempotency_key: row.try_get("idempotency_key")?,
+        parent: row.try_get("parent_id")?,
+        step: row.try_get("step")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        created: time(row.try_get("created_ms")?),
+        started: opt_time(row.try_get("started_ms")?),
+        finished: opt_time(row.try_get("finished_ms")?),
+        progress,
+        result: json_col(row, "result")?,
+        error: row.try_get("error")?,
+    })
+}
+
+/// A running job, as the claim's limit checks see it.
+struct Running {
+    tenant: String,
+    repository: String,
+    host: Option<String>,
+    region: String,
+    kind: JobKind,
+}
+
+struct Candidate {
+    id: String,
+    repository: String,
+    host: Option<String>,
+    kind: JobKind,
+    created_ms: i64,
+    wait_reason: Option<String>,
+}
+
+impl Catalog {
+    /// Insert a job, or return the existing one with the same idempotency
+    /// key (`false`: nothing was inserted).
+    pub async fn enqueue(&self, job: NewJob, now: i64) -> Result<(Job, bool)> {
+        let mut tx = self.pool().begin().await?;
+        let out = self.enqueue_in(&mut tx, job, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    pub(crate) async fn enqueue_in(&self, conn: &mut AnyConnection, job: NewJob, now: i64) -> Result<(Job, bool)> {
+        if job.max_attempts == 0 {
+            return Err(Error::Invalid("max_attempts must be at least 1".into()));
+        }
+        let id = new_id();
+        let wait = format!("waiting for a worker of region {}", job.region);
+        let inserted = sqlx::query(&self.sql(
+            "INSERT INTO jobs (id, tenant, kind, plan_id, source_id, repository_id, region, host, params, state, \
+             wait_reason, attempt, max_attempts, not_before_ms, deadline_s, idempotency_key, parent_id, step, \
+             cancel_requested, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, 0, ?) \
+             ON CONFLICT (tenant, idempotency_key) DO NOTHING",
+        ))
+        .bind(&id)
+        .bind(&job.tenant)
+        .bind(job.kind.as_str())
+        .bind(&job.plan)
+        .bind(&job.source)
+        .bind(&job.repository)
+        .bind(&job.region)
+        .bind(&job.host)
+        .bind(job.params.to_string())
+        .bind(&wait)
+        .bind(job.max_attempts as i64)
+        .bind(job.not_before_ms.unwrap_or(now).max(now))
+        .bind(job.deadline_seconds.map(|d| d as i64))
+        .bind(&job.idempotency_key)
+        .bind(&job.parent)
+        .bind(&job.step)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let key = job.idempotency_key.as_deref().unwrap_or_default();
+            let row = sqlx::query(
+                &self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ? AND idempotency_key = ?")),
+            )
+            .bind(&job.tenant)
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+            return Ok((job_from_row(&row)?, false));
+        }
+        self.event(conn, &id, 0, EventKind::State, json!({"state": "queued", "wait_reason": wait}), now).await?;
+        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
+            .bind(&id)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok((job_from_row(&row)?, true))
+    }
+
+    pub(crate) async fn event(
+        &self,
+        conn: &mut AnyConnection,
+        job: &str,
+        attempt: u32,
+        kind: EventKind,
+        data: Value,
+        now: i64,
+    ) -> Result<()> {
+        let kind = match kind {
+            EventKind::State => "state",
+            EventKind::Progress => "progress",
+            EventKind::Log => "log",
+        };
+        sqlx::query(&self.sql("INSERT INTO job_events (job_id, time_ms, attempt, kind, data) VALUES (?, ?, ?, ?, ?)"))
+            .bind(job)
+            .bind(now)
+            .bind(attempt as i64)
+            .bind(kind)
+            .bind(data.to_string())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn logs(&self, conn: &mut AnyConnection, job: &str, attempt: u32, logs: &[LogLine], now: i64) -> Result<()> {
+        for line in logs {
+            let level = match line.level {
+                LogLevel::Info => "info",
+                LogLevel::Warning => "warning",
+                LogLevel::Error => "error",
+            };
+            self.event(conn, job, attempt, EventKind::Log, json!({"level": level, "message": line.message}), now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// One job, if `scope` may see it.
+    pub async fn job(&self, scope: &Scope, id: &str) -> Result<Job> {
+        let (clause, tenant) = scope.clause("tenant");
+        let sql = self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{clause}"));
+        let mut q = sqlx::query(&sql).bind(id);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        let row = q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("job {id}")))?;
+        job_from_row(&row)
+    }
+
+    /// Jobs, newest first, a page at a time.
+    pub async fn list_jobs(&self, scope: &Scope, filter: &JobFilter) -> Result<Page<Job>> {
+        let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        if let Scope::Tenant(t) = scope {
+            sql.push_str(" AND tenant = ?");
+            binds.push(t.clone());
+        }
+        if let Some(s) = filter.state {
+            sql.push_str(" AND state = ?");
+            binds.push(s.as_str().into());
+        }
+        if let Some(k) = filter.kind {
+            sql.push_str(" AND kind = ?");
+            binds.push(k.as_str().into());
+        }
+        if let Some(p) = &filter.plan {
+            sql.push_str(" AND plan_id = ?");
+            binds.push(p.clone());
+        }
+        if let Some(r) = &filter.repository {
+            sql.push_str(" AND repository_id = ?");
+            binds.push(r.clone());
+        }
+        if let Some(c) = &filter.cursor {
+            sql.push_str(" AND id < ?");
+            binds.push(c.clone());
+        }
+        let limit = filter.limit.clamp(1, 1000);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
+        let sql = self.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|j| j.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    /// A job's events after event `after` (0: from the start), oldest first.
+    pub async fn events(&self, scope: &Scope, job: &str, after: i64, limit: u32) -> Result<Vec<JobEvent>> {
+        self.job(scope, job).await?;
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, job_id, time_ms, attempt, kind, data FROM job_events WHERE job_id = ? AND id > ? \
+             ORDER BY id LIMIT ?",
+        ))
+        .bind(job)
+        .bind(after)
+        .bind(limit.clamp(1, 10_000) as i64)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let kind: String = row.try_get("kind")?;
+                let data: String = row.try_get("data")?;
+                Ok(JobEvent {
+                    id: row.try_get("id")?,
+                    job: row.try_get("job_id")?,
+                    time: time(row.try_get("time_ms")?),
+                    attempt: row.try_get::<i64, _>("attempt")? as u32,
+                    kind: match kind.as_str() {
+                        "state" => EventKind::State,
+                        "progress" => EventKind::Progress,
+                        "log" => EventKind::Log,
+                        other => return Err(Error::Corrupt(format!("unknown event kind {other:?}"))),
+                    },
+                    data: serde_json::from_str(&data).map_err(|e| Error::Corrupt(format!("event data: {e}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Claim the next job of `region` for `worker`, if one may run now.
+    pub async fn claim(&self, worker: &str, region: &str, now: i64) -> Result<Option<Claim>> {
+        let mut tx = self.pool().begin().await?;
+        if self.kind() == DbKind::Postgres {
+            sqlx::query(&self.sql("SELECT pg_advisory_xact_lock(?)"))
+                .bind(region_lock_key(region))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&self.sql(
+            "INSERT INTO workers (id, region, last_seen_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen_ms = excluded.last_seen_ms",
+        ))
+        .bind(worker)
+        .bind(region)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+
+        let running = self.running(&mut tx).await?;
+        if let Some(limit) = self.config.region_limit {
+            let in_region = running.iter().filter(|r| r.region == region).count() as u32;
+            if in_region >= limit {
+                tx.commit().await?;
+                return Ok(None);
+            }
+        }
+        // Tenants with eligible jobs, fairest first.
+        let rows = sqlx::query(&self.sql(
+            "SELECT tenant, MIN(created_ms) AS oldest FROM jobs \
+             WHERE state = 'queued' AND region = ? AND not_before_ms <= ? GROUP BY tenant",
+        ))
+        .bind(region)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let served: HashMap<String, i64> =
+            sqlx::query(&self.sql("SELECT tenant, last_claim_ms FROM fair_share WHERE region = ?"))
+                .bind(region)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("tenant")?, r.try_get("last_claim_ms")?)))
+                .collect::<Result<_>>()?;
+        let mut tenants = rows
+            .iter()
+            .map(|r| {
+                let tenant: String = r.try_get("tenant")?;
+                let oldest: i64 = r.try_get("oldest")?;
+                let busy = running.iter().filter(|j| j.tenant == tenant).count();
+                let last = served.get(&tenant).copied().unwrap_or(0);
+                Ok((busy, last, oldest, tenant))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tenants.sort();
+
+        // Maintenance waiting on a repository holds back younger jobs there.
+        let maintenance: HashMap<String, i64> = sqlx::query(
+            "SELECT repository_id, MIN(created_ms) AS oldest FROM jobs \
+             WHERE state = 'queued' AND kind IN ('retention', 'prune') GROUP BY repository_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("repository_id")?, r.try_get("oldest")?)))
+        .collect::<Result<_>>()?;
+        let mut repo_limits: HashMap<String, u32> = HashMap::new();
+
+        for (_, _, _, tenant) in tenants {
+            let rows = sqlx::query(&self.sql(
+                "SELECT id, repository_id, host, kind, created_ms, wait_reason FROM jobs \
+                 WHERE state = 'queued' AND region = ? AND tenant = ? AND not_before_ms <= ? \
+                 ORDER BY created_ms, id LIMIT 64",
+            ))
+            .bind(region)
+            .bind(&tenant)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let candidates = rows
+                .iter()
+                .map(|r| {
+                    let kind: String = r.try_get("kind")?;
+                    Ok(Candidate {
+                        id: r.try_get("id")?,
+                        repository: r.try_get("repository_id")?,
+                        host: r.try_get("host")?,
+                        kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("job kind {kind:?}")))?,
+                        created_ms: r.try_get("created_ms")?,
+                        wait_reason: r.try_get("wait_reason")?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            for c in candidates {
+                if !repo_limits.contains_key(&c.repository) {
+                    let limit: Option<i64> =
+                        sqlx::query_scalar(&self.sql("SELECT max_concurrent FROM repositories WHERE id = ?"))
+                            .bind(&c.repository)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    repo_limits.insert(c.repository.clone(), limit.unwrap_or(4).max(1) as u32);
+                }
+                let reason = self.blocked(&c, &running, &maintenance, repo_limits[&c.repository]);
+                if let Some(reason) = reason {
+                    if c.wait_reason.as_deref() != Some(reason.as_str()) {
+                        sqlx::query(&self.sql("UPDATE jobs SET wait_reason = ? WHERE id = ? AND state = 'queued'"))
+                            .bind(&reason)
+                            .bind(&c.id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    continue;
+                }
+                // Another coordinator may hold this row (cancel, reaper): skip it.
+                let locked: Option<String> = sqlx::query_scalar(
+                    &self.sql(&format!("SELECT id FROM jobs WHERE id = ? AND state = 'queued'{}", self.skip_locked())),
+                )
+                .bind(&c.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if locked.is_none() {
+                    continue;
+                }
+                let expires = now + self.config.lease.as_millis() as i64;
+                sqlx::query(&self.sql(
+                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
+                     lease_expires_ms = ?, started_ms = ?, wait_reason = NULL, progress = NULL \
+                     WHERE id = ? AND state = 'queued'",
+                ))
+                .bind(worker)
+                .bind(expires)
+                .bind(now)
+                .bind(&c.id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(&self.sql(
+                    "INSERT INTO fair_share (region, tenant, last_claim_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT (region, tenant) DO UPDATE SET last_claim_ms = excluded.last_claim_ms",
+                ))
+                .bind(region)
+                .bind(&tenant)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
+                    .bind(&c.id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let job = job_from_row(&row)?;
+                self.event(
+                    &mut tx,
+                    &job.id,
+                    job.attempt,
+                    EventKind::State,
+                    json!({"state": "running", "attempt": job.attempt, "worker": worker}),
+                    now,
+                )
+                .await?;
+                let claim = self.claim_for(&mut tx, job).await;
+                match claim {
+                    Ok(claim) => {
+                        tx.commit().await?;
+                        return Ok(Some(claim));
+                    }
+                    Err(e @ (Error::NotFound(_) | Error::Corrupt(_))) => {
+                        // The job cannot run: its repository or source is gone
+                        // or unreadable. Fail it instead of claiming it forever.
+                        drop(tx);
+                        self.fail_unrunnable(&c.id, &e.to_string(), now).await?;
+                        return Box::pin(self.claim(worker, region, now)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    async fn fail_unrunnable(&self, id: &str, error: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(&self.sql(
+            "UPDATE jobs SET state = 'failed', error = ?, finished_ms = ?, wait_reason = NULL \
+             WHERE id = ? AND state = 'queued'",
+        ))
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if done > 0 {
+            self.event(&mut tx, id, 0, EventKind::State, json!({"state": "failed", "error": error}), now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Why candidate `c` may not start now, if it may not.
+    fn blocked(
+        &self,
+        c: &Candidate,
+        running: &[Running],
+        maintenance: &HashMap<String, i64>,
+        repo_limit: u32,
+    ) -> Option<String> {
+        let on_repo: Vec<&Running> = running.iter().filter(|r| r.repository == c.repository).collect();
+        if c.kind.is_maintenance() {
+            if !on_repo.is_empty() {
+                return Some(format!(
+                    "maintenance waits for {} running job(s) on repository {} to finish",
+                    on_repo.len(),
+                    c.repository
+                ));
+            }
+        } else {
+            if on_repo.iter().any(|r| r.kind.is_maintenance()) {
+                return Some(format!("maintenance (prune) is running on repository {}", c.repository));
+            }
+            if maintenance.get(&c.repository).is_some_and(|&oldest| oldest < c.created_ms) {
+                return Some(format!("queued maintenance of repository {} goes first", c.repository));
+            }
+        }
+        if on_repo.len() as u32 >= repo_limit {
+            return Some(format!(
+                "repository {} is busy ({} of {repo_limit} jobs running)",
+                c.repository,
+                on_repo.len()
+            ));
+        }
+        if let Some(host) = &c.host {
+            let on_host = running.iter().filter(|r| r.host.as_deref() == Some(host.as_str())).count() as u32;
+            if on_host >= self.config.host_limit {
+                return Some(format!(
+                    "source host {host} is busy ({on_host} of {} jobs running)",
+                    self.config.host_limit
+                ));
+            }
+        }
+        None
+    }
+
+    async fn running(&self, conn: &mut AnyConnection) -> Result<Vec<Running>> {
+        let rows = sqlx::query("SELECT tenant, repository_id, host, region, kind FROM jobs WHERE state = 'running'")
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("kind")?;
+                Ok(Running {
+                    tenant: r.try_get("tenant")?,
+                    repository: r.try_get("repository_id")?,
+                    host: r.try_get("host")?,
+                    region: r.try_get("region")?,
+                    kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("job kind {kind:?}")))?,
+                })
+            })
+            .collect()
+    }
+
+    /// The claim's payload: the repository's and source's access (secrets
+    /// opened), and the plan's retention for retention jobs.
+    async fn claim_for(&self, conn: &mut AnyConnection, job: Job) -> Result<Claim> {
+        let repo = sqlx::query(&self.sql("SELECT id, location, secret FROM repositories WHERE id = ?"))
+            .bind(&job.repository)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("repository {} of job {}", job.repository, job.id)))?;
+        let repo_id: String = repo.try_get("id")?;
+        let secret: RepositorySecret = self.open_json(&repo_id, &repo.try_get::<String, _>("secret")?)?;
+        let repository = RepositoryAccess {
+            id: repo_id,
+            location: repo.try_get("location")?,
+            password: secret.password,
+            options: secret.options,
+        };
+        let source = match &job.source {
+            None => None,
+            Some(id) => {
+                let row = sqlx::query(&self.sql("SELECT id, kind, host, config, secret FROM sources WHERE id = ?"))
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(format!("source {id} of job {}", job.id)))?;
+                let sid: String = row.try_get("id")?;
+                let secrets: Value = self.open_json(&sid, &row.try_get::<String, _>("secret")?)?;
+                Some(SourceAccess {
+                    kind: row.try_get("kind")?,
+                    host: row.try_get("host")?,
+                    config: json_col(&row, "config")?.unwrap_or(Value::Null),
+                    secrets,
+                    id: sid,
+                })
+            }
+        };
+        let retention = match (&job.plan, job.kind) {
+            (Some(plan), JobKind::Retention) => {
+                let text: Option<String> = sqlx::query_scalar(&self.sql("SELECT retention FROM plans WHERE id = ?"))
+                    .bind(plan)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                match text {
+                    Some(t) => Some(
+                        serde_json::from_str::<Retention>(&t)
+                            .map_err(|e| Error::Corrupt(format!("plan {plan} retention: {e}")))?,
+                    ),
+                    None => return Err(Error::NotFound(format!("plan {plan} of job {}", job.id))),
+                }
+            }
+            _ => None,
+        };
+        let lease_seconds = self.config.lease.as_secs().max(1);
+        Ok(Claim { attempt: job.attempt, job, lease_seconds, repository, source, retention })
+    }
+
+    pub(crate) fn open_json<T: serde::de::DeserializeOwned>(&self, owner: &str, sealed: &str) -> Result<T> {
+        let plain = self.key.open(owner, sealed)?;
+        serde_json::from_slice(&plain).map_err(|e| Error::Corrupt(format!("the secret of {owner}: {e}")))
+    }
+
+    /// The attempt still holds its job: extend the lease, record progress
+    /// and log lines. Tells the worker whether to stop.
+    pub async fn heartbeat(&self, job: &str, hb: &Heartbeat, now: i64) -> Result<HeartbeatReply> {
+        let mut tx = self.pool().begin().await?;
+        let expires = now + self.config.lease.as_millis() as i64;
+        let progress = hb.progress.as_ref().map(|p| serde_json::to_string(p).expect("progress serialises"));
+        let updated = sqlx::query(&self.sql(
+            "UPDATE jobs SET lease_expires_ms = ?, progress = COALESCE(?, progress) \
+             WHERE id = ? AND attempt = ? AND state = 'running'",
+        ))
+        .bind(expires)
+        .bind(&progress)
+        .bind(job)
+        .bind(hb.attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(Error::StaleAttempt { job: job.to_string(), attempt: hb.attempt });
+        }
+        if let Some(p) = &hb.progress {
+            let count: i64 =
+                sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM job_events WHERE job_id = ? AND kind = 'progress'"))
+                    .bind(job)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if count < self.config.max_progress_events as i64 {
+                let data = serde_json::to_value(p).expect("progress serialises");
+                self.event(&mut tx, job, hb.attempt, EventKind::Progress, data, now).await?;
+            }
+        }
+        self.logs(&mut tx, job, hb.attempt, &hb.logs, now).await?;
+        let cancel: i64 = sqlx::query_scalar(&self.sql("SELECT cancel_requested FROM jobs WHERE id = ?"))
+            .bind(job)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(HeartbeatReply { cancel: cancel != 0, lease_expires: time(expires) })
+    }
+
+    /// End an attempt. A success records the snapshot and inserts the
+    /// plan's next chain step in the same transaction; a retryable failure
+    /// requeues with backoff until `max_attempts`.
+    pub async fn complete(&self, id: &str, c: &Completion, now: i64) -> Result<Job> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{}", self.for_update())))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("job {id}")))?;
+        let job = job_from_row(&row)?;
+        if job.state != JobState::Running || job.attempt != c.attempt {
+            return Err(Error::StaleAttempt { job: id.to_string(), attempt: c.attempt });
+        }
+        self.logs(&mut tx, id, c.attempt, &c.logs, now).await?;
+        let (state, error, not_before, wait) = match &c.outcome {
+            Outcome::Succeeded { .. } => (JobState::Succeeded, None, None, None),
+            Outcome::Cancelled => (JobState::Cancelled, None, None, None),
+            Outcome::Failed { error, retryable } if *retryable && job.attempt < job.max_attempts => {
+                let backoff = self.config.backoff(job.attempt);
+                let wait = format!(
+                    "retrying in {} s (attempt {} of {} failed: {error})",
+                    backoff.as_secs(),
+                    job.attempt,
+                    job.max_attempts
+                );
+                (JobState::Queued, Some(error.clone()), Some(now + backoff.as_millis() as i64), Some(wait))
+            }
+            Outcome::Failed { error, retryable: true } => (JobState::Dead, Some(error.clone()), None, None),
+            Outcome::Failed { error, retryable: false } => (JobState::Failed, Some(error.clone()), None, None),
+        };
+        let result = match &c.outcome {
+            Outcome::Succeeded { result, .. } => Some(result.to_string()),
+            _ => None,
+        };
+        let finished = state.is_finished().then_some(now);
+        sqlx::query(&self.sql(
+            "UPDATE jobs SET state = ?, error = COALESCE(?, error), result = ?, finished_ms = ?, \
+             not_before_ms = COALESCE(?, not_before_ms), wait_reason = ?, lease_owner = NULL, \
+             lease_expires_ms = NULL WHERE id = ? AND attempt = ?",
+        ))
+        .bind(state.as_str())
+        .bind(&error)
+        .bind(&result)
+        .bind(finished)
+        .bind(not_before)
+        .bind(&wait)
+        .bind(id)
+        .bind(c.attempt as i64)
+        .execute(&mut *tx)
+        .await?;
+        let mut data = json!({"state": state.as_str(), "attempt": c.attempt});
+        if let Some(e) = &error {
+            data["error"] = json!(e);
+        }
+        if let Some(w) = &wait {
+            data["wait_reason"] = json!(w);
+        }
+        self.event(&mut tx, id, c.attempt, EventKind::State, data, now).await?;
+        if let Outcome::Succeeded { snapshot, .. } = &c.outcome {
+            if let Some(snap) = snapshot {
+                self.record_snapshot(&mut tx, &job, snap).await?;
+            }
+            let done = Job { result: Some(result_value(&c.outcome)), ..job };
+            self.chain_next(&mut tx, &done, now).await?;
+        }
+        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        job_from_row(&row)
+    }
+
+    /// The plan's next step after `job` succeeded: backup → verify →
+    /// retention. Idempotent per `(parent, step)`.
+    async fn chain_next(&self, conn: &mut AnyConnection, job: &Job, now: i64) -> Result<()> {
+        let Some(plan) = &job.plan else { return Ok(()) };
+        let chain: Option<String> = sqlx::query_scalar(&self.sql("SELECT chain FROM plans WHERE id = ?"))
+            .bind(plan)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(chain) = chain else { return Ok(()) };
+        let chain: backstop_types::Chain =
+            serde_json::from_str(&chain).map_err(|e| Error::Corrupt(format!("plan {plan} chain: {e}")))?;
+        let next = match job.kind {
+            JobKind::Backup if chain.verify_percent > 0 => Some((JobKind::Verify, "verify")),
+            JobKind::Backup | JobKind::Verify if chain.retention => Some((JobKind::Retention, "retention")),
+            _ => None,
+        };
+        let Some((kind, step)) = next else { return Ok(()) };
+        let params = match kind {
+            JobKind::Verify => json!({
+                "snapshot": job.result.as_ref().and_then(|r| r.get("snapshot_id")).cloned().unwrap_or(Value::Null),
+                "percent": chain.verify_percent,
+            }),
+            _ => json!({}),
+        };
+        let new = NewJob {
+            tenant: job.tenant.clone(),
+            kind,
+            plan: Some(plan.clone()),
+            source: None,
+            repository: job.repository.clone(),
+            region: job.region.clone(),
+            host: None,
+            params,
+            max_attempts: job.max_attempts,
+            deadline_seconds: None,
+            idempotency_key: Some(format!("chain:{}:{step}", job.id)),
+            parent: Some(job.id.clone()),
+            step: Some(step.to_string()),
+            not_before_ms: None,
+        };
+        self.enqueue_in(conn, new, now).await?;
+        Ok(())
+    }
+
+    /// Cancel a job: a queued one at once, a running one at its next
+    /// heartbeat (the worker stops and reports `cancelled`). Cancelling a
+    /// finished job changes nothing.
+    pub async fn cancel(&self, scope: &Scope, id: &str, now: i64) -> Result<Job> {
+        let job = self.job(scope, id).await?;
+        let mut tx = self.pool().begin().await?;
+        match job.state {
+            JobState::Queued => {
+                let n = sqlx::query(&self.sql(
+                    "UPDATE jobs SET state = 'cancelled', finished_ms = ?, wait_reason = NULL \
+                     WHERE id = ? AND state = 'queued'",
+                ))
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n > 0 {
+                    self.event(&mut tx, id, job.attempt, EventKind::State, json!({"state": "cancelled"}), now).await?;
+                }
+            }
+            JobState::Running => {
+                sqlx::query(&self.sql("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'"))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                let line = LogLine { level: LogLevel::Info, message: "cancellation requested".into() };
+                self.logs(&mut tx, id, job.attempt, &[line], now).await?;
+            }
+            _ => {}
+        }
+        tx.commit().await?;
+        self.job(scope, id).await
+    }
+
+    /// Requeue jobs whose worker stopped heartbeating (with backoff, or
+    /// `dead` after the last attempt) and stop jobs past their deadline.
+    pub async fn reap(&self, now: i64) -> Result<ReapReport> {
+        let mut report = ReapReport::default();
+        let expired = sqlx::query(&self.sql(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
+             WHERE state = 'running' AND lease_expires_ms < ?",
+        ))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        for row in &expired {
+            let id: String = row.try_get("id")?;
+            let attempt = row.try_get::<i64, _>("attempt")? as u32;
+            let max = row.try_get::<i64, _>("max_attempts")? as u32;
+            let cancel = row.try_get::<i64, _>("cancel_requested")? != 0;
+            let error = format!("the worker stopped reporting: attempt {attempt}'s lease expired");
+            let (state, not_before, wait) = if cancel {
+                report.cancelled += 1;
+                (JobState::Cancelled, None, None)
+            } else if attempt < max {
+                report.requeued += 1;
+                let at = now + self.config.backoff(attempt).as_millis() as i64;
+                (JobState::Queued, Some(at), Some(format!("{error}; retrying (attempt {} of {max})", attempt + 1)))
+            } else {
+                report.dead += 1;
+                (JobState::Dead, None, None)
+            };
+            self.end_attempt(&id, attempt, state, &error, not_before, wait, now).await?;
+        }
+        let overdue = sqlx::query(&self.sql(
+            "SELECT id, attempt, deadline_s FROM jobs WHERE state = 'running' AND deadline_s IS NOT NULL \
+             AND started_ms + deadline_s * 1000 < ?",
+        ))
+        .bind(now)
+        .fetch_all(self.pool())
+        .await?;
+        for row in &overdue {
+            let id: String = row.try_get("id")?;
+            let attempt = row.try_get::<i64, _>("attempt")? as u32;
+            let deadline: i64 = row.try_get("deadline_s")?;
+            let error = format!("stopped: the deadline of {deadline} s was exceeded");
+            if self.end_attempt(&id, attempt, JobState::Failed, &error, None, None, now).await? {
+                report.deadline += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Move a running attempt to `state`, fenced; false if it had moved on.
+    #[allow(clippy::too_many_arguments)]
+    async fn end_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        state: JobState,
+        error: &str,
+        not_before: Option<i64>,
+        wait: Option<String>,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool().begin().await?;
+        let finished = state.is_finished().then_some(now);
+        let n = sqlx::query(&self.sql(
+            "UPDATE jobs SET state = ?, error = ?, finished_ms = ?, not_before_ms = COALESCE(?, not_before_ms), \
+             wait_reason = ?, lease_owner = NULL, lease_expires_ms = NULL \
+             WHERE id = ? AND attempt = ? AND state = 'running'",
+        ))
+        .bind(state.as_str())
+        .bind(error)
+        .bind(finished)
+        .bind(not_before)
+        .bind(&wait)
+        .bind(id)
+        .bind(attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            let mut data = json!({"state": state.as_str(), "attempt": attempt, "error": error});
+            if let Some(w) = &wait {
+                data["wait_reason"] = json!(w);
+            }
+            self.event(&mut tx, id, attempt, EventKind::State, data, now).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Jobs by state (for metrics and `/readyz`).
+    pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(self.pool()).await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            if let Some(s) = JobState::parse(&state) {
+                out.push((s, n as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a worker of `region` asked for work since `since` (ms).
+    pub async fn worker_seen(&self, region: &str, since: i64) -> Result<bool> {
+        let n: i64 =
+            sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM workers WHERE region = ? AND last_seen_ms >= ?"))
+                .bind(region)
+                .bind(since)
+                .fetch_one(self.pool())
+                .await?;
+        Ok(n > 0)
+    }
+}
+
+fn result_value(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Succeeded { result, .. } => result.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// The secret part of a repository: its password and backend options.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RepositorySecret {
+    pub password: String,
+    pub options: Vec<(String, String)>,
+}
+
+/// The advisory lock key of a region's claims (stable across processes).
+fn region_lock_key(region: &str) -> i64 {
+    let h = blake3::hash(format!("backstop-claim:{region}").as_bytes());
+    i64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}

@@ -1,0 +1,814 @@
+//! Tenants, tokens, repositories, sources, plans, snapshots and the audit
+//! trail. Every read and write takes a [`Scope`]: a tenant's callers see
+//! only their tenant's rows, and an object of another tenant is simply
+//! not found.
+
+use backstop_types::{
+    AuditEvent, JobKind, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot, SnapshotInfo,
+    Source, SourceSpec, Tenant, Token,
+};
+use serde_json::{Value, json};
+use sqlx::{AnyConnection, Row, any::AnyRow};
+
+use crate::queue::{NewJob, RepositorySecret};
+use crate::schedule::Schedule;
+use crate::secrets::hex_encode;
+use crate::{Catalog, Error, Result, new_id, opt_time, time};
+
+/// Whose rows a caller may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every tenant (administrators of the system tenant, the scheduler).
+    All,
+    Tenant(String),
+}
+
+impl Scope {
+    /// ` AND {column} = ?` and its value, for a tenant scope.
+    pub(crate) fn clause(&self, column: &str) -> (String, Option<&str>) {
+        match self {
+            Scope::All => (String::new(), None),
+            Scope::Tenant(t) => (format!(" AND {column} = ?"), Some(t.as_str())),
+        }
+    }
+
+    /// The tenant new objects belong to.
+    pub fn tenant(&self) -> &str {
+        match self {
+            Scope::All => SYSTEM_TENANT,
+            Scope::Tenant(t) => t,
+        }
+    }
+}
+
+/// The tenant whose administrators administer every tenant.
+pub const SYSTEM_TENANT: &str = "system";
+
+/// Names of tenants, repositories, sources, plans and tokens.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{what} name {name:?} is invalid: use 1–128 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
+    let text: String = row.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("column {col}: {e}")))
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation() || d.message().contains("UNIQUE") || d.message().contains("duplicate key")
+        }
+        _ => false,
+    }
+}
+
+fn page<T>(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> String) -> Page<T> {
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(cursor)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+const PLAN_COLUMNS: &str = "id, tenant, name, source_id, repository_id, schedule, timezone, jitter_s, misfire, \
+    overlap, retention, chain, tags, max_attempts, deadline_s, enabled, next_fire_ms, created_ms";
+
+fn plan_from_row(row: &AnyRow) -> Result<Plan> {
+    let misfire: String = row.try_get("misfire")?;
+    let overlap: String = row.try_get("overlap")?;
+    Ok(Plan {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        source: row.try_get("source_id")?,
+        repository: row.try_get("repository_id")?,
+        schedule: row.try_get("schedule")?,
+        timezone: row.try_get("timezone")?,
+        jitter_seconds: row.try_get::<i64, _>("jitter_s")? as u32,
+        misfire: serde_json::from_value(json!(misfire)).map_err(|e| Error::Corrupt(format!("misfire: {e}")))?,
+        overlap: serde_json::from_value(json!(overlap)).map_err(|e| Error::Corrupt(format!("overlap: {e}")))?,
+        retention: parse_json(row, "retention")?,
+        chain: parse_json(row, "chain")?,
+        tags: parse_json(row, "tags")?,
+        max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+        deadline_seconds: row.try_get::<Option<i64>, _>("deadline_s")?.map(|d| d as u64),
+        enabled: row.try_get::<i64, _>("enabled")? != 0,
+        next_fire: opt_time(row.try_get("next_fire_ms")?),
+        created: time(row.try_get("created_ms")?),
+    })
+}
+
+fn repository_from_row(row: &AnyRow) -> Result<Repository> {
+    Ok(Repository {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        location: row.try_get("location")?,
+        region: row.try_get("region")?,
+        options: parse_json(row, "option_names")?,
+        max_concurrent: row.try_get::<i64, _>("max_concurrent")? as u32,
+        created: time(row.try_get("created_ms")?),
+    })
+}
+
+fn source_from_row(row: &AnyRow) -> Result<Source> {
+    Ok(Source {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        kind: row.try_get("kind")?,
+        host: row.try_get("host")?,
+        config: parse_json(row, "config")?,
+        created: time(row.try_get("created_ms")?),
+    })
+}
+
+fn token_from_row(row: &AnyRow) -> Result<Token> {
+    let role: String = row.try_get("role")?;
+    Ok(Token {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        name: row.try_get("name")?,
+        role: Role::parse(&role).ok_or_else(|| Error::Corrupt(format!("unknown role {role:?}")))?,
+        created: time(row.try_get("created_ms")?),
+        last_used: opt_time(row.try_get("last_used_ms")?),
+    })
+}
+
+fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot> {
+    Ok(Snapshot {
+        repository: row.try_get("repository_id")?,
+        tenant: row.try_get("tenant")?,
+        plan: row.try_get("plan_id")?,
+        job: row.try_get("job_id")?,
+        info: SnapshotInfo {
+            id: row.try_get("id")?,
+            time: time(row.try_get("time_ms")?),
+            hostname: row.try_get("hostname")?,
+            paths: parse_json(row, "paths")?,
+            tags: parse_json(row, "tags")?,
+            summary: parse_json(row, "summary")?,
+        },
+    })
+}
+
+/// The hash under which a token's secret is stored.
+fn token_hash(secret: &str) -> String {
+    blake3::hash(secret.as_bytes()).to_hex().to_string()
+}
+
+impl Catalog {
+    // ---- tenants ----------------------------------------------------------
+
+    /// Create a tenant if it does not exist.
+    pub async fn ensure_tenant(&self, id: &str, name: &str, now: i64) -> Result<Tenant> {
+        check_name("tenant", id)?;
+        sqlx::query(
+            &self.sql("INSERT INTO tenants (id, name, created_ms) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING"),
+        )
+        .bind(id)
+        .bind(name)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        self.tenant(&Scope::All, id).await
+    }
+
+    pub async fn tenant(&self, scope: &Scope, id: &str) -> Result<Tenant> {
+        let (clause, t) = scope.clause("id");
+        let sql = self.sql(&format!("SELECT id, name, created_ms FROM tenants WHERE id = ?{clause}"));
+        let mut q = sqlx::query(&sql).bind(id);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let row = q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("tenant {id}")))?;
+        Ok(Tenant { id: row.try_get("id")?, name: row.try_get("name")?, created: time(row.try_get("created_ms")?) })
+    }
+
+    pub async fn list_tenants(&self, scope: &Scope) -> Result<Vec<Tenant>> {
+        let (clause, t) = scope.clause("id");
+        let sql = self.sql(&format!("SELECT id, name, created_ms FROM tenants WHERE 1 = 1{clause} ORDER BY id"));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Tenant {
+                    id: row.try_get("id")?,
+                    name: row.try_get("name")?,
+                    created: time(row.try_get("created_ms")?),
+                })
+            })
+            .collect()
+    }
+
+    // ---- tokens -----------------------------------------------------------
+
+    /// Create a token; its secret is returned this once and stored hashed.
+    pub async fn create_token(&self, tenant: &str, name: &str, role: Role, now: i64) -> Result<NewToken> {
+        check_name("token", name)?;
+        self.tenant(&Scope::All, tenant).await?;
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).expect("the OS random number generator works");
+        let secret = format!("bst_{}", hex_encode(&raw));
+        let id = new_id();
+        sqlx::query(
+            &self.sql("INSERT INTO tokens (id, tenant, name, role, hash, created_ms) VALUES (?, ?, ?, ?, ?, ?)"),
+        )
+        .bind(&id)
+        .bind(tenant)
+        .bind(name)
+        .bind(role.as_str())
+        .bind(token_hash(&secret))
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        let token = Token { id, tenant: tenant.into(), name: name.into(), role, created: time(now), last_used: None };
+        Ok(NewToken { token, secret })
+    }
+
+    /// The live token with this secret, if any.
+    pub async fn authenticate(&self, secret: &str, now: i64) -> Result<Option<Token>> {
+        let row = sqlx::query(&self.sql(
+            "SELECT id, tenant, name, role, created_ms, last_used_ms FROM tokens \
+             WHERE hash = ? AND revoked_ms IS NULL",
+        ))
+        .bind(token_hash(secret))
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let token = token_from_row(&row)?;
+        // Record use at most once a minute per token.
+        if token.last_used.is_none_or(|t| now - t.timestamp_millis() > 60_000) {
+            sqlx::query(&self.sql("UPDATE tokens SET last_used_ms = ? WHERE id = ?"))
+                .bind(now)
+                .bind(&token.id)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(Some(token))
+    }
+
+    pub async fn list_tokens(&self, scope: &Scope) -> Result<Vec<Token>> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!(
+            "SELECT id, tenant, name, role, created_ms, last_used_ms FROM tokens \
+             WHERE revoked_ms IS NULL{clause} ORDER BY id"
+        ));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(token_from_row).collect()
+    }
+
+    pub async fn count_tokens(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens").fetch_one(self.pool()).await?)
+    }
+
+    pub async fn revoke_token(&self, scope: &Scope, id: &str, now: i64) -> Result<()> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!("UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL{clause}"));
+        let mut q = sqlx::query(&sql).bind(now).bind(id);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        if q.execute(self.pool()).await?.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("token {id}")));
+        }
+        Ok(())
+    }
+
+    // ---- repositories -----------------------------------------------------
+
+    pub async fn create_repository(&self, scope: &Scope, spec: &RepositorySpec, now: i64) -> Result<Repository> {
+        check_name("repository", &spec.name)?;
+        check_name("region", &spec.region)?;
+        if spec.location.trim().is_empty() {
+            return Err(Error::Invalid("a repository needs a location".into()));
+        }
+        if spec.password.is_empty() {
+            return Err(Error::Invalid("a repository needs a non-empty password".into()));
+        }
+        let id = new_id();
+        let secret = RepositorySecret { password: spec.password.clone(), options: spec.options.clone() };
+        let sealed = self.key.seal(&id, &serde_json::to_vec(&secret).expect("secrets serialise"));
+        let names: Vec<&str> = spec.options.iter().map(|(k, _)| k.as_str()).collect();
+        let max = spec.max_concurrent.unwrap_or(4).clamp(1, 10_000);
+        let inserted = sqlx::query(&self.sql(
+            "INSERT INTO repositories (id, tenant, name, location, region, secret, option_names, max_concurrent, \
+             created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&id)
+        .bind(scope.tenant())
+        .bind(&spec.name)
+        .bind(&spec.location)
+        .bind(&spec.region)
+        .bind(&sealed)
+        .bind(json!(names).to_string())
+        .bind(max as i64)
+        .bind(now)
+        .execute(self.pool())
+        .await;
+        match inserted {
+            Err(e) if unique_violation(&e) => {
+                return Err(Error::Conflict(format!("a repository named {} exists already", spec.name)));
+            }
+            r => r?,
+        };
+        self.repository(scope, &id).await
+    }
+
+    /// A repository by id or name.
+    pub async fn repository(&self, scope: &Scope, id_or_name: &str) -> Result<Repository> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!(
+            "SELECT id, tenant, name, location, region, option_names, max_concurrent, created_ms FROM repositories \
+             WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"
+        ));
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let row =
+            q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("repository {id_or_name}")))?;
+        repository_from_row(&row)
+    }
+
+    pub async fn list_repositories(&self, scope: &Scope) -> Result<Vec<Repository>> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!(
+            "SELECT id, tenant, name, location, region, option_names, max_concurrent, created_ms FROM repositories \
+             WHERE 1 = 1{clause} ORDER BY name"
+        ));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(repository_from_row).collect()
+    }
+
+    /// The repository's password and options (for the server's own use:
+    /// catalog rebuild, in-process workers).
+    pub async fn repository_access(&self, scope: &Scope, id: &str) -> Result<backstop_types::RepositoryAccess> {
+        let repo = self.repository(scope, id).await?;
+        let sealed: String = sqlx::query_scalar(&self.sql("SELECT secret FROM repositories WHERE id = ?"))
+            .bind(&repo.id)
+            .fetch_one(self.pool())
+            .await?;
+        let secret: RepositorySecret = self.open_json(&repo.id, &sealed)?;
+        Ok(backstop_types::RepositoryAccess {
+            id: repo.id,
+            location: repo.location,
+            password: secret.password,
+            options: secret.options,
+        })
+    }
+
+    pub async fn delete_repository(&self, scope: &Scope, id_or_name: &str) -> Result<()> {
+        let repo = self.repository(scope, id_or_name).await?;
+        let plans: i64 = sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM plans WHERE repository_id = ?"))
+            .bind(&repo.id)
+            .fetch_one(self.pool())
+            .await?;
+        if plans > 0 {
+            return Err(Error::Conflict(format!(
+                "repository {} is used by {plans} plan(s); delete or change them first",
+                repo.name
+            )));
+        }
+        sqlx::query(&self.sql("DELETE FROM repositories WHERE id = ?")).bind(&repo.id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    // ---- sources ----------------------------------------------------------
+
+    pub async fn create_source(&self, scope: &Scope, spec: &SourceSpec, now: i64) -> Result<Source> {
+        check_name("source", &spec.name)?;
+        validate_source(spec)?;
+        let id = new_id();
+        let sealed = self.key.seal(&id, spec.secrets.to_string().as_bytes());
+        let inserted = sqlx::query(&self.sql(
+            "INSERT INTO sources (id, tenant, name, kind, host, config, secret, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&id)
+        .bind(scope.tenant())
+        .bind(&spec.name)
+        .bind(&spec.kind)
+        .bind(&spec.host)
+        .bind(spec.config.to_string())
+        .bind(&sealed)
+        .bind(now)
+        .execute(self.pool())
+        .await;
+        match inserted {
+            Err(e) if unique_violation(&e) => {
+                return Err(Error::Conflict(format!("a source named {} exists already", spec.name)));
+            }
+            r => r?,
+        };
+        self.source(scope, &id).await
+    }
+
+    pub async fn source(&self, scope: &Scope, id_or_name: &str) -> Result<Source> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!(
+            "SELECT id, tenant, name, kind, host, config, created_ms FROM sources \
+             WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"
+        ));
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let row =
+            q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("source {id_or_name}")))?;
+        source_from_row(&row)
+    }
+
+    pub async fn list_sources(&self, scope: &Scope) -> Result<Vec<Source>> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!(
+            "SELECT id, tenant, name, kind, host, config, created_ms FROM sources WHERE 1 = 1{clause} ORDER BY name"
+        ));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(source_from_row).collect()
+    }
+
+    pub async fn delete_source(&self, scope: &Scope, id_or_name: &str) -> Result<()> {
+        let source = self.source(scope, id_or_name).await?;
+        let plans: i64 = sqlx::query_scalar(&self.sql("SELECT COUNT(*) FROM plans WHERE source_id = ?"))
+            .bind(&source.id)
+            .fetch_one(self.pool())
+            .await?;
+        if plans > 0 {
+            return Err(Error::Conflict(format!(
+                "source {} is used by {plans} plan(s); delete or change them first",
+                source.name
+            )));
+        }
+        sqlx::query(&self.sql("DELETE FROM sources WHERE id = ?")).bind(&source.id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    // ---- plans ------------------------------------------------------------
+
+    /// Create a plan, or replace the plan of the same name.
+    pub async fn put_plan(&self, scope: &Scope, spec: &PlanSpec, now: i64) -> Result<Plan> {
+        check_name("plan", &spec.name)?;
+        let source = self.source(scope, &spec.source).await?;
+        let repository = self.repository(scope, &spec.repository).await?;
+        let timezone = spec.timezone.clone().unwrap_or_else(|| "UTC".into());
+        let next_fire = match &spec.schedule {
+            Some(expr) => {
+                let schedule = Schedule::parse(expr, &timezone)?;
+                if spec.enabled { schedule.next_after(now) } else { None }
+            }
+            None => {
+                // Validate the zone even without a schedule.
+                Schedule::zone(&timezone)?;
+                None
+            }
+        };
+        if spec.jitter_seconds > 24 * 3600 {
+            return Err(Error::Invalid("jitter_seconds is at most a day (86400)".into()));
+        }
+        if spec.chain.verify_percent > 100 {
+            return Err(Error::Invalid("chain.verify_percent is a percentage (0–100)".into()));
+        }
+        if spec.chain.retention && spec.retention.is_empty() {
+            return Err(Error::Invalid(
+                "chain.retention needs a retention policy (keep_last, keep_daily, …); without one every snapshot \
+                 would be forgotten"
+                    .into(),
+            ));
+        }
+        let max_attempts = spec.max_attempts.unwrap_or(self.config.default_max_attempts).clamp(1, 100);
+        let existing = self.plan(scope, &spec.name).await.ok();
+        let id = existing.as_ref().map(|p| p.id.clone()).unwrap_or_else(new_id);
+        let misfire = serde_json::to_value(spec.misfire).expect("serialises");
+        let overlap = serde_json::to_value(spec.overlap).expect("serialises");
+        let sql = if existing.is_some() {
+            "UPDATE plans SET source_id = ?, repository_id = ?, schedule = ?, timezone = ?, jitter_s = ?, \
+             misfire = ?, overlap = ?, retention = ?, chain = ?, tags = ?, max_attempts = ?, deadline_s = ?, \
+             enabled = ?, next_fire_ms = ? WHERE id = ? AND tenant = ? AND name = ?"
+        } else {
+            "INSERT INTO plans (source_id, repository_id, schedule, timezone, jitter_s, misfire, overlap, retention, \
+             chain, tags, max_attempts, deadline_s, enabled, next_fire_ms, id, tenant, name, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        };
+        let sql = self.sql(sql);
+        let mut q = sqlx::query(&sql)
+            .bind(&source.id)
+            .bind(&repository.id)
+            .bind(&spec.schedule)
+            .bind(&timezone)
+            .bind(spec.jitter_seconds as i64)
+            .bind(misfire.as_str().unwrap_or("skip").to_string())
+            .bind(overlap.as_str().unwrap_or("skip").to_string())
+            .bind(serde_json::to_string(&spec.retention).expect("serialises"))
+            .bind(serde_json::to_string(&spec.chain).expect("serialises"))
+            .bind(json!(spec.tags).to_string())
+            .bind(max_attempts as i64)
+            .bind(spec.deadline_seconds.map(|d| d as i64))
+            .bind(spec.enabled as i64)
+            .bind(next_fire)
+            .bind(&id)
+            .bind(scope.tenant())
+            .bind(&spec.name);
+        if existing.is_none() {
+            q = q.bind(now);
+        }
+        q.execute(self.pool()).await?;
+        self.plan(scope, &id).await
+    }
+
+    pub async fn plan(&self, scope: &Scope, id_or_name: &str) -> Result<Plan> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self
+            .sql(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"));
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let row = q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("plan {id_or_name}")))?;
+        plan_from_row(&row)
+    }
+
+    pub async fn list_plans(&self, scope: &Scope) -> Result<Vec<Plan>> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE 1 = 1{clause} ORDER BY name"));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(plan_from_row).collect()
+    }
+
+    pub async fn delete_plan(&self, scope: &Scope, id_or_name: &str) -> Result<()> {
+        let plan = self.plan(scope, id_or_name).await?;
+        sqlx::query(&self.sql("DELETE FROM plans WHERE id = ?")).bind(&plan.id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Queue the plan's backup now (`backstop plans run`). With an
+    /// idempotency key, a repeated request returns the first job.
+    pub async fn run_plan(
+        &self,
+        scope: &Scope,
+        id_or_name: &str,
+        idempotency_key: Option<String>,
+        now: i64,
+    ) -> Result<(backstop_types::Job, bool)> {
+        let plan = self.plan(scope, id_or_name).await?;
+        let mut tx = self.pool().begin().await?;
+        let job = self.plan_job(&mut tx, &plan, idempotency_key.map(|k| format!("api:{k}")), None).await?;
+        let out = self.enqueue_in(&mut tx, job, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The backup job of `plan`.
+    pub(crate) async fn plan_job(
+        &self,
+        conn: &mut AnyConnection,
+        plan: &Plan,
+        idempotency_key: Option<String>,
+        not_before_ms: Option<i64>,
+    ) -> Result<NewJob> {
+        let region: Option<String> = sqlx::query_scalar(&self.sql("SELECT region FROM repositories WHERE id = ?"))
+            .bind(&plan.repository)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let region =
+            region.ok_or_else(|| Error::NotFound(format!("repository {} of plan {}", plan.repository, plan.name)))?;
+        let host: Option<Option<String>> = sqlx::query_scalar(&self.sql("SELECT host FROM sources WHERE id = ?"))
+            .bind(&plan.source)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let host = host.ok_or_else(|| Error::NotFound(format!("source {} of plan {}", plan.source, plan.name)))?;
+        Ok(NewJob {
+            tenant: plan.tenant.clone(),
+            kind: JobKind::Backup,
+            plan: Some(plan.id.clone()),
+            source: Some(plan.source.clone()),
+            repository: plan.repository.clone(),
+            region,
+            host,
+            params: json!({"tags": plan.tags, "plan": plan.name}),
+            max_attempts: plan.max_attempts,
+            deadline_seconds: plan.deadline_seconds,
+            idempotency_key,
+            parent: None,
+            step: None,
+            not_before_ms,
+        })
+    }
+
+    // ---- snapshots --------------------------------------------------------
+
+    pub(crate) async fn record_snapshot(
+        &self,
+        conn: &mut AnyConnection,
+        job: &backstop_types::Job,
+        snap: &SnapshotInfo,
+    ) -> Result<()> {
+        sqlx::query(&self.sql(
+            "INSERT INTO snapshots (repository_id, id, tenant, plan_id, job_id, time_ms, hostname, paths, tags, \
+             summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repository_id, id) DO NOTHING",
+        ))
+        .bind(&job.repository)
+        .bind(&snap.id)
+        .bind(&job.tenant)
+        .bind(&job.plan)
+        .bind(&job.id)
+        .bind(snap.time.timestamp_millis())
+        .bind(&snap.hostname)
+        .bind(json!(snap.paths).to_string())
+        .bind(json!(snap.tags).to_string())
+        .bind(snap.summary.to_string())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_snapshots(&self, scope: &Scope, repository: Option<&str>) -> Result<Vec<Snapshot>> {
+        let (clause, t) = scope.clause("tenant");
+        let mut sql = format!(
+            "SELECT repository_id, id, tenant, plan_id, job_id, time_ms, hostname, paths, tags, summary \
+             FROM snapshots WHERE 1 = 1{clause}"
+        );
+        if repository.is_some() {
+            sql.push_str(" AND repository_id = ?");
+        }
+        sql.push_str(" ORDER BY time_ms, id");
+        let sql = self.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        if let Some(r) = repository {
+            q = q.bind(r);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(snapshot_from_row).collect()
+    }
+
+    /// Make the catalog's snapshots of `repository` exactly `snapshots`
+    /// (what the repository holds), keeping the plan and job of those
+    /// already known. Returns (added, removed).
+    pub async fn reconcile_snapshots(&self, repository: &Repository, snapshots: &[SnapshotInfo]) -> Result<(u32, u32)> {
+        let mut tx = self.pool().begin().await?;
+        let known: Vec<String> = sqlx::query_scalar(&self.sql("SELECT id FROM snapshots WHERE repository_id = ?"))
+            .bind(&repository.id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let present: std::collections::HashSet<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
+        let mut removed = 0;
+        for id in &known {
+            if !present.contains(id.as_str()) {
+                sqlx::query(&self.sql("DELETE FROM snapshots WHERE repository_id = ? AND id = ?"))
+                    .bind(&repository.id)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                removed += 1;
+            }
+        }
+        let known: std::collections::HashSet<String> = known.into_iter().collect();
+        let mut added = 0;
+        for snap in snapshots.iter().filter(|s| !known.contains(&s.id)) {
+            sqlx::query(&self.sql(
+                "INSERT INTO snapshots (repository_id, id, tenant, time_ms, hostname, paths, tags, summary) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&repository.id)
+            .bind(&snap.id)
+            .bind(&repository.tenant)
+            .bind(snap.time.timestamp_millis())
+            .bind(&snap.hostname)
+            .bind(json!(snap.paths).to_string())
+            .bind(json!(snap.tags).to_string())
+            .bind(snap.summary.to_string())
+            .execute(&mut *tx)
+            .await?;
+            added += 1;
+        }
+        tx.commit().await?;
+        Ok((added, removed))
+    }
+
+    // ---- audit ------------------------------------------------------------
+
+    /// Record a mutation: who (`actor`, a token id or `system`), what, on which object.
+    pub async fn audit(
+        &self,
+        tenant: &str,
+        actor: &str,
+        action: &str,
+        object: &str,
+        detail: Value,
+        now: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            &self.sql("INSERT INTO audit (time_ms, tenant, actor, action, object, detail) VALUES (?, ?, ?, ?, ?, ?)"),
+        )
+        .bind(now)
+        .bind(tenant)
+        .bind(actor)
+        .bind(action)
+        .bind(object)
+        .bind(detail.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Audit events, newest first.
+    pub async fn list_audit(&self, scope: &Scope, cursor: Option<i64>, limit: u32) -> Result<Page<AuditEvent>> {
+        let (clause, t) = scope.clause("tenant");
+        let limit = limit.clamp(1, 1000);
+        let sql = self.sql(&format!(
+            "SELECT id, time_ms, tenant, actor, action, object, detail FROM audit WHERE id < ?{clause} \
+             ORDER BY id DESC LIMIT {}",
+            limit + 1
+        ));
+        let mut q = sqlx::query(&sql).bind(cursor.unwrap_or(i64::MAX));
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let items = q
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AuditEvent {
+                    id: row.try_get("id")?,
+                    time: time(row.try_get("time_ms")?),
+                    tenant: row.try_get("tenant")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    object: row.try_get("object")?,
+                    detail: parse_json(row, "detail")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(page(items, limit, |e| e.id.to_string()))
+    }
+}
+
+/// Check a source's configuration up front, so a plan never fails later
+/// for a mistake that could have been caught now.
+pub fn validate_source(spec: &SourceSpec) -> Result<()> {
+    match spec.kind.as_str() {
+        "fs" => {
+            let paths =
+                spec.config.get("paths").and_then(Value::as_array).ok_or_else(|| {
+                    Error::Invalid("an fs source needs config.paths: a list of absolute paths".into())
+                })?;
+            if paths.is_empty() {
+                return Err(Error::Invalid("an fs source needs at least one path in config.paths".into()));
+            }
+            for p in paths {
+                match p.as_str() {
+                    Some(s) if s.starts_with('/') => {}
+                    _ => return Err(Error::Invalid(format!("fs source path {p} is not an absolute path"))),
+                }
+            }
+            if let Some(ex) = spec.config.get("excludes")
+                && !ex.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+            {
+                return Err(Error::Invalid("config.excludes must be a list of patterns".into()));
+            }
+            let allowed = ["paths", "excludes", "one_file_system"];
+            if let Some(obj) = spec.config.as_object()
+                && let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str()))
+            {
+                return Err(Error::Invalid(format!(
+                    "unknown fs source setting {extra:?} (known: {})",
+                    allowed.join(", ")
+                )));
+            }
+            Ok(())
+        }
+        other => Err(Error::Invalid(format!("unknown source kind {other:?}; this version knows: fs"))),
+    }
+}

@@ -1,0 +1,744 @@
+//! The messages of Backstop's HTTP API (`/api/v1`): what the coordinator
+//! sends and receives, what a worker claims and reports, what the CLI
+//! prints. Plain serde types, no I/O, so the server, the worker and the
+//! client agree on one definition.
+//!
+//! Resources come in pairs: a `*Spec` is what a client sends to create or
+//! replace one, the bare name is what the API returns (with ids, times and
+//! without secrets). Secrets travel only inward, in specs, and outward
+//! only to a worker that claimed a job ([`Claim`]); their `Debug` output
+//! is redacted.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A job's kind: what the worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Back up a source into a repository.
+    Backup,
+    /// Read back a sample of a snapshot's data (a chain step after a backup).
+    Verify,
+    /// Forget snapshots by the plan's retention policy, then prune.
+    Retention,
+    /// Delete data no snapshot needs.
+    Prune,
+    /// Check a repository's structure (and optionally its data).
+    Check,
+    /// Restore a snapshot into a directory on the worker's host.
+    Restore,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 6] =
+        [JobKind::Backup, JobKind::Verify, JobKind::Retention, JobKind::Prune, JobKind::Check, JobKind::Restore];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Backup => "backup",
+            JobKind::Verify => "verify",
+            JobKind::Retention => "retention",
+            JobKind::Prune => "prune",
+            JobKind::Check => "check",
+            JobKind::Restore => "restore",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        JobKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Maintenance rewrites or deletes repository data: it never runs beside
+    /// a backup into the same repository, nor beside other maintenance.
+    pub fn is_maintenance(self) -> bool {
+        matches!(self, JobKind::Retention | JobKind::Prune)
+    }
+}
+
+/// A job's state. `queued → running → succeeded | failed | dead | cancelled`;
+/// a running job whose attempt fails with a retryable error, or whose lease
+/// expires, goes back to `queued` until `max_attempts` is reached (`dead`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    /// Failed with an error that a retry would not fix (or past its deadline).
+    Failed,
+    /// Every attempt failed; the last error is kept.
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        JobState::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// Live progress of a running job, carried by heartbeats.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes that were new to the repository (stored), and reused ones.
+    pub bytes_new: u64,
+    pub bytes_reused: u64,
+    /// Bytes per second over the last interval.
+    pub rate: u64,
+    pub eta_seconds: Option<u64>,
+}
+
+/// A job, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub tenant: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// Why a queued job is not running (backoff, limits, no worker, …).
+    pub wait_reason: Option<String>,
+    pub plan: Option<String>,
+    pub source: Option<String>,
+    pub repository: String,
+    pub region: String,
+    /// The host the source lives on, for per-host limits.
+    pub host: Option<String>,
+    /// Kind-specific parameters (restore target, verify sample, …).
+    pub params: Value,
+    /// Claims so far; each claim is a new attempt.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub lease_owner: Option<String>,
+    pub lease_expires: Option<DateTime<Utc>>,
+    /// A queued job does not start before this time (retry backoff).
+    pub not_before: DateTime<Utc>,
+    /// A running attempt is stopped after this many seconds.
+    pub deadline_seconds: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub parent: Option<String>,
+    /// The chain step that created this job (`verify`, `retention`, …).
+    pub step: Option<String>,
+    pub cancel_requested: bool,
+    pub created: DateTime<Utc>,
+    pub started: Option<DateTime<Utc>>,
+    pub finished: Option<DateTime<Utc>>,
+    pub progress: Option<JobProgress>,
+    /// What a succeeded job produced (snapshot id, summary, …).
+    pub result: Option<Value>,
+    /// The last attempt's error.
+    pub error: Option<String>,
+}
+
+/// A request to run a job now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub kind: JobKind,
+    /// Run on this plan's source and repository.
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Or name the repository (and, for backups, the source) directly.
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub params: Value,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub deadline_seconds: Option<u64>,
+}
+
+/// What a job's event stream carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// `{"state": …, "attempt": …, "error"?: …, "wait_reason"?: …}`
+    State,
+    /// A [`JobProgress`].
+    Progress,
+    /// `{"level": "info"|"warning"|"error", "message": …}`
+    Log,
+}
+
+/// One entry of a job's append-only event stream. `id` increases across
+/// all jobs, so a client resumes a stream from the last id it saw.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub id: i64,
+    pub job: String,
+    pub time: DateTime<Utc>,
+    pub attempt: u32,
+    pub kind: EventKind,
+    pub data: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Info,
+    Warning,
+    Error,
+}
+
+/// A log line a worker reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+/// A worker asking for work.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// A stable name of the worker process (`host/pid` by default).
+    pub worker: String,
+    pub region: String,
+    /// Hold the request open up to this long when nothing is queued.
+    #[serde(default)]
+    pub wait_seconds: u32,
+}
+
+/// A claimed job with what the worker needs to run it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    pub job: Job,
+    /// The attempt this claim is; every heartbeat and the completion carry it.
+    pub attempt: u32,
+    pub lease_seconds: u64,
+    pub repository: RepositoryAccess,
+    pub source: Option<SourceAccess>,
+    /// For retention jobs: the plan's policy.
+    pub retention: Option<Retention>,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("job", &self.job.id)
+            .field("attempt", &self.attempt)
+            .field("repository", &self.repository)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a worker opens a repository. Carries the password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryAccess {
+    pub id: String,
+    pub location: String,
+    pub password: String,
+    /// Backend settings (S3 endpoint, region, credentials, …) as
+    /// `name = value` pairs of the CLI's `--s3-*` options.
+    #[serde(default)]
+    pub options: Vec<(String, String)>,
+}
+
+impl fmt::Debug for RepositoryAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryAccess")
+            .field("id", &self.id)
+            .field("location", &self.location)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a worker backs up. Carries the source's secrets, if any.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceAccess {
+    pub id: String,
+    pub kind: String,
+    pub host: Option<String>,
+    pub config: Value,
+    #[serde(default)]
+    pub secrets: Value,
+}
+
+impl fmt::Debug for SourceAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceAccess")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("config", &self.config)
+            .field("secrets", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A worker's heartbeat: it still holds the lease of `attempt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub attempt: u32,
+    #[serde(default)]
+    pub progress: Option<JobProgress>,
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The job was cancelled: stop, then complete with [`Outcome::Cancelled`].
+    pub cancel: bool,
+    pub lease_expires: DateTime<Utc>,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded {
+        #[serde(default)]
+        result: Value,
+        /// A snapshot the job wrote, for the catalog.
+        #[serde(default)]
+        snapshot: Option<SnapshotInfo>,
+    },
+    Failed {
+        error: String,
+        /// Whether another attempt may succeed (network, busy repository)
+        /// or not (bad configuration, damaged data).
+        retryable: bool,
+    },
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub logs: Vec<LogLine>,
+}
+
+/// A snapshot as the catalog knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub hostname: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub summary: Value,
+}
+
+/// A snapshot in the catalog, with where it lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub repository: String,
+    pub tenant: String,
+    pub plan: Option<String>,
+    pub job: Option<String>,
+    #[serde(flatten)]
+    pub info: SnapshotInfo,
+}
+
+/// A repository to register.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepositorySpec {
+    pub name: String,
+    pub location: String,
+    /// Workers of this region back up into it.
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub password: String,
+    #[serde(default)]
+    pub options: Vec<(String, String)>,
+    /// Jobs that may run on it at once (default 4).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+    /// Create the repository if the location is empty.
+    #[serde(default)]
+    pub init: bool,
+}
+
+impl fmt::Debug for RepositorySpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositorySpec")
+            .field("name", &self.name)
+            .field("location", &self.location)
+            .field("region", &self.region)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn default_region() -> String {
+    "default".to_string()
+}
+
+/// A registered repository (no secrets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repository {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub location: String,
+    pub region: String,
+    /// Names of the backend options that are set (values are secret).
+    pub options: Vec<String>,
+    pub max_concurrent: u32,
+    pub created: DateTime<Utc>,
+}
+
+/// A source to register: what to back up, on which host.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    pub name: String,
+    /// `fs` for now.
+    pub kind: String,
+    /// The host whose data this is (per-host limits); the worker's own by default.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Kind-specific settings; for `fs`: `{"paths": [...], "excludes": [...]}`.
+    pub config: Value,
+    /// Credentials the kind needs; stored encrypted, never shown.
+    #[serde(default)]
+    pub secrets: Value,
+}
+
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("config", &self.config)
+            .field("secrets", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Source {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub kind: String,
+    pub host: Option<String>,
+    pub config: Value,
+    pub created: DateTime<Utc>,
+}
+
+/// How many snapshots a retention step keeps (as `backstop forget`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub keep_hourly: Option<u32>,
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    #[serde(default)]
+    pub keep_yearly: Option<u32>,
+}
+
+impl Retention {
+    pub fn is_empty(&self) -> bool {
+        *self == Retention::default()
+    }
+}
+
+/// What follows a plan's backup, each step created when the previous one
+/// succeeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// Read back this percentage of the new snapshot's data (0 = no verify step).
+    #[serde(default)]
+    pub verify_percent: u32,
+    /// Forget by the plan's retention and prune.
+    #[serde(default)]
+    pub retention: bool,
+}
+
+/// What a schedule does when fires were missed (the coordinator was down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Misfire {
+    /// Forget missed fires; wait for the next one.
+    #[default]
+    Skip,
+    /// Run once for all missed fires.
+    RunOnce,
+}
+
+/// What a fire does when the previous run of the plan is still queued or running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    #[default]
+    Skip,
+    Queue,
+}
+
+/// A plan to create or replace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSpec {
+    pub name: String,
+    /// Source name (or id).
+    pub source: String,
+    /// Repository name (or id).
+    pub repository: String,
+    /// Cron expression (`min hour day month weekday`), or none for run-now only.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Start up to this many seconds after each fire, spread evenly.
+    #[serde(default)]
+    pub jitter_seconds: u32,
+    #[serde(default)]
+    pub misfire: Misfire,
+    #[serde(default)]
+    pub overlap: Overlap,
+    #[serde(default)]
+    pub retention: Retention,
+    #[serde(default)]
+    pub chain: Chain,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub deadline_seconds: Option<u64>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub source: String,
+    pub repository: String,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub jitter_seconds: u32,
+    pub misfire: Misfire,
+    pub overlap: Overlap,
+    pub retention: Retention,
+    pub chain: Chain,
+    pub tags: Vec<String>,
+    pub max_attempts: u32,
+    pub deadline_seconds: Option<u64>,
+    pub enabled: bool,
+    pub next_fire: Option<DateTime<Utc>>,
+    pub created: DateTime<Utc>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read everything of its tenant.
+    Viewer,
+    /// Also run, cancel and create plans, sources and repositories.
+    Operator,
+    /// Also manage tokens and tenants (of every tenant, for the admin tenant's admins).
+    Admin,
+    /// Claims and reports jobs; nothing else.
+    Worker,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        [Role::Viewer, Role::Operator, Role::Admin, Role::Worker].into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    pub name: String,
+    pub role: Role,
+    /// Tenant of the new token (default: the caller's).
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: String,
+    pub tenant: String,
+    pub name: String,
+    pub role: Role,
+    pub created: DateTime<Utc>,
+    pub last_used: Option<DateTime<Utc>>,
+}
+
+/// A token just created: the secret is shown this once.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub token: Token,
+    pub secret: String,
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken").field("token", &self.token).field("secret", &"<redacted>").finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantSpec {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub created: DateTime<Utc>,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `not_found`, `invalid`, `conflict`,
+    /// `unauthorized`, `forbidden`, `stale_attempt`, `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+/// An entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub time: DateTime<Utc>,
+    pub tenant: String,
+    /// The token that acted (id), or `system`.
+    pub actor: String,
+    pub action: String,
+    pub object: String,
+    pub detail: Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let repo = RepositoryAccess {
+            id: "r".into(),
+            location: "/x".into(),
+            password: "hunter2".into(),
+            options: vec![("secret_access_key".into(), "AKIA-SECRET".into())],
+        };
+        let spec = RepositorySpec {
+            name: "n".into(),
+            location: "/x".into(),
+            region: "eu".into(),
+            password: "hunter2".into(),
+            options: vec![("secret_access_key".into(), "AKIA-SECRET".into())],
+            max_concurrent: None,
+            init: false,
+        };
+        let source = SourceAccess {
+            id: "s".into(),
+            kind: "fs".into(),
+            host: None,
+            config: serde_json::json!({}),
+            secrets: serde_json::json!({"password": "hunter2"}),
+        };
+        for text in [format!("{repo:?}"), format!("{spec:?}"), format!("{source:?}")] {
+            assert!(!text.contains("hunter2") && !text.contains("AKIA-SECRET"), "{text}");
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_through_their_names() {
+        for k in JobKind::ALL {
+            assert_eq!(JobKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.as_str()));
+        }
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), serde_json::json!(s.as_str()));
+        }
+        for r in [Role::Viewer, Role::Operator, Role::Admin, Role::Worker] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+
+    #[test]
+    fn completions_carry_the_outcome_inline() {
+        let c = Completion {
+            attempt: 2,
+            outcome: Outcome::Failed { error: "disk full".into(), retryable: true },
+            logs: vec![],
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["outcome"], "failed");
+        assert_eq!(v["attempt"], 2);
+        assert_eq!(serde_json::from_value::<Completion>(v).unwrap(), c);
+    }
+}
