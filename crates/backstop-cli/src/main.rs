@@ -34,7 +34,11 @@ Environment:
   BACKSTOP_PASSWORD        the password itself (prefer the file)
   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
   AWS_ENDPOINT_URL, AWS_ALLOW_HTTP
-                           S3 credentials and endpoint";
+                           S3 credentials and endpoint
+  BACKSTOP_SERVER          the service's address, for plans, jobs, repos, sources,
+                           tokens, tenants, catalog and `snapshots --server`
+  BACKSTOP_TOKEN           the service's API token
+  BACKSTOP_DATA_DIR        where `backstop serve` keeps its catalog and local repository";
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +88,59 @@ enum Command {
     /// Repair a damaged repository.
     #[command(subcommand)]
     Repair(cmd::maintain::RepairCommand),
+    /// Run the service: HTTP API, scheduler, job queue and in-process workers.
+    Serve(cmd::service::ServeArgs),
+    /// Run a worker that claims jobs of a region from a coordinator.
+    Worker(cmd::service::WorkerArgs),
+    /// The service's plans: list, put, run now.
+    Plans {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::PlansCommand,
+    },
+    /// The service's jobs: list, get, logs (--follow), cancel, wait.
+    Jobs {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::JobsCommand,
+    },
+    /// The service's repositories.
+    Repos {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::ReposCommand,
+    },
+    /// The service's sources.
+    Sources {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::SourcesCommand,
+    },
+    /// The service's API tokens.
+    Tokens {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::TokensCommand,
+    },
+    /// The service's tenants.
+    Tenants {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::TenantsCommand,
+    },
+    /// The service's catalog.
+    Catalog {
+        #[command(flatten)]
+        server: cmd::client::ServerArgs,
+        #[command(subcommand)]
+        command: cmd::client::CatalogCommand,
+    },
 }
 
 /// Exit codes, as documented in `--help`.
@@ -112,6 +169,15 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::maintain::check(&ctx, args),
         Command::Key(command) => cmd::key::run(&ctx, command),
         Command::Repair(command) => cmd::maintain::repair(&ctx, command),
+        Command::Serve(args) => cmd::service::serve(&ctx, args),
+        Command::Worker(args) => cmd::service::worker(&ctx, args),
+        Command::Plans { server, command } => cmd::client::plans(&ctx, &server, command),
+        Command::Jobs { server, command } => cmd::client::jobs(&ctx, &server, command),
+        Command::Repos { server, command } => cmd::client::repos(&ctx, &server, command),
+        Command::Sources { server, command } => cmd::client::sources(&ctx, &server, command),
+        Command::Tokens { server, command } => cmd::client::tokens(&ctx, &server, command),
+        Command::Tenants { server, command } => cmd::client::tenants(&ctx, &server, command),
+        Command::Catalog { server, command } => cmd::client::catalog(&ctx, &server, command),
     };
     match result {
         Ok(code) => ExitCode::from(code),

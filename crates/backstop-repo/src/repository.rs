@@ -343,9 +343,41 @@ impl Repository {
         Ok(SnapshotId(self.put_sealed(sealer, prefix, ObjectKind::Snapshot, &json)?))
     }
 
-    /// Delete a snapshot manifest (its data stays until prune).
+    /// Delete a snapshot manifest (its data stays until prune), then the
+    /// job logs stored beside it.
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
-        Ok(self.backend().delete(&snapshot_key(id))?)
+        self.backend().delete(&snapshot_key(id))?;
+        for meta in self.backend().list(&job_log_prefix(id))? {
+            // Best effort: a log left behind by a crash here is harmless.
+            let _ = self.backend().delete(&meta.key);
+        }
+        Ok(())
+    }
+
+    /// Store the log of the job that wrote snapshot `id` beside it
+    /// (`logs/<snapshot>/<job>`), so it survives the service's catalog.
+    pub fn put_job_log(&self, id: &SnapshotId, job: &str, log: &[u8]) -> Result<()> {
+        let ok = !job.is_empty() && job.len() <= 64 && job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err(Error::Invalid(format!("{job:?} is not a job id (letters, digits and '-')")));
+        }
+        let sealer = Sealer::new(self.key(), SessionId::random());
+        let sealed = sealer.seal(ObjectKind::JobLog, None, log, Compression::Zstd(self.config().compression_level));
+        self.backend().put(&format!("{}{job}", job_log_prefix(id)), &sealed, PutMode::Overwrite)?;
+        Ok(())
+    }
+
+    /// The job logs stored beside snapshot `id`: (job id, log).
+    pub fn job_logs(&self, id: &SnapshotId) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for meta in self.backend().list(&job_log_prefix(id))? {
+            let job = meta.key.rsplit('/').next().unwrap_or_default().to_string();
+            let bytes = self.backend().get(&meta.key)?;
+            let log = crypto::open(self.key(), ObjectKind::JobLog, None, &bytes, None)
+                .map_err(|e| Error::corrupt(&meta.key, e))?;
+            out.push((job, log));
+        }
+        Ok(out)
     }
 
     pub fn delete_checkpoint(&self, id: &SnapshotId) -> Result<()> {
@@ -447,6 +479,10 @@ impl Repository {
         self.backend().delete(&key_key(&self.key_id()))?;
         Ok(new_id)
     }
+}
+
+fn job_log_prefix(id: &SnapshotId) -> String {
+    format!("logs/{}/", id.to_hex())
 }
 
 pub fn key_key(id: &KeyId) -> String {

@@ -378,3 +378,20 @@ fn extended_attributes_and_modes_of_files_are_restored() {
     }
     assert_same_tree(&src, &restored_path(&target, &src));
 }
+
+#[test]
+fn a_job_log_lives_beside_its_snapshot_and_goes_with_it() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(&src, &[Entry::File("a", b"x".to_vec())]);
+    let out = t.backup(&[&src]);
+    let log = b"{\"level\":\"info\",\"message\":\"snapshot saved\"}\n";
+    t.repo.put_job_log(&out.id, "01a2b3c4-0000-7000-8000-000000000001", log).unwrap();
+    assert_eq!(
+        t.reopen().job_logs(&out.id).unwrap(),
+        vec![("01a2b3c4-0000-7000-8000-000000000001".to_string(), log.to_vec())]
+    );
+    assert!(t.repo.put_job_log(&out.id, "../escape", log).is_err(), "job ids are checked");
+    t.repo.delete_snapshot(&out.id).unwrap();
+    assert!(t.repo.job_logs(&out.id).unwrap().is_empty());
+}

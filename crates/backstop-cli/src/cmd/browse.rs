@@ -46,9 +46,22 @@ pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
 pub struct SnapshotsArgs {
     #[command(flatten)]
     filter: SnapshotFilter,
+
+    /// List the service's catalog instead of a repository (with BACKSTOP_TOKEN); see also --in.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+
+    /// With --server: only the snapshots of this repository (name or id).
+    #[arg(long = "in", value_name = "REPOSITORY", requires = "server")]
+    in_repository: Option<String>,
 }
 
 pub fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
+    if args.server.is_some() {
+        let server =
+            crate::cmd::client::ServerArgs { server: args.server.clone(), token: std::env::var("BACKSTOP_TOKEN").ok() };
+        return crate::cmd::client::snapshots(ctx, &server, args.in_repository.as_deref());
+    }
     let repo = ctx.open()?;
     let (all, damaged) = repo.snapshots_report()?;
     for d in &damaged {

@@ -2,7 +2,9 @@
 
 pub mod backup;
 pub mod browse;
+pub mod client;
 pub mod init;
 pub mod key;
 pub mod maintain;
 pub mod restore;
+pub mod service;

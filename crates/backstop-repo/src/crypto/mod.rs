@@ -90,6 +90,12 @@ impl Password {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The password itself, for handing it to the service (which stores
+    /// it sealed). Never print it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Password {

@@ -32,6 +32,7 @@ pub enum ObjectKind {
     Snapshot = 5,
     Session = 7,
     Plan = 8,
+    JobLog = 9,
 }
 
 impl ObjectKind {
@@ -45,6 +46,7 @@ impl ObjectKind {
             5 => ObjectKind::Snapshot,
             7 => ObjectKind::Session,
             8 => ObjectKind::Plan,
+            9 => ObjectKind::JobLog,
             _ => return None,
         })
     }

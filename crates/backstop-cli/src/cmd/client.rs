@@ -1,0 +1,716 @@
+//! The service's command-line client: `backstop plans|jobs|repos|sources|
+//! tokens|tenants|catalog … --server URL` with `BACKSTOP_TOKEN`.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use backstop_types::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::global::Context;
+use crate::output::print_json;
+
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// The coordinator's address (`backstop serve` prints it).
+    #[arg(long, env = "BACKSTOP_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
+    /// API token (prefer BACKSTOP_TOKEN: command lines are visible to other users).
+    #[arg(long, env = "BACKSTOP_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+}
+
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> Result<Client> {
+        let base =
+            args.server.clone().ok_or_else(|| anyhow!("no server given: pass --server URL or set BACKSTOP_SERVER"))?;
+        let token = args.token.clone().ok_or_else(|| {
+            anyhow!("no token given: set BACKSTOP_TOKEN (the admin token is printed on the server's first start)")
+        })?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http, rt })
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<(u16, Value)> {
+        self.rt.block_on(async {
+            let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(k) = key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            let value: Value =
+                if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+            if status >= 400 {
+                let message = value
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or(value.to_string());
+                bail!("{message} (HTTP {status})");
+            }
+            Ok((status, value))
+        })
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (_, v) = self.send(reqwest::Method::GET, path, None, None)?;
+        serde_json::from_value(v).context("unexpected answer from the server")
+    }
+
+    pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize, key: Option<&str>) -> Result<T> {
+        let body = serde_json::to_value(body)?;
+        let (_, v) = self.send(reqwest::Method::POST, path, Some(&body), key)?;
+        serde_json::from_value(v).context("unexpected answer from the server")
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send(reqwest::Method::DELETE, path, None, None).map(|_| ())
+    }
+
+    /// Follow a job's event stream (SSE), calling `each` per event, until the job ends.
+    pub fn follow(&self, job: &str, mut each: impl FnMut(&JobEvent)) -> Result<()> {
+        self.rt.block_on(async {
+            let mut after = 0i64;
+            loop {
+                let url = format!("{}/api/v1/jobs/{job}/events/stream?after={after}", self.base);
+                let resp = self.http.get(&url).bearer_auth(&self.token).send().await;
+                let mut resp = match resp {
+                    Ok(r) if r.status().is_success() => r,
+                    Ok(r) => bail!("following job {job}: HTTP {}", r.status()),
+                    Err(e) => {
+                        // The coordinator may be restarting: resume where we were.
+                        eprintln!("(connection lost: {e}; reconnecting)");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let mut buf = String::new();
+                let mut ended = true;
+                loop {
+                    match resp.chunk().await {
+                        Ok(Some(bytes)) => {
+                            buf.push_str(&String::from_utf8_lossy(&bytes));
+                            while let Some(end) = buf.find("\n\n") {
+                                let block: String = buf.drain(..end + 2).collect();
+                                for line in block.lines() {
+                                    if let Some(data) = line.strip_prefix("data:")
+                                        && let Ok(e) = serde_json::from_str::<JobEvent>(data.trim())
+                                    {
+                                        after = e.id;
+                                        each(&e);
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => {
+                            ended = false;
+                            break;
+                        }
+                    }
+                }
+                if ended {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
+
+fn print_table(rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+}
+
+fn short(id: &str) -> String {
+    id.chars().take(13).collect()
+}
+
+fn when(t: &Option<chrono::DateTime<chrono::Utc>>) -> String {
+    t.as_ref().map(crate::output::local_time).unwrap_or_else(|| "-".into())
+}
+
+fn print_jobs(jobs: &[Job]) {
+    let mut rows = vec![vec![
+        "ID".into(),
+        "KIND".into(),
+        "STATE".into(),
+        "ATTEMPT".into(),
+        "CREATED".into(),
+        "WHY WAITING / ERROR".into(),
+    ]];
+    for j in jobs {
+        let note = match j.state {
+            JobState::Queued => j.wait_reason.clone().unwrap_or_default(),
+            JobState::Failed | JobState::Dead => j.error.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        rows.push(vec![
+            j.id.clone(),
+            j.kind.as_str().into(),
+            j.state.as_str().into(),
+            format!("{}/{}", j.attempt, j.max_attempts),
+            crate::output::local_time(&j.created),
+            note,
+        ]);
+    }
+    print_table(rows);
+}
+
+fn print_job(j: &Job) {
+    println!("job {}", j.id);
+    println!("  kind:        {}", j.kind.as_str());
+    println!("  state:       {}", j.state.as_str());
+    if let Some(w) = &j.wait_reason {
+        println!("  waiting:     {w}");
+    }
+    println!("  attempt:     {} of {}", j.attempt, j.max_attempts);
+    println!("  repository:  {}  region {}", j.repository, j.region);
+    if let Some(p) = &j.plan {
+        println!("  plan:        {p}");
+    }
+    println!("  created:     {}", crate::output::local_time(&j.created));
+    println!("  started:     {}", when(&j.started));
+    println!("  finished:    {}", when(&j.finished));
+    if let Some(p) = &j.progress {
+        println!(
+            "  progress:    {} of {} files, {} of {}",
+            p.files_done,
+            p.files_total,
+            crate::output::bytes(p.bytes_done),
+            crate::output::bytes(p.bytes_total)
+        );
+    }
+    if let Some(e) = &j.error {
+        println!("  error:       {e}");
+    }
+    if let Some(r) = &j.result {
+        println!("  result:      {r}");
+    }
+}
+
+fn print_event(e: &JobEvent) {
+    let time = crate::output::local_time(&e.time);
+    match e.kind {
+        EventKind::Log => println!(
+            "{time} {:<7} {}",
+            e.data.get("level").and_then(Value::as_str).unwrap_or("info"),
+            e.data.get("message").and_then(Value::as_str).unwrap_or_default()
+        ),
+        EventKind::State => {
+            let mut line = format!("{time} state   {}", e.data.get("state").and_then(Value::as_str).unwrap_or("?"));
+            if let Some(err) = e.data.get("error").and_then(Value::as_str) {
+                line.push_str(&format!(": {err}"));
+            }
+            if let Some(w) = e.data.get("wait_reason").and_then(Value::as_str) {
+                line.push_str(&format!(" ({w})"));
+            }
+            println!("{line}");
+        }
+        EventKind::Progress => {
+            if let Ok(p) = serde_json::from_value::<JobProgress>(e.data.clone()) {
+                println!(
+                    "{time} progress {} files, {} of {} ({}/s)",
+                    p.files_done,
+                    crate::output::bytes(p.bytes_done),
+                    crate::output::bytes(p.bytes_total),
+                    crate::output::bytes(p.rate)
+                );
+            }
+        }
+    }
+}
+
+/// Exit status of a finished job: 0 succeeded, 1 otherwise.
+fn job_exit(j: &Job) -> u8 {
+    if j.state == JobState::Succeeded { 0 } else { crate::exit::ERROR }
+}
+
+fn wait(client: &Client, id: &str, timeout: Option<u64>) -> Result<Job> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + Duration::from_secs(t));
+    loop {
+        let job: Job = client.get(&format!("/api/v1/jobs/{id}"))?;
+        if job.state.is_finished() {
+            return Ok(job);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() > d) {
+            bail!("job {id} is still {} after the timeout", job.state.as_str());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+// ---- jobs -----------------------------------------------------------------
+
+#[derive(clap::Subcommand)]
+pub enum JobsCommand {
+    /// List jobs, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show one job.
+    Get { id: String },
+    /// Print a job's log (and state changes); --follow streams it live until the job ends.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Cancel a job (a running one stops within seconds).
+    Cancel { id: String },
+    /// Wait until a job ends; exit 0 if it succeeded, 1 otherwise.
+    Wait {
+        id: String,
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+    },
+}
+
+pub fn jobs(ctx: &Context, server: &ServerArgs, command: JobsCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        JobsCommand::List { state, kind, plan, limit } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [("state", state), ("kind", kind), ("plan", plan)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={v}"));
+                }
+            }
+            let page: Page<Job> = client.get(&format!("/api/v1/jobs?{}", q.join("&")))?;
+            if ctx.args.json {
+                print_json(&page.items);
+            } else {
+                print_jobs(&page.items);
+            }
+        }
+        JobsCommand::Get { id } => {
+            let job: Job = client.get(&format!("/api/v1/jobs/{id}"))?;
+            if ctx.args.json { print_json(&job) } else { print_job(&job) }
+        }
+        JobsCommand::Logs { id, follow } => {
+            if follow {
+                client.follow(&id, |e| if ctx.args.json { print_json(e) } else { print_event(e) })?;
+                let job: Job = client.get(&format!("/api/v1/jobs/{id}"))?;
+                return Ok(job_exit(&job));
+            }
+            let events: Vec<JobEvent> = client.get(&format!("/api/v1/jobs/{id}/events?limit=10000"))?;
+            for e in events.iter().filter(|e| e.kind != EventKind::Progress) {
+                if ctx.args.json { print_json(e) } else { print_event(e) }
+            }
+        }
+        JobsCommand::Cancel { id } => {
+            let job: Job = client.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}), None)?;
+            if ctx.args.json {
+                print_json(&job);
+            } else if job.state == JobState::Running {
+                println!("cancellation requested; job {} stops at its next heartbeat", job.id);
+            } else {
+                println!("job {} is {}", job.id, job.state.as_str());
+            }
+        }
+        JobsCommand::Wait { id, timeout } => {
+            let job = wait(&client, &id, timeout)?;
+            if ctx.args.json {
+                print_json(&job)
+            } else {
+                println!("job {} {}", job.id, job.state.as_str())
+            }
+            return Ok(job_exit(&job));
+        }
+    }
+    Ok(0)
+}
+
+// ---- plans ----------------------------------------------------------------
+
+#[derive(clap::Subcommand)]
+pub enum PlansCommand {
+    /// List plans.
+    List,
+    /// Show one plan.
+    Get { plan: String },
+    /// Create or replace a plan from a JSON file (see the PlanSpec schema in /api/v1/openapi.json).
+    Put { file: std::path::PathBuf },
+    /// Delete a plan.
+    Delete { plan: String },
+    /// Run the plan's backup now; prints the job id at once.
+    Run {
+        plan: String,
+        /// Wait for the job to end (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+        /// Stream the job's log until it ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Make a repeated request return the first job instead of starting another.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+    },
+}
+
+pub fn plans(ctx: &Context, server: &ServerArgs, command: PlansCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        PlansCommand::List => {
+            let plans: Vec<Plan> = client.get("/api/v1/plans")?;
+            if ctx.args.json {
+                print_json(&plans);
+            } else {
+                let mut rows = vec![vec![
+                    "NAME".into(),
+                    "SCHEDULE".into(),
+                    "TIME ZONE".into(),
+                    "NEXT RUN".into(),
+                    "ENABLED".into(),
+                ]];
+                for p in &plans {
+                    rows.push(vec![
+                        p.name.clone(),
+                        p.schedule.clone().unwrap_or_else(|| "-".into()),
+                        p.timezone.clone(),
+                        when(&p.next_fire),
+                        p.enabled.to_string(),
+                    ]);
+                }
+                print_table(rows);
+            }
+        }
+        PlansCommand::Get { plan } => print_json(&client.get::<Plan>(&format!("/api/v1/plans/{plan}"))?),
+        PlansCommand::Put { file } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let spec: PlanSpec =
+                serde_json::from_str(&text).with_context(|| format!("{} is not a plan", file.display()))?;
+            let plan: Plan = client.post("/api/v1/plans", &spec, None)?;
+            if ctx.args.json {
+                print_json(&plan)
+            } else {
+                println!("plan {} saved (next run {})", plan.name, when(&plan.next_fire))
+            }
+        }
+        PlansCommand::Delete { plan } => client.delete(&format!("/api/v1/plans/{plan}"))?,
+        PlansCommand::Run { plan, wait: w, follow, idempotency_key } => {
+            let job: Job = client.post(&format!("/api/v1/plans/{plan}/run"), &json!({}), idempotency_key.as_deref())?;
+            if ctx.args.json && !w && !follow {
+                print_json(&job);
+            } else {
+                println!("{}", job.id);
+            }
+            if follow {
+                client.follow(&job.id, print_event)?;
+            }
+            if w || follow {
+                let done = wait(&client, &job.id, None)?;
+                if !ctx.args.quiet {
+                    eprintln!("job {} {}", done.id, done.state.as_str());
+                }
+                return Ok(job_exit(&done));
+            }
+        }
+    }
+    Ok(0)
+}
+
+// ---- repositories, sources ------------------------------------------------
+
+#[derive(clap::Subcommand)]
+pub enum ReposCommand {
+    List,
+    /// Register a repository with the service (password from BACKSTOP_PASSWORD_FILE, BACKSTOP_PASSWORD or a prompt).
+    Add {
+        name: String,
+        #[arg(long)]
+        location: String,
+        #[arg(long, default_value = "default")]
+        region: String,
+        /// Create the repository when the location is empty.
+        #[arg(long)]
+        init: bool,
+        /// Jobs that may run on it at once.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+    },
+    /// Forget a repository (its data stays where it is).
+    Remove {
+        name: String,
+    },
+}
+
+pub fn repos(ctx: &Context, server: &ServerArgs, command: ReposCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        ReposCommand::List => {
+            let repos: Vec<Repository> = client.get("/api/v1/repositories")?;
+            if ctx.args.json {
+                print_json(&repos);
+            } else {
+                let mut rows = vec![vec!["NAME".into(), "REGION".into(), "LOCATION".into(), "MAX JOBS".into()]];
+                for r in &repos {
+                    rows.push(vec![r.name.clone(), r.region.clone(), r.location.clone(), r.max_concurrent.to_string()]);
+                }
+                print_table(rows);
+            }
+        }
+        ReposCommand::Add { name, location, region, init, max_concurrent } => {
+            let password = ctx.password(init)?;
+            let spec = RepositorySpec {
+                name,
+                location,
+                region,
+                password: password.expose().to_string(),
+                options: vec![],
+                max_concurrent,
+                init,
+            };
+            let repo: Repository = client.post("/api/v1/repositories", &spec, None)?;
+            if ctx.args.json {
+                print_json(&repo)
+            } else {
+                println!("repository {} registered ({})", repo.name, repo.id)
+            }
+        }
+        ReposCommand::Remove { name } => client.delete(&format!("/api/v1/repositories/{name}"))?,
+    }
+    Ok(0)
+}
+
+#[derive(clap::Subcommand)]
+pub enum SourcesCommand {
+    List,
+    /// Register a file-system source.
+    Add {
+        name: String,
+        /// Absolute paths to back up (repeatable).
+        #[arg(long = "path", required = true)]
+        paths: Vec<String>,
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// The host the data lives on (per-host limits; default: the worker's).
+        #[arg(long)]
+        host: Option<String>,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        SourcesCommand::List => {
+            let sources: Vec<Source> = client.get("/api/v1/sources")?;
+            if ctx.args.json {
+                print_json(&sources);
+            } else {
+                let mut rows = vec![vec!["NAME".into(), "KIND".into(), "HOST".into(), "CONFIG".into()]];
+                for s in &sources {
+                    rows.push(vec![
+                        s.name.clone(),
+                        s.kind.clone(),
+                        s.host.clone().unwrap_or_default(),
+                        s.config.to_string(),
+                    ]);
+                }
+                print_table(rows);
+            }
+        }
+        SourcesCommand::Add { name, paths, excludes, host } => {
+            let spec = SourceSpec {
+                name,
+                kind: "fs".into(),
+                host,
+                config: json!({"paths": paths, "excludes": excludes}),
+                secrets: json!({}),
+            };
+            let source: Source = client.post("/api/v1/sources", &spec, None)?;
+            if ctx.args.json { print_json(&source) } else { println!("source {} registered", source.name) }
+        }
+        SourcesCommand::Remove { name } => client.delete(&format!("/api/v1/sources/{name}"))?,
+    }
+    Ok(0)
+}
+
+/// `backstop snapshots --server …`: the catalog's view.
+pub fn snapshots(ctx: &Context, server: &ServerArgs, repository: Option<&str>) -> Result<u8> {
+    let client = Client::new(server)?;
+    let path = match repository {
+        Some(r) => format!("/api/v1/snapshots?repository={r}"),
+        None => "/api/v1/snapshots".to_string(),
+    };
+    let snaps: Vec<Snapshot> = client.get(&path)?;
+    if ctx.args.json {
+        print_json(&snaps);
+    } else {
+        let mut rows = vec![vec!["ID".into(), "TIME".into(), "HOST".into(), "REPOSITORY".into(), "PATHS".into()]];
+        for s in &snaps {
+            rows.push(vec![
+                s.info.id.chars().take(8).collect(),
+                crate::output::local_time(&s.info.time),
+                s.info.hostname.clone(),
+                short(&s.repository),
+                s.info.paths.join(" "),
+            ]);
+        }
+        print_table(rows);
+    }
+    Ok(0)
+}
+
+// ---- tokens, tenants, catalog --------------------------------------------
+
+#[derive(clap::Subcommand)]
+pub enum TokensCommand {
+    List,
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        /// viewer, operator, admin or worker.
+        #[arg(long, default_value = "operator")]
+        role: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+pub fn tokens(ctx: &Context, server: &ServerArgs, command: TokensCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        TokensCommand::List => {
+            let tokens: Vec<Token> = client.get("/api/v1/tokens")?;
+            if ctx.args.json {
+                print_json(&tokens);
+            } else {
+                let mut rows =
+                    vec![vec!["ID".into(), "NAME".into(), "ROLE".into(), "TENANT".into(), "LAST USED".into()]];
+                for t in &tokens {
+                    rows.push(vec![
+                        t.id.clone(),
+                        t.name.clone(),
+                        t.role.as_str().into(),
+                        t.tenant.clone(),
+                        when(&t.last_used),
+                    ]);
+                }
+                print_table(rows);
+            }
+        }
+        TokensCommand::Create { name, role, tenant } => {
+            let role = Role::parse(&role)
+                .ok_or_else(|| anyhow!("unknown role {role:?}: viewer, operator, admin or worker"))?;
+            let token: NewToken = client.post("/api/v1/tokens", &TokenSpec { name, role, tenant }, None)?;
+            if ctx.args.json {
+                print_json(&token);
+            } else {
+                println!("{}", token.secret);
+                eprintln!(
+                    "token {} ({}, tenant {}): the secret above is shown only now",
+                    token.token.id,
+                    token.token.role.as_str(),
+                    token.token.tenant
+                );
+            }
+        }
+        TokensCommand::Revoke { id } => client.delete(&format!("/api/v1/tokens/{id}"))?,
+    }
+    Ok(0)
+}
+
+#[derive(clap::Subcommand)]
+pub enum TenantsCommand {
+    List,
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+pub fn tenants(ctx: &Context, server: &ServerArgs, command: TenantsCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        TenantsCommand::List => {
+            let tenants: Vec<Tenant> = client.get("/api/v1/tenants")?;
+            if ctx.args.json {
+                print_json(&tenants);
+            } else {
+                print_table(
+                    std::iter::once(vec!["ID".into(), "NAME".into()])
+                        .chain(tenants.iter().map(|t| vec![t.id.clone(), t.name.clone()]))
+                        .collect(),
+                );
+            }
+        }
+        TenantsCommand::Create { id, name } => {
+            let t: Tenant = client.post("/api/v1/tenants", &TenantSpec { id, name }, None)?;
+            if ctx.args.json { print_json(&t) } else { println!("tenant {} created", t.id) }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(clap::Subcommand)]
+pub enum CatalogCommand {
+    /// Recreate the catalog's snapshot list from the repositories themselves.
+    Rebuild,
+}
+
+pub fn catalog(ctx: &Context, server: &ServerArgs, command: CatalogCommand) -> Result<u8> {
+    let client = Client::new(server)?;
+    match command {
+        CatalogCommand::Rebuild => {
+            let report: Value = client.post("/api/v1/catalog/rebuild", &json!({}), None)?;
+            if ctx.args.json {
+                print_json(&report);
+            } else {
+                for r in report["repositories"].as_array().into_iter().flatten() {
+                    match r.get("error") {
+                        Some(e) => println!("{}: {e}", r["repository"]),
+                        None => println!(
+                            "{}: {} snapshots ({} added, {} removed)",
+                            r["repository"], r["snapshots"], r["added"], r["removed"]
+                        ),
+                    }
+                }
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,266 @@
+//! `/api/v1/jobs`: list, submit, get, cancel, and the event stream.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use backstop_catalog::queue::JobFilter;
+use backstop_catalog::resources::Scope;
+use backstop_catalog::{NewJob, now_ms};
+use backstop_types::{Job, JobEvent, JobKind, JobSpec, JobState, Page, Role};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::audit;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub plan: Option<String>,
+    pub repository: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Say so when a queued job waits for a region no worker serves.
+async fn explain(state: &AppState, jobs: &mut [Job]) {
+    let since = now_ms() - 60_000;
+    let mut seen: HashMap<String, bool> = HashMap::new();
+    for job in jobs.iter_mut().filter(|j| j.state == JobState::Queued) {
+        if !job.wait_reason.as_deref().unwrap_or_default().starts_with("waiting for a worker") {
+            continue;
+        }
+        let present = match seen.get(&job.region) {
+            Some(p) => *p,
+            None => {
+                let p = state.catalog.worker_seen(&job.region, since).await.unwrap_or(true);
+                seen.insert(job.region.clone(), p);
+                p
+            }
+        };
+        if !present {
+            job.wait_reason = Some(format!(
+                "no worker of region {} has asked for work in the last minute; start one with `backstop worker --region {}`",
+                job.region, job.region
+            ));
+        }
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Job>>> {
+    caller.require(Role::Viewer)?;
+    let scope = caller.scope();
+    let parse_state = |s: &str| JobState::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown job state {s:?}")));
+    let parse_kind = |s: &str| JobKind::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown job kind {s:?}")));
+    let plan = match &q.plan {
+        Some(p) => Some(state.catalog.plan(&scope, p).await?.id),
+        None => None,
+    };
+    let repository = match &q.repository {
+        Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
+        None => None,
+    };
+    let filter = JobFilter {
+        state: q.state.as_deref().map(parse_state).transpose()?,
+        kind: q.kind.as_deref().map(parse_kind).transpose()?,
+        plan,
+        repository,
+        cursor: q.cursor.clone(),
+        limit: q.limit.unwrap_or(100),
+    };
+    let mut page = state.catalog.list_jobs(&scope, &filter).await?;
+    explain(&state, &mut page.items).await;
+    Ok(Json(page))
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    caller.require(Role::Viewer)?;
+    let mut job = state.catalog.job(&caller.scope(), &id).await?;
+    explain(&state, std::slice::from_mut(&mut job)).await;
+    Ok(Json(job))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => {
+            let key = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be text"))?.trim();
+            if key.is_empty() || key.len() > 200 {
+                return Err(ApiError::invalid("Idempotency-Key must be 1–200 characters"));
+            }
+            Ok(Some(key.to_string()))
+        }
+    }
+}
+
+/// Submit a job. With an `Idempotency-Key`, a repeated submission returns
+/// the first job (200) instead of creating another (201).
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(spec): Json<JobSpec>,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    caller.require(Role::Operator)?;
+    let scope = caller.scope();
+    let key = idempotency_key(&headers)?;
+    let now = now_ms();
+    let (job, created) = if let (JobKind::Backup, Some(plan)) = (spec.kind, &spec.plan) {
+        state.catalog.run_plan(&scope, plan, key, now).await?
+    } else {
+        let new = job_from_spec(&state, &scope, &spec, key).await?;
+        state.catalog.enqueue(new, now).await?
+    };
+    if created {
+        audit(&state, &caller, "job.create", format!("job/{}", job.id), json!({"kind": job.kind, "plan": job.plan}))
+            .await?;
+        state.wake();
+    }
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(job)))
+}
+
+async fn job_from_spec(state: &AppState, scope: &Scope, spec: &JobSpec, key: Option<String>) -> ApiResult<NewJob> {
+    let c = &state.catalog;
+    let plan = match &spec.plan {
+        Some(p) => Some(c.plan(scope, p).await?),
+        None => None,
+    };
+    let repository = match (&spec.repository, &plan) {
+        (Some(r), _) => c.repository(scope, r).await?,
+        (None, Some(p)) => c.repository(scope, &p.repository).await?,
+        (None, None) => return Err(ApiError::invalid("name a plan or a repository for the job")),
+    };
+    let source = match (&spec.source, &plan) {
+        (Some(s), _) => Some(c.source(scope, s).await?),
+        (None, Some(p)) if spec.kind == JobKind::Backup => Some(c.source(scope, &p.source).await?),
+        _ => None,
+    };
+    if spec.kind == JobKind::Backup && source.is_none() {
+        return Err(ApiError::invalid("a backup needs a source (or a plan)"));
+    }
+    if spec.kind == JobKind::Retention && plan.is_none() {
+        return Err(ApiError::invalid("a retention job needs a plan (its policy decides what is kept)"));
+    }
+    if spec.kind == JobKind::Restore {
+        let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();
+        if !target.starts_with('/') {
+            return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));
+        }
+    }
+    let mut params = if spec.params.is_null() { json!({}) } else { spec.params.clone() };
+    if let Some(p) = &plan {
+        params["plan"] = json!(p.name);
+        params["tags"] = json!(p.tags);
+    }
+    Ok(NewJob {
+        tenant: repository.tenant.clone(),
+        kind: spec.kind,
+        plan: plan.as_ref().map(|p| p.id.clone()),
+        source: source.as_ref().map(|s| s.id.clone()),
+        host: source.as_ref().and_then(|s| s.host.clone()),
+        region: repository.region.clone(),
+        repository: repository.id,
+        params,
+        max_attempts: spec.max_attempts.unwrap_or(c.config.default_max_attempts).clamp(1, 100),
+        deadline_seconds: spec.deadline_seconds,
+        idempotency_key: key.map(|k| format!("api:{k}")),
+        parent: None,
+        step: None,
+        not_before_ms: None,
+    })
+}
+
+pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
+    caller.require(Role::Operator)?;
+    let job = state.catalog.cancel(&caller.scope(), &id, now_ms()).await?;
+    audit(&state, &caller, "job.cancel", format!("job/{id}"), json!({"state": job.state})).await?;
+    if job.state == JobState::Cancelled {
+        state.finished(&job);
+    }
+    Ok(Json(job))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    pub after: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<JobEvent>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.events(&caller.scope(), &id, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?))
+}
+
+/// The job's events as Server-Sent Events: everything after `after` (or
+/// the `Last-Event-ID` header), then new ones as they come, until the job
+/// has finished and its last event was sent.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    caller.require(Role::Viewer)?;
+    let scope = caller.scope();
+    state.catalog.job(&scope, &id).await?;
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let after = resume.or(q.after).unwrap_or(0);
+    let stream = futures::stream::unfold(
+        (state, scope, id, after, Vec::<JobEvent>::new(), false),
+        |(state, scope, id, mut after, mut buffer, mut done)| async move {
+            loop {
+                if let Some(e) = (!buffer.is_empty()).then(|| buffer.remove(0)) {
+                    after = e.id;
+                    let event = Event::default()
+                        .id(e.id.to_string())
+                        .event(match e.kind {
+                            backstop_types::EventKind::State => "state",
+                            backstop_types::EventKind::Progress => "progress",
+                            backstop_types::EventKind::Log => "log",
+                        })
+                        .data(serde_json::to_string(&e).unwrap_or_default());
+                    return Some((Ok(event), (state, scope, id, after, buffer, done)));
+                }
+                if done {
+                    return None;
+                }
+                let finished = match state.catalog.job(&scope, &id).await {
+                    Ok(job) => job.state.is_finished(),
+                    Err(_) => true,
+                };
+                buffer = state.catalog.events(&scope, &id, after, 500).await.unwrap_or_default();
+                if buffer.is_empty() {
+                    if finished {
+                        // Everything up to the end has been sent.
+                        done = true;
+                        continue;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                } else if finished {
+                    // Send what is left, then end.
+                    done = buffer.len() < 500;
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

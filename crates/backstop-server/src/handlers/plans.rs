@@ -1,0 +1,66 @@
+//! `/api/v1/plans`: what to back up, where, when, how long to keep.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use backstop_catalog::now_ms;
+use backstop_types::{Job, Plan, PlanSpec, Role};
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::audit;
+use crate::state::AppState;
+
+pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Plan>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.list_plans(&caller.scope()).await?))
+}
+
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Plan>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.plan(&caller.scope(), &id).await?))
+}
+
+/// Create a plan, or replace the one with the same name.
+pub async fn put(State(state): State<AppState>, caller: Caller, Json(spec): Json<PlanSpec>) -> ApiResult<Json<Plan>> {
+    caller.require(Role::Operator)?;
+    let plan = state.catalog.put_plan(&caller.scope(), &spec, now_ms()).await?;
+    audit(
+        &state,
+        &caller,
+        "plan.put",
+        format!("plan/{}", plan.name),
+        json!({"schedule": plan.schedule, "enabled": plan.enabled}),
+    )
+    .await?;
+    Ok(Json(plan))
+}
+
+pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    let plan = state.catalog.plan(&caller.scope(), &id).await?;
+    state.catalog.delete_plan(&caller.scope(), &plan.id).await?;
+    audit(&state, &caller, "plan.delete", format!("plan/{}", plan.name), json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Run the plan's backup now; returns its job at once.
+pub async fn run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<(StatusCode, Json<Job>)> {
+    caller.require(Role::Operator)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be text"))?.to_string()),
+        None => None,
+    };
+    let (job, created) = state.catalog.run_plan(&caller.scope(), &id, key, now_ms()).await?;
+    if created {
+        audit(&state, &caller, "plan.run", format!("plan/{id}"), json!({"job": job.id})).await?;
+        state.wake();
+    }
+    Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(job)))
+}

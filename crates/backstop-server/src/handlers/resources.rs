@@ -1,0 +1,274 @@
+//! Repositories, sources, snapshots, tokens, tenants and the audit trail.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use backstop_catalog::now_ms;
+use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
+use backstop_types::{
+    AuditEvent, NewToken, Page, Repository, RepositorySpec, Role, Snapshot, Source, SourceSpec, Tenant, TenantSpec,
+    Token, TokenSpec,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers::audit;
+use crate::state::AppState;
+
+// ---- repositories ---------------------------------------------------------
+
+pub async fn list_repositories(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Repository>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.list_repositories(&caller.scope()).await?))
+}
+
+pub async fn get_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Repository>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.repository(&caller.scope(), &id).await?))
+}
+
+/// Register a repository; with `init`, create it first (when its location is empty).
+pub async fn create_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<RepositorySpec>,
+) -> ApiResult<(StatusCode, Json<Repository>)> {
+    caller.require(Role::Operator)?;
+    if spec.init {
+        let access = backstop_types::RepositoryAccess {
+            id: String::new(),
+            location: spec.location.clone(),
+            password: spec.password.clone(),
+            options: spec.options.clone(),
+        };
+        tokio::task::spawn_blocking(move || init_or_open(&access))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    }
+    let repo = state.catalog.create_repository(&caller.scope(), &spec, now_ms()).await?;
+    audit(
+        &state,
+        &caller,
+        "repository.create",
+        format!("repository/{}", repo.name),
+        json!({"location": repo.location, "region": repo.region}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(repo)))
+}
+
+/// Create the repository, or check that the one there opens with the password.
+fn init_or_open(access: &backstop_types::RepositoryAccess) -> ApiResult<()> {
+    match backstop_worker::run::open_repository(access) {
+        Ok(_) => Ok(()),
+        Err(backstop_repo::Error::NoRepository { .. }) => {
+            let backend = backstop_backend::open(&access.location, &Default::default())
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            backstop_repo::Repository::init(
+                backend,
+                &backstop_repo::Password::new(&access.password),
+                backstop_repo::InitOptions::default(),
+            )
+            .map(|_| ())
+            .map_err(|e| ApiError::invalid(format!("cannot create the repository: {e}")))
+        }
+        Err(e) => Err(ApiError::invalid(format!("the repository at {} cannot be used: {e}", access.location))),
+    }
+}
+
+pub async fn delete_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    let repo = state.catalog.repository(&caller.scope(), &id).await?;
+    state.catalog.delete_repository(&caller.scope(), &repo.id).await?;
+    audit(&state, &caller, "repository.delete", format!("repository/{}", repo.name), json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- sources --------------------------------------------------------------
+
+pub async fn list_sources(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Source>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.list_sources(&caller.scope()).await?))
+}
+
+pub async fn get_source(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Source>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.source(&caller.scope(), &id).await?))
+}
+
+pub async fn create_source(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<SourceSpec>,
+) -> ApiResult<(StatusCode, Json<Source>)> {
+    caller.require(Role::Operator)?;
+    let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
+    audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
+    Ok((StatusCode::CREATED, Json(source)))
+}
+
+pub async fn delete_source(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Operator)?;
+    let source = state.catalog.source(&caller.scope(), &id).await?;
+    state.catalog.delete_source(&caller.scope(), &source.id).await?;
+    audit(&state, &caller, "source.delete", format!("source/{}", source.name), json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- snapshots ------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub struct SnapshotQuery {
+    pub repository: Option<String>,
+}
+
+pub async fn list_snapshots(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SnapshotQuery>,
+) -> ApiResult<Json<Vec<Snapshot>>> {
+    caller.require(Role::Viewer)?;
+    let scope = caller.scope();
+    let repo = match &q.repository {
+        Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
+        None => None,
+    };
+    Ok(Json(state.catalog.list_snapshots(&scope, repo.as_deref()).await?))
+}
+
+/// Rebuild the catalog's snapshots from the repositories themselves.
+pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
+    caller.require(Role::Operator)?;
+    let scope = caller.scope();
+    let mut out = Vec::new();
+    for repo in state.catalog.list_repositories(&scope).await? {
+        let access = state.catalog.repository_access(&scope, &repo.id).await?;
+        let listed = tokio::task::spawn_blocking(move || -> Result<Vec<backstop_types::SnapshotInfo>, String> {
+            let r = backstop_worker::run::open_repository(&access).map_err(|e| e.to_string())?;
+            let snaps = r.snapshots().map_err(|e| e.to_string())?;
+            Ok(snaps
+                .into_iter()
+                .map(|(id, s)| backstop_types::SnapshotInfo {
+                    id: id.to_string(),
+                    time: s.time,
+                    hostname: s.hostname.clone(),
+                    paths: s.paths.clone(),
+                    tags: s.tags.clone(),
+                    summary: serde_json::to_value(&s.summary).unwrap_or_default(),
+                })
+                .collect())
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        match listed {
+            Ok(snaps) => {
+                let (added, removed) = state.catalog.reconcile_snapshots(&repo, &snaps).await?;
+                out.push(
+                    json!({"repository": repo.name, "snapshots": snaps.len(), "added": added, "removed": removed}),
+                );
+            }
+            Err(e) => out.push(json!({"repository": repo.name, "error": e})),
+        }
+    }
+    audit(&state, &caller, "catalog.rebuild", "catalog".into(), json!({"repositories": out.len()})).await?;
+    Ok(Json(json!({"repositories": out})))
+}
+
+// ---- tokens ---------------------------------------------------------------
+
+pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Token>>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.catalog.list_tokens(&caller.scope()).await?))
+}
+
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<TokenSpec>,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
+    caller.require(Role::Admin)?;
+    let tenant = spec.tenant.clone().unwrap_or_else(|| caller.token.tenant.clone());
+    if tenant != caller.token.tenant && caller.scope() != Scope::All {
+        return Err(ApiError::not_found(format!("tenant {tenant}")));
+    }
+    if spec.role == Role::Worker && tenant != SYSTEM_TENANT {
+        return Err(ApiError::invalid("worker tokens belong to the system tenant: workers serve every tenant's jobs"));
+    }
+    let token = state.catalog.create_token(&tenant, &spec.name, spec.role, now_ms()).await?;
+    audit(
+        &state,
+        &caller,
+        "token.create",
+        format!("token/{}", token.token.id),
+        json!({"role": spec.role, "tenant": tenant}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    caller.require(Role::Admin)?;
+    state.catalog.revoke_token(&caller.scope(), &id, now_ms()).await?;
+    audit(&state, &caller, "token.revoke", format!("token/{id}"), json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- tenants --------------------------------------------------------------
+
+pub async fn list_tenants(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Tenant>>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.catalog.list_tenants(&caller.scope()).await?))
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(spec): Json<TenantSpec>,
+) -> ApiResult<(StatusCode, Json<Tenant>)> {
+    caller.require(Role::Admin)?;
+    if caller.scope() != Scope::All {
+        return Err(ApiError::forbidden("only administrators of the system tenant create tenants"));
+    }
+    let tenant = state.catalog.ensure_tenant(&spec.id, spec.name.as_deref().unwrap_or(&spec.id), now_ms()).await?;
+    audit(&state, &caller, "tenant.create", format!("tenant/{}", tenant.id), json!({})).await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+// ---- audit ----------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    pub cursor: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+pub async fn list_audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Page<AuditEvent>>> {
+    caller.require(Role::Admin)?;
+    Ok(Json(state.catalog.list_audit(&caller.scope(), q.cursor, q.limit.unwrap_or(100)).await?))
+}

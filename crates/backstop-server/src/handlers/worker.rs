@@ -1,0 +1,74 @@
+//! `/api/v1/worker`: the worker protocol. A claim long-polls (up to
+//! `wait_seconds`, answering 204 when nothing came); heartbeats and
+//! completions are fenced by attempt and refused with 409 when the
+//! attempt no longer holds the job.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use backstop_catalog::now_ms;
+use backstop_types::{Claim, ClaimRequest, Completion, Heartbeat, HeartbeatReply, Job, Role};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// Claim for `req`, waiting up to its `wait_seconds` (at most 60).
+pub async fn claim_waiting(state: &AppState, req: &ClaimRequest) -> ApiResult<Option<Claim>> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(req.wait_seconds.min(60) as u64);
+    loop {
+        // Register interest before looking, so a wake between the look and
+        // the wait is not lost.
+        let notified = state.notify.notified();
+        if let Some(claim) = state.catalog.claim(&req.worker, &req.region, now_ms()).await? {
+            state.metrics.claimed();
+            return Ok(Some(claim));
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        // Other coordinators' enqueues do not wake us: look again every second.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), notified).await;
+    }
+}
+
+pub async fn claim(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(req): Json<ClaimRequest>,
+) -> ApiResult<Response> {
+    caller.require(Role::Worker)?;
+    if req.worker.is_empty() || req.region.is_empty() {
+        return Err(ApiError::invalid("a claim names its worker and region"));
+    }
+    Ok(match claim_waiting(&state, &req).await? {
+        Some(claim) => Json(claim).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(hb): Json<Heartbeat>,
+) -> ApiResult<Json<HeartbeatReply>> {
+    caller.require(Role::Worker)?;
+    Ok(Json(state.catalog.heartbeat(&id, &hb, now_ms()).await?))
+}
+
+pub async fn complete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(c): Json<Completion>,
+) -> ApiResult<Json<Job>> {
+    caller.require(Role::Worker)?;
+    let job = state.catalog.complete(&id, &c, now_ms()).await?;
+    state.finished(&job);
+    Ok(Json(job))
+}

@@ -1,0 +1,264 @@
+//! The coordinator (`backstop serve`): the HTTP API under `/api/v1`, token
+//! authentication with roles and tenants, the scheduler and the reaper,
+//! a pool of in-process workers, Prometheus metrics and webhooks.
+//!
+//! [`start`] builds everything from a [`ServerConfig`] and returns a
+//! [`Running`] server; [`state::AppState`] is what handlers share: the
+//! catalog, a notifier that wakes long-polling claims, metrics and
+//! webhooks. Every route is declared once, in [`router::routes`], which
+//! also feeds the OpenAPI document. The data directory holds the SQLite
+//! catalog, the server key that seals secrets, and the default local
+//! repository; nothing else is needed for a working service.
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod inproc;
+pub mod metrics;
+pub mod openapi;
+pub mod router;
+pub mod state;
+pub mod tls;
+pub mod webhooks;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
+use backstop_catalog::{Catalog, QueueConfig, SecretKey, now_ms};
+use backstop_repo::CancelToken;
+use backstop_types::{RepositorySpec, Role};
+
+use crate::state::AppState;
+
+/// How to run the coordinator.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data directory.
+    pub catalog: Option<String>,
+    /// The key that seals secrets; default: `server.key` in the data
+    /// directory, created on first start. Coordinators sharing a catalog
+    /// must share it.
+    pub server_key_file: Option<PathBuf>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// In-process workers (0: only remote ones).
+    pub workers: usize,
+    /// Region of the in-process workers and of the default repository.
+    pub region: String,
+    pub queue: QueueConfig,
+    /// URLs notified (POST, JSON) when a job fails or dies.
+    pub webhooks: Vec<String>,
+    /// Create the `local` repository in the data directory on first start.
+    pub default_repository: bool,
+    /// How often the scheduler and the reaper look.
+    pub tick: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            catalog: None,
+            server_key_file: None,
+            tls: None,
+            workers: 2,
+            region: "default".into(),
+            queue: QueueConfig::default(),
+            webhooks: Vec::new(),
+            default_repository: true,
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Catalog(#[from] backstop_catalog::Error),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A started coordinator.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The admin token, when this start created it (the first start).
+    pub admin_token: Option<String>,
+    pub state: AppState,
+    stop: CancelToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stop serving; in-process jobs are interrupted (they are retried).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        self.state.notify.notify_waiters();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        self.state.catalog.close().await;
+    }
+}
+
+fn load_or_create_key(path: &Path) -> Result<SecretKey, StartError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => SecretKey::from_hex(&text).map_err(|e| {
+            StartError::Config(format!("{}: {e}; restore the key file from your backup of the server", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SecretKey::generate();
+            write_private(path, key.to_hex().as_bytes())?;
+            Ok(key)
+        }
+        Err(e) => Err(io(format!("reading {}", path.display()))(e)),
+    }
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("creating {}", path.display())))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(format!("writing {}", path.display())))
+}
+
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the OS random number generator works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Start the coordinator: open (and on first start, create) the data
+/// directory and catalog, bind the listener, start the scheduler, the
+/// reaper and the in-process workers.
+pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let key_file = config.server_key_file.clone().unwrap_or_else(|| config.data_dir.join("server.key"));
+    let key = load_or_create_key(&key_file)?;
+    let url =
+        config.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("catalog.db").display()));
+    let catalog = Catalog::connect(&url, key, config.queue.clone()).await?;
+
+    // First start: the system tenant, an admin token, a local repository.
+    let now = now_ms();
+    catalog.ensure_tenant(SYSTEM_TENANT, "System", now).await?;
+    let admin_token = if catalog.count_tokens().await? == 0 {
+        let token = catalog.create_token(SYSTEM_TENANT, "admin", Role::Admin, now).await?;
+        catalog
+            .audit(
+                SYSTEM_TENANT,
+                "system",
+                "token.create",
+                &format!("token/{}", token.token.id),
+                serde_json::json!({"role": "admin", "first_start": true}),
+                now,
+            )
+            .await?;
+        Some(token.secret)
+    } else {
+        None
+    };
+    let scope = Scope::All;
+    if config.default_repository && catalog.repository(&scope, "local").await.is_err() {
+        let location = config.data_dir.join("repository");
+        let password = random_hex(24);
+        let loc = location.display().to_string();
+        let pw = password.clone();
+        tokio::task::spawn_blocking(move || init_repository(&loc, &pw))
+            .await
+            .map_err(|e| StartError::Config(format!("creating the local repository: {e}")))??;
+        let spec = RepositorySpec {
+            name: "local".into(),
+            location: location.display().to_string(),
+            region: config.region.clone(),
+            password,
+            options: vec![],
+            max_concurrent: None,
+            init: false,
+        };
+        let repo = catalog.create_repository(&scope, &spec, now).await?;
+        catalog
+            .audit(
+                SYSTEM_TENANT,
+                "system",
+                "repository.create",
+                &format!("repository/{}", repo.name),
+                serde_json::json!({"location": repo.location}),
+                now,
+            )
+            .await?;
+    }
+
+    let state = AppState::new(catalog, config.webhooks.clone());
+    let stop = CancelToken::new();
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(io(format!("listening on {}", config.listen)))?;
+    let addr = listener.local_addr().map_err(io("reading the listening address"))?;
+    let app = router::router(state.clone());
+    let mut tasks = Vec::new();
+    match &config.tls {
+        Some((cert, key)) => {
+            let acceptor = tls::acceptor(cert, key)?;
+            tasks.push(tokio::spawn(tls::serve(listener, acceptor, app, stop.clone())));
+        }
+        None => {
+            let stop2 = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    while !stop2.is_cancelled() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                    eprintln!("backstop serve: the HTTP server stopped: {e}");
+                }
+            }));
+        }
+    }
+    tasks.push(tokio::spawn(state::scheduler_loop(state.clone(), config.tick, stop.clone())));
+    tasks.push(tokio::spawn(state::reaper_loop(state.clone(), config.tick, stop.clone())));
+    if config.workers > 0 {
+        let coordinator = Arc::new(inproc::InProcess::new(state.clone(), stop.clone()));
+        let mut wc = backstop_worker::WorkerConfig::new(&config.region, config.workers);
+        wc.name = format!("{}/serve", wc.name);
+        wc.poll_wait = Duration::from_secs(5);
+        tasks.push(tokio::spawn(backstop_worker::run(coordinator, wc, stop.clone())));
+    }
+    Ok(Running { addr, admin_token, state, stop, tasks })
+}
+
+/// Create a repository at `location` if there is none.
+fn init_repository(location: &str, password: &str) -> Result<(), StartError> {
+    use backstop_repo::{InitOptions, Password, Repository};
+    let backend = backstop_backend::open(location, &Default::default())
+        .map_err(|e| StartError::Config(format!("the local repository {location}: {e}")))?;
+    match Repository::init(backend, &Password::new(password), InitOptions::default()) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StartError::Config(format!(
+            "cannot create the local repository at {location}: {e} (move it away, or start with \
+             --no-default-repository)"
+        ))),
+    }
+}

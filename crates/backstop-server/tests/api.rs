@@ -1,0 +1,377 @@
+//! The coordinator through its HTTP API: a real server on a free port with
+//! in-process workers, a real repository, real tokens.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use backstop_server::{Running, ServerConfig};
+use backstop_types::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(running: &Running) -> Api {
+        Api { base: format!("http://{}", running.addr), http: reqwest::Client::new() }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, Some(token), body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+}
+
+fn config(dir: &Path) -> ServerConfig {
+    let mut c = ServerConfig::new(dir.join("data"));
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.tick = Duration::from_millis(200);
+    c.queue.lease = Duration::from_secs(3);
+    c.queue.backoff_base = Duration::from_millis(500);
+    c
+}
+
+/// A directory with a few files to back up.
+fn source_tree(dir: &Path) -> String {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), b"hello service").unwrap();
+    std::fs::write(src.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
+    src.display().to_string()
+}
+
+async fn wait_job(api: &Api, token: &str, id: &str) -> Job {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Job = serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{id}"), token, None).await).unwrap();
+        if job.state.is_finished() {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} did not finish: {job:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn setup_plan(api: &Api, token: &str, src: &str, chain: Value) {
+    api.ok("post", "/api/v1/sources", token, Some(json!({"name": "files", "kind": "fs", "config": {"paths": [src]}})))
+        .await;
+    api.ok(
+        "post",
+        "/api/v1/plans",
+        token,
+        Some(json!({"name": "nightly", "source": "files", "repository": "local", "chain": chain,
+                    "retention": {"keep_last": 2}})),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_command_to_a_running_service_that_backs_up_through_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().expect("the first start prints an admin token");
+    let api = Api::new(&running);
+    assert_eq!(api.call("get", "/healthz", None, None).await.0, StatusCode::OK);
+    assert_eq!(api.call("get", "/readyz", None, None).await.0, StatusCode::OK);
+
+    let repos = api.ok("get", "/api/v1/repositories", &admin, None).await;
+    assert_eq!(repos[0]["name"], "local", "the first start creates a local repository");
+    assert!(repos[0].get("password").is_none(), "no secret in the API");
+
+    let src = source_tree(dir.path());
+    setup_plan(&api, &admin, &src, json!({"verify_percent": 50, "retention": true})).await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
+    assert_eq!(job.kind, JobKind::Backup);
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let snapshot_id = done.result.as_ref().unwrap()["snapshot_id"].as_str().unwrap().to_string();
+
+    // The chain: verify, then retention, each after its parent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kinds = loop {
+        let page: Page<Job> =
+            serde_json::from_value(api.ok("get", "/api/v1/jobs?limit=10", &admin, None).await).unwrap();
+        let finished: Vec<(JobKind, JobState)> = page.items.iter().map(|j| (j.kind, j.state)).collect();
+        if finished.len() == 3 && finished.iter().all(|(_, s)| s.is_finished()) {
+            break finished;
+        }
+        assert!(Instant::now() < deadline, "{finished:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(kinds.contains(&(JobKind::Verify, JobState::Succeeded)), "{kinds:?}");
+    assert!(kinds.contains(&(JobKind::Retention, JobState::Succeeded)), "{kinds:?}");
+
+    // The catalog knows the snapshot; the job's log is in the event stream
+    // and in the repository beside the snapshot.
+    let snaps = api.ok("get", "/api/v1/snapshots", &admin, None).await;
+    assert_eq!(snaps[0]["id"], snapshot_id.as_str());
+    let events: Vec<JobEvent> =
+        serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}/events", job.id), &admin, None).await).unwrap();
+    let logs: Vec<&str> =
+        events.iter().filter(|e| e.kind == EventKind::Log).filter_map(|e| e.data["message"].as_str()).collect();
+    assert!(logs.iter().any(|m| m.contains("snapshot") && m.contains("saved")), "{logs:?}");
+    let repo_dir = dir.path().join("data/repository");
+    let logs_dir = repo_dir.join("logs").join(&snapshot_id);
+    assert!(std::fs::read_dir(&logs_dir).unwrap().count() == 1, "a sealed job log beside the snapshot");
+
+    // The audit trail recorded the mutations.
+    let audit = api.ok("get", "/api/v1/audit", &admin, None).await;
+    let actions: Vec<&str> = audit["items"].as_array().unwrap().iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["source.create", "plan.put", "plan.run"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    // Metrics count it.
+    let (_, metrics) = api.call("get", "/metrics", None, None).await;
+    let metrics = metrics.as_str().unwrap().to_string();
+    assert!(metrics.contains("backstop_jobs{state=\"succeeded\"} 3"), "{metrics}");
+    assert!(
+        metrics.contains("backstop_job_duration_seconds_count{kind=\"backup\",state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    running.shutdown().await;
+
+    // A restart prints no new admin token and keeps everything.
+    let again = backstop_server::start(config(dir.path())).await.unwrap();
+    assert!(again.admin_token.is_none());
+    let api = Api::new(&again);
+    let jobs = api.ok("get", "/api/v1/jobs", &admin, None).await;
+    assert_eq!(jobs["items"].as_array().unwrap().len(), 3);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_have_one_shape_and_bad_input_gets_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let (s, v) = api.call("get", "/api/v1/jobs", None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let (s, _) = api.call("get", "/api/v1/jobs", Some("bst_wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = api.call("get", "/api/v1/jobs/nope", Some(&admin), None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+    let (s, v) = api
+        .call(
+            "post",
+            "/api/v1/plans",
+            Some(&admin),
+            Some(json!({"name": "x", "source": "none", "repository": "local"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    let (s, v) = api
+        .call(
+            "post",
+            "/api/v1/sources",
+            Some(&admin),
+            Some(json!({"name": "rel", "kind": "fs", "config": {"paths": ["tmp"]}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("absolute"));
+    let (s, _) = api.call("post", "/api/v1/sources", Some(&admin), Some(json!({"garbage": true}))).await;
+    assert!(s.is_client_error(), "{s}");
+    let (s, v) = api.call("get", "/api/v1/nothing-here", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(v["error"]["message"].as_str().unwrap().contains("openapi.json"));
+    let (s, v) = api.call("get", "/api/v1/jobs?state=bogus", Some(&admin), None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_makes_one_job_and_a_viewer_cannot_run_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    setup_plan(&api, &admin, &source_tree(dir.path()), json!({})).await;
+    let send = |key: &'static str| {
+        let api = &api;
+        let admin = admin.clone();
+        async move {
+            let resp = api
+                .http
+                .post(format!("{}/api/v1/plans/nightly/run", api.base))
+                .bearer_auth(admin)
+                .header("Idempotency-Key", key)
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Job>().await.unwrap())
+        }
+    };
+    let (s1, a) = send("k-1").await;
+    let (s2, b) = send("k-1").await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(a.id, b.id);
+
+    let viewer: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "v", "role": "viewer"}))).await,
+    )
+    .unwrap();
+    let (s, _) = api.call("post", "/api/v1/plans/nightly/run", Some(&viewer.secret), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api.call("get", "/api/v1/jobs", Some(&viewer.secret), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .call("post", "/api/v1/worker/claim", Some(&viewer.secret), Some(json!({"worker": "w", "region": "default"})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "only worker tokens claim");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_paused_past_its_lease_is_refused_with_409_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    setup_plan(&api, &admin, &source_tree(dir.path()), json!({})).await;
+    let worker: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "w", "role": "worker"}))).await,
+    )
+    .unwrap();
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
+    let claim = json!({"worker": "paused", "region": "default", "wait_seconds": 5});
+    let first: Claim =
+        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", &worker.secret, Some(claim)).await).unwrap();
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.repository.location, dir.path().join("data/repository").display().to_string());
+
+    // Pause past the 3 s lease; the reaper requeues (backoff 0.5 s); another worker claims.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let claim = json!({"worker": "healthy", "region": "default", "wait_seconds": 10});
+    let second: Claim =
+        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", &worker.secret, Some(claim)).await).unwrap();
+    assert_eq!((second.job.id.as_str(), second.attempt), (job.id.as_str(), 2));
+
+    let path = format!("/api/v1/worker/jobs/{}/complete", job.id);
+    let stale = json!({"attempt": 1, "outcome": "succeeded", "result": {"snapshot_id": "bogus"}});
+    let (s, v) = api.call("post", &path, Some(&worker.secret), Some(stale)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "stale_attempt");
+    let hb = json!({"attempt": 1});
+    let (s, _) =
+        api.call("post", &format!("/api/v1/worker/jobs/{}/heartbeat", job.id), Some(&worker.secret), Some(hb)).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let now: Job =
+        serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}", job.id), &admin, None).await).unwrap();
+    assert_eq!((now.state, now.attempt, now.result.clone()), (JobState::Running, 2, None), "nothing changed");
+
+    let fresh = json!({"attempt": 2, "outcome": "failed", "error": "disk full", "retryable": false});
+    api.ok("post", &path, &worker.secret, Some(fresh)).await;
+    let now: Job =
+        serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}", job.id), &admin, None).await).unwrap();
+    assert_eq!(now.state, JobState::Failed);
+    // Long-poll: an empty queue answers 204 after the wait.
+    let t = Instant::now();
+    let (s, _) = api
+        .call(
+            "post",
+            "/api/v1/worker/claim",
+            Some(&worker.secret),
+            Some(json!({"worker": "w", "region": "default", "wait_seconds": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert!(t.elapsed() >= Duration::from_millis(900), "it waited");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_event_stream_follows_a_job_live_and_ends_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    setup_plan(&api, &admin, &source_tree(dir.path()), json!({})).await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
+    let resp = api
+        .http
+        .get(format!("{}/api/v1/jobs/{}/events/stream", api.base, job.id))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let body = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("the stream ends with the job")
+        .unwrap();
+    let events: Vec<JobEvent> =
+        body.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| serde_json::from_str(d.trim()).unwrap()).collect();
+    let states: Vec<&str> = events.iter().filter_map(|e| e.data.get("state").and_then(Value::as_str)).collect();
+    assert_eq!(states.first(), Some(&"queued"));
+    assert_eq!(states.last(), Some(&"succeeded"), "{states:?}");
+    assert!(body.contains("event: log"));
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_running_job_stops_it_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    // Enough data that the backup is still running when the cancel arrives.
+    let src = dir.path().join("big");
+    std::fs::create_dir_all(&src).unwrap();
+    // Text-like data (it takes compressing) in many files.
+    let words = ["backup ", "restore ", "snapshot ", "chunk ", "pack ", "index ", "tree ", "queue "];
+    for i in 0..60u32 {
+        let mut text = String::with_capacity(4 << 20);
+        let mut x = i.wrapping_mul(2654435761) | 1;
+        while text.len() < 4 << 20 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            text.push_str(words[(x % 8) as usize]);
+            text.push_str(&(x % 1000).to_string());
+        }
+        std::fs::write(src.join(format!("f{i}.txt")), text).unwrap();
+    }
+    setup_plan(&api, &admin, &src.display().to_string(), json!({})).await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j: Job =
+            serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}", job.id), &admin, None).await).unwrap();
+        if j.state == JobState::Running {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = Instant::now();
+    api.ok("post", &format!("/api/v1/jobs/{}/cancel", job.id), &admin, None).await;
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Cancelled, "{done:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "stopped in {:?}", t.elapsed());
+    running.shutdown().await;
+}

@@ -1,0 +1,257 @@
+//! The worker: claim a job from the coordinator, run it with the engine,
+//! heartbeat its progress and log lines while it runs, report how it
+//! ended. Workers never touch the catalog; they talk to a [`Coordinator`]:
+//! over HTTP ([`http::HttpCoordinator`], for `backstop worker`), or
+//! directly to the catalog inside `backstop serve` (the server crate's
+//! in-process pool), through the same fenced calls.
+//!
+//! A job runs on a blocking thread ([`run::execute`]); a heartbeat task
+//! beside it extends the lease every few seconds (a third of the lease at most). When the coordinator
+//! says the job was cancelled, or refuses the heartbeat because the
+//! attempt lost its lease, the job's [`CancelToken`] stops the engine;
+//! a lost attempt reports nothing (a newer one owns the job).
+
+pub mod http;
+pub mod run;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop_repo::{CancelToken, Progress};
+use backstop_types::{Claim, ClaimRequest, Completion, Heartbeat, HeartbeatReply, JobProgress, LogLevel, LogLine};
+
+/// Why a call to the coordinator failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The attempt no longer holds the job (HTTP 409): stop, report nothing.
+    #[error("the coordinator refused the attempt: {0}")]
+    Stale(String),
+    /// The request was refused for good (bad token, bad request).
+    #[error("{0}")]
+    Refused(String),
+    /// The coordinator could not be reached or failed; try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a worker needs from its coordinator.
+pub trait Coordinator: Send + Sync + 'static {
+    /// The next job for this worker, waiting up to `req.wait_seconds`.
+    fn claim(&self, req: &ClaimRequest) -> impl Future<Output = Result<Option<Claim>, CallError>> + Send;
+    fn heartbeat(&self, job: &str, hb: &Heartbeat) -> impl Future<Output = Result<HeartbeatReply, CallError>> + Send;
+    fn complete(&self, job: &str, c: &Completion) -> impl Future<Output = Result<(), CallError>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker name, unique per process (`host/pid` by default).
+    pub name: String,
+    pub region: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// How long a claim waits for work on the coordinator.
+    pub poll_wait: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(region: &str, concurrency: usize) -> WorkerConfig {
+        WorkerConfig {
+            name: format!("{}/{}", backstop_repo::util::hostname(), std::process::id()),
+            region: region.to_string(),
+            concurrency: concurrency.max(1),
+            poll_wait: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What a running job has done so far, shared by the engine thread (which
+/// bumps counters through [`Progress`]) and the heartbeat task.
+#[derive(Default)]
+pub struct JobTracker {
+    files_total: AtomicU64,
+    bytes_total: AtomicU64,
+    files_done: AtomicU64,
+    bytes_done: AtomicU64,
+    pending: Mutex<Vec<LogLine>>,
+    /// Every line of the job, for the log written into the repository.
+    all: Mutex<Vec<(chrono::DateTime<chrono::Utc>, LogLine)>>,
+    pub cancel: CancelToken,
+    /// The coordinator refused this attempt: do not report its end.
+    lost: AtomicBool,
+}
+
+impl JobTracker {
+    pub fn log(&self, level: LogLevel, message: impl Into<String>) {
+        let line = LogLine { level, message: message.into() };
+        self.all.lock().unwrap_or_else(|e| e.into_inner()).push((chrono::Utc::now(), line.clone()));
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+    }
+
+    fn take_pending(&self) -> Vec<LogLine> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The whole log so far, one JSON object per line.
+    pub fn log_text(&self) -> String {
+        let all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (time, line) in all.iter() {
+            let v = serde_json::json!({"time": time, "level": line.level, "message": line.message});
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+        out
+    }
+
+    fn progress(&self, rate: u64) -> JobProgress {
+        let bytes_done = self.bytes_done.load(Ordering::Relaxed);
+        let bytes_total = self.bytes_total.load(Ordering::Relaxed).max(bytes_done);
+        let eta_seconds = (rate > 0 && bytes_total > bytes_done).then(|| (bytes_total - bytes_done) / rate);
+        JobProgress {
+            files_done: self.files_done.load(Ordering::Relaxed),
+            files_total: self.files_total.load(Ordering::Relaxed),
+            bytes_done,
+            bytes_total,
+            bytes_new: 0,
+            bytes_reused: 0,
+            rate,
+            eta_seconds,
+        }
+    }
+}
+
+impl Progress for JobTracker {
+    fn total(&self, files: u64, bytes: u64) {
+        self.files_total.store(files, Ordering::Relaxed);
+        self.bytes_total.store(bytes, Ordering::Relaxed);
+    }
+
+    fn advance(&self, files: u64, bytes: u64) {
+        self.files_done.fetch_add(files, Ordering::Relaxed);
+        self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn warning(&self, path: &std::path::Path, message: &str) {
+        self.log(LogLevel::Warning, format!("{}: {message}", path.display()));
+    }
+
+    fn info(&self, message: &str) {
+        self.log(LogLevel::Info, message);
+    }
+}
+
+/// Run the worker until `stop` is cancelled: `concurrency` slots, each
+/// claiming and running one job at a time. Coordinator outages are ridden
+/// out with backoff; a job in flight keeps running and reports when the
+/// coordinator is back.
+pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop: CancelToken) {
+    let mut slots = Vec::new();
+    for slot in 0..config.concurrency {
+        let (coordinator, config, stop) = (coordinator.clone(), config.clone(), stop.clone());
+        slots.push(tokio::spawn(async move {
+            let req = ClaimRequest {
+                worker: format!("{}#{slot}", config.name),
+                region: config.region.clone(),
+                wait_seconds: config.poll_wait.as_secs() as u32,
+            };
+            let mut backoff = Duration::from_millis(500);
+            while !stop.is_cancelled() {
+                match coordinator.claim(&req).await {
+                    Ok(Some(claim)) => {
+                        backoff = Duration::from_millis(500);
+                        execute(coordinator.as_ref(), claim).await;
+                    }
+                    Ok(None) => backoff = Duration::from_millis(500),
+                    Err(e) => {
+                        eprintln!(
+                            "worker {}: cannot claim work: {e}; retrying in {} s",
+                            req.worker,
+                            backoff.as_secs_f32()
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }));
+    }
+    for s in slots {
+        let _ = s.await;
+    }
+}
+
+/// Run one claimed job to its end and report it.
+pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim) {
+    let tracker = Arc::new(JobTracker::default());
+    let job_id = claim.job.id.clone();
+    let attempt = claim.attempt;
+    // Every few seconds (cancellation arrives with the reply), and at
+    // least three times per lease.
+    let interval = Duration::from_millis(claim.lease_seconds.max(1) * 1000 / 3)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+    let lease = Duration::from_secs(claim.lease_seconds.max(1));
+    tracker
+        .log(LogLevel::Info, format!("attempt {attempt} of {} on {}", claim.job.kind.as_str(), claim.job.repository));
+
+    let work = {
+        let tracker = tracker.clone();
+        tokio::task::spawn_blocking(move || run::execute(&claim, &tracker))
+    };
+    tokio::pin!(work);
+    let mut last_bytes = 0u64;
+    let mut last_at = Instant::now();
+    let outcome = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            _ = tokio::time::sleep(interval) => {
+                let bytes = tracker.bytes_done.load(Ordering::Relaxed);
+                let rate = (bytes.saturating_sub(last_bytes) as f64 / last_at.elapsed().as_secs_f64().max(0.001)) as u64;
+                (last_bytes, last_at) = (bytes, Instant::now());
+                let hb = Heartbeat { attempt, progress: Some(tracker.progress(rate)), logs: tracker.take_pending() };
+                match coordinator.heartbeat(&job_id, &hb).await {
+                    Ok(reply) if reply.cancel => tracker.cancel.cancel(),
+                    Ok(_) => {}
+                    Err(CallError::Stale(_)) => {
+                        tracker.lost.store(true, Ordering::Relaxed);
+                        tracker.cancel.cancel();
+                    }
+                    Err(e) => {
+                        // Keep the lines for the next heartbeat.
+                        let mut pending = tracker.pending.lock().unwrap_or_else(|e| e.into_inner());
+                        let newer = std::mem::take(&mut *pending);
+                        *pending = hb.logs;
+                        pending.extend(newer);
+                        eprintln!("job {job_id}: heartbeat failed: {e}");
+                    }
+                }
+            }
+        }
+    };
+    if tracker.lost.load(Ordering::Relaxed) {
+        return;
+    }
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => backstop_types::Outcome::Failed { error: format!("the job's thread failed: {e}"), retryable: true },
+    };
+    let completion = Completion { attempt, outcome, logs: tracker.take_pending() };
+    // The coordinator may be restarting: keep trying for a while (the lease
+    // and then the reaper decide if we take too long).
+    let deadline = Instant::now() + lease * 4;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match coordinator.complete(&job_id, &completion).await {
+            Ok(()) | Err(CallError::Stale(_)) | Err(CallError::Refused(_)) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("job {job_id}: cannot report the result yet: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                eprintln!("job {job_id}: giving up reporting the result: {e}; the coordinator will retry the job");
+                return;
+            }
+        }
+    }
+}

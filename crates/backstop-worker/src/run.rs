@@ -1,0 +1,249 @@
+//! Running a claimed job with the engine, on a blocking thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use backstop_backend::{Backend, OpenOptions, S3Options};
+use backstop_repo::backup::{self, BackupOptions, BackupSource};
+use backstop_repo::ops::check::{self, CheckOptions, ReadData};
+use backstop_repo::ops::forget::{self, KeepPolicy};
+use backstop_repo::ops::prune::{self, PruneOptions};
+use backstop_repo::restore::{self, RestoreOptions};
+use backstop_repo::{Password, Repository};
+use backstop_types::{Claim, JobKind, LogLevel, Outcome, RepositoryAccess, SnapshotInfo};
+use serde_json::{Value, json};
+
+use crate::JobTracker;
+
+/// A failure, and whether another attempt may succeed.
+struct Failure {
+    error: String,
+    retryable: bool,
+}
+
+impl From<backstop_repo::Error> for Failure {
+    fn from(e: backstop_repo::Error) -> Failure {
+        use backstop_repo::Error as E;
+        let retryable = e.is_transient() || matches!(e, E::Io { .. });
+        Failure { error: e.to_string(), retryable }
+    }
+}
+
+fn permanent(error: impl Into<String>) -> Failure {
+    Failure { error: error.into(), retryable: false }
+}
+
+/// Run `claim` to its end.
+pub fn execute(claim: &Claim, tracker: &JobTracker) -> Outcome {
+    let result = match claim.job.kind {
+        JobKind::Backup => backup(claim, tracker),
+        JobKind::Verify => verify(claim, tracker),
+        JobKind::Check => check(claim, tracker),
+        JobKind::Prune => prune(claim, tracker),
+        JobKind::Retention => retention(claim, tracker),
+        JobKind::Restore => restore(claim, tracker),
+    };
+    match result {
+        Ok(outcome) => outcome,
+        Err(_) if tracker.cancel.is_cancelled() => Outcome::Cancelled,
+        Err(f) => {
+            tracker.log(LogLevel::Error, &f.error);
+            Outcome::Failed { error: f.error, retryable: f.retryable }
+        }
+    }
+}
+
+/// Open the job's repository.
+pub fn open_repository(access: &RepositoryAccess) -> Result<Repository, backstop_repo::Error> {
+    let mut s3 = S3Options::default();
+    for (name, value) in &access.options {
+        match name.as_str() {
+            "endpoint" => s3.endpoint = Some(value.clone()),
+            "region" => s3.region = Some(value.clone()),
+            "access_key_id" => s3.access_key_id = Some(value.clone()),
+            "secret_access_key" => s3.secret_access_key = Some(value.clone()),
+            "session_token" => s3.session_token = Some(value.clone()),
+            "allow_http" => s3.allow_http = Some(value == "true"),
+            other => {
+                return Err(backstop_repo::Error::Invalid(format!(
+                    "unknown repository option {other:?} (known: endpoint, region, access_key_id, \
+                     secret_access_key, session_token, allow_http)"
+                )));
+            }
+        }
+    }
+    let backend: Arc<dyn Backend> =
+        backstop_backend::open(&access.location, &OpenOptions { s3, ..Default::default() })?;
+    Repository::open(backend, &Password::new(&access.password))
+}
+
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+fn backup(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
+    if source.kind != "fs" {
+        return Err(permanent(format!("this worker cannot back up sources of kind {:?}", source.kind)));
+    }
+    let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
+    if paths.is_empty() {
+        return Err(permanent("the source has no paths"));
+    }
+    let repo = open_repository(&claim.repository)?;
+    let mut tags = strings(claim.job.params.get("tags"));
+    if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
+        tags.push(format!("plan:{plan}"));
+    }
+    let options = BackupOptions {
+        tags,
+        hostname: source.host.clone(),
+        excludes: strings(source.config.get("excludes")),
+        ..BackupOptions::default()
+    };
+    let out = backup::run(&repo, BackupSource::Paths(paths), &options, tracker, &tracker.cancel)?;
+    let s = &out.snapshot.summary;
+    tracker.log(
+        LogLevel::Info,
+        format!(
+            "snapshot {} saved: {} new, {} changed, {} unchanged files; {} bytes added",
+            out.id.short(),
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.bytes_added
+        ),
+    );
+    let summary = serde_json::to_value(&out.snapshot.summary).unwrap_or(Value::Null);
+    // The job's log lives beside its snapshot, so it outlives the catalog.
+    if let Err(e) = repo.put_job_log(&out.id, &claim.job.id, tracker.log_text().as_bytes()) {
+        tracker.log(LogLevel::Warning, format!("cannot store the job log in the repository: {e}"));
+    }
+    let info = SnapshotInfo {
+        id: out.id.to_string(),
+        time: out.snapshot.time,
+        hostname: out.snapshot.hostname.clone(),
+        paths: out.snapshot.paths.clone(),
+        tags: out.snapshot.tags.clone(),
+        summary: summary.clone(),
+    };
+    Ok(Outcome::Succeeded {
+        result: json!({"snapshot_id": out.id.to_string(), "parent": out.parent.map(|p| p.to_string()), "summary": summary}),
+        snapshot: Some(info),
+    })
+}
+
+fn verify(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let percent = claim.job.params.get("percent").and_then(Value::as_u64).unwrap_or(10).clamp(1, 100);
+    let repo = open_repository(&claim.repository)?;
+    let options = CheckOptions { read_data: ReadData::Fraction(percent as f64 / 100.0), threads: 2 };
+    let report = check::run(&repo, &options, tracker, &tracker.cancel)?;
+    report_check(&report, tracker)
+}
+
+fn check(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let read_data = match claim.job.params.get("read_data").and_then(Value::as_str) {
+        None | Some("none") => ReadData::default(),
+        Some("all") => ReadData::All,
+        Some(subset) => subset.parse().map_err(permanent)?,
+    };
+    let repo = open_repository(&claim.repository)?;
+    let report = check::run(&repo, &CheckOptions { read_data, threads: 2 }, tracker, &tracker.cancel)?;
+    report_check(&report, tracker)
+}
+
+fn report_check(report: &check::CheckReport, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    for f in &report.errors {
+        tracker.log(LogLevel::Error, format!("{}: {}", f.object, f.problem));
+    }
+    let result = json!({
+        "errors": report.errors.len(),
+        "notes": report.notes.len(),
+        "snapshots": report.snapshots,
+        "packs_read": report.packs_read,
+        "blobs_read": report.blobs_read,
+    });
+    if report.is_clean() {
+        Ok(Outcome::Succeeded { result, snapshot: None })
+    } else {
+        // Damage does not heal by retrying.
+        Err(permanent(format!("the repository is damaged: {} problem(s), see the job log", report.errors.len())))
+    }
+}
+
+fn prune(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let repo = open_repository(&claim.repository)?;
+    let report = prune::run(&repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
+    tracker.log(
+        LogLevel::Info,
+        format!("prune: {} pack(s) deleted, {} bytes freed", report.packs_deleted, report.bytes_deleted),
+    );
+    Ok(Outcome::Succeeded {
+        result: json!({"packs_deleted": report.packs_deleted, "bytes_deleted": report.bytes_deleted}),
+        snapshot: None,
+    })
+}
+
+fn retention(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let policy = claim.retention.as_ref().ok_or_else(|| permanent("a retention job needs the plan's policy"))?;
+    if policy.is_empty() {
+        return Err(permanent("the plan's retention policy keeps nothing; refusing to forget every snapshot"));
+    }
+    let repo = open_repository(&claim.repository)?;
+    let plan = claim.job.params.get("plan").and_then(Value::as_str).map(str::to_string);
+    let keep = KeepPolicy {
+        last: policy.keep_last.unwrap_or(0),
+        hourly: policy.keep_hourly.unwrap_or(0),
+        daily: policy.keep_daily.unwrap_or(0),
+        weekly: policy.keep_weekly.unwrap_or(0),
+        monthly: policy.keep_monthly.unwrap_or(0),
+        yearly: policy.keep_yearly.unwrap_or(0),
+        within: None,
+        tags: Vec::new(),
+    };
+    // Only this plan's snapshots are subject to its policy.
+    let tag = plan.map(|p| format!("plan:{p}"));
+    let snapshots: Vec<_> =
+        repo.snapshots()?.into_iter().filter(|(_, s)| tag.as_ref().is_none_or(|t| s.tags.contains(t))).collect();
+    let decisions = forget::apply(&snapshots, &keep)?;
+    let mut forgotten = 0;
+    for d in decisions.iter().filter(|d| !d.keep) {
+        repo.delete_snapshot(&d.id)?;
+        forgotten += 1;
+    }
+    tracker.log(
+        LogLevel::Info,
+        format!("retention: {forgotten} snapshot(s) forgotten, {} kept", decisions.len() - forgotten),
+    );
+    let report = prune::run(&repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
+    Ok(Outcome::Succeeded {
+        result: json!({"forgotten": forgotten, "packs_deleted": report.packs_deleted, "bytes_deleted": report.bytes_deleted}),
+        snapshot: None,
+    })
+}
+
+fn restore(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let params = &claim.job.params;
+    let target =
+        params.get("target").and_then(Value::as_str).ok_or_else(|| permanent("a restore needs params.target"))?;
+    if !target.starts_with('/') {
+        return Err(permanent(format!("the restore target {target:?} is not an absolute path")));
+    }
+    let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
+    let repo = open_repository(&claim.repository)?;
+    let (_, snap) = repo.find_snapshot(snapshot)?;
+    let mut options = RestoreOptions::new(target);
+    options.include = strings(params.get("include"));
+    options.exclude = strings(params.get("exclude"));
+    options.verify = params.get("verify").and_then(Value::as_bool).unwrap_or(false);
+    let summary = restore::run(&repo, &snap, &options, tracker, &tracker.cancel)?;
+    if summary.errors > 0 {
+        return Err(Failure {
+            error: format!("{} entries could not be restored (named in the job log)", summary.errors),
+            retryable: false,
+        });
+    }
+    Ok(Outcome::Succeeded { result: serde_json::to_value(&summary).unwrap_or(Value::Null), snapshot: None })
+}
