@@ -79,8 +79,9 @@ impl Context {
         }
     }
 
-    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
-        let options = OpenOptions {
+    /// Backend settings from the command line (S3, limits, connections).
+    pub fn open_options(&self) -> OpenOptions {
+        OpenOptions {
             s3: S3Options {
                 endpoint: self.args.s3_endpoint.clone(),
                 region: self.args.s3_region.clone(),
@@ -91,7 +92,11 @@ impl Context {
             upload_limit: self.args.limit_upload.map(|k| k.saturating_mul(1024)),
             download_limit: self.args.limit_download.map(|k| k.saturating_mul(1024)),
             ..OpenOptions::default()
-        };
+        }
+    }
+
+    pub fn backend(&self) -> Result<Arc<dyn Backend>> {
+        let options = self.open_options();
         let location = self.location()?;
         backstop_backend::open(location, &options).with_context(|| format!("cannot use repository {location}"))
     }

@@ -375,3 +375,129 @@ async fn cancelling_a_running_job_stops_it_within_seconds() {
     assert!(t.elapsed() < Duration::from_secs(10), "stopped in {:?}", t.elapsed());
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    for t in ["tenant-a", "tenant-b"] {
+        api.ok("post", "/api/v1/tenants", &admin, Some(json!({"id": t}))).await;
+    }
+    let token = |tenant: &'static str, role: &'static str| {
+        let (api, admin) = (&api, admin.clone());
+        async move {
+            let v = api
+                .ok(
+                    "post",
+                    "/api/v1/tokens",
+                    &admin,
+                    Some(json!({"name": format!("{tenant}-{role}"), "role": role, "tenant": tenant})),
+                )
+                .await;
+            serde_json::from_value::<NewToken>(v).unwrap()
+        }
+    };
+    let a = token("tenant-a", "admin").await;
+    let b = token("tenant-b", "admin").await;
+
+    // Tenant A's objects: repository, source, plan, job, token.
+    let repo_dir = dir.path().join("repo-a");
+    let repo: Repository = serde_json::from_value(
+        api.ok(
+            "post",
+            "/api/v1/repositories",
+            &a.secret,
+            Some(json!({"name": "main", "location": repo_dir.display().to_string(), "password": "pw-a", "init": true})),
+        )
+        .await,
+    )
+    .unwrap();
+    let src = source_tree(dir.path());
+    let source: Source = serde_json::from_value(
+        api.ok(
+            "post",
+            "/api/v1/sources",
+            &a.secret,
+            Some(json!({"name": "files", "kind": "fs", "config": {"paths": [src]}})),
+        )
+        .await,
+    )
+    .unwrap();
+    let plan: Plan = serde_json::from_value(
+        api.ok(
+            "post",
+            "/api/v1/plans",
+            &a.secret,
+            Some(json!({"name": "nightly", "source": "files", "repository": "main"})),
+        )
+        .await,
+    )
+    .unwrap();
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &a.secret, None).await).unwrap();
+    let a_reader = token("tenant-a", "viewer").await;
+
+    // Walk every route that names an object: tenant B gets 404 for A's.
+    let mut checked = 0;
+    for (route, _) in backstop_server::router::routes() {
+        if !route.path.contains("{id}") || route.path.starts_with("/api/v1/worker") {
+            continue;
+        }
+        let id = if route.path.starts_with("/api/v1/jobs") {
+            job.id.clone()
+        } else if route.path.starts_with("/api/v1/plans") {
+            plan.id.clone()
+        } else if route.path.starts_with("/api/v1/repositories") {
+            repo.id.clone()
+        } else if route.path.starts_with("/api/v1/sources") {
+            source.id.clone()
+        } else if route.path.starts_with("/api/v1/tokens") {
+            a_reader.token.id.clone()
+        } else {
+            panic!("no tenant-A object for {}", route.path);
+        };
+        let path = route.path.replace("{id}", &id);
+        let body = (route.method == "post").then(|| json!({}));
+        let (status, v) = api.call(route.method, &path, Some(&b.secret), body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{} {path} as tenant B: {v}", route.method);
+        checked += 1;
+    }
+    assert!(checked >= 12, "walked {checked} routes");
+    // Lists show tenant B nothing of A's.
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/plans",
+        "/api/v1/repositories",
+        "/api/v1/sources",
+        "/api/v1/snapshots",
+        "/api/v1/tokens",
+        "/api/v1/audit",
+        "/api/v1/tenants",
+    ] {
+        let v = api.ok("get", path, &b.secret, None).await;
+        let text = v.to_string();
+        assert!(!text.contains("tenant-a") && !text.contains(&job.id) && !text.contains(&repo.id), "{path}: {text}");
+    }
+    // And tenant A still sees its job; by name, too.
+    api.ok("get", &format!("/api/v1/jobs/{}", job.id), &a_reader.secret, None).await;
+    api.ok("get", "/api/v1/plans/nightly", &a_reader.secret, None).await;
+    // A tenant admin cannot create tokens for another tenant or tenants at all.
+    let (s, _) = api
+        .call(
+            "post",
+            "/api/v1/tokens",
+            Some(&b.secret),
+            Some(json!({"name": "x", "role": "viewer", "tenant": "tenant-a"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.call("post", "/api/v1/tenants", Some(&b.secret), Some(json!({"id": "tenant-c"}))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    // Secrets never come back.
+    let all = api.ok("get", "/api/v1/repositories", &a.secret, None).await.to_string();
+    assert!(!all.contains("pw-a"), "{all}");
+    running.shutdown().await;
+}

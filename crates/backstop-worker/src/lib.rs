@@ -52,6 +52,10 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// How long a claim waits for work on the coordinator.
     pub poll_wait: Duration,
+    /// Backend settings for every repository this worker opens (bandwidth
+    /// limits, connections); a repository's own options (S3 endpoint,
+    /// credentials) are added to them.
+    pub open_options: backstop_backend::OpenOptions,
 }
 
 impl WorkerConfig {
@@ -61,6 +65,7 @@ impl WorkerConfig {
             region: region.to_string(),
             concurrency: concurrency.max(1),
             poll_wait: Duration::from_secs(20),
+            open_options: backstop_backend::OpenOptions::default(),
         }
     }
 }
@@ -160,7 +165,7 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
                 match coordinator.claim(&req).await {
                     Ok(Some(claim)) => {
                         backoff = Duration::from_millis(500);
-                        execute(coordinator.as_ref(), claim).await;
+                        execute(coordinator.as_ref(), claim, &config.open_options).await;
                     }
                     Ok(None) => backoff = Duration::from_millis(500),
                     Err(e) => {
@@ -182,7 +187,7 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
 }
 
 /// Run one claimed job to its end and report it.
-pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim) {
+pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backstop_backend::OpenOptions) {
     let tracker = Arc::new(JobTracker::default());
     let job_id = claim.job.id.clone();
     let attempt = claim.attempt;
@@ -195,8 +200,8 @@ pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim) {
         .log(LogLevel::Info, format!("attempt {attempt} of {} on {}", claim.job.kind.as_str(), claim.job.repository));
 
     let work = {
-        let tracker = tracker.clone();
-        tokio::task::spawn_blocking(move || run::execute(&claim, &tracker))
+        let (tracker, open) = (tracker.clone(), open.clone());
+        tokio::task::spawn_blocking(move || run::execute(&claim, &tracker, &open))
     };
     tokio::pin!(work);
     let mut last_bytes = 0u64;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backstop_backend::{Backend, OpenOptions, S3Options};
+use backstop_backend::{Backend, OpenOptions};
 use backstop_repo::backup::{self, BackupOptions, BackupSource};
 use backstop_repo::ops::check::{self, CheckOptions, ReadData};
 use backstop_repo::ops::forget::{self, KeepPolicy};
@@ -34,14 +34,17 @@ fn permanent(error: impl Into<String>) -> Failure {
 }
 
 /// Run `claim` to its end.
-pub fn execute(claim: &Claim, tracker: &JobTracker) -> Outcome {
-    let result = match claim.job.kind {
-        JobKind::Backup => backup(claim, tracker),
-        JobKind::Verify => verify(claim, tracker),
-        JobKind::Check => check(claim, tracker),
-        JobKind::Prune => prune(claim, tracker),
-        JobKind::Retention => retention(claim, tracker),
-        JobKind::Restore => restore(claim, tracker),
+pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outcome {
+    let result = match open_repository_with(&claim.repository, open) {
+        Err(e) => Err(Failure::from(e)),
+        Ok(repo) => match claim.job.kind {
+            JobKind::Backup => backup(&repo, claim, tracker),
+            JobKind::Verify => verify(&repo, claim, tracker),
+            JobKind::Check => check(&repo, claim, tracker),
+            JobKind::Prune => prune(&repo, tracker),
+            JobKind::Retention => retention(&repo, claim, tracker),
+            JobKind::Restore => restore(&repo, claim, tracker),
+        },
     };
     match result {
         Ok(outcome) => outcome,
@@ -55,7 +58,12 @@ pub fn execute(claim: &Claim, tracker: &JobTracker) -> Outcome {
 
 /// Open the job's repository.
 pub fn open_repository(access: &RepositoryAccess) -> Result<Repository, backstop_repo::Error> {
-    let mut s3 = S3Options::default();
+    open_repository_with(access, &OpenOptions::default())
+}
+
+/// Open the job's repository with `base` backend settings.
+pub fn open_repository_with(access: &RepositoryAccess, base: &OpenOptions) -> Result<Repository, backstop_repo::Error> {
+    let mut s3 = base.s3.clone();
     for (name, value) in &access.options {
         match name.as_str() {
             "endpoint" => s3.endpoint = Some(value.clone()),
@@ -72,8 +80,7 @@ pub fn open_repository(access: &RepositoryAccess) -> Result<Repository, backstop
             }
         }
     }
-    let backend: Arc<dyn Backend> =
-        backstop_backend::open(&access.location, &OpenOptions { s3, ..Default::default() })?;
+    let backend: Arc<dyn Backend> = backstop_backend::open(&access.location, &OpenOptions { s3, ..base.clone() })?;
     Repository::open(backend, &Password::new(&access.password))
 }
 
@@ -83,7 +90,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn backup(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
     if source.kind != "fs" {
         return Err(permanent(format!("this worker cannot back up sources of kind {:?}", source.kind)));
@@ -92,7 +99,6 @@ fn backup(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     if paths.is_empty() {
         return Err(permanent("the source has no paths"));
     }
-    let repo = open_repository(&claim.repository)?;
     let mut tags = strings(claim.job.params.get("tags"));
     if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
         tags.push(format!("plan:{plan}"));
@@ -103,7 +109,7 @@ fn backup(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
         excludes: strings(source.config.get("excludes")),
         ..BackupOptions::default()
     };
-    let out = backup::run(&repo, BackupSource::Paths(paths), &options, tracker, &tracker.cancel)?;
+    let out = backup::run(repo, BackupSource::Paths(paths), &options, tracker, &tracker.cancel)?;
     let s = &out.snapshot.summary;
     tracker.log(
         LogLevel::Info,
@@ -135,22 +141,20 @@ fn backup(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     })
 }
 
-fn verify(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn verify(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let percent = claim.job.params.get("percent").and_then(Value::as_u64).unwrap_or(10).clamp(1, 100);
-    let repo = open_repository(&claim.repository)?;
     let options = CheckOptions { read_data: ReadData::Fraction(percent as f64 / 100.0), threads: 2 };
-    let report = check::run(&repo, &options, tracker, &tracker.cancel)?;
+    let report = check::run(repo, &options, tracker, &tracker.cancel)?;
     report_check(&report, tracker)
 }
 
-fn check(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn check(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let read_data = match claim.job.params.get("read_data").and_then(Value::as_str) {
         None | Some("none") => ReadData::default(),
         Some("all") => ReadData::All,
         Some(subset) => subset.parse().map_err(permanent)?,
     };
-    let repo = open_repository(&claim.repository)?;
-    let report = check::run(&repo, &CheckOptions { read_data, threads: 2 }, tracker, &tracker.cancel)?;
+    let report = check::run(repo, &CheckOptions { read_data, threads: 2 }, tracker, &tracker.cancel)?;
     report_check(&report, tracker)
 }
 
@@ -173,9 +177,8 @@ fn report_check(report: &check::CheckReport, tracker: &JobTracker) -> Result<Out
     }
 }
 
-fn prune(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
-    let repo = open_repository(&claim.repository)?;
-    let report = prune::run(&repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
+fn prune(repo: &Repository, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let report = prune::run(repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
     tracker.log(
         LogLevel::Info,
         format!("prune: {} pack(s) deleted, {} bytes freed", report.packs_deleted, report.bytes_deleted),
@@ -186,12 +189,11 @@ fn prune(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     })
 }
 
-fn retention(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let policy = claim.retention.as_ref().ok_or_else(|| permanent("a retention job needs the plan's policy"))?;
     if policy.is_empty() {
         return Err(permanent("the plan's retention policy keeps nothing; refusing to forget every snapshot"));
     }
-    let repo = open_repository(&claim.repository)?;
     let plan = claim.job.params.get("plan").and_then(Value::as_str).map(str::to_string);
     let keep = KeepPolicy {
         last: policy.keep_last.unwrap_or(0),
@@ -217,14 +219,14 @@ fn retention(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
         LogLevel::Info,
         format!("retention: {forgotten} snapshot(s) forgotten, {} kept", decisions.len() - forgotten),
     );
-    let report = prune::run(&repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
+    let report = prune::run(repo, &PruneOptions::default(), tracker, &tracker.cancel)?;
     Ok(Outcome::Succeeded {
         result: json!({"forgotten": forgotten, "packs_deleted": report.packs_deleted, "bytes_deleted": report.bytes_deleted}),
         snapshot: None,
     })
 }
 
-fn restore(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let params = &claim.job.params;
     let target =
         params.get("target").and_then(Value::as_str).ok_or_else(|| permanent("a restore needs params.target"))?;
@@ -232,13 +234,12 @@ fn restore(claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
         return Err(permanent(format!("the restore target {target:?} is not an absolute path")));
     }
     let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
-    let repo = open_repository(&claim.repository)?;
     let (_, snap) = repo.find_snapshot(snapshot)?;
     let mut options = RestoreOptions::new(target);
     options.include = strings(params.get("include"));
     options.exclude = strings(params.get("exclude"));
     options.verify = params.get("verify").and_then(Value::as_bool).unwrap_or(false);
-    let summary = restore::run(&repo, &snap, &options, tracker, &tracker.cancel)?;
+    let summary = restore::run(repo, &snap, &options, tracker, &tracker.cancel)?;
     if summary.errors > 0 {
         return Err(Failure {
             error: format!("{} entries could not be restored (named in the job log)", summary.errors),

@@ -148,7 +148,8 @@ pub struct WorkerArgs {
 
 pub fn worker(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     let coordinator = backstop_worker::http::HttpCoordinator::new(&args.server, &args.token)?;
-    let config = backstop_worker::WorkerConfig::new(&args.region, args.concurrency);
+    let mut config = backstop_worker::WorkerConfig::new(&args.region, args.concurrency);
+    config.open_options = ctx.open_options();
     if !ctx.args.quiet {
         eprintln!(
             "backstop worker {}: region {}, {} slot(s), coordinator {}",

@@ -23,6 +23,11 @@ impl Cli {
         Cli { dir, location, env: Vec::new() }
     }
 
+    /// An existing repository at `location` (scratch space in a new temporary directory).
+    pub fn at(location: &str) -> Cli {
+        Cli { dir: tempfile::tempdir().unwrap(), location: location.to_string(), env: Vec::new() }
+    }
+
     /// A repository on an S3 server.
     pub fn s3(server: &backstop_testkit::S3Server, bucket: &str) -> Cli {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,305 @@
+//! The service as separate processes: `backstop serve`, `backstop worker`
+//! and the CLI client, with kill -9 of workers and coordinators, and two
+//! coordinators on one PostgreSQL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backstop"));
+    cmd.env("RUST_BACKTRACE", "0")
+        .env("BACKSTOP_KDF_MEMORY_KIB", "64")
+        .env_remove("BACKSTOP_REPOSITORY")
+        .env_remove("BACKSTOP_PASSWORD_FILE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A `backstop serve` process.
+struct Serve {
+    child: Child,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Serve {
+    /// Start serve with `args`; returns it and the admin token if this was
+    /// a first start.
+    fn start(port: u16, args: &[String]) -> (Serve, Option<String>) {
+        let mut child = bin()
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(t) = line.split_whitespace().find(|w| w.starts_with("bst_")) {
+                    let _ = tx.send(t.to_string());
+                }
+            }
+        });
+        let serve = Serve { child, port, args: args.to_vec() };
+        serve.wait_ready();
+        let token = rx.recv_timeout(Duration::from_millis(500)).ok();
+        (serve, token)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "backstop serve did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        let (again, _) = Serve::start(self.port, &self.args);
+        *self = again;
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the CLI client against `server` with `token`; returns JSON (or the raw text).
+fn client(server: &str, token: &str, args: &[&str]) -> Value {
+    let out = bin()
+        .arg("--json")
+        .args(args)
+        .env("BACKSTOP_SERVER", server)
+        .env("BACKSTOP_TOKEN", token)
+        .env("BACKSTOP_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "backstop {args:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or(Value::String(stdout))
+}
+
+fn job(server: &str, token: &str, id: &str) -> Value {
+    client(server, token, &["jobs", "get", id])
+}
+
+fn wait_for(server: &str, token: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = job(server, token, id);
+        if pred(&j) {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "job {id} never became {what}: {j}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A worker process; `limit` slows its uploads (KiB/s) so a kill lands mid-backup.
+fn worker(server: &str, token: &str, limit: Option<&str>) -> Child {
+    let mut cmd = bin();
+    if let Some(l) = limit {
+        cmd.args(["--limit-upload", l]);
+    }
+    cmd.args(["worker", "--server", server, "--region", "default", "--concurrency", "1"])
+        .env("BACKSTOP_TOKEN", token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn kill9(child: &mut Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A repository with a known password, a source of `mib` MiB and a plan.
+fn setup(server: &str, admin: &str, dir: &Path, mib: usize) -> (PathBuf, PathBuf, String) {
+    let repo = dir.join("repo");
+    let src = dir.join("src");
+    for i in 0..mib {
+        let f = src.join(format!("d{}/f{i:03}.bin", i % 3));
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(f, noise(1 << 20, i as u64)).unwrap();
+    }
+    // Small packs, so that a worker's upload limit paces the backup evenly.
+    Cli::at(repo.to_str().unwrap()).ok(&["init", "--pack-size-kib", "1024"]);
+    client(server, admin, &["repos", "add", "main", "--location", repo.to_str().unwrap()]);
+    client(server, admin, &["sources", "add", "data", "--path", src.to_str().unwrap()]);
+    let plan = dir.join("plan.json");
+    std::fs::write(&plan, json!({"name": "nightly", "source": "data", "repository": "main"}).to_string()).unwrap();
+    client(server, admin, &["plans", "put", plan.to_str().unwrap()]);
+    let token = client(server, admin, &["tokens", "create", "workers", "--role", "worker"]);
+    (repo, src, token["secret"].as_str().unwrap().to_string())
+}
+
+fn run_plan(server: &str, admin: &str) -> String {
+    let j = client(server, admin, &["plans", "run", "nightly"]);
+    j["id"].as_str().unwrap().to_string()
+}
+
+/// The repository checks clean (reading all data) and its latest snapshot restores `src` exactly.
+fn verify_repository(repo: &Path, src: &Path, dir: &Path) {
+    let cli = Cli::at(&repo.display().to_string());
+    cli.check_clean(true);
+    let target = dir.join(format!("restored-{}", std::process::id()));
+    cli.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_same_tree(src, &target.join(src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn a_worker_killed_mid_backup_is_replaced_after_its_lease_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args: Vec<String> =
+        ["--data-dir", data.to_str().unwrap(), "--workers", "0", "--lease-seconds", "3", "--backoff-seconds", "1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let (serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.expect("admin token on first start"));
+    let (repo, src, worker_token) = setup(&server, &admin, dir.path(), 40);
+    let id = run_plan(&server, &admin);
+
+    // 40 MiB at 4 MiB/s: about ten seconds; kill it once it is well under way.
+    let mut first = worker(&server, &worker_token, Some("4096"));
+    wait_for(&server, &admin, &id, "running with progress", |j| {
+        j["state"] == "running" && j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 8 << 20
+    });
+    kill9(&mut first);
+
+    let mut second = worker(&server, &worker_token, None);
+    let done = wait_for(&server, &admin, &id, "finished", |j| j["state"] != "running" && j["state"] != "queued");
+    kill9(&mut second);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 2, "the second attempt finished it: {done}");
+    let logs = client(&server, &admin, &["jobs", "logs", &id]);
+    let text = logs.to_string();
+    assert!(text.contains("lease expired"), "the log says why: {text}");
+    verify_repository(&repo, &src, dir.path());
+}
+
+#[test]
+fn a_coordinator_killed_and_restarted_mid_job_sees_the_job_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args: Vec<String> = ["--data-dir", data.to_str().unwrap(), "--workers", "0", "--lease-seconds", "20"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (mut serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let (repo, src, worker_token) = setup(&server, &admin, dir.path(), 32);
+    let id = run_plan(&server, &admin);
+    let mut w = worker(&server, &worker_token, Some("4096"));
+    wait_for(&server, &admin, &id, "running", |j| j["state"] == "running");
+
+    serve.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    serve.restart();
+    let done = wait_for(&server, &admin, &id, "finished", |j| j["state"] != "running" && j["state"] != "queued");
+    kill9(&mut w);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 1, "the same attempt finished across the restart: {done}");
+    let snaps = client(&server, &admin, &["snapshots", "--server", &server]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    verify_repository(&repo, &src, dir.path());
+}
+
+#[test]
+fn two_coordinators_on_one_postgresql_serve_one_queue_and_never_hand_a_job_out_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = backstop_testkit::postgres::Postgres::get().fresh_database();
+    let key = dir.path().join("server.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let args = |name: &str| -> Vec<String> {
+        let d = dir.path().join(name);
+        [
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--catalog",
+            &url,
+            "--server-key-file",
+            key.to_str().unwrap(),
+            "--workers",
+            "0",
+            "--no-default-repository",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (a, admin) = Serve::start(free_port(), &args("a"));
+    let admin = admin.expect("the first coordinator creates the admin token");
+    let (b, second_token) = Serve::start(free_port(), &args("b"));
+    assert!(second_token.is_none(), "the second sees the shared catalog's token");
+    let (repo, src, worker_token) = setup(&a.url(), &admin, dir.path(), 2);
+
+    // Jobs submitted through both; workers claiming through both.
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let via = if i % 2 == 0 { a.url() } else { b.url() };
+        ids.push(run_plan(&via, &admin));
+    }
+    let mut workers: Vec<Child> =
+        (0..4).map(|i| worker(&if i % 2 == 0 { a.url() } else { b.url() }, &worker_token, None)).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let via = if i % 3 == 0 { a.url() } else { b.url() };
+        let done = wait_for(&via, &admin, id, "finished", |j| {
+            j["state"] == "succeeded" || j["state"] == "failed" || j["state"] == "dead"
+        });
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(done["attempt"], 1, "claimed exactly once: {done}");
+    }
+    for w in &mut workers {
+        kill9(w);
+    }
+    let listed_a = client(&a.url(), &admin, &["jobs", "list", "--limit", "100"]);
+    let listed_b = client(&b.url(), &admin, &["jobs", "list", "--limit", "100"]);
+    assert_eq!(listed_a, listed_b, "both coordinators serve the same catalog");
+    assert_eq!(listed_a.as_array().unwrap().len(), 24);
+    verify_repository(&repo, &src, dir.path());
+}
+
+#[test]
+fn the_client_explains_itself_when_it_cannot_connect_or_authenticate() {
+    let out = bin().args(["jobs", "list"]).env_remove("BACKSTOP_SERVER").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BACKSTOP_SERVER"));
+    let out = bin()
+        .args(["jobs", "list"])
+        .env("BACKSTOP_SERVER", format!("http://127.0.0.1:{}", free_port()))
+        .env("BACKSTOP_TOKEN", "bst_x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"), "{}", String::from_utf8_lossy(&out.stderr));
+}
