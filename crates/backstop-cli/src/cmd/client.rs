@@ -294,6 +294,29 @@ pub enum JobsCommand {
     },
     /// Cancel a job (a running one stops within seconds).
     Cancel { id: String },
+    /// Submit a job: backup, verify, check, prune, retention or restore; prints its id.
+    Submit {
+        /// backup, verify, check, prune, retention or restore.
+        kind: String,
+        /// Run on this plan's source and repository.
+        #[arg(long)]
+        plan: Option<String>,
+        /// Or name the repository (and, for a backup, the source).
+        #[arg(long)]
+        repository: Option<String>,
+        #[arg(long)]
+        source: Option<String>,
+        /// Job parameters, e.g. `target=/srv/restore snapshot=latest` for a restore,
+        /// `read_data=10%` for a check (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Make a repeated request return the first job instead of creating another.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Wait for the job to end (exit 1 if it fails).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Wait until a job ends; exit 0 if it succeeded, 1 otherwise.
     Wait {
         id: String,
@@ -342,6 +365,38 @@ pub fn jobs(ctx: &Context, server: &ServerArgs, command: JobsCommand) -> Result<
                 println!("cancellation requested; job {} stops at its next heartbeat", job.id);
             } else {
                 println!("job {} is {}", job.id, job.state.as_str());
+            }
+        }
+        JobsCommand::Submit { kind, plan, repository, source, params, idempotency_key, wait: w } => {
+            let kind = JobKind::parse(&kind).ok_or_else(|| {
+                anyhow!("unknown job kind {kind:?}: backup, verify, check, prune, retention or restore")
+            })?;
+            let mut p = serde_json::Map::new();
+            for kv in &params {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--param {kv:?} is not NAME=VALUE"))?;
+                p.insert(k.to_string(), json!(v));
+            }
+            let spec = JobSpec {
+                kind,
+                plan,
+                repository,
+                source,
+                params: Value::Object(p),
+                max_attempts: None,
+                deadline_seconds: None,
+            };
+            let job: Job = client.post("/api/v1/jobs", &spec, idempotency_key.as_deref())?;
+            if ctx.args.json && !w {
+                print_json(&job);
+            } else {
+                println!("{}", job.id);
+            }
+            if w {
+                let done = wait(&client, &job.id, None)?;
+                if !ctx.args.quiet {
+                    eprintln!("job {} {}", done.id, done.state.as_str());
+                }
+                return Ok(job_exit(&done));
             }
         }
         JobsCommand::Wait { id, timeout } => {
