@@ -28,6 +28,9 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 use crate::resources::Scope;
 use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
 
+/// The longest deadline a job may have.
+pub const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
+
 /// Queue behaviour; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -193,6 +196,11 @@ impl Catalog {
     pub(crate) async fn enqueue_in(&self, conn: &mut AnyConnection, job: NewJob, now: i64) -> Result<(Job, bool)> {
         if job.max_attempts == 0 {
             return Err(Error::Invalid("max_attempts must be at least 1".into()));
+        }
+        if job.deadline_seconds.is_some_and(|d| d == 0 || d > MAX_DEADLINE_SECONDS) {
+            return Err(Error::Invalid(format!(
+                "deadline_seconds must be between 1 and {MAX_DEADLINE_SECONDS} (30 days)"
+            )));
         }
         let id = new_id();
         let wait = format!("waiting for a worker of region {}", job.region);
@@ -753,6 +761,10 @@ impl Catalog {
         let (state, error, not_before, wait) = match &c.outcome {
             Outcome::Succeeded { .. } => (JobState::Succeeded, None, None, None),
             Outcome::Cancelled => (JobState::Cancelled, None, None, None),
+            // A cancelled job is not retried, whatever the worker says.
+            Outcome::Failed { error, .. } if job.cancel_requested => {
+                (JobState::Cancelled, Some(error.clone()), None, None)
+            }
             Outcome::Failed { error, retryable } if *retryable && job.attempt < job.max_attempts => {
                 let backoff = self.config.backoff(job.attempt);
                 let wait = format!(
@@ -826,12 +838,16 @@ impl Catalog {
             _ => None,
         };
         let Some((kind, step)) = next else { return Ok(()) };
+        // The plan's name goes along: retention applies the plan's policy
+        // to the plan's own snapshots only (tagged `plan:<name>`).
+        let plan_name = job.params.get("plan").cloned().unwrap_or(Value::Null);
         let params = match kind {
             JobKind::Verify => json!({
                 "snapshot": job.result.as_ref().and_then(|r| r.get("snapshot_id")).cloned().unwrap_or(Value::Null),
                 "percent": chain.verify_percent,
+                "plan": plan_name,
             }),
-            _ => json!({}),
+            _ => json!({"plan": plan_name}),
         };
         let new = NewJob {
             tenant: job.tenant.clone(),
@@ -859,33 +875,73 @@ impl Catalog {
     pub async fn cancel(&self, scope: &Scope, id: &str, now: i64) -> Result<Job> {
         let job = self.job(scope, id).await?;
         let mut tx = self.pool().begin().await?;
-        match job.state {
-            JobState::Queued => {
-                let n = sqlx::query(&self.sql(
-                    "UPDATE jobs SET state = 'cancelled', finished_ms = ?, wait_reason = NULL \
-                     WHERE id = ? AND state = 'queued'",
-                ))
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if n > 0 {
-                    self.event(&mut tx, id, job.attempt, EventKind::State, json!({"state": "cancelled"}), now).await?;
-                }
-            }
-            JobState::Running => {
-                sqlx::query(&self.sql("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'"))
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+        // Mark first, whatever the state is by now (a claim or a requeue may
+        // have moved it since the read above); then a job that is queued
+        // stops at once, and a running one sees the mark at its heartbeat.
+        let marked = sqlx::query(
+            &self.sql("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state IN ('queued', 'running')"),
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked > 0 {
+            let stopped = sqlx::query(&self.sql(
+                "UPDATE jobs SET state = 'cancelled', finished_ms = ?, wait_reason = NULL \
+                 WHERE id = ? AND state = 'queued'",
+            ))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if stopped > 0 {
+                self.event(&mut tx, id, job.attempt, EventKind::State, json!({"state": "cancelled"}), now).await?;
+            } else {
                 let line = LogLine { level: LogLevel::Info, message: "cancellation requested".into() };
                 self.logs(&mut tx, id, job.attempt, &[line], now).await?;
             }
-            _ => {}
         }
         tx.commit().await?;
         self.job(scope, id).await
+    }
+
+    /// Give a running attempt's job back without counting the attempt
+    /// (the worker is shutting down, not failing): it is queued again at
+    /// once, and `max_attempts` grows by one so the interrupted attempt
+    /// costs nothing. Attempt numbers stay increasing, so fencing holds.
+    pub async fn release(&self, id: &str, attempt: u32, reason: &str, now: i64) -> Result<Job> {
+        let mut tx = self.pool().begin().await?;
+        let n = sqlx::query(&self.sql(
+            "UPDATE jobs SET state = 'queued', max_attempts = max_attempts + 1, not_before_ms = ?, wait_reason = ?, \
+             lease_owner = NULL, lease_expires_ms = NULL WHERE id = ? AND attempt = ? AND state = 'running' \
+             AND cancel_requested = 0",
+        ))
+        .bind(now)
+        .bind(format!("waiting for a worker again: {reason}"))
+        .bind(id)
+        .bind(attempt as i64)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::StaleAttempt { job: id.to_string(), attempt });
+        }
+        self.event(
+            &mut tx,
+            id,
+            attempt,
+            EventKind::State,
+            json!({"state": "queued", "attempt": attempt, "wait_reason": reason}),
+            now,
+        )
+        .await?;
+        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        job_from_row(&row)
     }
 
     /// Requeue jobs whose worker stopped heartbeating (with backoff, or
@@ -916,7 +972,7 @@ impl Catalog {
                 report.dead += 1;
                 (JobState::Dead, None, None)
             };
-            self.end_attempt(&id, attempt, state, &error, not_before, wait, now).await?;
+            self.end_attempt(&id, attempt, state, &error, not_before, wait, Some(now), now).await?;
         }
         let overdue = sqlx::query(&self.sql(
             "SELECT id, attempt, deadline_s FROM jobs WHERE state = 'running' AND deadline_s IS NOT NULL \
@@ -930,7 +986,7 @@ impl Catalog {
             let attempt = row.try_get::<i64, _>("attempt")? as u32;
             let deadline: i64 = row.try_get("deadline_s")?;
             let error = format!("stopped: the deadline of {deadline} s was exceeded");
-            if self.end_attempt(&id, attempt, JobState::Failed, &error, None, None, now).await? {
+            if self.end_attempt(&id, attempt, JobState::Failed, &error, None, None, None, now).await? {
                 report.deadline += 1;
             }
         }
@@ -938,6 +994,8 @@ impl Catalog {
     }
 
     /// Move a running attempt to `state`, fenced; false if it had moved on.
+    /// With `lease_before`, only if its lease is still expired then (a
+    /// heartbeat that landed after the reaper looked wins).
     #[allow(clippy::too_many_arguments)]
     async fn end_attempt(
         &self,
@@ -947,6 +1005,7 @@ impl Catalog {
         error: &str,
         not_before: Option<i64>,
         wait: Option<String>,
+        lease_before: Option<i64>,
         now: i64,
     ) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
@@ -954,7 +1013,7 @@ impl Catalog {
         let n = sqlx::query(&self.sql(
             "UPDATE jobs SET state = ?, error = ?, finished_ms = ?, not_before_ms = COALESCE(?, not_before_ms), \
              wait_reason = ?, lease_owner = NULL, lease_expires_ms = NULL \
-             WHERE id = ? AND attempt = ? AND state = 'running'",
+             WHERE id = ? AND attempt = ? AND state = 'running' AND lease_expires_ms < ?",
         ))
         .bind(state.as_str())
         .bind(error)
@@ -963,6 +1022,7 @@ impl Catalog {
         .bind(&wait)
         .bind(id)
         .bind(attempt as i64)
+        .bind(lease_before.unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?
         .rows_affected();

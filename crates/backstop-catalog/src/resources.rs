@@ -1,7 +1,9 @@
 //! Tenants, tokens, repositories, sources, plans, snapshots and the audit
 //! trail. Every read and write takes a [`Scope`]: a tenant's callers see
 //! only their tenant's rows, and an object of another tenant is simply
-//! not found.
+//! not found. Lookups take an id or a name; a name means the caller's own
+//! tenant's object (for system administrators, the system tenant's), an id
+//! any object the scope may see.
 
 use backstop_types::{
     AuditEvent, JobKind, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot, SnapshotInfo,
@@ -340,9 +342,9 @@ impl Catalog {
         let (clause, t) = scope.clause("tenant");
         let sql = self.sql(&format!(
             "SELECT id, tenant, name, location, region, option_names, max_concurrent, created_ms FROM repositories \
-             WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"
+             WHERE (id = ? OR (name = ? AND tenant = ?)){clause} ORDER BY id LIMIT 1"
         ));
-        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name).bind(scope.tenant());
         if let Some(t) = t {
             q = q.bind(t);
         }
@@ -431,9 +433,9 @@ impl Catalog {
         let (clause, t) = scope.clause("tenant");
         let sql = self.sql(&format!(
             "SELECT id, tenant, name, kind, host, config, created_ms FROM sources \
-             WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"
+             WHERE (id = ? OR (name = ? AND tenant = ?)){clause} ORDER BY id LIMIT 1"
         ));
-        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name).bind(scope.tenant());
         if let Some(t) = t {
             q = q.bind(t);
         }
@@ -475,8 +477,15 @@ impl Catalog {
     /// Create a plan, or replace the plan of the same name.
     pub async fn put_plan(&self, scope: &Scope, spec: &PlanSpec, now: i64) -> Result<Plan> {
         check_name("plan", &spec.name)?;
-        let source = self.source(scope, &spec.source).await?;
-        let repository = self.repository(scope, &spec.repository).await?;
+        // Everything of a plan belongs to one tenant: the one it is created
+        // in (for system administrators, the system tenant), so that a name
+        // never resolves to another tenant's object.
+        let own = Scope::Tenant(scope.tenant().to_string());
+        let source = self.source(&own, &spec.source).await?;
+        let repository = self.repository(&own, &spec.repository).await?;
+        if spec.deadline_seconds.is_some_and(|d| d == 0 || d > crate::queue::MAX_DEADLINE_SECONDS) {
+            return Err(Error::Invalid("deadline_seconds must be between 1 and 2592000 (30 days)".into()));
+        }
         let timezone = spec.timezone.clone().unwrap_or_else(|| "UTC".into());
         let next_fire = match &spec.schedule {
             Some(expr) => {
@@ -503,7 +512,7 @@ impl Catalog {
             ));
         }
         let max_attempts = spec.max_attempts.unwrap_or(self.config.default_max_attempts).clamp(1, 100);
-        let existing = self.plan(scope, &spec.name).await.ok();
+        let existing = self.plan(&own, &spec.name).await.ok();
         let id = existing.as_ref().map(|p| p.id.clone()).unwrap_or_else(new_id);
         let misfire = serde_json::to_value(spec.misfire).expect("serialises");
         let overlap = serde_json::to_value(spec.overlap).expect("serialises");
@@ -539,14 +548,15 @@ impl Catalog {
             q = q.bind(now);
         }
         q.execute(self.pool()).await?;
-        self.plan(scope, &id).await
+        self.plan(&own, &id).await
     }
 
     pub async fn plan(&self, scope: &Scope, id_or_name: &str) -> Result<Plan> {
         let (clause, t) = scope.clause("tenant");
-        let sql = self
-            .sql(&format!("SELECT {PLAN_COLUMNS} FROM plans WHERE (id = ? OR name = ?){clause} ORDER BY id LIMIT 1"));
-        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name);
+        let sql = self.sql(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE (id = ? OR (name = ? AND tenant = ?)){clause} ORDER BY id LIMIT 1"
+        ));
+        let mut q = sqlx::query(&sql).bind(id_or_name).bind(id_or_name).bind(scope.tenant());
         if let Some(t) = t {
             q = q.bind(t);
         }

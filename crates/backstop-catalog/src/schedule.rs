@@ -60,6 +60,9 @@ fn field(text: &str, what: &str, min: u32, max: u32, names: &[&str]) -> Result<(
                 if step == 0 {
                     return Err(bad("a step of 0 never fires"));
                 }
+                if step > max {
+                    return Err(bad(&format!("a step of {step} is larger than the field ({min}–{max})")));
+                }
                 (r, step)
             }
             None => (part, 1),
@@ -83,7 +86,9 @@ fn field(text: &str, what: &str, min: u32, max: u32, names: &[&str]) -> Result<(
             v += step;
         }
     }
-    Ok((mask, text == "*"))
+    // As in Vixie cron, a field starting with `*` (`*`, `*/2`) counts as
+    // unrestricted when combining the two day fields.
+    Ok((mask, text.starts_with('*')))
 }
 
 impl Schedule {
@@ -138,12 +143,8 @@ impl Schedule {
         }
         let dom = self.days & (1 << date.day()) != 0;
         let dow = self.weekdays & (1 << date.weekday().to_sunday_zero_offset()) != 0;
-        match (self.any_day, self.any_weekday) {
-            (true, true) => true,
-            (false, true) => dom,
-            (true, false) => dow,
-            (false, false) => dom || dow,
-        }
+        // Vixie cron: both day fields restricted means either; otherwise both.
+        if self.any_day || self.any_weekday { dom && dow } else { dom || dow }
     }
 
     /// The first fire strictly after `after_ms` (ms since the epoch).
@@ -314,6 +315,8 @@ mod tests {
         assert_eq!(next("@daily", "UTC", "2026-03-01T12:00:00Z"), "2026-03-02T00:00:00Z");
         // Both day fields restricted: either matches (the 13th, or any Friday).
         assert_eq!(next("0 0 13 * fri", "UTC", "2026-03-01T00:00:00Z"), "2026-03-06T00:00:00Z");
+        // A stepped star day field is no restriction: odd days that are Mondays.
+        assert_eq!(next("0 0 */2 * mon", "UTC", "2026-03-01T00:00:00Z"), "2026-03-09T00:00:00Z");
     }
 
     #[test]
@@ -336,6 +339,7 @@ mod tests {
             ("0 0 31 2 *", "UTC", "never fires"),
             ("0 0 * * funday", "UTC", "not a number"),
             ("5-1 * * * *", "UTC", "backwards"),
+            ("1/4294967295 * * * *", "UTC", "larger than the field"),
             ("0 0 * * *", "Mars/Olympus", "unknown time zone"),
         ] {
             let err = Schedule::parse(expr, tz).unwrap_err().to_string();

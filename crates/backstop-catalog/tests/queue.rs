@@ -464,6 +464,7 @@ async fn a_succeeded_backup_chains_verify_then_retention_once_each() {
 
         let retention = c.claim("w", "eu", T0 + 4).await.unwrap().expect("retention step queued");
         assert_eq!(retention.job.kind, JobKind::Retention);
+        assert_eq!(retention.job.params["plan"], "nightly", "retention applies to the plan's own snapshots");
         assert_eq!(retention.retention.as_ref().unwrap().keep_last, Some(3), "the plan's policy travels");
         c.complete(&retention.job.id, &done(1, ok()), T0 + 5).await.unwrap();
         assert!(c.claim("w", "eu", T0 + 6).await.unwrap().is_none(), "{}: the chain ends", db.name);
@@ -683,4 +684,51 @@ async fn bad_input_is_refused_with_a_reason() {
     };
     assert!(matches!(c.create_repository(&s.scope, &dup, T0).await, Err(Error::Conflict(_))));
     assert!(matches!(c.delete_repository(&s.scope, "main").await, Err(Error::Conflict(_))), "used by a plan");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_limit_caps_running_jobs_in_the_region() {
+    for db in both().await {
+        let mut cfg = config();
+        cfg.region_limit = Some(2);
+        let c = Catalog::connect(&db.url, db.key.clone(), cfg).await.unwrap();
+        let s = setup(&c, "acme", 100, "h", Chain::default()).await;
+        for i in 0..4 {
+            c.enqueue(job(&s, JobKind::Backup, &format!("h{i}")), T0).await.unwrap();
+        }
+        assert!(c.claim("w", "eu", T0).await.unwrap().is_some());
+        assert!(c.claim("w", "eu", T0).await.unwrap().is_some());
+        assert!(c.claim("w", "eu", T0).await.unwrap().is_none(), "{}: the region allows 2", db.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_job_is_not_retried_and_a_released_job_keeps_its_attempts() {
+    for db in both().await {
+        let c = &db.catalog;
+        let s = setup(c, "acme", 4, "h1", Chain::default()).await;
+        // Cancel while running, then the worker reports a retryable failure: cancelled, not requeued.
+        let (j, _) = c.enqueue(job(&s, JobKind::Backup, "h1"), T0).await.unwrap();
+        c.claim("w", "eu", T0).await.unwrap().unwrap();
+        c.cancel(&s.scope, &j.id, T0 + 1).await.unwrap();
+        let failed = Outcome::Failed { error: "interrupted".into(), retryable: true };
+        assert_eq!(
+            c.complete(&j.id, &done(1, failed), T0 + 2).await.unwrap().state,
+            JobState::Cancelled,
+            "{}",
+            db.name
+        );
+
+        // Released (its worker shut down): queued again at once, the attempt not counted.
+        let mut one = job(&s, JobKind::Backup, "h1");
+        one.max_attempts = 1;
+        let (j, _) = c.enqueue(one, T0).await.unwrap();
+        c.claim("w", "eu", T0).await.unwrap().unwrap();
+        let back = c.release(&j.id, 1, "the coordinator shut down", T0 + 3).await.unwrap();
+        assert_eq!((back.state, back.attempt, back.max_attempts), (JobState::Queued, 1, 2), "{}", db.name);
+        let again = c.claim("w2", "eu", T0 + 3).await.unwrap().unwrap();
+        assert_eq!(again.attempt, 2, "attempt numbers keep increasing");
+        assert!(matches!(c.complete(&j.id, &done(1, ok()), T0 + 4).await, Err(Error::StaleAttempt { .. })));
+        assert!(matches!(c.release(&j.id, 1, "late", T0 + 4).await, Err(Error::StaleAttempt { .. })));
+    }
 }

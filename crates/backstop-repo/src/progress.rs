@@ -14,6 +14,9 @@ pub trait Progress: Send + Sync {
     /// Work done: whole files finished and bytes processed (read, reused,
     /// written or verified).
     fn advance(&self, _files: u64, _bytes: u64) {}
+    /// Of the bytes processed, `new` were stored and `reused` were already
+    /// in the repository (deduplicated, or unchanged since the parent).
+    fn stored(&self, _new: u64, _reused: u64) {}
     /// A file or object that could not be processed; the operation goes on.
     fn warning(&self, _path: &Path, _message: &str) {}
     /// A line for the operator's log ("using parent snapshot 1a2b3c4d").

@@ -45,12 +45,17 @@ impl Coordinator for InProcess {
     }
 
     async fn complete(&self, job: &str, c: &Completion) -> Result<(), CallError> {
-        let mut c = c.clone();
         if self.stop.is_cancelled() && c.outcome == Outcome::Cancelled {
-            // Interrupted by the coordinator's shutdown, not by a user: retry later.
-            c.outcome = Outcome::Failed { error: "interrupted: the coordinator shut down".into(), retryable: true };
+            // Interrupted by the coordinator's shutdown, not by a user: give
+            // the job back without spending an attempt. (A user's cancel
+            // that came at the same time makes release refuse: then it ends
+            // as cancelled below.)
+            let released = self.state.catalog.release(job, c.attempt, "the coordinator shut down", now_ms()).await;
+            if released.is_ok() {
+                return Ok(());
+            }
         }
-        let done = self.state.catalog.complete(job, &c, now_ms()).await.map_err(|e| call_error(e.into()))?;
+        let done = self.state.catalog.complete(job, c, now_ms()).await.map_err(|e| call_error(e.into()))?;
         self.state.finished(&done);
         Ok(())
     }

@@ -56,6 +56,11 @@ pub struct ServerConfig {
     pub default_repository: bool,
     /// How often the scheduler and the reaper look.
     pub tick: Duration,
+    /// Directories under which each non-system tenant may use local paths
+    /// (`<root>/<tenant>/…`) for sources, restore targets and repositories.
+    /// Without any, such tenants may use none: workers run with the
+    /// service's privileges.
+    pub tenant_roots: Vec<PathBuf>,
 }
 
 impl ServerConfig {
@@ -72,6 +77,7 @@ impl ServerConfig {
             webhooks: Vec::new(),
             default_repository: true,
             tick: Duration::from_secs(1),
+            tenant_roots: Vec::new(),
         }
     }
 }
@@ -211,7 +217,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             .await?;
     }
 
-    let state = AppState::new(catalog, config.webhooks.clone());
+    let state = AppState::new(catalog, config.webhooks.clone(), config.tenant_roots.clone());
     let stop = CancelToken::new();
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(io(format!("listening on {}", config.listen)))?;

@@ -21,6 +21,8 @@ pub struct Inner {
     pub notify: Notify,
     pub metrics: Metrics,
     pub webhooks: Webhooks,
+    /// See [`crate::ServerConfig::tenant_roots`].
+    pub tenant_roots: Vec<std::path::PathBuf>,
 }
 
 impl std::ops::Deref for AppState {
@@ -31,12 +33,13 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(catalog: Catalog, webhooks: Vec<String>) -> AppState {
+    pub fn new(catalog: Catalog, webhooks: Vec<String>, tenant_roots: Vec<std::path::PathBuf>) -> AppState {
         AppState(Arc::new(Inner {
             catalog,
             notify: Notify::new(),
             metrics: Metrics::default(),
             webhooks: Webhooks::new(webhooks),
+            tenant_roots,
         }))
     }
 

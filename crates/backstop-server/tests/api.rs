@@ -381,6 +381,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.workers = 0;
+    c.tenant_roots = vec![dir.path().join("tenants")];
     let running = backstop_server::start(c).await.unwrap();
     let admin = running.admin_token.clone().unwrap();
     let api = Api::new(&running);
@@ -405,7 +406,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
     let b = token("tenant-b", "admin").await;
 
     // Tenant A's objects: repository, source, plan, job, token.
-    let repo_dir = dir.path().join("repo-a");
+    let repo_dir = dir.path().join("tenants/tenant-a/repo");
     let repo: Repository = serde_json::from_value(
         api.ok(
             "post",
@@ -416,7 +417,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         .await,
     )
     .unwrap();
-    let src = source_tree(dir.path());
+    let src = source_tree(&dir.path().join("tenants/tenant-a"));
     let source: Source = serde_json::from_value(
         api.ok(
             "post",
@@ -499,5 +500,192 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
     // Secrets never come back.
     let all = api.ok("get", "/api/v1/repositories", &a.secret, None).await.to_string();
     assert!(!all.contains("pw-a"), "{all}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_job_is_posted_to_the_webhooks() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/notify", hook.local_addr().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(4);
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = hook.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read headers and a body of Content-Length bytes.
+                loop {
+                    let n = conn.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                            let _ = tx.send(text[end + 4..].to_string()).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.webhooks = vec![hook_url];
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    // A source whose path does not exist: the backup fails for good.
+    api.ok(
+        "post",
+        "/api/v1/sources",
+        &admin,
+        Some(json!({"name": "gone", "kind": "fs", "config": {"paths": ["/does/not/exist"]}})),
+    )
+    .await;
+    api.ok("post", "/api/v1/plans", &admin, Some(json!({"name": "broken", "source": "gone", "repository": "local"})))
+        .await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/broken/run", &admin, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    assert!(done.error.as_deref().unwrap().contains("/does/not/exist"), "{done:?}");
+    let body = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the webhook was called").unwrap();
+    let notice: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(notice["event"], "job.failed");
+    assert_eq!(notice["job"]["id"], job.id.as_str());
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_served_over_tls_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
+    let csr = dir.path().join("server.csr");
+    let ext = dir.path().join("server.ext");
+    std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    let p = |s: &std::path::Path| s.display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let steps: Vec<Vec<String>> = vec![
+        // A test CA, and a server certificate it signs.
+        [&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=backstop test CA"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-keyout".into(), p(&ca_key), "-out".into(), p(&ca)])
+            .collect(),
+        [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["-keyout".into(), p(&key), "-out".into(), p(&csr)])
+            .collect(),
+        ["x509", "-req", "-days", "1", "-CAcreateserial"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "-in".into(),
+                p(&csr),
+                "-CA".into(),
+                p(&ca),
+                "-CAkey".into(),
+                p(&ca_key),
+                "-extfile".into(),
+                p(&ext),
+                "-out".into(),
+                p(&cert),
+            ])
+            .collect(),
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .output()
+            .expect("openssl makes the test certificates (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut c = config(dir.path());
+    c.tls = Some((cert.clone(), key.clone()));
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let https = reqwest::Client::builder().add_root_certificate(root).build().unwrap();
+    let resp = https
+        .get(format!("https://127.0.0.1:{}/api/v1/jobs", running.addr.port()))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Plain HTTP on the TLS port gets nothing useful.
+    let plain = reqwest::Client::new().get(format!("http://127.0.0.1:{}/healthz", running.addr.port())).send().await;
+    assert!(plain.map(|r| !r.status().is_success()).unwrap_or(true));
+    running.shutdown().await;
+
+    // A bad key file is a clear start error.
+    std::fs::write(&key, "not a key").unwrap();
+    let mut c = config(dir.path());
+    c.tls = Some((cert, key));
+    let err = backstop_server::start(c).await.err().expect("refused");
+    assert!(err.to_string().contains("key.pem"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_may_use_local_paths_only_under_its_tenant_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    c.tenant_roots = vec![dir.path().join("tenants")];
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    api.ok("post", "/api/v1/tenants", &admin, Some(json!({"id": "acme"}))).await;
+    let op: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "op", "role": "operator", "tenant": "acme"})))
+            .await,
+    )
+    .unwrap();
+    let own = dir.path().join("tenants/acme/data");
+    std::fs::create_dir_all(&own).unwrap();
+    let data_dir = dir.path().join("data").display().to_string();
+    for (path, ok) in [
+        (own.display().to_string(), true),
+        (data_dir.clone(), false),
+        (format!("{}/tenants/other/x", dir.path().display()), false),
+        (format!("{}/tenants/acme/../other", dir.path().display()), false),
+        ("/etc".to_string(), false),
+    ] {
+        let body = json!({"name": format!("s{}", path.len()), "kind": "fs", "config": {"paths": [path]}});
+        let (status, v) = api.call("post", "/api/v1/sources", Some(&op.secret), Some(body)).await;
+        assert_eq!(status.is_success(), ok, "{path}: {status} {v}");
+        if !ok {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {v}");
+        }
+    }
+    // Repositories: local ones under the root; S3 only with the tenant's own credentials.
+    let repo = json!({"name": "r1", "location": data_dir, "password": "p"});
+    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(repo)).await.0, StatusCode::FORBIDDEN);
+    let s3 = json!({"name": "r2", "location": "s3://bucket/x", "password": "p"});
+    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(s3)).await.0, StatusCode::FORBIDDEN);
+    let repo = json!({"name": "r3", "location": dir.path().join("tenants/acme/repo").display().to_string(), "password": "p", "init": true});
+    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(repo)).await.0, StatusCode::CREATED);
+    // A restore target outside the root is refused.
+    let restore = json!({"kind": "restore", "repository": "r3", "params": {"target": "/root/x"}});
+    assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(restore)).await.0, StatusCode::FORBIDDEN);
     running.shutdown().await;
 }

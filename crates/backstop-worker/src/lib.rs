@@ -78,23 +78,73 @@ pub struct JobTracker {
     bytes_total: AtomicU64,
     files_done: AtomicU64,
     bytes_done: AtomicU64,
+    bytes_new: AtomicU64,
+    bytes_reused: AtomicU64,
     pending: Mutex<Vec<LogLine>>,
     /// Every line of the job, for the log written into the repository.
     all: Mutex<Vec<(chrono::DateTime<chrono::Utc>, LogLine)>>,
     pub cancel: CancelToken,
     /// The coordinator refused this attempt: do not report its end.
     lost: AtomicBool,
+    /// Log lines that found the pending queue full.
+    dropped: AtomicU64,
 }
+
+/// A log line is cut at this many bytes.
+const MAX_LINE: usize = 4096;
+/// Lines per heartbeat.
+const MAX_BATCH: usize = 500;
+/// Lines waiting for the coordinator (during an outage), beyond which new ones are counted, not kept.
+const MAX_PENDING: usize = 5000;
+/// Lines kept for the log stored in the repository.
+const MAX_KEPT: usize = 20_000;
 
 impl JobTracker {
     pub fn log(&self, level: LogLevel, message: impl Into<String>) {
-        let line = LogLine { level, message: message.into() };
-        self.all.lock().unwrap_or_else(|e| e.into_inner()).push((chrono::Utc::now(), line.clone()));
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        let mut message: String = message.into();
+        if message.len() > MAX_LINE {
+            let mut cut = MAX_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" …");
+        }
+        let line = LogLine { level, message };
+        {
+            let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+            if all.len() < MAX_KEPT {
+                all.push((chrono::Utc::now(), line.clone()));
+            }
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if pending.len() < MAX_PENDING {
+            pending.push(line);
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// The next batch of log lines for a heartbeat (bounded, so a flood of
+    /// warnings never makes a request the coordinator refuses).
     fn take_pending(&self) -> Vec<LogLine> {
-        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let n = pending.len().min(MAX_BATCH);
+        let mut batch: Vec<LogLine> = pending.drain(..n).collect();
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            batch.push(LogLine { level: LogLevel::Warning, message: format!("{dropped} more log lines were dropped") });
+        }
+        batch
+    }
+
+    /// Put lines a failed heartbeat did not deliver back in front.
+    fn unsend(&self, lines: Vec<LogLine>) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let newer = std::mem::take(&mut *pending);
+        *pending = lines;
+        pending.extend(newer);
+        pending.truncate(MAX_PENDING);
     }
 
     /// The whole log so far, one JSON object per line.
@@ -118,8 +168,8 @@ impl JobTracker {
             files_total: self.files_total.load(Ordering::Relaxed),
             bytes_done,
             bytes_total,
-            bytes_new: 0,
-            bytes_reused: 0,
+            bytes_new: self.bytes_new.load(Ordering::Relaxed),
+            bytes_reused: self.bytes_reused.load(Ordering::Relaxed),
             rate,
             eta_seconds,
         }
@@ -135,6 +185,11 @@ impl Progress for JobTracker {
     fn advance(&self, files: u64, bytes: u64) {
         self.files_done.fetch_add(files, Ordering::Relaxed);
         self.bytes_done.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn stored(&self, new: u64, reused: u64) {
+        self.bytes_new.fetch_add(new, Ordering::Relaxed);
+        self.bytes_reused.fetch_add(reused, Ordering::Relaxed);
     }
 
     fn warning(&self, path: &std::path::Path, message: &str) {
@@ -206,6 +261,10 @@ pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backs
     tokio::pin!(work);
     let mut last_bytes = 0u64;
     let mut last_at = Instant::now();
+    // The coordinator gives the job to another worker once our lease runs
+    // out: past it, this attempt stops on its own (no double work, no
+    // prune beside another prune).
+    let mut lease_until = Instant::now() + lease;
     let outcome = loop {
         tokio::select! {
             done = &mut work => break done,
@@ -214,20 +273,27 @@ pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backs
                 let rate = (bytes.saturating_sub(last_bytes) as f64 / last_at.elapsed().as_secs_f64().max(0.001)) as u64;
                 (last_bytes, last_at) = (bytes, Instant::now());
                 let hb = Heartbeat { attempt, progress: Some(tracker.progress(rate)), logs: tracker.take_pending() };
+                let sent_at = Instant::now();
                 match coordinator.heartbeat(&job_id, &hb).await {
-                    Ok(reply) if reply.cancel => tracker.cancel.cancel(),
-                    Ok(_) => {}
+                    Ok(reply) => {
+                        lease_until = sent_at + lease;
+                        if reply.cancel {
+                            tracker.cancel.cancel();
+                        }
+                    }
                     Err(CallError::Stale(_)) => {
                         tracker.lost.store(true, Ordering::Relaxed);
                         tracker.cancel.cancel();
                     }
                     Err(e) => {
                         // Keep the lines for the next heartbeat.
-                        let mut pending = tracker.pending.lock().unwrap_or_else(|e| e.into_inner());
-                        let newer = std::mem::take(&mut *pending);
-                        *pending = hb.logs;
-                        pending.extend(newer);
+                        tracker.unsend(hb.logs);
                         eprintln!("job {job_id}: heartbeat failed: {e}");
+                        if Instant::now() > lease_until {
+                            eprintln!("job {job_id}: the lease ran out without a heartbeat; stopping this attempt");
+                            tracker.lost.store(true, Ordering::Relaxed);
+                            tracker.cancel.cancel();
+                        }
                     }
                 }
             }

@@ -63,6 +63,13 @@ pub fn open_repository(access: &RepositoryAccess) -> Result<Repository, backstop
 
 /// Open the job's repository with `base` backend settings.
 pub fn open_repository_with(access: &RepositoryAccess, base: &OpenOptions) -> Result<Repository, backstop_repo::Error> {
+    let options = backend_options(access, base)?;
+    let backend: Arc<dyn Backend> = backstop_backend::open(&access.location, &options)?;
+    Repository::open(backend, &Password::new(&access.password))
+}
+
+/// `base` with the repository's own options (S3 endpoint, credentials).
+pub fn backend_options(access: &RepositoryAccess, base: &OpenOptions) -> Result<OpenOptions, backstop_repo::Error> {
     let mut s3 = base.s3.clone();
     for (name, value) in &access.options {
         match name.as_str() {
@@ -80,8 +87,7 @@ pub fn open_repository_with(access: &RepositoryAccess, base: &OpenOptions) -> Re
             }
         }
     }
-    let backend: Arc<dyn Backend> = backstop_backend::open(&access.location, &OpenOptions { s3, ..base.clone() })?;
-    Repository::open(backend, &Password::new(&access.password))
+    Ok(OpenOptions { s3, ..base.clone() })
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -195,6 +201,10 @@ fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<O
         return Err(permanent("the plan's retention policy keeps nothing; refusing to forget every snapshot"));
     }
     let plan = claim.job.params.get("plan").and_then(Value::as_str).map(str::to_string);
+    // Without its plan, a policy would apply to every snapshot in the repository.
+    let Some(plan) = plan else {
+        return Err(permanent("a retention job needs its plan's name (params.plan)"));
+    };
     let keep = KeepPolicy {
         last: policy.keep_last.unwrap_or(0),
         hourly: policy.keep_hourly.unwrap_or(0),
@@ -206,9 +216,8 @@ fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<O
         tags: Vec::new(),
     };
     // Only this plan's snapshots are subject to its policy.
-    let tag = plan.map(|p| format!("plan:{p}"));
-    let snapshots: Vec<_> =
-        repo.snapshots()?.into_iter().filter(|(_, s)| tag.as_ref().is_none_or(|t| s.tags.contains(t))).collect();
+    let tag = format!("plan:{plan}");
+    let snapshots: Vec<_> = repo.snapshots()?.into_iter().filter(|(_, s)| s.tags.contains(&tag)).collect();
     let decisions = forget::apply(&snapshots, &keep)?;
     let mut forgotten = 0;
     for d in decisions.iter().filter(|d| !d.keep) {

@@ -203,12 +203,17 @@ fn print_job(j: &Job) {
     println!("  finished:    {}", when(&j.finished));
     if let Some(p) = &j.progress {
         println!(
-            "  progress:    {} of {} files, {} of {}",
+            "  progress:    {} of {} files, {} of {} ({} new, {} reused)",
             p.files_done,
             p.files_total,
             crate::output::bytes(p.bytes_done),
-            crate::output::bytes(p.bytes_total)
+            crate::output::bytes(p.bytes_total),
+            crate::output::bytes(p.bytes_new),
+            crate::output::bytes(p.bytes_reused)
         );
+        if let Some(eta) = p.eta_seconds {
+            println!("  rate:        {}/s, about {eta} s left", crate::output::bytes(p.rate));
+        }
     }
     if let Some(e) = &j.error {
         println!("  error:       {e}");
@@ -306,8 +311,8 @@ pub enum JobsCommand {
         repository: Option<String>,
         #[arg(long)]
         source: Option<String>,
-        /// Job parameters, e.g. `target=/srv/restore snapshot=latest` for a restore,
-        /// `read_data=10%` for a check (repeatable).
+        /// Job parameters, e.g. `target=/srv/restore snapshot=latest 'include=["/etc"]' verify=true`
+        /// for a restore, `read_data=10%` for a check (repeatable; JSON values stay typed).
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
         /// Make a repeated request return the first job instead of creating another.
@@ -374,7 +379,9 @@ pub fn jobs(ctx: &Context, server: &ServerArgs, command: JobsCommand) -> Result<
             let mut p = serde_json::Map::new();
             for kv in &params {
                 let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--param {kv:?} is not NAME=VALUE"))?;
-                p.insert(k.to_string(), json!(v));
+                // JSON values (`verify=true`, `include=["/etc"]`, `percent=5`) stay typed; anything else is text.
+                let value = serde_json::from_str::<Value>(v).unwrap_or_else(|_| json!(v));
+                p.insert(k.to_string(), value);
             }
             let spec = JobSpec {
                 kind,

@@ -60,6 +60,19 @@ pub struct ServeArgs {
     #[arg(long)]
     no_default_repository: bool,
 
+    /// Jobs that may run at once in one region (default: as many as its workers take).
+    #[arg(long, value_name = "N")]
+    region_limit: Option<u32>,
+
+    /// Let non-system tenants use local paths under DIR/<tenant>/ for sources, restore targets
+    /// and repositories (repeatable); without it they may use S3 repositories only.
+    #[arg(long = "tenant-root", value_name = "DIR")]
+    tenant_roots: Vec<PathBuf>,
+
+    /// Jobs that may run at once against one source host.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    host_limit: u32,
+
     /// Seconds a claim or heartbeat holds a job (workers heartbeat every third of it).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", hide = true)]
     lease_seconds: u64,
@@ -91,6 +104,9 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
     config.default_repository = !args.no_default_repository;
     config.queue.lease = Duration::from_secs(args.lease_seconds.max(3));
     config.queue.backoff_base = Duration::from_secs(args.backoff_seconds.max(1));
+    config.queue.region_limit = args.region_limit;
+    config.tenant_roots = args.tenant_roots.clone();
+    config.queue.host_limit = args.host_limit.max(1);
     for url in &config.webhooks {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("--webhook {url:?} is not an http:// or https:// URL");

@@ -258,7 +258,7 @@ pub fn run(
         for _ in 0..options.workers.max(1) {
             let rx = chunk_rx.clone();
             let saver = &saver;
-            s.spawn(move || chunk_worker(saver, rx));
+            s.spawn(move || chunk_worker(saver, rx, progress));
         }
         drop(chunk_rx);
         for _ in 0..options.readers.max(1) {

@@ -62,20 +62,26 @@ pub(crate) struct ChunkJob {
 }
 
 /// Store one chunk; zero chunks are not stored.
-fn store_chunk(saver: &Saver, data: &[u8]) -> Result<ContentRef> {
+fn store_chunk(saver: &Saver, data: &[u8], progress: &dyn Progress) -> Result<ContentRef> {
     let len = data.len() as u64;
     if is_zero(data) {
         Ok(ContentRef::Zero { len })
     } else {
-        saver.save(BlobKind::Data, data).map(|(id, _)| ContentRef::Data { id, len })
+        let (id, new) = saver.save(BlobKind::Data, data)?;
+        if new {
+            progress.stored(len, 0)
+        } else {
+            progress.stored(0, len)
+        }
+        Ok(ContentRef::Data { id, len })
     }
 }
 
 /// Chunk worker: store each chunk of each job.
-pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>) {
+pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>, progress: &dyn Progress) {
     for job in jobs {
         for (i, piece) in job.data.chunks(job.piece.max(1)).enumerate() {
-            let _ = job.reply.send((job.seq + i, store_chunk(saver, piece)));
+            let _ = job.reply.send((job.seq + i, store_chunk(saver, piece, progress)));
         }
     }
 }
@@ -150,7 +156,7 @@ impl<'a> Collector<'a> {
     /// Store `data`, cut into pieces of `piece` bytes, on this thread.
     fn store_here(&mut self, data: &[u8], piece: usize) -> Result<()> {
         for piece in data.chunks(piece.max(1)) {
-            let stored = store_chunk(self.ctx.saver, piece)?;
+            let stored = store_chunk(self.ctx.saver, piece, self.ctx.progress)?;
             self.ready.insert(self.next_seq, stored);
             self.next_seq += 1;
         }

@@ -270,6 +270,7 @@ impl<'a> Walker<'a> {
             let mut node = self.node(name.to_vec(), stat, path, Some(old));
             node.data = NodeData::File { content: old.content().to_vec(), partial: false };
             self.progress.advance(1, stat.size);
+            self.progress.stored(0, stat.size);
             return self.emit(Item::Node(node, Some(FileStatus::Unchanged)));
         }
         // A file an interrupted backup had started: resume after its prefix.

@@ -121,7 +121,7 @@ pub async fn create(
     let (job, created) = if let (JobKind::Backup, Some(plan)) = (spec.kind, &spec.plan) {
         state.catalog.run_plan(&scope, plan, key, now).await?
     } else {
-        let new = job_from_spec(&state, &scope, &spec, key).await?;
+        let new = job_from_spec(&state, &caller, &scope, &spec, key).await?;
         state.catalog.enqueue(new, now).await?
     };
     if created {
@@ -132,7 +132,13 @@ pub async fn create(
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(job)))
 }
 
-async fn job_from_spec(state: &AppState, scope: &Scope, spec: &JobSpec, key: Option<String>) -> ApiResult<NewJob> {
+async fn job_from_spec(
+    state: &AppState,
+    caller: &Caller,
+    scope: &Scope,
+    spec: &JobSpec,
+    key: Option<String>,
+) -> ApiResult<NewJob> {
     let c = &state.catalog;
     let plan = match &spec.plan {
         Some(p) => Some(c.plan(scope, p).await?),
@@ -154,11 +160,20 @@ async fn job_from_spec(state: &AppState, scope: &Scope, spec: &JobSpec, key: Opt
     if spec.kind == JobKind::Retention && plan.is_none() {
         return Err(ApiError::invalid("a retention job needs a plan (its policy decides what is kept)"));
     }
+    // One tenant per job: an id may name any object the scope sees.
+    let tenant = &repository.tenant;
+    if plan.as_ref().is_some_and(|p| &p.tenant != tenant) || source.as_ref().is_some_and(|s| &s.tenant != tenant) {
+        return Err(ApiError::invalid("the plan, source and repository of a job must belong to one tenant"));
+    }
+    if spec.deadline_seconds.is_some_and(|d| d == 0 || d > backstop_catalog::queue::MAX_DEADLINE_SECONDS) {
+        return Err(ApiError::invalid("deadline_seconds must be between 1 and 2592000 (30 days)"));
+    }
     if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();
         if !target.starts_with('/') {
             return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));
         }
+        caller.confine_path(state, target)?;
     }
     let mut params = if spec.params.is_null() { json!({}) } else { spec.params.clone() };
     if let Some(p) = &plan {
@@ -245,9 +260,20 @@ pub async fn stream(
                 }
                 let finished = match state.catalog.job(&scope, &id).await {
                     Ok(job) => job.state.is_finished(),
-                    Err(_) => true,
+                    // A catalog hiccup is not the end of the job: look again.
+                    Err(e) if e.is_transient() => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                    Err(_) => return None,
                 };
-                buffer = state.catalog.events(&scope, &id, after, 500).await.unwrap_or_default();
+                buffer = match state.catalog.events(&scope, &id, after, 500).await {
+                    Ok(events) => events,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
                 if buffer.is_empty() {
                     if finished {
                         // Everything up to the end has been sent.

@@ -40,6 +40,7 @@ pub async fn create_repository(
     Json(spec): Json<RepositorySpec>,
 ) -> ApiResult<(StatusCode, Json<Repository>)> {
     caller.require(Role::Operator)?;
+    caller.confine_location(&state, &spec.location, &spec.options)?;
     if spec.init {
         let access = backstop_types::RepositoryAccess {
             id: String::new(),
@@ -68,8 +69,10 @@ fn init_or_open(access: &backstop_types::RepositoryAccess) -> ApiResult<()> {
     match backstop_worker::run::open_repository(access) {
         Ok(_) => Ok(()),
         Err(backstop_repo::Error::NoRepository { .. }) => {
-            let backend = backstop_backend::open(&access.location, &Default::default())
+            let options = backstop_worker::run::backend_options(access, &Default::default())
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
+            let backend =
+                backstop_backend::open(&access.location, &options).map_err(|e| ApiError::invalid(e.to_string()))?;
             backstop_repo::Repository::init(
                 backend,
                 &backstop_repo::Password::new(&access.password),
@@ -116,6 +119,13 @@ pub async fn create_source(
     Json(spec): Json<SourceSpec>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     caller.require(Role::Operator)?;
+    if spec.kind == "fs"
+        && let Some(paths) = spec.config.get("paths").and_then(|p| p.as_array())
+    {
+        for p in paths.iter().filter_map(|p| p.as_str()) {
+            caller.confine_path(&state, p)?;
+        }
+    }
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok((StatusCode::CREATED, Json(source)))

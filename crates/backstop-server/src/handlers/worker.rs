@@ -36,12 +36,21 @@ pub async fn claim_waiting(state: &AppState, req: &ClaimRequest) -> ApiResult<Op
     }
 }
 
+/// Workers serve every tenant: only the system tenant's worker tokens may.
+fn require_worker(caller: &Caller) -> ApiResult<()> {
+    caller.require(Role::Worker)?;
+    if caller.scope() != backstop_catalog::resources::Scope::All {
+        return Err(ApiError::forbidden("worker tokens belong to the system tenant"));
+    }
+    Ok(())
+}
+
 pub async fn claim(
     State(state): State<AppState>,
     caller: Caller,
     Json(req): Json<ClaimRequest>,
 ) -> ApiResult<Response> {
-    caller.require(Role::Worker)?;
+    require_worker(&caller)?;
     if req.worker.is_empty() || req.region.is_empty() {
         return Err(ApiError::invalid("a claim names its worker and region"));
     }
@@ -57,7 +66,7 @@ pub async fn heartbeat(
     Path(id): Path<String>,
     Json(hb): Json<Heartbeat>,
 ) -> ApiResult<Json<HeartbeatReply>> {
-    caller.require(Role::Worker)?;
+    require_worker(&caller)?;
     Ok(Json(state.catalog.heartbeat(&id, &hb, now_ms()).await?))
 }
 
@@ -67,7 +76,7 @@ pub async fn complete(
     Path(id): Path<String>,
     Json(c): Json<Completion>,
 ) -> ApiResult<Json<Job>> {
-    caller.require(Role::Worker)?;
+    require_worker(&caller)?;
     let job = state.catalog.complete(&id, &c, now_ms()).await?;
     state.finished(&job);
     Ok(Json(job))
