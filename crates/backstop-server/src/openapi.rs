@@ -186,10 +186,10 @@ fn examples() -> Vec<(&'static str, Value)> {
         ),
         ("JobEvents", v(&vec![example_event()])),
         ("Plan", v(&example_plan())),
-        ("Plans", v(&vec![example_plan()])),
+        ("Plans", v(&Page { items: vec![example_plan()], next_cursor: Some("c".into()) })),
         ("PlanSpec", v(&example_plan_spec())),
         ("Repository", v(&example_repository())),
-        ("Repositories", v(&vec![example_repository()])),
+        ("Repositories", v(&Page { items: vec![example_repository()], next_cursor: Some("c".into()) })),
         (
             "RepositorySpec",
             v(&RepositorySpec {
@@ -203,7 +203,7 @@ fn examples() -> Vec<(&'static str, Value)> {
             }),
         ),
         ("Source", v(&example_source())),
-        ("Sources", v(&vec![example_source()])),
+        ("Sources", v(&Page { items: vec![example_source()], next_cursor: Some("c".into()) })),
         (
             "SourceSpec",
             v(&SourceSpec {
@@ -214,11 +214,17 @@ fn examples() -> Vec<(&'static str, Value)> {
                 secrets: json!({}),
             }),
         ),
-        ("Snapshots", v(&vec![example_snapshot()])),
-        ("Tokens", v(&vec![example_token()])),
+        ("Snapshots", v(&Page { items: vec![example_snapshot()], next_cursor: Some("c".into()) })),
+        ("Tokens", v(&Page { items: vec![example_token()], next_cursor: Some("c".into()) })),
         ("TokenSpec", v(&TokenSpec { name: "ci".into(), role: Role::Operator, tenant: Some("acme".into()) })),
         ("NewToken", v(&NewToken { token: example_token(), secret: "bst_…".into() })),
-        ("Tenants", v(&vec![Tenant { id: "acme".into(), name: "Acme".into(), created: t0() }])),
+        (
+            "Tenants",
+            v(&Page {
+                items: vec![Tenant { id: "acme".into(), name: "Acme".into(), created: t0() }],
+                next_cursor: Some("c".into()),
+            }),
+        ),
         ("Tenant", v(&Tenant { id: "acme".into(), name: "Acme".into(), created: t0() })),
         ("TenantSpec", v(&TenantSpec { id: "acme".into(), name: Some("Acme".into()) })),
         (

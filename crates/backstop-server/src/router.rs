@@ -76,7 +76,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             r("get", "/api/v1/jobs/{id}/events/stream", "A job's events as Server-Sent Events, live", V, None, None),
             get(jobs::stream),
         ),
-        (r("get", "/api/v1/plans", "List plans", V, None, Some("Plans")), get(plans::list)),
+        (
+            r("get", "/api/v1/plans", "List plans (filter: repository; cursor, limit)", V, None, Some("Plans")),
+            get(plans::list),
+        ),
         (
             r("post", "/api/v1/plans", "Create or replace a plan (by name)", O, Some("PlanSpec"), Some("Plan")),
             post(plans::put),
@@ -95,7 +98,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             post(plans::run),
         ),
         (
-            r("get", "/api/v1/repositories", "List repositories", V, None, Some("Repositories")),
+            r(
+                "get",
+                "/api/v1/repositories",
+                "List repositories (filter: region; cursor, limit)",
+                V,
+                None,
+                Some("Repositories"),
+            ),
             get(resources::list_repositories),
         ),
         (
@@ -117,7 +127,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             r("delete", "/api/v1/repositories/{id}", "Forget a repository (its data stays)", O, None, None),
             delete(resources::delete_repository),
         ),
-        (r("get", "/api/v1/sources", "List sources", V, None, Some("Sources")), get(resources::list_sources)),
+        (
+            r("get", "/api/v1/sources", "List sources (filters: kind, host; cursor, limit)", V, None, Some("Sources")),
+            get(resources::list_sources),
+        ),
         (
             r("post", "/api/v1/sources", "Register a source", O, Some("SourceSpec"), Some("Source")),
             post(resources::create_source),
@@ -125,7 +138,14 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
         (r("get", "/api/v1/sources/{id}", "One source", V, None, Some("Source")), get(resources::get_source)),
         (r("delete", "/api/v1/sources/{id}", "Delete a source", O, None, None), delete(resources::delete_source)),
         (
-            r("get", "/api/v1/snapshots", "Snapshots in the catalog (filter: repository)", V, None, Some("Snapshots")),
+            r(
+                "get",
+                "/api/v1/snapshots",
+                "Snapshots in the catalog, oldest first (filters: repository, plan, host; cursor, limit)",
+                V,
+                None,
+                Some("Snapshots"),
+            ),
             get(resources::list_snapshots),
         ),
         (
@@ -139,7 +159,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             ),
             post(resources::rebuild_catalog),
         ),
-        (r("get", "/api/v1/tokens", "List tokens", A, None, Some("Tokens")), get(resources::list_tokens)),
+        (
+            r("get", "/api/v1/tokens", "List tokens (cursor, limit)", A, None, Some("Tokens")),
+            get(resources::list_tokens),
+        ),
         (
             r(
                 "post",
@@ -152,7 +175,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             post(resources::create_token),
         ),
         (r("delete", "/api/v1/tokens/{id}", "Revoke a token", A, None, None), delete(resources::revoke_token)),
-        (r("get", "/api/v1/tenants", "List tenants", A, None, Some("Tenants")), get(resources::list_tenants)),
+        (
+            r("get", "/api/v1/tenants", "List tenants (cursor, limit)", A, None, Some("Tenants")),
+            get(resources::list_tenants),
+        ),
         (
             r(
                 "post",

@@ -94,8 +94,8 @@ async fn one_command_to_a_running_service_that_backs_up_through_the_queue() {
     assert_eq!(api.call("get", "/readyz", None, None).await.0, StatusCode::OK);
 
     let repos = api.ok("get", "/api/v1/repositories", &admin, None).await;
-    assert_eq!(repos[0]["name"], "local", "the first start creates a local repository");
-    assert!(repos[0].get("password").is_none(), "no secret in the API");
+    assert_eq!(repos["items"][0]["name"], "local", "the first start creates a local repository");
+    assert!(repos["items"][0].get("password").is_none(), "no secret in the API");
 
     let src = source_tree(dir.path());
     setup_plan(&api, &admin, &src, json!({"verify_percent": 50, "retention": true})).await;
@@ -123,7 +123,7 @@ async fn one_command_to_a_running_service_that_backs_up_through_the_queue() {
     // The catalog knows the snapshot; the job's log is in the event stream
     // and in the repository beside the snapshot.
     let snaps = api.ok("get", "/api/v1/snapshots", &admin, None).await;
-    assert_eq!(snaps[0]["id"], snapshot_id.as_str());
+    assert_eq!(snaps["items"][0]["id"], snapshot_id.as_str());
     let events: Vec<JobEvent> =
         serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}/events", job.id), &admin, None).await).unwrap();
     let logs: Vec<&str> =
@@ -688,4 +688,94 @@ async fn a_tenant_may_use_local_paths_only_under_its_tenant_root() {
     let restore = json!({"kind": "restore", "repository": "r3", "params": {"target": "/root/x"}});
     assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(restore)).await.0, StatusCode::FORBIDDEN);
     running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lists_come_in_pages_and_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let src = source_tree(dir.path());
+    for i in 0..5 {
+        let kind_host = if i % 2 == 0 { "even" } else { "odd" };
+        api.ok(
+            "post",
+            "/api/v1/sources",
+            &admin,
+            Some(json!({"name": format!("s{i}"), "kind": "fs", "host": kind_host, "config": {"paths": [src]}})),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/sources?limit=2&cursor={c}"),
+            None => "/api/v1/sources?limit=2".to_string(),
+        };
+        let page = api.ok("get", &path, &admin, None).await;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|s| s["name"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["s0", "s1", "s2", "s3", "s4"], "every item once, in order");
+    let odd = api.ok("get", "/api/v1/sources?host=odd", &admin, None).await;
+    assert_eq!(odd["items"].as_array().unwrap().len(), 2);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_catalog_is_rebuilt_from_the_repositories_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = first.admin_token.clone().unwrap();
+    let api = Api::new(&first);
+    // A repository with a known password, and two backups into it.
+    let repo = dir.path().join("kept-repo").display().to_string();
+    api.ok(
+        "post",
+        "/api/v1/repositories",
+        &admin,
+        Some(json!({"name": "kept", "location": repo, "password": "pw-kept", "init": true})),
+    )
+    .await;
+    let src = source_tree(dir.path());
+    api.ok("post", "/api/v1/sources", &admin, Some(json!({"name": "files", "kind": "fs", "config": {"paths": [src]}})))
+        .await;
+    api.ok("post", "/api/v1/plans", &admin, Some(json!({"name": "p", "source": "files", "repository": "kept"}))).await;
+    for _ in 0..2 {
+        let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/p/run", &admin, None).await).unwrap();
+        assert_eq!(wait_job(&api, &admin, &job.id).await.state, JobState::Succeeded);
+    }
+    first.shutdown().await;
+
+    // The catalog is lost: a new service, a fresh data directory, the same repository.
+    let other = tempfile::tempdir().unwrap();
+    let second = backstop_server::start(config(other.path())).await.unwrap();
+    let admin = second.admin_token.clone().unwrap();
+    let api = Api::new(&second);
+    api.ok(
+        "post",
+        "/api/v1/repositories",
+        &admin,
+        Some(json!({"name": "kept", "location": repo, "password": "pw-kept"})),
+    )
+    .await;
+    assert!(api.ok("get", "/api/v1/snapshots", &admin, None).await["items"].as_array().unwrap().is_empty());
+    let report = api.ok("post", "/api/v1/catalog/rebuild", &admin, None).await;
+    let kept = report["repositories"].as_array().unwrap().iter().find(|r| r["repository"] == "kept").unwrap().clone();
+    assert_eq!((kept["snapshots"].as_u64(), kept["added"].as_u64()), (Some(2), Some(2)), "{report}");
+    let snaps = api.ok("get", "/api/v1/snapshots?repository=kept", &admin, None).await;
+    assert_eq!(snaps["items"].as_array().unwrap().len(), 2);
+    // Rebuilding again changes nothing.
+    let again = api.ok("post", "/api/v1/catalog/rebuild", &admin, None).await;
+    assert!(again["repositories"].as_array().unwrap().iter().all(|r| r["added"] == 0 && r["removed"] == 0), "{again}");
+    second.shutdown().await;
 }

@@ -80,6 +80,25 @@ impl Client {
         serde_json::from_value(v).context("unexpected answer from the server")
     }
 
+    /// Every item of a paginated list, following the cursors.
+    pub fn all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let url = match &cursor {
+                Some(c) => format!("{path}{sep}limit=1000&cursor={c}"),
+                None => format!("{path}{sep}limit=1000"),
+            };
+            let page: Page<T> = self.get(&url)?;
+            out.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize, key: Option<&str>) -> Result<T> {
         let body = serde_json::to_value(body)?;
         let (_, v) = self.send(reqwest::Method::POST, path, Some(&body), key)?;
@@ -450,7 +469,7 @@ pub fn plans(ctx: &Context, server: &ServerArgs, command: PlansCommand) -> Resul
     let client = Client::new(server)?;
     match command {
         PlansCommand::List => {
-            let plans: Vec<Plan> = client.get("/api/v1/plans")?;
+            let plans: Vec<Plan> = client.all("/api/v1/plans")?;
             if ctx.args.json {
                 print_json(&plans);
             } else {
@@ -537,7 +556,7 @@ pub fn repos(ctx: &Context, server: &ServerArgs, command: ReposCommand) -> Resul
     let client = Client::new(server)?;
     match command {
         ReposCommand::List => {
-            let repos: Vec<Repository> = client.get("/api/v1/repositories")?;
+            let repos: Vec<Repository> = client.all("/api/v1/repositories")?;
             if ctx.args.json {
                 print_json(&repos);
             } else {
@@ -595,7 +614,7 @@ pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> R
     let client = Client::new(server)?;
     match command {
         SourcesCommand::List => {
-            let sources: Vec<Source> = client.get("/api/v1/sources")?;
+            let sources: Vec<Source> = client.all("/api/v1/sources")?;
             if ctx.args.json {
                 print_json(&sources);
             } else {
@@ -634,7 +653,7 @@ pub fn snapshots(ctx: &Context, server: &ServerArgs, repository: Option<&str>) -
         Some(r) => format!("/api/v1/snapshots?repository={r}"),
         None => "/api/v1/snapshots".to_string(),
     };
-    let snaps: Vec<Snapshot> = client.get(&path)?;
+    let snaps: Vec<Snapshot> = client.all(&path)?;
     if ctx.args.json {
         print_json(&snaps);
     } else {
@@ -676,7 +695,7 @@ pub fn tokens(ctx: &Context, server: &ServerArgs, command: TokensCommand) -> Res
     let client = Client::new(server)?;
     match command {
         TokensCommand::List => {
-            let tokens: Vec<Token> = client.get("/api/v1/tokens")?;
+            let tokens: Vec<Token> = client.all("/api/v1/tokens")?;
             if ctx.args.json {
                 print_json(&tokens);
             } else {
@@ -729,7 +748,7 @@ pub fn tenants(ctx: &Context, server: &ServerArgs, command: TenantsCommand) -> R
     let client = Client::new(server)?;
     match command {
         TenantsCommand::List => {
-            let tenants: Vec<Tenant> = client.get("/api/v1/tenants")?;
+            let tenants: Vec<Tenant> = client.all("/api/v1/tenants")?;
             if ctx.args.json {
                 print_json(&tenants);
             } else {

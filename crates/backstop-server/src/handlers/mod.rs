@@ -9,6 +9,8 @@ pub mod resources;
 pub mod worker;
 
 use backstop_catalog::now_ms;
+use backstop_types::Page;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Caller;
@@ -25,4 +27,25 @@ pub(crate) async fn audit(
 ) -> ApiResult<()> {
     state.catalog.audit(&caller.token.tenant, &caller.actor(), action, &object, detail, now_ms()).await?;
     Ok(())
+}
+
+/// `?cursor=…&limit=…` of a list.
+#[derive(Debug, Default, Deserialize)]
+pub struct PageQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// One page of `items`, ordered by `key`: the items after the cursor, at
+/// most `limit` (default 100, at most 1000) of them.
+pub(crate) fn paginate<T>(mut items: Vec<T>, key: impl Fn(&T) -> String, q: &PageQuery) -> Page<T> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000) as usize;
+    items.sort_by_key(|i| key(i));
+    let mut items: Vec<T> = match &q.cursor {
+        Some(c) => items.into_iter().filter(|i| key(i) > *c).collect(),
+        None => items,
+    };
+    let next_cursor = (items.len() > limit).then(|| key(&items[limit - 1]));
+    items.truncate(limit);
+    Page { items, next_cursor }
 }

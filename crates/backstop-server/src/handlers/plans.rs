@@ -1,20 +1,48 @@
 //! `/api/v1/plans`: what to back up, where, when, how long to keep.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use backstop_catalog::now_ms;
-use backstop_types::{Job, Plan, PlanSpec, Role};
+use backstop_types::{Job, Page, Plan, PlanSpec, Role};
 use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::audit;
+use crate::handlers::{PageQuery, audit, paginate};
 use crate::state::AppState;
 
-pub async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Plan>>> {
+#[derive(Debug, serde::Deserialize)]
+pub struct ListQuery {
+    /// Only plans into this repository (name or id).
+    pub repository: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<Plan>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.catalog.list_plans(&caller.scope()).await?))
+    let scope = caller.scope();
+    let repo = match &q.repository {
+        Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
+        None => None,
+    };
+    let plans: Vec<Plan> = state
+        .catalog
+        .list_plans(&scope)
+        .await?
+        .into_iter()
+        .filter(|p| repo.as_ref().is_none_or(|r| &p.repository == r))
+        .collect();
+    Ok(Json(paginate(
+        plans,
+        |p| format!("{}/{}", p.name, p.id),
+        &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
+    )))
 }
 
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Plan>> {

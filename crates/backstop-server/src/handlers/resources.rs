@@ -14,14 +14,36 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::audit;
+use crate::handlers::{PageQuery, audit, paginate};
 use crate::state::AppState;
 
 // ---- repositories ---------------------------------------------------------
 
-pub async fn list_repositories(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Repository>>> {
+#[derive(Debug, Deserialize)]
+pub struct RepositoryQuery {
+    pub region: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn list_repositories(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<RepositoryQuery>,
+) -> ApiResult<Json<Page<Repository>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.catalog.list_repositories(&caller.scope()).await?))
+    let repos: Vec<Repository> = state
+        .catalog
+        .list_repositories(&caller.scope())
+        .await?
+        .into_iter()
+        .filter(|r| q.region.as_ref().is_none_or(|g| &r.region == g))
+        .collect();
+    Ok(Json(paginate(
+        repos,
+        |r| format!("{}/{}", r.name, r.id),
+        &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
+    )))
 }
 
 pub async fn get_repository(
@@ -99,9 +121,34 @@ pub async fn delete_repository(
 
 // ---- sources --------------------------------------------------------------
 
-pub async fn list_sources(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Source>>> {
+#[derive(Debug, Deserialize)]
+pub struct SourceQuery {
+    pub kind: Option<String>,
+    pub host: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
+pub async fn list_sources(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<SourceQuery>,
+) -> ApiResult<Json<Page<Source>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.catalog.list_sources(&caller.scope()).await?))
+    let sources: Vec<Source> = state
+        .catalog
+        .list_sources(&caller.scope())
+        .await?
+        .into_iter()
+        .filter(|s| {
+            q.kind.as_ref().is_none_or(|k| &s.kind == k) && q.host.as_ref().is_none_or(|h| s.host.as_ref() == Some(h))
+        })
+        .collect();
+    Ok(Json(paginate(
+        sources,
+        |s| format!("{}/{}", s.name, s.id),
+        &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
+    )))
 }
 
 pub async fn get_source(
@@ -148,20 +195,41 @@ pub async fn delete_source(
 #[derive(Debug, Deserialize)]
 pub struct SnapshotQuery {
     pub repository: Option<String>,
+    pub plan: Option<String>,
+    pub host: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
 }
 
+/// Snapshots, oldest first.
 pub async fn list_snapshots(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<SnapshotQuery>,
-) -> ApiResult<Json<Vec<Snapshot>>> {
+) -> ApiResult<Json<Page<Snapshot>>> {
     caller.require(Role::Viewer)?;
     let scope = caller.scope();
     let repo = match &q.repository {
         Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
         None => None,
     };
-    Ok(Json(state.catalog.list_snapshots(&scope, repo.as_deref()).await?))
+    let plan = match &q.plan {
+        Some(p) => Some(state.catalog.plan(&scope, p).await?.id),
+        None => None,
+    };
+    let snaps: Vec<Snapshot> = state
+        .catalog
+        .list_snapshots(&scope, repo.as_deref())
+        .await?
+        .into_iter()
+        .filter(|s| plan.as_ref().is_none_or(|p| s.plan.as_ref() == Some(p)))
+        .filter(|s| q.host.as_ref().is_none_or(|h| &s.info.hostname == h))
+        .collect();
+    Ok(Json(paginate(
+        snaps,
+        |s| format!("{:015}/{}", s.info.time.timestamp_millis(), s.info.id),
+        &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
+    )))
 }
 
 /// Rebuild the catalog's snapshots from the repositories themselves.
@@ -204,9 +272,13 @@ pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> A
 
 // ---- tokens ---------------------------------------------------------------
 
-pub async fn list_tokens(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Token>>> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<Token>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.catalog.list_tokens(&caller.scope()).await?))
+    Ok(Json(paginate(state.catalog.list_tokens(&caller.scope()).await?, |t| t.id.clone(), &q)))
 }
 
 pub async fn create_token(
@@ -247,9 +319,13 @@ pub async fn revoke_token(
 
 // ---- tenants --------------------------------------------------------------
 
-pub async fn list_tenants(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Vec<Tenant>>> {
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<Tenant>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.catalog.list_tenants(&caller.scope()).await?))
+    Ok(Json(paginate(state.catalog.list_tenants(&caller.scope()).await?, |t| t.id.clone(), &q)))
 }
 
 pub async fn create_tenant(
