@@ -1,5 +1,6 @@
 //! Schema migrations, one list for both databases. Each migration is a
-//! version number and its statements for SQLite and for PostgreSQL; the
+//! version number and its statements, written once for SQLite and
+//! PostgreSQL (`{serial}` stands for the one spelling they differ in); the
 //! applied version is kept in `schema_version`. Migrations only ever get
 //! appended.
 
@@ -7,12 +8,12 @@ use crate::{Catalog, DbKind, Error, Result};
 
 struct Migration {
     version: i64,
-    sqlite: &'static str,
-    postgres: &'static str,
+    /// Statements for both databases; `{serial}` is an auto-increment primary key.
+    sql: &'static [&'static str],
 }
 
 /// The tables. Times are milliseconds since the epoch; flags are 0/1.
-const V1_COMMON: &str = "
+const V1_TABLES: &str = "
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -132,9 +133,10 @@ CREATE TABLE snapshots (
 CREATE INDEX snapshots_by_tenant ON snapshots (tenant, time_ms);
 ";
 
-const V1_SQLITE: &str = "
+/// The tables whose id is a sequence, which the two databases spell differently.
+const V1_SEQUENCED: &str = "
 CREATE TABLE job_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     job_id TEXT NOT NULL,
     time_ms BIGINT NOT NULL,
     attempt BIGINT NOT NULL,
@@ -143,28 +145,7 @@ CREATE TABLE job_events (
 );
 CREATE INDEX job_events_by_job ON job_events (job_id, id);
 CREATE TABLE audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time_ms BIGINT NOT NULL,
-    tenant TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    action TEXT NOT NULL,
-    object TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-";
-
-const V1_POSTGRES: &str = "
-CREATE TABLE job_events (
-    id BIGSERIAL PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    time_ms BIGINT NOT NULL,
-    attempt BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE INDEX job_events_by_job ON job_events (job_id, id);
-CREATE TABLE audit (
-    id BIGSERIAL PRIMARY KEY,
+    id {serial},
     time_ms BIGINT NOT NULL,
     tenant TEXT NOT NULL,
     actor TEXT NOT NULL,
@@ -175,7 +156,7 @@ CREATE TABLE audit (
 ";
 
 fn migrations() -> Vec<Migration> {
-    vec![Migration { version: 1, sqlite: V1_SQLITE, postgres: V1_POSTGRES }]
+    vec![Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] }]
 }
 
 fn statements(sql: &str) -> impl Iterator<Item = &str> {
@@ -211,12 +192,12 @@ async fn apply(catalog: &Catalog, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> 
         )));
     }
     for m in known.into_iter().filter(|m| m.version > current) {
-        let own = match catalog.kind() {
-            DbKind::Sqlite => m.sqlite,
-            DbKind::Postgres => m.postgres,
+        let serial = match catalog.kind() {
+            DbKind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+            DbKind::Postgres => "BIGSERIAL PRIMARY KEY",
         };
-        let common = if m.version == 1 { V1_COMMON } else { "" };
-        for statement in statements(common).chain(statements(own)) {
+        let sql = m.sql.join("\n").replace("{serial}", serial);
+        for statement in statements(&sql) {
             sqlx::query(statement).execute(&mut **tx).await?;
         }
         sqlx::query(&catalog.sql("INSERT INTO schema_version (version) VALUES (?)"))

@@ -127,8 +127,13 @@ fn json_col(row: &AnyRow, col: &str) -> Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).map_err(|e| Error::Corrupt(format!("column {col}: {e}")))).transpose()
 }
 
-pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
+/// The `kind` column of a job row.
+fn kind_of(row: &AnyRow) -> Result<JobKind> {
     let kind: String = row.try_get("kind")?;
+    JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown job kind {kind:?}")))
+}
+
+pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     let state: String = row.try_get("state")?;
     let progress = json_col(row, "progress")?
         .map(serde_json::from_value::<JobProgress>)
@@ -137,7 +142,7 @@ pub(crate) fn job_from_row(row: &AnyRow) -> Result<Job> {
     Ok(Job {
         id: row.try_get("id")?,
         tenant: row.try_get("tenant")?,
-        kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown job kind {kind:?}")))?,
+        kind: kind_of(row)?,
         state: JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("unknown job state {state:?}")))?,
         wait_reason: row.try_get("wait_reason")?,
         plan: row.try_get("plan_id")?,
@@ -465,12 +470,11 @@ impl Catalog {
             let candidates = rows
                 .iter()
                 .map(|r| {
-                    let kind: String = r.try_get("kind")?;
                     Ok(Candidate {
                         id: r.try_get("id")?,
                         repository: r.try_get("repository_id")?,
                         host: r.try_get("host")?,
-                        kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("job kind {kind:?}")))?,
+                        kind: kind_of(r)?,
                         created_ms: r.try_get("created_ms")?,
                         wait_reason: r.try_get("wait_reason")?,
                     })
@@ -631,13 +635,12 @@ impl Catalog {
             .await?;
         rows.iter()
             .map(|r| {
-                let kind: String = r.try_get("kind")?;
                 Ok(Running {
                     tenant: r.try_get("tenant")?,
                     repository: r.try_get("repository_id")?,
                     host: r.try_get("host")?,
                     region: r.try_get("region")?,
-                    kind: JobKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("job kind {kind:?}")))?,
+                    kind: kind_of(r)?,
                 })
             })
             .collect()
