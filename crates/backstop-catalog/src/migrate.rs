@@ -155,8 +155,15 @@ CREATE TABLE audit (
 );
 ";
 
+/// Indexes that let a claim find the tenants with queued work and the
+/// queued maintenance without reading every queued job.
+const V2_CLAIM_INDEXES: &str = "
+CREATE INDEX jobs_queued_by_tenant ON jobs (state, region, tenant, created_ms);
+CREATE INDEX jobs_queued_maintenance ON jobs (state, kind, repository_id, created_ms);
+";
+
 fn migrations() -> Vec<Migration> {
-    vec![Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] }]
+    vec![Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] }, Migration { version: 2, sql: &[V2_CLAIM_INDEXES] }]
 }
 
 fn statements(sql: &str) -> impl Iterator<Item = &str> {

@@ -411,15 +411,36 @@ impl Catalog {
                 return Ok(None);
             }
         }
-        // Tenants with eligible jobs, fairest first.
-        let rows = sqlx::query(&self.sql(
-            "SELECT tenant, MIN(created_ms) AS oldest FROM jobs \
-             WHERE state = 'queued' AND region = ? AND not_before_ms <= ? GROUP BY tenant",
+        // Tenants with queued jobs in the region: one index seek per tenant
+        // (a loose index scan), not a read of every queued job.
+        let queued_tenants: Vec<String> = sqlx::query_scalar(&self.sql(
+            "WITH RECURSIVE t(tenant) AS ( \
+               SELECT MIN(tenant) FROM jobs WHERE state = 'queued' AND region = ? \
+               UNION ALL \
+               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.state = 'queued' AND j.region = ? AND j.tenant > t.tenant) \
+               FROM t WHERE t.tenant IS NOT NULL \
+             ) SELECT tenant FROM t WHERE tenant IS NOT NULL",
         ))
         .bind(region)
-        .bind(now)
+        .bind(region)
         .fetch_all(&mut *tx)
         .await?;
+        // Each one's oldest job that may start now (not in backoff).
+        let mut rows: Vec<(String, i64)> = Vec::new();
+        for tenant in queued_tenants {
+            let oldest: Option<i64> = sqlx::query_scalar(&self.sql(
+                "SELECT created_ms FROM jobs WHERE state = 'queued' AND region = ? AND tenant = ? \
+                 AND not_before_ms <= ? ORDER BY created_ms LIMIT 1",
+            ))
+            .bind(region)
+            .bind(&tenant)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(oldest) = oldest {
+                rows.push((tenant, oldest));
+            }
+        }
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(None);
@@ -432,16 +453,15 @@ impl Catalog {
                 .iter()
                 .map(|r| Ok((r.try_get("tenant")?, r.try_get("last_claim_ms")?)))
                 .collect::<Result<_>>()?;
-        let mut tenants = rows
-            .iter()
-            .map(|r| {
-                let tenant: String = r.try_get("tenant")?;
-                let oldest: i64 = r.try_get("oldest")?;
+        // Fairest first: fewest running, then served longest ago, then oldest job.
+        let mut tenants: Vec<(usize, i64, i64, String)> = rows
+            .into_iter()
+            .map(|(tenant, oldest)| {
                 let busy = running.iter().filter(|j| j.tenant == tenant).count();
                 let last = served.get(&tenant).copied().unwrap_or(0);
-                Ok((busy, last, oldest, tenant))
+                (busy, last, oldest, tenant)
             })
-            .collect::<Result<Vec<_>>>()?;
+            .collect();
         tenants.sort();
 
         // Maintenance waiting on a repository holds back younger jobs there.
