@@ -37,6 +37,11 @@ pub enum Error {
     #[error(transparent)]
     Backend(#[from] backstop_backend::Error),
 
+    /// A packaged source (a dump, a command, an image) failed; the backup
+    /// is abandoned rather than saved without it.
+    #[error("the source failed: {0}")]
+    Source(String),
+
     #[error("cancelled")]
     Cancelled,
 }

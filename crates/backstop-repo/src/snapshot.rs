@@ -12,6 +12,20 @@ pub enum SnapshotKind {
     Files,
     /// One stream (standard input, a command's output), stored as one file.
     Stream,
+    /// What a packager produced (images, dumps, manifests): see `source`.
+    Source,
+}
+
+/// The packaged source a snapshot of kind `Source` was made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    /// The packager: `image`, `command`, `postgres`, `mysql`, `kubernetes`.
+    pub kind: String,
+    /// Changed-block generation of each image entry (by its path in the
+    /// tree) at the time of the backup; the next backup's changed-block
+    /// map must follow it to be used.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub generations: std::collections::BTreeMap<String, String>,
 }
 
 /// What a backup did, for reports and the snapshot's record.
@@ -61,6 +75,8 @@ pub struct Snapshot {
     pub program_version: String,
     #[serde(default)]
     pub summary: Summary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceRecord>,
 }
 
 impl Snapshot {

@@ -23,6 +23,7 @@
 mod assembler;
 mod reader;
 pub mod saver;
+pub mod source;
 mod walker;
 
 use std::io::Read;
@@ -36,7 +37,8 @@ use chrono::{DateTime, Utc};
 use self::assembler::Assembler;
 use self::reader::{ChunkJob, FileJob, ReadContext, chunk_worker, read_file};
 use self::saver::Saver;
-use self::walker::{ParentDir, PathTrie, Walker, scan_totals};
+use self::source::{EntryData, SourceTree};
+use self::walker::{ParentDir, PathTrie, SourceDir, Walker, scan_totals};
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
 use crate::id::SnapshotId;
@@ -44,7 +46,7 @@ use crate::index::WriteIndex;
 use crate::progress::{CancelToken, Progress};
 use crate::repository::Repository;
 use crate::session::Session;
-use crate::snapshot::{Snapshot, SnapshotKind, Summary};
+use crate::snapshot::{Snapshot, SnapshotKind, SourceRecord, Summary};
 
 /// Which files get fixed-size chunks instead of content-defined ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -73,6 +75,8 @@ pub enum BackupSource {
     Paths(Vec<PathBuf>),
     /// A byte stream, stored as one file named `filename`.
     Stream { reader: Box<dyn Read + Send>, filename: String },
+    /// A packager's entries (images, dumps, manifests).
+    Tree(SourceTree),
 }
 
 #[derive(Debug, Clone)]
@@ -152,7 +156,7 @@ fn path_strings(paths: &[PathBuf]) -> Vec<String> {
 /// Run a backup and write its snapshot.
 pub fn run(
     repo: &Repository,
-    source: BackupSource,
+    mut source: BackupSource,
     options: &BackupOptions,
     progress: &dyn Progress,
     cancel: &CancelToken,
@@ -178,6 +182,36 @@ pub fn run(
             }
             (SnapshotKind::Stream, vec![PathBuf::from("/").join(filename)])
         }
+        BackupSource::Tree(tree) => {
+            let block = tree.image_chunk_size;
+            if !block.is_power_of_two() || !(4096..=16 << 20).contains(&block) {
+                return Err(Error::Invalid(format!(
+                    "image chunk size {block} is not a power of two between 4 KiB and 16 MiB"
+                )));
+            }
+            if tree.entries.is_empty() {
+                return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
+            }
+            (SnapshotKind::Source, vec![PathBuf::from(&tree.label)])
+        }
+    };
+    let source_record = match &source {
+        BackupSource::Tree(tree) => Some(SourceRecord {
+            kind: tree.kind.clone(),
+            generations: tree
+                .entries
+                .iter()
+                .filter_map(|e| match &e.data {
+                    EntryData::Image(image) => image.generation().map(|g| (e.path.clone(), g)),
+                    _ => None,
+                })
+                .collect(),
+        }),
+        _ => None,
+    };
+    let source_dir = match &mut source {
+        BackupSource::Tree(tree) => Some(SourceDir::build(std::mem::take(&mut tree.entries))?),
+        _ => None,
     };
     let hostname = options.hostname.clone().unwrap_or_else(crate::util::hostname);
     let path_names = path_strings(&paths);
@@ -205,6 +239,7 @@ pub fn run(
         excludes: options.excludes.clone(),
         program_version: concat!("backstop ", env!("CARGO_PKG_VERSION")).to_string(),
         summary: Summary::default(),
+        source: source_record,
     };
 
     // Parents: the latest snapshot of the same source, and a newer
@@ -212,13 +247,18 @@ pub fn run(
     let mut parent_id = None;
     let mut resumed = None;
     let mut parent_trees = Vec::new();
-    if kind == SnapshotKind::Files {
+    let mut parent_generations = std::collections::BTreeMap::new();
+    if kind != SnapshotKind::Stream {
         let parent = match &options.parent {
             ParentChoice::None => None,
             ParentChoice::Snapshot(id) => Some((*id, repo.load_snapshot(id)?)),
             ParentChoice::Latest => repo.snapshots()?.into_iter().rev().find(|(_, s)| s.same_source(&template)),
         };
-        if options.parent != ParentChoice::None {
+        if let Some(record) = parent.as_ref().and_then(|(_, p)| p.source.as_ref()) {
+            parent_generations = record.generations.clone();
+        }
+        // A packager's output is read again whole; only files resume.
+        if options.parent != ParentChoice::None && kind == SnapshotKind::Files {
             let newer_than = parent.as_ref().map(|(_, s)| s.time);
             resumed = repo
                 .checkpoints()?
@@ -292,6 +332,9 @@ pub fn run(
             s.spawn(move || {
                 let mut assembler = Assembler::new(saver, progress, cancel, checkpoint_interval);
                 let mut checkpoint = |root: crate::id::BlobId| -> Result<()> {
+                    if kind == SnapshotKind::Source {
+                        return Ok(()); // never resumed: no checkpoints
+                    }
                     saver.flush()?;
                     saver.write_index(Vec::new())?;
                     let mut manifest = template.clone();
@@ -316,6 +359,12 @@ pub fn run(
             BackupSource::Paths(_) => walker.walk_paths(&trie, ParentDir::new(parent_trees)),
             BackupSource::Stream { reader, filename } => {
                 let _ = walker.walk_stream(&filename, reader);
+            }
+            BackupSource::Tree(tree) => {
+                if let Some(dir) = source_dir {
+                    let parent = ParentDir::new(parent_trees);
+                    let _ = walker.walk_source(dir, tree.image_chunk_size, &parent, &parent_generations, "");
+                }
             }
         }
         drop(walker); // closes the channels: the pipeline drains and ends

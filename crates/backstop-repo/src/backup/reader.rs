@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::saver::Saver;
+use super::source::{BlockImage, StreamOpener, read_full_at};
 use crate::chunker::{Cdc, Cut, StreamChunker, is_zero};
 use crate::error::{Error, Result};
 use crate::pack::BlobKind;
@@ -23,6 +24,23 @@ use crate::tree::ContentRef;
 pub(crate) enum FileSource {
     Path(PathBuf),
     Stream(Mutex<Option<Box<dyn Read + Send>>>),
+    /// A packager's stream, opened when a reader takes the job.
+    Open(Mutex<Option<StreamOpener>>),
+    /// A block image in fixed chunks of `block` bytes; with `reuse`, only
+    /// the blocks its changed-block map names are read.
+    Image {
+        image: Arc<dyn BlockImage>,
+        block: usize,
+        reuse: Option<Reuse>,
+    },
+}
+
+/// The parent's content of an image and what changed since.
+pub(crate) struct Reuse {
+    /// The parent's content, expanded, in fixed chunks of the same size.
+    pub parent: Vec<ContentRef>,
+    /// `(offset, length)` of the changed extents.
+    pub changed: Vec<(u64, u64)>,
 }
 
 /// A file to read, sent from the walker to a reader thread.
@@ -34,6 +52,9 @@ pub(crate) struct FileJob {
     /// partial node): reading resumes after it.
     pub resume: Vec<ContentRef>,
     pub fixed: bool,
+    /// A read error fails the backup instead of leaving the file out
+    /// (packagers' entries: a snapshot without them would be a lie).
+    pub strict: bool,
     /// The finished prefix of the content, for checkpoints.
     pub prefix: Arc<Mutex<Vec<ContentRef>>>,
     pub reply: Sender<FileOutcome>,
@@ -173,6 +194,17 @@ impl<'a> Collector<'a> {
         Ok(())
     }
 
+    /// Content taken over from the parent without reading it.
+    fn reuse(&mut self, refs: Vec<ContentRef>) {
+        for r in refs {
+            let len = r.len();
+            self.ready.insert(self.next_seq, r);
+            self.next_seq += 1;
+            self.ctx.progress.advance(0, len);
+            self.ctx.progress.stored(0, len);
+        }
+    }
+
     fn emit(&mut self) {
         let start = self.content.len();
         while let Some(c) = self.ready.remove(&self.next_emit) {
@@ -209,6 +241,7 @@ fn merge_zero_runs(content: Vec<ContentRef>) -> Vec<ContentRef> {
 /// Read one file job to the end.
 pub(crate) fn read_file(ctx: &ReadContext, job: FileJob) -> FileOutcome {
     match read(ctx, &job) {
+        Ok(FileOutcome::Failed(message)) if job.strict => FileOutcome::Fatal(Error::Source(message)),
         Ok(outcome) => outcome,
         Err(Error::Cancelled) => FileOutcome::Cancelled,
         Err(e) => FileOutcome::Fatal(e),
@@ -233,6 +266,36 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
             let size = content.iter().map(ContentRef::len).sum();
             Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
         }
+        FileSource::Open(opener) => {
+            let Some(open) = opener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return Ok(FileOutcome::Failed("the stream was already consumed".into()));
+            };
+            let mut reader = match open() {
+                Ok(reader) => reader,
+                Err(e) => return Ok(FileOutcome::Failed(e.to_string())),
+            };
+            let cut = if job.fixed { Cut::Fixed(ctx.fixed_size) } else { Cut::Cdc(ctx.cdc) };
+            let content = match stream_chunks(ctx, &mut reader, cut, collector)? {
+                Ok(content) => content,
+                Err(message) => return Ok(FileOutcome::Failed(message)),
+            };
+            let size = content.iter().map(ContentRef::len).sum();
+            Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
+        }
+        FileSource::Image { image, block, reuse } => {
+            let content = match image_chunks(ctx, image.as_ref(), 0, reuse.as_ref(), *block, collector)? {
+                Ok(content) => content,
+                Err(message) => return Ok(FileOutcome::Failed(message)),
+            };
+            let size = content.iter().map(ContentRef::len).sum();
+            if size != image.size() {
+                return Ok(FileOutcome::Failed(format!(
+                    "the image changed size while it was read ({} bytes, then {size})",
+                    image.size()
+                )));
+            }
+            Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
+        }
         FileSource::Path(path) => {
             let file = match sys::open_read(path) {
                 Ok(f) => f,
@@ -249,7 +312,8 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
                 return Ok(FileOutcome::Failed("was replaced while the backup ran".into()));
             }
             let result = if job.fixed {
-                fixed_chunks(ctx, &file, &before, start, collector)?
+                let image = FileBlocks { file: &file, size: before.size, sparse: before.is_sparse() };
+                image_chunks(ctx, &image, start, None, ctx.fixed_size, collector)?
             } else {
                 let mut reader = &file;
                 if start > 0 {
@@ -309,34 +373,105 @@ fn stream_chunks(
     Ok(Ok(collector.finish()?))
 }
 
-/// Fixed-size chunks at offsets that are multiples of the chunk size, with
-/// holes skipped (never read) and recorded as zero runs.
-fn fixed_chunks(
-    ctx: &ReadContext,
-    file: &File,
-    stat: &Stat,
-    start: u64,
-    mut collector: Collector,
-) -> Result<std::result::Result<Vec<ContentRef>, String>> {
-    let size = stat.size;
-    let block = ctx.fixed_size as u64;
-    let extents = if stat.is_sparse() {
-        match sys::data_extents(file, size) {
-            Ok(extents) => extents,
-            Err(e) => return Ok(Err(format!("cannot find holes: {e}"))),
-        }
-    } else {
-        vec![(0, size)]
-    };
-    const BATCH_BLOCKS: u64 = 16;
-    let mut pos = start - start % block;
-    for (data_start, data_end) in extents {
-        let a = (data_start / block * block).max(pos);
-        let b = data_end.div_ceil(block).saturating_mul(block).min(size);
+/// A file read as an image (fixed chunks, holes skipped).
+struct FileBlocks<'a> {
+    file: &'a File,
+    size: u64,
+    sparse: bool,
+}
+
+impl BlockImage for FileBlocks<'_> {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
+    fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        if self.sparse { sys::data_extents(self.file, self.size) } else { Ok(vec![(0, self.size)]) }
+    }
+}
+
+/// The `(start, end)` ranges to read: `wanted` widened to whole blocks,
+/// merged, and clipped to `[from, size)`.
+pub(crate) fn read_plan(wanted: &[(u64, u64)], size: u64, block: u64, from: u64) -> Vec<(u64, u64)> {
+    let mut plan: Vec<(u64, u64)> = Vec::new();
+    for &(start, end) in wanted {
+        let a = (start / block * block).max(from);
+        let b = end.div_ceil(block).saturating_mul(block).min(size);
         if b <= a {
             continue;
         }
-        collector.zero(a - pos);
+        match plan.last_mut() {
+            Some(last) if a <= last.1 => last.1 = last.1.max(b),
+            _ => plan.push((a, b)),
+        }
+    }
+    plan
+}
+
+/// The parent's content of `[a, b)`, when every data chunk in it lies
+/// wholly inside (zero runs are split at will).
+pub(crate) fn slice_content(content: &[ContentRef], a: u64, b: u64) -> Option<Vec<ContentRef>> {
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for c in content {
+        let (start, end) = (pos, pos + c.len());
+        pos = end;
+        if end <= a || c.is_empty() {
+            continue;
+        }
+        if start >= b {
+            break;
+        }
+        match c {
+            ContentRef::Zero { .. } => out.push(ContentRef::Zero { len: end.min(b) - start.max(a) }),
+            ContentRef::Data { .. } if start >= a && end <= b => out.push(*c),
+            _ => return None,
+        }
+    }
+    (out.iter().map(ContentRef::len).sum::<u64>() == b - a).then_some(out)
+}
+
+/// Fixed-size chunks of an image at offsets that are multiples of `block`.
+/// Without `reuse`, holes are skipped (never read) and recorded as zero
+/// runs; with it, only the changed blocks are read and the rest is the
+/// parent's content.
+fn image_chunks(
+    ctx: &ReadContext,
+    image: &dyn BlockImage,
+    start: u64,
+    reuse: Option<&Reuse>,
+    block: usize,
+    mut collector: Collector,
+) -> Result<std::result::Result<Vec<ContentRef>, String>> {
+    let size = image.size();
+    let block = block as u64;
+    let wanted = match reuse {
+        Some(r) => r.changed.iter().map(|&(offset, len)| (offset, offset.saturating_add(len))).collect(),
+        None => match image.data_extents() {
+            Ok(extents) => extents,
+            Err(e) => return Ok(Err(format!("cannot find holes: {e}"))),
+        },
+    };
+    let mut pos = start - start % block;
+    let fill = |collector: &mut Collector, a: u64, b: u64| -> std::result::Result<(), String> {
+        match reuse {
+            None => collector.zero(b - a),
+            Some(r) => match slice_content(&r.parent, a, b) {
+                Some(refs) => collector.reuse(refs),
+                None => return Err(format!("the parent's chunks of [{a}, {b}) are not aligned to {block} bytes")),
+            },
+        }
+        Ok(())
+    };
+    const BATCH_BLOCKS: u64 = 16;
+    for (a, b) in read_plan(&wanted, size, block, pos) {
+        if let Err(message) = fill(&mut collector, pos, a) {
+            return Ok(Err(message));
+        }
         pos = a;
         while pos < b {
             if ctx.cancel.is_cancelled() {
@@ -344,7 +479,7 @@ fn fixed_chunks(
             }
             let want = (b - pos).min(block * BATCH_BLOCKS) as usize;
             let mut batch = vec![0u8; want];
-            let got = match read_full_at(file, &mut batch, pos) {
+            let got = match read_full_at(image, &mut batch, pos) {
                 Ok(n) => n,
                 Err(e) => return Ok(Err(format!("read error at offset {pos}: {e}"))),
             };
@@ -354,26 +489,18 @@ fn fixed_chunks(
             }
             pos += got as u64;
             if got < want {
+                if reuse.is_some() {
+                    return Ok(Err(format!("the image ended at {pos}, before its size of {size}")));
+                }
                 // The file shrank while we read it; keep what we have.
                 return Ok(Ok(collector.finish()?));
             }
         }
     }
-    collector.zero(size.saturating_sub(pos));
-    Ok(Ok(collector.finish()?))
-}
-
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
+    if let Err(message) = fill(&mut collector, pos, size.max(pos)) {
+        return Ok(Err(message));
     }
-    Ok(done)
+    Ok(Ok(collector.finish()?))
 }
 
 #[cfg(test)]
@@ -394,5 +521,32 @@ mod tests {
             merged,
             vec![ContentRef::Zero { len: 12 }, ContentRef::Data { id, len: 3 }, ContentRef::Zero { len: 1 }]
         );
+    }
+
+    #[test]
+    fn a_read_plan_widens_to_blocks_merges_and_clips() {
+        // 4 KiB writes in 8 KiB blocks; two in one block, one at the very end.
+        let plan = read_plan(&[(4096, 8192), (8192, 12288), (30000, 30001), (65536 - 10, 70000)], 65536, 8192, 0);
+        assert_eq!(plan, vec![(0, 16384), (24576, 32768), (57344, 65536)]);
+        assert_eq!(read_plan(&[(0, 100)], 65536, 8192, 16384), Vec::<(u64, u64)>::new(), "before `from`");
+    }
+
+    #[test]
+    fn slices_of_the_parent_split_zero_runs_but_never_a_chunk() {
+        let id = crate::id::BlobId([1; 32]);
+        let content = vec![
+            ContentRef::Data { id, len: 8 },
+            ContentRef::Zero { len: 24 },
+            ContentRef::Data { id, len: 8 },
+            ContentRef::Data { id, len: 3 },
+        ];
+        assert_eq!(slice_content(&content, 0, 8), Some(vec![ContentRef::Data { id, len: 8 }]));
+        assert_eq!(slice_content(&content, 16, 24), Some(vec![ContentRef::Zero { len: 8 }]));
+        assert_eq!(
+            slice_content(&content, 24, 43),
+            Some(vec![ContentRef::Zero { len: 8 }, ContentRef::Data { id, len: 8 }, ContentRef::Data { id, len: 3 }])
+        );
+        assert_eq!(slice_content(&content, 4, 16), None, "would cut a chunk");
+        assert_eq!(slice_content(&content, 40, 50), None, "past the end");
     }
 }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::FixedChunking;
-use super::reader::{FileJob, FileOutcome, FileSource};
+use super::reader::{FileJob, FileOutcome, FileSource, Reuse};
+use super::source::{BlockImage, EntryData, SourceEntry, StreamOpener, valid_entry_path};
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
 use crate::index::Index;
@@ -295,6 +296,7 @@ impl<'a> Walker<'a> {
             stat: Some(*stat),
             resume,
             fixed,
+            strict: false,
             prefix: prefix.clone(),
             reply: reply_tx,
         };
@@ -364,15 +366,20 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Emit one stream as a file named `name`.
-    pub fn walk_stream(&mut self, name: &str, reader: Box<dyn std::io::Read + Send>) -> Result<()> {
+    /// A node for something that is not on this file system: owned by
+    /// us, timed now.
+    fn synthetic_node(&mut self, name: &[u8], node_type: NodeType, mode: u32) -> Node {
         let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0);
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let node = Node {
-            name: name.as_bytes().to_vec(),
-            node_type: NodeType::File,
-            mode: 0o600,
+        let data = match node_type {
+            NodeType::Dir => NodeData::Dir { subtree: crate::id::BlobId([0; 32]) },
+            _ => NodeData::File { content: Vec::new(), partial: false },
+        };
+        Node {
+            name: name.to_vec(),
+            node_type,
+            mode,
             uid,
             gid,
             user: self.names.user(uid),
@@ -385,21 +392,182 @@ impl<'a> Walker<'a> {
             nlink: 1,
             size: 0,
             xattrs: Vec::new(),
-            data: NodeData::File { content: Vec::new(), partial: false },
-        };
+            data,
+        }
+    }
+
+    fn send_file(&self, node: Node, status: FileStatus, source: FileSource, fixed: bool, strict: bool) -> Result<()> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         let prefix = Arc::new(Mutex::new(Vec::new()));
-        let job = FileJob {
-            source: FileSource::Stream(Mutex::new(Some(reader))),
-            stat: None,
-            resume: Vec::new(),
-            fixed: self.fixed == FixedChunking::Always,
-            prefix: prefix.clone(),
-            reply: reply_tx,
+        let job =
+            FileJob { source, stat: None, resume: Vec::new(), fixed, strict, prefix: prefix.clone(), reply: reply_tx };
+        self.emit(Item::File { node, status, reply: reply_rx, prefix }).map_err(|_| Error::Cancelled)?;
+        self.files.send(job).map_err(|_| Error::Cancelled)
+    }
+
+    /// Emit one stream as a file named `name`.
+    pub fn walk_stream(&mut self, name: &str, reader: Box<dyn std::io::Read + Send>) -> Result<()> {
+        let node = self.synthetic_node(name.as_bytes(), NodeType::File, 0o600);
+        let source = FileSource::Stream(Mutex::new(Some(reader)));
+        self.send_file(node, FileStatus::New, source, self.fixed == FixedChunking::Always, true)
+    }
+
+    /// Emit a packager's entries as a tree. `generations` are the parent
+    /// snapshot's image generations, which decide whether an image's
+    /// changed-block map can be trusted.
+    pub fn walk_source(
+        &mut self,
+        dir: SourceDir,
+        block: usize,
+        parent: &ParentDir,
+        generations: &BTreeMap<String, String>,
+        prefix: &str,
+    ) -> Result<()> {
+        for (name, child) in dir.children {
+            let name_str = String::from_utf8_lossy(&name).into_owned();
+            let path = if prefix.is_empty() { name_str } else { format!("{prefix}/{name_str}") };
+            match child {
+                SourceNode::Dir(sub) => {
+                    let node = self.synthetic_node(&name, NodeType::Dir, 0o755);
+                    self.emit(Item::EnterDir(node)).map_err(|_| Error::Cancelled)?;
+                    let sub_parent = self.enter(parent, &name);
+                    self.walk_source(sub, block, &sub_parent, generations, &path)?;
+                    self.emit(Item::LeaveDir).map_err(|_| Error::Cancelled)?;
+                }
+                SourceNode::Entry(entry) => {
+                    let old = parent.node(&name).find(|n| n.node_type == NodeType::File);
+                    let status = if old.is_some() { FileStatus::Changed } else { FileStatus::New };
+                    let node = self.synthetic_node(&name, NodeType::File, entry.mode & 0o7777);
+                    let (source, fixed) = match entry.data {
+                        EntryData::Bytes(bytes) => {
+                            let open: StreamOpener = Box::new(move || Ok(Box::new(std::io::Cursor::new(bytes)) as _));
+                            (FileSource::Open(Mutex::new(Some(open))), false)
+                        }
+                        EntryData::Stream(open) => (FileSource::Open(Mutex::new(Some(open))), false),
+                        EntryData::Image(image) => {
+                            let reuse = self.image_reuse(&path, image.as_ref(), old, generations, block);
+                            (FileSource::Image { image, block, reuse }, true)
+                        }
+                    };
+                    self.send_file(node, status, source, fixed, true)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The parent's content and the changed extents of an image, when its
+    /// changed-block map follows the parent's generation; otherwise `None`
+    /// (the whole image is read and its blocks compared by hash) and the
+    /// job log says why.
+    fn image_reuse(
+        &self,
+        path: &str,
+        image: &dyn BlockImage,
+        old: Option<&Node>,
+        generations: &BTreeMap<String, String>,
+        block: usize,
+    ) -> Option<Reuse> {
+        let changes = image.changes()?;
+        let fallback = |why: String| -> Option<Reuse> {
+            self.progress.info(&format!(
+                "{path}: {why}; not using its changed-block map, reading the whole image and comparing block hashes"
+            ));
+            None
         };
-        let stopped = || Error::Cancelled;
-        self.emit(Item::File { node, status: FileStatus::New, reply: reply_rx, prefix }).map_err(|_| stopped())?;
-        self.files.send(job).map_err(|_| stopped())
+        let Some(old) = old else {
+            return fallback("the parent snapshot has no such image".into());
+        };
+        match generations.get(path) {
+            Some(g) if *g == changes.parent_generation => {}
+            Some(g) => {
+                return fallback(format!(
+                    "the map follows generation {}, but the parent snapshot holds generation {g}",
+                    changes.parent_generation
+                ));
+            }
+            None => return fallback("the parent snapshot recorded no generation for it".into()),
+        }
+        let size = image.size();
+        if old.size != size || old.is_partial() {
+            return fallback(format!("its size changed from {} to {size} bytes", old.size));
+        }
+        if let Some(&(offset, len)) = changes.extents.iter().find(|&&(o, l)| o.checked_add(l).is_none_or(|e| e > size))
+        {
+            return fallback(format!("the map names [{offset}, +{len}), beyond the image's end"));
+        }
+        let parent = match self.repo.expand_content(self.index, old.content()) {
+            Ok(content) => content,
+            Err(e) => return fallback(format!("the parent's content cannot be read ({e})")),
+        };
+        if !aligned(&parent, block as u64, size) || !parent.iter().all(|c| self.stored(c)) {
+            return fallback(format!("the parent was not stored in {block}-byte chunks"));
+        }
+        let changed: u64 = changes.extents.iter().map(|e| e.1).sum();
+        self.progress.info(&format!(
+            "{path}: changed-block map from generation {} to {}: reading {} changed extent(s), {changed} bytes",
+            changes.parent_generation,
+            changes.generation,
+            changes.extents.len()
+        ));
+        Some(Reuse { parent, changed: changes.extents.clone() })
+    }
+}
+
+/// Whether `content` (expanded) covers `size` bytes with every data chunk
+/// starting on a block boundary and a block long (the last may be short).
+fn aligned(content: &[ContentRef], block: u64, size: u64) -> bool {
+    let mut pos = 0u64;
+    for c in content {
+        if let ContentRef::Data { len, .. } = c
+            && (!pos.is_multiple_of(block) || (*len != block && pos + len != size))
+        {
+            return false;
+        }
+        pos += c.len();
+    }
+    pos == size
+}
+
+/// A packager's entries arranged as directories.
+#[derive(Default)]
+pub(crate) struct SourceDir {
+    children: BTreeMap<Vec<u8>, SourceNode>,
+}
+
+pub(crate) enum SourceNode {
+    Dir(SourceDir),
+    Entry(SourceEntry),
+}
+
+impl SourceDir {
+    /// Arrange `entries` by path; paths must be valid and distinct, and no
+    /// entry may be another's directory.
+    pub fn build(entries: Vec<SourceEntry>) -> Result<SourceDir> {
+        let mut root = SourceDir::default();
+        for entry in entries {
+            if !valid_entry_path(&entry.path) {
+                return Err(Error::Invalid(format!("{:?} is not a valid entry path", entry.path)));
+            }
+            let path = entry.path.clone();
+            let mut names: Vec<&str> = path.split('/').collect();
+            let last = names.pop().unwrap_or_default();
+            let mut dir = &mut root;
+            for name in names {
+                let child = dir
+                    .children
+                    .entry(name.as_bytes().to_vec())
+                    .or_insert_with(|| SourceNode::Dir(SourceDir::default()));
+                dir = match child {
+                    SourceNode::Dir(d) => d,
+                    SourceNode::Entry(_) => return Err(Error::Invalid(format!("{path:?} is below another entry"))),
+                };
+            }
+            if dir.children.insert(last.as_bytes().to_vec(), SourceNode::Entry(entry)).is_some() {
+                return Err(Error::Invalid(format!("{path:?} is given twice")));
+            }
+        }
+        Ok(root)
     }
 }
 

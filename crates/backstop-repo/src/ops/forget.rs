@@ -148,6 +148,7 @@ mod tests {
                 excludes: vec![],
                 program_version: String::new(),
                 summary: Summary::default(),
+                source: None,
             },
         )
     }

@@ -1,0 +1,165 @@
+//! What packagers hand the engine: a tree of entries that are not files
+//! on this machine's file system — streams (a dump's or a command's
+//! output), bytes (manifests) and block images (disks, with an optional
+//! changed-block map).
+//!
+//! Every entry of a [`SourceTree`] must be read completely: a stream that
+//! fails (a dump tool exits non-zero) fails the backup, and no snapshot is
+//! written without it.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::sys;
+
+/// Opens a stream when a reader gets to it, so that a packager's dump
+/// processes start one reader at a time rather than all at once.
+pub type StreamOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn Read + Send>> + Send>;
+
+/// A packager's output, backed up as one snapshot of kind `Source`.
+pub struct SourceTree {
+    /// The packager (`image`, `postgres`, …), recorded in the snapshot.
+    pub kind: String,
+    /// What was backed up, without secrets (`postgres://db1/app`): the
+    /// snapshot's path, and with the host what makes two backups the same
+    /// source (the newer one's parent is the older one).
+    pub label: String,
+    pub entries: Vec<SourceEntry>,
+    /// Fixed chunk size for image entries (a power of two, 4 KiB–16 MiB).
+    pub image_chunk_size: usize,
+}
+
+pub struct SourceEntry {
+    /// `/`-separated path in the snapshot's tree (`db/app.dump`); directories
+    /// on the way are created.
+    pub path: String,
+    /// Permission bits recorded for the entry.
+    pub mode: u32,
+    pub data: EntryData,
+}
+
+pub enum EntryData {
+    Bytes(Vec<u8>),
+    Stream(StreamOpener),
+    Image(Arc<dyn BlockImage>),
+}
+
+/// A block-addressed image: a disk as the guest sees it.
+pub trait BlockImage: Send + Sync {
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// Read at `offset`; reads past the end return 0 bytes.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+    /// `(start, end)` ranges that may hold data, sorted; the rest reads as
+    /// zeros and is never read.
+    fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>>;
+    /// What changed since an earlier generation, if the hypervisor said.
+    fn changes(&self) -> Option<&ChangeMap> {
+        None
+    }
+    /// The image's changed-block generation now, recorded in the snapshot.
+    fn generation(&self) -> Option<String> {
+        self.changes().map(|c| c.generation.clone())
+    }
+}
+
+/// A changed-block map: the extents written between two generations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeMap {
+    pub generation: String,
+    pub parent_generation: String,
+    /// `(offset, length)` of each changed extent.
+    pub extents: Vec<(u64, u64)>,
+}
+
+/// A raw image: a regular file (holes found with `SEEK_DATA`) or a block
+/// device (its whole size).
+pub struct RawImage {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    sparse: bool,
+    changes: Option<ChangeMap>,
+    generation: Option<String>,
+}
+
+impl RawImage {
+    pub fn open(path: &Path) -> std::io::Result<RawImage> {
+        let file = sys::open_read(path)?;
+        let st = sys::fstat(&file)?;
+        let size = match st.file_type() {
+            libc::S_IFREG => st.size,
+            libc::S_IFBLK => {
+                let mut f = &file;
+                std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?
+            }
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} is neither a regular file nor a block device", path.display()),
+                ));
+            }
+        };
+        Ok(RawImage { file, path: path.to_path_buf(), size, sparse: st.is_sparse(), changes: None, generation: None })
+    }
+
+    /// Attach a changed-block map.
+    pub fn with_changes(mut self, changes: Option<ChangeMap>) -> RawImage {
+        self.changes = changes;
+        self
+    }
+
+    /// Record `generation` as the image's generation when no map says.
+    pub fn with_generation(mut self, generation: Option<String>) -> RawImage {
+        self.generation = generation;
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl BlockImage for RawImage {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        self.file.read_at(buf, offset)
+    }
+
+    fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        if self.sparse { sys::data_extents(&self.file, self.size) } else { Ok(vec![(0, self.size)]) }
+    }
+
+    fn changes(&self) -> Option<&ChangeMap> {
+        self.changes.as_ref()
+    }
+
+    fn generation(&self) -> Option<String> {
+        self.changes.as_ref().map(|c| c.generation.clone()).or_else(|| self.generation.clone())
+    }
+}
+
+/// Read until `buf` is full or the image ends.
+pub(crate) fn read_full_at(image: &dyn BlockImage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match image.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Whether `path` is a valid entry path: `/`-separated valid names.
+pub(crate) fn valid_entry_path(path: &str) -> bool {
+    !path.is_empty() && path.split('/').all(|c| crate::tree::valid_name(c.as_bytes()))
+}
