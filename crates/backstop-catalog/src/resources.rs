@@ -819,6 +819,12 @@ pub fn validate_source(spec: &SourceSpec) -> Result<()> {
             }
             Ok(())
         }
-        other => Err(Error::Invalid(format!("unknown source kind {other:?}; this version knows: fs"))),
+        // Packaged kinds: the server checks their configuration with
+        // `backstop_source::validate` before it gets here.
+        "image" | "command" | "postgres" | "mysql" if spec.config.is_object() => Ok(()),
+        "image" | "command" | "postgres" | "mysql" => Err(Error::Invalid("config must be a JSON object".into())),
+        other => Err(Error::Invalid(format!(
+            "unknown source kind {other:?}; this version knows: fs, image, command, postgres, mysql"
+        ))),
     }
 }

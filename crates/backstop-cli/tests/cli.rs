@@ -236,3 +236,45 @@ fn an_unreadable_file_is_named_and_the_rest_is_saved_with_exit_code_3() {
     let ls = cli.ok(&["ls", "latest"]);
     assert!(ls.contains("ok.txt"), "{ls}");
 }
+
+#[test]
+fn sources_back_up_with_source_and_restore_with_to() {
+    let cli = Cli::local();
+    cli.init();
+    // An image with a changed-block map, as the CLI takes it.
+    let disk = cli.path("disk.raw");
+    let f = fs::File::create(&disk).unwrap();
+    f.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(256 << 10, 1), 1 << 20).unwrap();
+    let spec = format!("image:{}", disk.display());
+    let first = cli.json(&["backup", "--source", &spec, "--source-opt", "generation=1"]);
+    std::os::unix::fs::FileExt::write_all_at(&f, &noise(4096, 2), 3 << 20).unwrap();
+    let map = cli.path("disk.cbt.json");
+    fs::write(&map, r#"{"generation": 2, "parent_generation": 1, "extents": [[3145728, 4096]]}"#).unwrap();
+    let cbt = format!("cbt={}", map.display());
+    let second = cli.json(&["backup", "--source", &spec, "--source-opt", &cbt]);
+    assert_eq!(second["parent"], first["snapshot_id"]);
+    assert!(second["summary"]["bytes_read"].as_u64().unwrap() <= 8192, "{second}");
+    let restored = cli.path("restored.raw");
+    let to = format!("image:{}", restored.display());
+    cli.ok(&["restore", "latest", "--to", &to]);
+    assert_eq!(fs::read(&restored).unwrap(), fs::read(&disk).unwrap());
+
+    // A command, and one that fails: no snapshot, a non-zero exit naming it.
+    cli.ok(&["backup", "--source", "command:seq 1 5000", "--source-opt", "filename=seq.txt"]);
+    let sink = cli.path("sink");
+    let to = format!("command:cat > {}", sink.display());
+    cli.ok(&["restore", "latest", "--to", &to]);
+    assert!(fs::read_to_string(&sink).unwrap().ends_with("4999\n5000\n"));
+    let before = cli.json(&["snapshots"]).as_array().unwrap().len();
+    let out = cli.run(&["backup", "--source", "command:echo half; exit 4"]);
+    assert_eq!(code(&out), 1, "{}", output_text(&out));
+    assert!(output_text(&out).contains("exit status: 4"), "{}", output_text(&out));
+    assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), before);
+
+    let out = cli.run(&["backup", "--source", "image:relative.raw"]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("must be absolute"), "{}", output_text(&out));
+    let out = cli.run(&["backup", "--source", "nfs:/x"]);
+    assert!(output_text(&out).contains("unknown source kind"), "{}", output_text(&out));
+}

@@ -7,6 +7,7 @@
 //! finds or starts a PostgreSQL server and hands out fresh databases.
 
 pub mod fixture;
+pub mod mysql;
 pub mod postgres;
 
 use std::net::SocketAddr;

@@ -108,7 +108,7 @@ impl Postgres {
     }
 }
 
-fn nanos() -> u128 {
+pub(crate) fn nanos() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() % 1_000_000).unwrap_or(0)
 }
 
@@ -124,7 +124,7 @@ fn pg_bin_dir() -> Option<PathBuf> {
     dirs.pop().map(|(_, p)| p)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
@@ -146,7 +146,7 @@ fn server_user() -> Option<(u32, u32)> {
     unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
+pub(crate) fn chown_tree(path: &Path, uid: u32, gid: u32) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
     // SAFETY: c is NUL-terminated.
     unsafe { libc::chown(c.as_ptr(), uid, gid) };

@@ -29,6 +29,17 @@ impl From<backstop_repo::Error> for Failure {
     }
 }
 
+impl From<backstop_source::Error> for Failure {
+    fn from(e: backstop_source::Error) -> Failure {
+        match e {
+            backstop_source::Error::Repo(e) => Failure::from(e),
+            // A tool may fail for a passing reason (a connection, a lock).
+            backstop_source::Error::Tool(error) => Failure { error, retryable: true },
+            backstop_source::Error::Invalid(error) => Failure { error, retryable: false },
+        }
+    }
+}
+
 fn permanent(error: impl Into<String>) -> Failure {
     Failure { error: error.into(), retryable: false }
 }
@@ -98,13 +109,16 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 
 fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
-    if source.kind != "fs" {
-        return Err(permanent(format!("this worker cannot back up sources of kind {:?}", source.kind)));
-    }
-    let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
-    if paths.is_empty() {
-        return Err(permanent("the source has no paths"));
-    }
+    let what = if source.kind == "fs" {
+        let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
+        if paths.is_empty() {
+            return Err(permanent("the source has no paths"));
+        }
+        BackupSource::Paths(paths)
+    } else {
+        let config = source.config.as_object().cloned().unwrap_or_default();
+        BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config).map_err(Failure::from)?)
+    };
     let mut tags = strings(claim.job.params.get("tags"));
     if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
         tags.push(format!("plan:{plan}"));
@@ -115,7 +129,7 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
         excludes: strings(source.config.get("excludes")),
         ..BackupOptions::default()
     };
-    let out = backup::run(repo, BackupSource::Paths(paths), &options, tracker, &tracker.cancel)?;
+    let out = backup::run(repo, what, &options, tracker, &tracker.cancel)?;
     let s = &out.snapshot.summary;
     tracker.log(
         LogLevel::Info,
@@ -237,6 +251,18 @@ fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<O
 
 fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let params = &claim.job.params;
+    if let Some(to) = params.get("to") {
+        // Into a system: {"to": {"kind": "postgres", "config": {...}}}.
+        let kind = to.get("kind").and_then(Value::as_str).ok_or_else(|| permanent("params.to needs a kind"))?;
+        let config = to.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
+        let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
+        let (_, snap) = repo.find_snapshot(snapshot)?;
+        let report = backstop_source::restore(repo, &snap, kind, &config, tracker, &tracker.cancel)?;
+        for (entry, to) in &report.restored {
+            tracker.log(LogLevel::Info, format!("{entry} restored to {to}"));
+        }
+        return Ok(Outcome::Succeeded { result: json!({"restored": report.restored}), snapshot: None });
+    }
     let target =
         params.get("target").and_then(Value::as_str).ok_or_else(|| permanent("a restore needs params.target"))?;
     if !target.starts_with('/') {

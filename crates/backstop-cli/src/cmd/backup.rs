@@ -15,12 +15,34 @@ that cannot be read are named in a warning, the rest is backed up, and the exit 
 
 With --stdin, standard input is stored as one file named by --stdin-filename.
 
+With --source KIND:TARGET, a packager produces what is backed up (options with --source-opt):
+  image:PATH       a raw image, block device, qcow2 file, or a directory of a VM's exported
+                   files; fixed 8 KiB chunks, holes skipped. Options: cbt=FILE|DIR (changed-block
+                   map(s): only the changed blocks are read when the map follows the parent's
+                   generation), generation=G (for a backup without a map), chunk_size=8k,
+                   format=auto|raw|qcow2.
+  command:'CMD'    the standard output of `sh -c CMD` (etcdctl, vzdump, ...). Options:
+                   filename=NAME.
+  postgres://USER@HOST:PORT/DB   pg_dump -Fc of DB; without /DB every database and the globals
+                   (pg_dumpall --globals-only). Options: databases=a,b, password=P (or PGPASSWORD).
+  mysql://USER@HOST:PORT/DB      mariadb-dump --single-transaction of DB; without /DB every
+                   database but the system ones. Options: databases=a,b, password=P (or MYSQL_PWD).
+A failing dump or command fails the backup: no snapshot is written without it.
+
 An interrupted backup (Ctrl-C, SIGTERM, a crash) leaves a checkpoint; the next backup of the same \
 paths resumes from it and does not read or upload again what was already saved.")]
 pub struct Args {
     /// Files and directories to back up.
-    #[arg(value_name = "PATH", required_unless_present = "stdin")]
+    #[arg(value_name = "PATH", required_unless_present_any = ["stdin", "source"])]
     paths: Vec<PathBuf>,
+
+    /// Back up what a packager produces: image:PATH, command:'CMD', postgres://…, mysql://….
+    #[arg(long, value_name = "KIND:TARGET", conflicts_with_all = ["paths", "stdin"])]
+    source: Option<String>,
+
+    /// An option of --source (repeatable), e.g. cbt=/var/lib/vm/disk.cbt.json.
+    #[arg(long = "source-opt", value_name = "KEY=VALUE", requires = "source")]
+    source_opt: Vec<String>,
 
     /// Leave out paths matching PATTERN (gitignore syntax; repeatable).
     #[arg(short = 'e', long, value_name = "PATTERN")]
@@ -112,7 +134,10 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         time,
         ..BackupOptions::default()
     };
-    let source = if args.stdin {
+    let source = if let Some(spec) = &args.source {
+        let (kind, config) = backstop_source::from_spec(spec, &args.source_opt)?;
+        BackupSource::Tree(backstop_source::backup_tree(&kind, &config)?)
+    } else if args.stdin {
         BackupSource::Stream { reader: Box::new(std::io::stdin()), filename: args.stdin_filename.clone() }
     } else {
         BackupSource::Paths(args.paths.clone())

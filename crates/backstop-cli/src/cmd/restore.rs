@@ -12,15 +12,35 @@ use crate::output::{bytes, print_json};
 they were backed up (a backup of /home/alice restores to TARGET/home/alice). Existing files in \
 the way are replaced. Nothing is ever written outside the target, whatever the repository \
 contains. File data, modes, times, symlinks, hard links, xattrs, device nodes and FIFOs are \
-restored; owners only when running as root.")]
+restored; owners only when running as root.
+
+With --to KIND:TARGET, the snapshot goes back into a system instead (options with --to-opt):
+  image:PATH       a disk to a raw file (sparse), a block device, or a qcow2 file (by its .qcow2
+                   name or format=qcow2, through qemu-img); a directory gets every entry.
+                   Options: entry=NAME (which disk), format=raw|qcow2.
+  command:'CMD'    the stream on the standard input of `sh -c CMD`; its exit status is checked.
+                   Options: entry=NAME.
+  postgres://USER@HOST:PORT/DB   pg_restore of one dump into DB (created if missing); without /DB
+                   every dump into a database of its name, and the globals. Options:
+                   entry=databases/NAME.dump, clean=true (drop objects first), password=P.
+  mysql://USER@HOST:PORT/DB      the dump into DB (created if missing); without /DB every dump
+                   into a database of its name. Options: entry=databases/NAME.sql, password=P.")]
 pub struct Args {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
     snapshot: String,
 
     /// Directory to restore into (created if missing).
-    #[arg(short, long, value_name = "DIR")]
-    target: PathBuf,
+    #[arg(short, long, value_name = "DIR", required_unless_present = "to")]
+    target: Option<PathBuf>,
+
+    /// Restore into a system instead of a directory: image:PATH, command:'CMD', postgres://…, mysql://….
+    #[arg(long, value_name = "KIND:TARGET", conflicts_with_all = ["target", "include", "exclude", "verify"])]
+    to: Option<String>,
+
+    /// An option of --to (repeatable), e.g. entry=databases/app.dump.
+    #[arg(long = "to-opt", value_name = "KEY=VALUE", requires = "to")]
+    to_opt: Vec<String>,
 
     /// Restore only paths matching PATTERN and what is below them (repeatable).
     #[arg(short, long, value_name = "PATTERN")]
@@ -42,22 +62,26 @@ pub struct Args {
 pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let repo = ctx.open()?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot)?;
+    if let Some(spec) = &args.to {
+        return restore_to(ctx, &repo, id, &snapshot, spec, &args.to_opt);
+    }
+    let target = args.target.clone().unwrap_or_default();
     let options = RestoreOptions {
-        target: args.target.clone(),
+        target: target.clone(),
         include: args.include.clone(),
         exclude: args.exclude.clone(),
         verify: args.verify,
         threads: args.threads.max(1),
     };
     if ctx.text() {
-        eprintln!("restoring snapshot {} of {} into {}", id.short(), snapshot.paths.join(", "), args.target.display());
+        eprintln!("restoring snapshot {} of {} into {}", id.short(), snapshot.paths.join(", "), target.display());
     }
     let reporter = ctx.reporter(true);
     let summary = restore::run(&repo, &snapshot, &options, &reporter, &ctx.cancel);
     reporter.finish();
     let summary = summary?;
     if ctx.args.json {
-        print_json(&serde_json::json!({ "snapshot_id": id, "target": args.target, "summary": summary }));
+        print_json(&serde_json::json!({ "snapshot_id": id, "target": target, "summary": summary }));
     } else if !ctx.args.quiet {
         println!(
             "restored {} files, {} dirs, {} links, {}",
@@ -75,4 +99,47 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         return Ok(exit::INCOMPLETE);
     }
     Ok(0)
+}
+
+fn restore_to(
+    ctx: &Context,
+    repo: &backstop_repo::Repository,
+    id: backstop_repo::SnapshotId,
+    snapshot: &backstop_repo::Snapshot,
+    spec: &str,
+    options: &[String],
+) -> Result<u8> {
+    let (kind, config) = restore_spec(spec, options)?;
+    if ctx.text() {
+        eprintln!("restoring snapshot {} of {} into {spec}", id.short(), snapshot.paths.join(", "));
+    }
+    let reporter = ctx.reporter(true);
+    let report = backstop_source::restore(repo, snapshot, &kind, &config, &reporter, &ctx.cancel);
+    reporter.finish();
+    let report = report?;
+    if ctx.args.json {
+        print_json(&serde_json::json!({ "snapshot_id": id, "to": spec, "restored": report.restored }));
+    } else if !ctx.args.quiet {
+        for (entry, to) in &report.restored {
+            println!("{entry} -> {to}");
+        }
+    }
+    Ok(0)
+}
+
+/// `--to KIND:TARGET` with its options, as a kind and a configuration.
+fn restore_spec(spec: &str, options: &[String]) -> Result<(String, backstop_source::Config)> {
+    // Restore options (entry, clean, format) are not source options: split
+    // them off so that the source's own checks apply to the rest.
+    let (own, rest): (Vec<String>, Vec<String>) = options.iter().cloned().partition(|o| {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
+        matches!(key, "entry" | "clean" | "format")
+    });
+    let (kind, mut config) = backstop_source::from_spec(spec, &rest)?;
+    for o in own {
+        if let Some((k, v)) = o.split_once('=') {
+            config.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+        }
+    }
+    Ok((kind, config))
 }

@@ -163,3 +163,10 @@ pub(crate) fn read_full_at(image: &dyn BlockImage, buf: &mut [u8], offset: u64) 
 pub(crate) fn valid_entry_path(path: &str) -> bool {
     !path.is_empty() && path.split('/').all(|c| crate::tree::valid_name(c.as_bytes()))
 }
+
+/// Disk image files by extension: block-addressed content, so fixed-size
+/// chunks keep scattered writes cheap (docs/decisions/0004).
+pub fn is_disk_image(name: &[u8]) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [&b".raw"[..], b".img", b".qcow2", b".vmdk", b".vdi", b".vhd", b".vhdx"].iter().any(|ext| lower.ends_with(ext))
+}

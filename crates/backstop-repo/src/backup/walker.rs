@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::FixedChunking;
 use super::reader::{FileJob, FileOutcome, FileSource, Reuse};
-use super::source::{BlockImage, EntryData, SourceEntry, StreamOpener, valid_entry_path};
+use super::source::{BlockImage, EntryData, SourceEntry, StreamOpener, is_disk_image, valid_entry_path};
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
 use crate::index::Index;
@@ -569,13 +569,6 @@ impl SourceDir {
         }
         Ok(root)
     }
-}
-
-/// Disk image files by extension: block-addressed content, so fixed-size
-/// chunks keep scattered writes cheap (see docs/decisions/0003).
-fn is_disk_image(name: &[u8]) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [&b".raw"[..], b".img", b".qcow2", b".vmdk", b".vdi", b".vhd", b".vhdx"].iter().any(|ext| lower.ends_with(ext))
 }
 
 /// Count files and bytes under the selected paths (for progress totals).

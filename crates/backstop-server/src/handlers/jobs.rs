@@ -168,7 +168,29 @@ async fn job_from_spec(
     if spec.deadline_seconds.is_some_and(|d| d == 0 || d > backstop_catalog::queue::MAX_DEADLINE_SECONDS) {
         return Err(ApiError::invalid("deadline_seconds must be between 1 and 2592000 (30 days)"));
     }
-    if spec.kind == JobKind::Restore {
+    if spec.kind == JobKind::Restore
+        && let Some(to) = spec.params.get("to")
+    {
+        // Into a system: {"kind": …, "config": {…}}, checked like a source.
+        let kind = to.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+        let config = to.get("config").and_then(|c| c.as_object()).cloned().unwrap_or_default();
+        let mut checked = config.clone();
+        for own in ["entry", "clean", "format"] {
+            checked.remove(own);
+        }
+        backstop_source::validate(kind, &checked)
+            .map_err(|e| ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres or mysql)")))?;
+        if kind == "image"
+            && let Some(p) = config.get("path").and_then(|p| p.as_str())
+        {
+            caller.confine_path(state, p)?;
+        }
+        if kind == "command" && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err()) {
+            return Err(ApiError::forbidden(
+                "a restore into a command runs it on the workers; only an admin of the system tenant may ask for one",
+            ));
+        }
+    } else if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();
         if !target.starts_with('/') {
             return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));

@@ -173,6 +173,24 @@ pub async fn create_source(
             caller.confine_path(&state, p)?;
         }
     }
+    if spec.kind != "fs" {
+        let config = spec.config.as_object().cloned().unwrap_or_default();
+        backstop_source::validate(&spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
+        // Images are local paths on the workers' hosts, confined like fs paths.
+        for key in ["path", "cbt"] {
+            if spec.kind == "image"
+                && let Some(p) = config.get(key).and_then(|p| p.as_str())
+            {
+                caller.confine_path(&state, p)?;
+            }
+        }
+        // A command runs as the worker: only the system tenant's admins may define one.
+        if spec.kind == "command" && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err()) {
+            return Err(ApiError::forbidden(
+                "a command source runs its command on the workers; only an admin of the system tenant may create one",
+            ));
+        }
+    }
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok((StatusCode::CREATED, Json(source)))

@@ -1,0 +1,390 @@
+//! `postgres` and `mysql`: databases through their own dump and restore
+//! tools. Connection details go to the tools in environment variables and
+//! arguments; a password never appears on a command line (it travels in
+//! `PGPASSWORD` / `MYSQL_PWD`) and never in the snapshot's label.
+//!
+//! PostgreSQL: `pg_dump -Fc` per database, plus `pg_dumpall --globals-only`
+//! (roles, tablespaces) when the whole cluster is backed up; restore with
+//! `pg_restore` into the same or another database or server.
+//! MariaDB/MySQL: `mariadb-dump --single-transaction` (or `mysqldump`) per
+//! database; restore with `mariadb` (or `mysql`).
+
+use std::process::Command;
+
+use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
+use url::Url;
+
+use crate::process::{ChildStream, run, run_with_input};
+use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_str, req_str};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    Mysql,
+}
+
+impl Engine {
+    fn kind(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+        }
+    }
+}
+
+/// Where the server is and what to dump.
+#[derive(Clone)]
+pub struct DbConfig {
+    pub engine: Engine,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    password: Option<String>,
+    /// From the URL's path: one database.
+    pub database: Option<String>,
+    /// `databases=a,b`: these databases (no globals).
+    pub databases: Vec<String>,
+    /// A Unix socket (`?host=/run/postgresql` or `?socket=/run/mysqld/mysqld.sock`).
+    pub socket: Option<String>,
+    pub sslmode: Option<String>,
+}
+
+impl std::fmt::Debug for DbConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbConfig")
+            .field("engine", &self.engine)
+            .field("label", &self.label())
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+fn valid_db_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 63 && !name.contains(['/', '`', '"', '\0', '\n']) && name != "." && name != ".."
+}
+
+impl DbConfig {
+    pub fn parse(engine: Engine, config: &Config) -> Result<DbConfig> {
+        let kind = engine.kind();
+        known_keys(config, kind, &["url", "password", "databases"])?;
+        let text = req_str(config, "url", kind)?;
+        let url = Url::parse(&text).map_err(|e| Error::Invalid(format!("{kind} url: {e}")))?;
+        let schemes: &[&str] =
+            if engine == Engine::Postgres { &["postgres", "postgresql"] } else { &["mysql", "mariadb"] };
+        if !schemes.contains(&url.scheme()) {
+            return Err(Error::Invalid(format!("a {kind} url starts with {}://", schemes[0])));
+        }
+        let decode =
+            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let database = match url.path().trim_start_matches('/') {
+            "" => None,
+            db => Some(decode(db).unwrap_or_default()),
+        };
+        let mut socket = None;
+        let mut sslmode = None;
+        for (k, v) in url.query_pairs() {
+            match (engine, k.as_ref()) {
+                (Engine::Postgres, "host") | (Engine::Mysql, "socket") => socket = Some(v.into_owned()),
+                (Engine::Postgres, "sslmode") => sslmode = Some(v.into_owned()),
+                (_, other) => return Err(Error::Invalid(format!("unknown {kind} url parameter {other:?}"))),
+            }
+        }
+        let databases: Vec<String> = match config.get("databases") {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            _ => opt_str(config, "databases")?
+                .map(|s| s.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect())
+                .unwrap_or_default(),
+        };
+        for db in database.iter().chain(&databases) {
+            if !valid_db_name(db) {
+                return Err(Error::Invalid(format!("{db:?} is not a database name Backstop can use")));
+            }
+        }
+        if database.is_some() && !databases.is_empty() {
+            return Err(Error::Invalid("give the database in the url or in databases=, not both".into()));
+        }
+        let password = match opt_str(config, "password")? {
+            Some(p) => Some(p),
+            None => url.password().and_then(decode),
+        };
+        Ok(DbConfig {
+            engine,
+            host: url.host_str().filter(|h| !h.is_empty()).map(str::to_string),
+            port: url.port(),
+            user: Some(url.username()).filter(|u| !u.is_empty()).and_then(decode),
+            password,
+            database,
+            databases,
+            socket,
+            sslmode,
+        })
+    }
+
+    /// The URL without its password.
+    pub fn label(&self) -> String {
+        let user = self.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+        let host = self.host.clone().unwrap_or_default();
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        let db = self.database.clone().unwrap_or_default();
+        format!("{}://{user}{host}{port}/{db}", self.engine.kind())
+    }
+
+    /// A tool with the connection in its environment (PostgreSQL) or
+    /// arguments (MariaDB), the password in the environment.
+    fn tool(&self, program: &str, database: Option<&str>) -> Command {
+        let mut c = Command::new(program);
+        match self.engine {
+            Engine::Postgres => {
+                for (var, value) in [
+                    ("PGHOST", self.socket.clone().or_else(|| self.host.clone())),
+                    ("PGPORT", self.port.map(|p| p.to_string())),
+                    ("PGUSER", self.user.clone()),
+                    ("PGPASSWORD", self.password.clone()),
+                    ("PGSSLMODE", self.sslmode.clone()),
+                    ("PGDATABASE", database.map(str::to_string)),
+                ] {
+                    if let Some(value) = value {
+                        c.env(var, value);
+                    }
+                }
+                c.env("PGCONNECT_TIMEOUT", "30");
+            }
+            Engine::Mysql => {
+                if let Some(socket) = &self.socket {
+                    c.arg(format!("--socket={socket}"));
+                } else if let Some(host) = &self.host {
+                    c.arg(format!("--host={host}"));
+                }
+                if let Some(port) = self.port {
+                    c.arg(format!("--port={port}"));
+                }
+                if let Some(user) = &self.user {
+                    c.arg(format!("--user={user}"));
+                }
+                if let Some(password) = &self.password {
+                    c.env("MYSQL_PWD", password);
+                }
+            }
+        }
+        c
+    }
+
+    /// The first of `programs` that is installed.
+    fn program(programs: &[&'static str]) -> &'static str {
+        let on_path = |p: &str| {
+            std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(p).is_file()))
+        };
+        programs.iter().copied().find(|p| on_path(p)).unwrap_or(programs[0])
+    }
+
+    fn client(&self) -> &'static str {
+        match self.engine {
+            Engine::Postgres => "psql",
+            Engine::Mysql => Self::program(&["mariadb", "mysql"]),
+        }
+    }
+
+    /// Every database a whole-server backup includes.
+    fn list_databases(&self) -> Result<Vec<String>> {
+        let out = match self.engine {
+            Engine::Postgres => {
+                let mut c = self.tool("psql", Some("postgres"));
+                c.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
+                    .arg("SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname");
+                run(c)?
+            }
+            Engine::Mysql => {
+                let mut c = self.tool(self.client(), None);
+                c.args(["-N", "-B", "-e", "SHOW DATABASES"]);
+                run(c)?
+            }
+        };
+        let system = ["information_schema", "performance_schema", "sys", "mysql"];
+        Ok(out
+            .lines()
+            .map(str::trim)
+            .filter(|d| !(d.is_empty() || self.engine == Engine::Mysql && system.contains(d)))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn dump_command(&self, database: &str) -> Command {
+        match self.engine {
+            Engine::Postgres => {
+                let mut c = self.tool("pg_dump", Some(database));
+                c.args(["--format=custom", "--no-password"]);
+                c
+            }
+            Engine::Mysql => {
+                let mut c = self.tool(Self::program(&["mariadb-dump", "mysqldump"]), None);
+                c.args(["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--"])
+                    .arg(database);
+                c
+            }
+        }
+    }
+
+    fn extension(&self) -> &'static str {
+        match self.engine {
+            Engine::Postgres => "dump",
+            Engine::Mysql => "sql",
+        }
+    }
+}
+
+fn stream(command: Command) -> EntryData {
+    EntryData::Stream(Box::new(move || {
+        let s = ChildStream::spawn(command).map_err(std::io::Error::other)?;
+        Ok(Box::new(s) as Box<dyn std::io::Read + Send>)
+    }))
+}
+
+pub fn tree(config: &DbConfig) -> Result<SourceTree> {
+    let mut entries = Vec::new();
+    let databases = match (&config.database, config.databases.is_empty()) {
+        (Some(db), _) => vec![db.clone()],
+        (None, false) => config.databases.clone(),
+        (None, true) => {
+            // The whole server: this also proves we can connect, before the backup starts.
+            let all = config.list_databases()?;
+            if config.engine == Engine::Postgres {
+                let mut c = config.tool("pg_dumpall", None);
+                c.args(["--globals-only", "--no-password"]);
+                entries.push(SourceEntry { path: "globals.sql".into(), mode: 0o600, data: stream(c) });
+            }
+            all
+        }
+    };
+    if databases.is_empty() && entries.is_empty() {
+        return Err(Error::Invalid(format!("{} has no databases to back up", config.label())));
+    }
+    for db in databases {
+        entries.push(SourceEntry {
+            path: format!("databases/{db}.{}", config.extension()),
+            mode: 0o600,
+            data: stream(config.dump_command(&db)),
+        });
+    }
+    Ok(SourceTree {
+        kind: config.engine.kind().into(),
+        label: config.label(),
+        entries,
+        image_chunk_size: crate::image::DEFAULT_CHUNK,
+    })
+}
+
+/// Create `database` on the server unless it exists.
+fn ensure_database(config: &DbConfig, database: &str) -> Result<()> {
+    match config.engine {
+        Engine::Postgres => {
+            let mut c = config.tool("psql", Some("postgres"));
+            c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-v"]).arg(format!("name={database}"));
+            // Variables are interpolated in a script, quoted by psql itself.
+            run_with_input(c, |stdin| {
+                stdin
+                    .write_all(
+                        b"SELECT format('CREATE DATABASE %I', :'name') WHERE NOT EXISTS \
+                          (SELECT 1 FROM pg_database WHERE datname = :'name') \\gexec\n",
+                    )
+                    .map_err(|e| Error::Tool(format!("psql: {e}")))
+            })?;
+        }
+        Engine::Mysql => {
+            let mut c = config.tool(config.client(), None);
+            c.arg("-e").arg(format!("CREATE DATABASE IF NOT EXISTS `{database}`"));
+            run(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// `--to postgres://…/DB` or `--to mysql://…/DB` restores one dump into DB
+/// (created when missing); without a database, every dump goes into a
+/// database of its own name (and PostgreSQL's globals first).
+pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config) -> Result<RestoreReport> {
+    let mut db_config = config.clone();
+    let chosen = opt_str(config, "entry")?;
+    let clean = opt_str(config, "clean")?.is_some_and(|v| v == "true" || v == "yes" || v == "1");
+    db_config.remove("entry");
+    db_config.remove("clean");
+    let target = DbConfig::parse(engine, &db_config)?;
+    let ext = format!(".{}", target.extension());
+    let dumps: Vec<&(String, _)> =
+        ctx.entries.iter().filter(|(p, _)| p.starts_with("databases/") && p.ends_with(&ext)).collect();
+    let mut report = RestoreReport::default();
+    let mut plan: Vec<(String, String)> = Vec::new(); // (entry, database)
+    match &target.database {
+        Some(db) => {
+            let entry = match chosen {
+                Some(e) => ctx.single(Some(&e), "dump")?.0.clone(),
+                None if dumps.len() == 1 => dumps[0].0.clone(),
+                None => {
+                    return Err(Error::Invalid(format!(
+                        "the snapshot holds {} database dumps; choose one with the option entry=PATH (one of: {})",
+                        dumps.len(),
+                        dumps.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            };
+            plan.push((entry, db.clone()));
+        }
+        None => {
+            if engine == Engine::Postgres && ctx.entries.iter().any(|(p, _)| p == "globals.sql") {
+                // Roles that exist already only warn: psql goes on.
+                let c = target.tool("psql", Some("postgres"));
+                let mut c = c;
+                c.args(["-X", "-q"]);
+                let mut failure = None;
+                run_with_input(c, |stdin| {
+                    failure = ctx.dump("globals.sql", stdin).err();
+                    Ok(())
+                })?;
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                report.restored.push(("globals.sql".into(), target.label()));
+            }
+            for (path, _) in &dumps {
+                let name = path.trim_start_matches("databases/").trim_end_matches(&ext).to_string();
+                plan.push((path.clone(), name));
+            }
+        }
+    }
+    if plan.is_empty() {
+        return Err(Error::Invalid("the snapshot holds no database dumps".into()));
+    }
+    for (entry, db) in plan {
+        if !valid_db_name(&db) {
+            return Err(Error::Invalid(format!("{db:?} is not a database name Backstop can use")));
+        }
+        ensure_database(&target, &db)?;
+        let c = match engine {
+            Engine::Postgres => {
+                let mut c = target.tool("pg_restore", None);
+                c.args(["--no-owner", "--exit-on-error", "--no-password", "--dbname"]).arg(&db);
+                if clean {
+                    c.args(["--clean", "--if-exists"]);
+                }
+                c
+            }
+            Engine::Mysql => {
+                let mut c = target.tool(target.client(), None);
+                c.arg("--").arg(&db);
+                c
+            }
+        };
+        let mut failure = None;
+        run_with_input(c, |stdin| {
+            failure = ctx.dump(&entry, stdin).err();
+            Ok(())
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut where_to = target.clone();
+        where_to.database = Some(db);
+        ctx.progress.info(&format!("{entry} restored into {}", where_to.label()));
+        report.restored.push((entry, where_to.label()));
+    }
+    Ok(report)
+}

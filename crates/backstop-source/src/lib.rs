@@ -1,0 +1,244 @@
+//! Packagers: everything that is not a tree of local files, turned into
+//! the engine's [`SourceTree`] for a backup, and put back from a snapshot
+//! by a restore (DESIGN §4).
+//!
+//! A source is a kind and a JSON configuration — the same shape a plan's
+//! source has in the service; the CLI builds it from `--source KIND:TARGET`
+//! and `--source-opt KEY=VALUE`. Each kind checks its configuration before
+//! anything runs ([`validate`]); a dump or command that fails fails the
+//! backup, which then writes no snapshot.
+//!
+//! | kind | target | entries |
+//! |---|---|---|
+//! | `image` | a raw file, block device, qcow2 file, or a directory (a VM's export) | one per disk (fixed chunks, holes skipped, changed-block maps), other files as they are |
+//! | `command` | a shell command | its standard output, one entry |
+//! | `postgres` | a connection URL, with or without a database | `globals.sql` (whole cluster only), `databases/<name>.dump` (`pg_dump -Fc`) |
+//! | `mysql` | a connection URL, with or without a database | `databases/<name>.sql` (`mariadb-dump --single-transaction`) |
+
+pub mod command;
+pub mod db;
+pub mod image;
+pub mod process;
+pub mod qcow2;
+
+use std::path::Path;
+
+use backstop_repo::backup::source::SourceTree;
+use backstop_repo::index::Index;
+use backstop_repo::tree::{Node, NodeType};
+use backstop_repo::{CancelToken, Progress, Repository, Snapshot, SnapshotKind};
+use serde_json::{Map, Value};
+
+/// A source's configuration, as stored in a plan's source.
+pub type Config = Map<String, Value>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration or the request cannot work as given.
+    #[error("{0}")]
+    Invalid(String),
+    /// A dump or restore tool failed.
+    #[error("{0}")]
+    Tool(String),
+    #[error(transparent)]
+    Repo(#[from] backstop_repo::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The packaged kinds (`fs`, the engine's own, is not one of them).
+pub const KINDS: &[&str] = &["image", "command", "postgres", "mysql"];
+
+/// The configuration key a spec's target goes to.
+fn main_key(kind: &str) -> Result<&'static str> {
+    Ok(match kind {
+        "image" => "path",
+        "command" => "command",
+        "postgres" | "mysql" => "url",
+        other => {
+            return Err(Error::Invalid(format!("unknown source kind {other:?} (known: {})", KINDS.join(", "))));
+        }
+    })
+}
+
+/// `KIND:TARGET` and `KEY=VALUE` options as a kind and its configuration.
+pub fn from_spec(spec: &str, options: &[String]) -> Result<(String, Config)> {
+    let Some((kind, target)) = spec.split_once(':') else {
+        return Err(Error::Invalid(format!(
+            "{spec:?} is not KIND:TARGET (for example image:/srv/vm1.qcow2, postgres://db1/app, command:'etcdctl …')"
+        )));
+    };
+    // A URL is its own spec: postgres://… and mysql://… keep their scheme.
+    let (kind, target) = match kind {
+        "postgres" | "postgresql" | "mysql" | "mariadb" if target.starts_with("//") => {
+            (if kind.starts_with("postgres") { "postgres" } else { "mysql" }, spec)
+        }
+        _ => (kind, target),
+    };
+    let mut config = Config::new();
+    config.insert(main_key(kind)?.into(), Value::String(target.to_string()));
+    for option in options {
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(Error::Invalid(format!("source option {option:?} is not KEY=VALUE")));
+        };
+        config.insert(key.trim().to_string(), Value::String(value.to_string()));
+    }
+    validate(kind, &config)?;
+    Ok((kind.to_string(), config))
+}
+
+/// Check `config` for `kind` without running anything.
+pub fn validate(kind: &str, config: &Config) -> Result<()> {
+    match kind {
+        "image" => image::ImageConfig::parse(config).map(drop),
+        "command" => command::CommandConfig::parse(config).map(drop),
+        "postgres" => db::DbConfig::parse(db::Engine::Postgres, config).map(drop),
+        "mysql" => db::DbConfig::parse(db::Engine::Mysql, config).map(drop),
+        _ => main_key(kind).map(drop),
+    }
+}
+
+/// What to back up for `kind`: the engine's source tree. Validates, then
+/// checks what it can reach (files, tools) before the backup starts.
+pub fn backup_tree(kind: &str, config: &Config) -> Result<SourceTree> {
+    match kind {
+        "image" => image::tree(&image::ImageConfig::parse(config)?),
+        "command" => command::tree(&command::CommandConfig::parse(config)?),
+        "postgres" => db::tree(&db::DbConfig::parse(db::Engine::Postgres, config)?),
+        "mysql" => db::tree(&db::DbConfig::parse(db::Engine::Mysql, config)?),
+        _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
+    }
+}
+
+/// What a restore into a system did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreReport {
+    /// The snapshot's entries that were restored, and where to.
+    pub restored: Vec<(String, String)>,
+}
+
+/// Put `snapshot` back into the system `kind`/`config` names
+/// (`--to KIND:TARGET`).
+pub fn restore(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    kind: &str,
+    config: &Config,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<RestoreReport> {
+    let index = repo.load_index()?;
+    let entries = entries(repo, &index, snapshot)?;
+    if entries.is_empty() {
+        return Err(Error::Invalid("the snapshot holds no files to restore".into()));
+    }
+    let ctx = RestoreContext { repo, index: &index, snapshot, entries, progress, cancel };
+    match kind {
+        "image" => image::restore(&ctx, config),
+        "command" => command::restore(&ctx, config),
+        "postgres" => db::restore(&ctx, db::Engine::Postgres, config),
+        "mysql" => db::restore(&ctx, db::Engine::Mysql, config),
+        _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
+    }
+}
+
+pub(crate) struct RestoreContext<'a> {
+    pub repo: &'a Repository,
+    pub index: &'a Index,
+    pub snapshot: &'a Snapshot,
+    /// Every file in the snapshot, by its path in the tree (`databases/app.dump`).
+    pub entries: Vec<(String, Node)>,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a CancelToken,
+}
+
+impl RestoreContext<'_> {
+    /// Write entry `path` to `out`.
+    pub fn dump(&self, path: &str, out: &mut dyn std::io::Write) -> Result<u64> {
+        if self.cancel.is_cancelled() {
+            return Err(backstop_repo::Error::Cancelled.into());
+        }
+        let full = if self.snapshot.kind == SnapshotKind::Source { format!("/{path}") } else { path.to_string() };
+        let n = backstop_repo::ops::dump::dump(self.repo, self.index, self.snapshot, Path::new(&full), out)?;
+        self.progress.advance(1, n);
+        Ok(n)
+    }
+
+    /// The one entry to restore: `chosen`, or the only one there is.
+    pub fn single(&self, chosen: Option<&str>, what: &str) -> Result<&(String, Node)> {
+        match chosen {
+            Some(name) => self.entries.iter().find(|(p, _)| p == name).ok_or_else(|| {
+                Error::Invalid(format!("the snapshot has no entry {name:?} (it has: {})", self.names().join(", ")))
+            }),
+            None if self.entries.len() == 1 => Ok(&self.entries[0]),
+            None => Err(Error::Invalid(format!(
+                "the snapshot holds {} files; choose the {what} with the option entry=PATH (one of: {})",
+                self.entries.len(),
+                self.names().join(", ")
+            ))),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.entries.iter().map(|(p, _)| p.clone()).collect()
+    }
+}
+
+/// Every regular file of a snapshot with its path in the tree.
+fn entries(repo: &Repository, index: &Index, snapshot: &Snapshot) -> Result<Vec<(String, Node)>> {
+    fn walk(
+        repo: &Repository,
+        index: &Index,
+        tree: &backstop_repo::BlobId,
+        prefix: &str,
+        out: &mut Vec<(String, Node)>,
+    ) -> Result<()> {
+        for node in repo.load_tree(index, tree)?.nodes {
+            let name = String::from_utf8_lossy(&node.name).into_owned();
+            let path = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            match node.node_type {
+                NodeType::Dir => {
+                    if let Some(sub) = node.subtree() {
+                        walk(repo, index, &sub, &path, out)?;
+                    }
+                }
+                NodeType::File => out.push((path, node)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(repo, index, &snapshot.tree, "", &mut out)?;
+    Ok(out)
+}
+
+/// A string option, if given (numbers and booleans are accepted as text).
+pub(crate) fn opt_str(config: &Config, key: &str) -> Result<Option<String>> {
+    match config.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+        Some(other) => Err(Error::Invalid(format!("option {key} must be a string, not {other}"))),
+    }
+}
+
+/// A required string option.
+pub(crate) fn req_str(config: &Config, key: &str, kind: &str) -> Result<String> {
+    match opt_str(config, key)? {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(Error::Invalid(format!("a {kind} source needs {key}"))),
+    }
+}
+
+/// Refuse keys the kind does not know (a typo would otherwise be ignored).
+pub(crate) fn known_keys(config: &Config, kind: &str, known: &[&str]) -> Result<()> {
+    if let Some(key) = config.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(Error::Invalid(format!(
+            "unknown option {key:?} for a {kind} source (known: {})",
+            known.join(", ")
+        )));
+    }
+    Ok(())
+}

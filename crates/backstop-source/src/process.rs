@@ -1,0 +1,147 @@
+//! Dump and restore tools as child processes: their output read as a
+//! stream whose end is an error when the tool failed, their input fed from
+//! a snapshot. A tool's standard error is kept (the last few KiB) for the
+//! error message and the job log.
+
+use std::io::{Read, Write};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::Error;
+
+const STDERR_TAIL: usize = 4096;
+
+/// The last `limit` bytes a child wrote to one of its outputs.
+#[derive(Clone)]
+struct Tail(Arc<Mutex<Vec<u8>>>, usize);
+
+impl Tail {
+    fn new(limit: usize) -> Tail {
+        Tail(Arc::new(Mutex::new(Vec::new())), limit)
+    }
+
+    fn collect(&self, mut from: impl Read + Send + 'static) -> JoinHandle<()> {
+        let tail = self.clone();
+        let limit = self.1;
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut t = tail.0.lock().unwrap_or_else(|e| e.into_inner());
+                t.extend_from_slice(&buf[..n]);
+                if t.len() > limit {
+                    let cut = t.len() - limit;
+                    t.drain(..cut);
+                }
+            }
+        })
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).trim().to_string()
+    }
+}
+
+/// What a failed tool said, for an error message.
+fn failure(program: &str, status: ExitStatus, stderr: &str) -> String {
+    let said = if stderr.is_empty() { String::new() } else { format!(": {stderr}") };
+    format!("{program} failed ({status}){said}")
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::Invalid(format!("{program} is not installed (not found on PATH)"))
+    } else {
+        Error::Invalid(format!("cannot run {program}: {e}"))
+    }
+}
+
+/// A child's standard output. Reading past its end waits for the child:
+/// a non-zero exit is a read error, so the backup fails.
+pub struct ChildStream {
+    program: String,
+    child: Child,
+    stdout: ChildStdout,
+    stderr: Tail,
+    stderr_thread: Option<JoinHandle<()>>,
+    done: bool,
+}
+
+impl ChildStream {
+    pub fn spawn(mut command: Command) -> Result<ChildStream, Error> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|e| spawn_error(&program, e))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = Tail::new(STDERR_TAIL);
+        let stderr_thread = Some(stderr.collect(child.stderr.take().expect("stderr is piped")));
+        Ok(ChildStream { program, child, stdout, stderr, stderr_thread, done: false })
+    }
+}
+
+impl Read for ChildStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
+        let n = self.stdout.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        let status = self.child.wait()?;
+        if let Some(t) = self.stderr_thread.take() {
+            let _ = t.join();
+        }
+        self.done = true;
+        if status.success() {
+            Ok(0)
+        } else {
+            Err(std::io::Error::other(failure(&self.program, status, &self.stderr.text())))
+        }
+    }
+}
+
+impl Drop for ChildStream {
+    fn drop(&mut self) {
+        if !self.done {
+            // Abandoned (cancelled, or the backup failed elsewhere).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Run `command` to its end with `feed` writing its standard input; fails
+/// when the tool exits non-zero. Returns what it wrote to standard output.
+pub fn run_with_input(
+    mut command: Command,
+    feed: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
+) -> Result<String, Error> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|e| spawn_error(&program, e))?;
+    let stderr = Tail::new(STDERR_TAIL);
+    let stderr_thread = stderr.collect(child.stderr.take().expect("stderr is piped"));
+    let out = Tail::new(64 << 20);
+    let out_thread = out.collect(child.stdout.take().expect("stdout is piped"));
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let fed = feed(&mut stdin);
+    drop(stdin);
+    let status = child.wait().map_err(|e| Error::Invalid(format!("waiting for {program}: {e}")))?;
+    let _ = stderr_thread.join();
+    let _ = out_thread.join();
+    if !status.success() {
+        return Err(Error::Tool(failure(&program, status, &stderr.text())));
+    }
+    // A tool that stopped reading early but exited 0 still failed us.
+    fed?;
+    Ok(out.text())
+}
+
+/// Run `command` to its end without input; its standard output.
+pub fn run(command: Command) -> Result<String, Error> {
+    run_with_input(command, |_| Ok(()))
+}
