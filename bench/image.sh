@@ -64,7 +64,7 @@ for tool in $TOOLS; do
     esac
     case $tool in
         backstop*) "$BIN" init --quiet ;;
-        borg-fixed64k) borg init -q --encryption repokey-blake2 ;;
+        borg-fixed64k) borg init --encryption repokey-blake2 >/dev/null 2>&1 ;;
         rustic-fixed64k) rustic init --set-chunker fixed_size --set-chunk-size 64KiB >/dev/null 2>&1 ;;
     esac
     first=(); second=()

@@ -34,5 +34,8 @@ export RESULTS=${RESULTS:-$DATA/results}
 
 rm -rf "$RESULTS"
 setsid bash bench/run_peers.sh "${phases[@]}"
+# The sections other scripts write (queue.sh, image.sh) are kept.
+kept=$(python3 -c 'import re,sys; print("\n\n".join(m.group(0) for m in re.finditer(r"<!-- (\w+) -->.*?<!-- /\1 -->", open(sys.argv[1]).read(), re.S)))' bench/RESULTS.md 2>/dev/null || true)
 python3 bench/report.py "$RESULTS" > bench/RESULTS.md
+[ -z "$kept" ] || printf '\n%s\n' "$kept" >> bench/RESULTS.md
 cat bench/RESULTS.md

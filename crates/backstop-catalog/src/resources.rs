@@ -808,7 +808,7 @@ pub fn validate_source(spec: &SourceSpec) -> Result<()> {
             {
                 return Err(Error::Invalid("config.excludes must be a list of patterns".into()));
             }
-            let allowed = ["paths", "excludes", "one_file_system"];
+            let allowed = ["paths", "excludes", "one_file_system", "exclude_caches", "hooks"];
             if let Some(obj) = spec.config.as_object()
                 && let Some(extra) = obj.keys().find(|k| !allowed.contains(&k.as_str()))
             {

@@ -278,3 +278,46 @@ fn sources_back_up_with_source_and_restore_with_to() {
     let out = cli.run(&["backup", "--source", "nfs:/x"]);
     assert!(output_text(&out).contains("unknown source kind"), "{}", output_text(&out));
 }
+
+#[test]
+fn files_from_exclude_caches_and_one_file_system() {
+    let cli = Cli::local();
+    cli.init();
+    let src = cli.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::create_dir_all(src.join("mnt")).unwrap();
+    fs::write(src.join("keep/a.txt"), "a").unwrap();
+    fs::write(src.join("cache/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n").unwrap();
+    fs::write(src.join("cache/blob"), vec![1u8; 10000]).unwrap();
+    let list = cli.path("list.txt");
+    fs::write(&list, format!("# what to back up\n{}\n", src.display())).unwrap();
+    cli.ok(&["backup", "--files-from", list.to_str().unwrap(), "--exclude-caches"]);
+    let listing = cli.ok(&["ls", "latest"]);
+    assert!(listing.contains("keep/a.txt"), "{listing}");
+    assert!(listing.contains("cache/CACHEDIR.TAG"), "the tag is kept: {listing}");
+    assert!(!listing.contains("cache/blob"), "the cache's contents are not: {listing}");
+
+    // A mount below the path (a tmpfs, in a mount namespace of our own) is
+    // recorded but not entered with --one-file-system.
+    let bin = cli.command(&[]).get_program().to_owned();
+    let script = format!(
+        "mount -t tmpfs none {mnt} && echo inside > {mnt}/other-fs.txt && {bin} backup --one-file-system {src} && {bin} ls latest",
+        mnt = src.join("mnt").display(),
+        bin = bin.to_string_lossy(),
+        src = src.display()
+    );
+    let mut unshare = std::process::Command::new("unshare");
+    unshare.args(["--mount", "--map-root-user", "sh", "-c", &script]);
+    for (k, v) in cli.command(&[]).get_envs() {
+        if let Some(v) = v {
+            unshare.env(k, v);
+        }
+    }
+    let out = unshare.output().expect("unshare (util-linux) runs this test");
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("/mnt"), "the mount point is recorded: {listing}");
+    assert!(!listing.contains("other-fs.txt"), "its contents are not: {listing}");
+    assert!(listing.contains("keep/a.txt"));
+}

@@ -17,6 +17,7 @@
 
 pub mod command;
 pub mod db;
+pub mod hooks;
 pub mod image;
 pub mod process;
 pub mod qcow2;
@@ -89,6 +90,10 @@ pub fn from_spec(spec: &str, options: &[String]) -> Result<(String, Config)> {
 
 /// Check `config` for `kind` without running anything.
 pub fn validate(kind: &str, config: &Config) -> Result<()> {
+    hooks::Hooks::parse(config.get("hooks"))?;
+    let mut config = config.clone();
+    config.remove("hooks");
+    let config = &config;
     match kind {
         "image" => image::ImageConfig::parse(config).map(drop),
         "command" => command::CommandConfig::parse(config).map(drop),
@@ -101,6 +106,9 @@ pub fn validate(kind: &str, config: &Config) -> Result<()> {
 /// What to back up for `kind`: the engine's source tree. Validates, then
 /// checks what it can reach (files, tools) before the backup starts.
 pub fn backup_tree(kind: &str, config: &Config) -> Result<SourceTree> {
+    let mut config = config.clone();
+    config.remove("hooks");
+    let config = &config;
     match kind {
         "image" => image::tree(&image::ImageConfig::parse(config)?),
         "command" => command::tree(&command::CommandConfig::parse(config)?),

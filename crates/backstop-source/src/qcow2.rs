@@ -303,6 +303,27 @@ impl BlockImage for Qcow2Image {
         Ok(out)
     }
 
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        let cluster = self.cluster();
+        let mut host = Vec::new();
+        for &(start, end) in ranges {
+            for index in start / cluster..end.div_ceil(cluster) {
+                match self.l2_entry(index) {
+                    Ok(e) if e & (COMPRESSED | ZERO) == 0 && e & OFFSET_MASK != 0 => {
+                        let (a, b) = (start.max(index * cluster), end.min((index + 1) * cluster));
+                        let at = (e & OFFSET_MASK) + a - index * cluster;
+                        host.push((at, at + (b - a)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        backstop_repo::backup::source::will_need(&self.file, &host);
+        if let Some(backing) = &self.backing {
+            backing.will_need(ranges);
+        }
+    }
+
     fn changes(&self) -> Option<&ChangeMap> {
         self.changes.as_ref()
     }

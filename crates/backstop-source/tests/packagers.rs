@@ -369,3 +369,63 @@ fn configurations_are_checked_before_anything_runs() {
     assert_eq!(tree.label(), "postgres://app@db1:5432/app");
     assert!(!format!("{tree:?}").contains("s3cret"));
 }
+
+#[test]
+fn hooks_run_around_the_backup_with_a_timeout_and_an_error_policy() {
+    use backstop_source::hooks::{Hook, Hooks};
+    let f = fixture();
+    let marker = f.path("post.txt");
+    let disk = f.path("made-by-the-pre-hook.raw");
+    let env = vec![("BACKSTOP_SOURCE".to_string(), "vm1".to_string())];
+    let post = format!(
+        "echo \"$BACKSTOP_HOOK $BACKSTOP_STATUS $BACKSTOP_SOURCE $BACKSTOP_SNAPSHOT_ID\" > {}",
+        marker.display()
+    );
+    let hooks = Hooks {
+        // The pre hook makes what the source reads (as a volume snapshot would).
+        pre: vec![
+            Hook::new(&format!("echo freezing; head -c 65536 /dev/urandom > {}", disk.display()), 30, "fail").unwrap(),
+        ],
+        post: vec![Hook::new(&post, 30, "fail").unwrap()],
+    };
+    let notes = Notes::default();
+    let cfg = config(json!({"path": disk}));
+    let work = || f.backup_with("image", &cfg, &notes);
+    let out = hooks.around(&env, &notes, work, |o| vec![("BACKSTOP_SNAPSHOT_ID".into(), o.id.to_string())]).unwrap();
+    assert_eq!(fs::read_to_string(&marker).unwrap().trim(), format!("post succeeded vm1 {}", out.id));
+    assert!(notes.0.lock().unwrap().iter().any(|l| l == "pre hook: freezing"), "hook output goes to the log");
+
+    // A failing pre hook stops the backup; the post hook still runs (a thaw is never skipped).
+    let hooks = Hooks {
+        pre: vec![Hook::new("echo cannot freeze >&2; exit 9", 30, "fail").unwrap()],
+        post: vec![Hook::new(&post, 30, "fail").unwrap()],
+    };
+    let ran = std::cell::Cell::new(false);
+    let err = hooks
+        .around(
+            &env,
+            &notes,
+            || -> backstop_source::Result<()> {
+                ran.set(true);
+                Ok(())
+            },
+            |_| Vec::new(),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("pre hook") && err.to_string().contains("exit status: 9"), "{err}");
+    assert!(!ran.get(), "the backup did not run");
+    assert!(fs::read_to_string(&marker).unwrap().starts_with("post failed"));
+
+    // on_error: continue goes on; a hook past its timeout is killed.
+    let hooks = Hooks { pre: vec![Hook::new("exit 1", 30, "continue").unwrap()], post: Vec::new() };
+    assert!(hooks.around(&env, &notes, || -> backstop_source::Result<u8> { Ok(7) }, |_| Vec::new()).unwrap() == 7);
+    let started = std::time::Instant::now();
+    let hooks = Hooks { pre: vec![Hook::new("sleep 30", 1, "fail").unwrap()], post: Vec::new() };
+    let err = hooks.around(&env, &notes, || -> backstop_source::Result<()> { Ok(()) }, |_| Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("did not finish within 1 s"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    assert!(Hook::new("true", 0, "fail").is_err());
+    assert!(Hook::new("true", 5, "maybe").is_err());
+    assert!(Hooks::parse(Some(&json!({"pre": [{"command": "x"}], "during": []}))).is_err());
+}

@@ -420,12 +420,12 @@ pub struct Repository {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceSpec {
     pub name: String,
-    /// `fs` for now.
+    /// `fs`, `image`, `command`, `postgres` or `mysql` (see `backstop_source`).
     pub kind: String,
     /// The host whose data this is (per-host limits); the worker's own by default.
     #[serde(default)]
     pub host: Option<String>,
-    /// Kind-specific settings; for `fs`: `{"paths": [...], "excludes": [...]}`.
+    /// Kind-specific settings; for `fs`: `{"paths": [...], "excludes": [...]}`; for `image`: `{"path": ..., "cbt": ...}`; any kind may have `hooks`.
     pub config: Value,
     /// Credentials the kind needs; stored encrypted, never shown.
     #[serde(default)]

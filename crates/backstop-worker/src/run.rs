@@ -21,6 +21,12 @@ struct Failure {
     retryable: bool,
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
 impl From<backstop_repo::Error> for Failure {
     fn from(e: backstop_repo::Error) -> Failure {
         use backstop_repo::Error as E;
@@ -109,16 +115,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 
 fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
-    let what = if source.kind == "fs" {
-        let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
-        if paths.is_empty() {
-            return Err(permanent("the source has no paths"));
-        }
-        BackupSource::Paths(paths)
-    } else {
-        let config = source.config.as_object().cloned().unwrap_or_default();
-        BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config).map_err(Failure::from)?)
-    };
+    let hooks = backstop_source::hooks::Hooks::parse(source.config.get("hooks")).map_err(Failure::from)?;
     let mut tags = strings(claim.job.params.get("tags"));
     if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
         tags.push(format!("plan:{plan}"));
@@ -127,9 +124,37 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
         tags,
         hostname: source.host.clone(),
         excludes: strings(source.config.get("excludes")),
+        one_file_system: source.config.get("one_file_system").and_then(Value::as_bool).unwrap_or(false),
+        exclude_caches: source.config.get("exclude_caches").and_then(Value::as_bool).unwrap_or(false),
         ..BackupOptions::default()
     };
-    let out = backup::run(repo, what, &options, tracker, &tracker.cancel)?;
+    let env = vec![
+        ("BACKSTOP_JOB_ID".to_string(), claim.job.id.to_string()),
+        ("BACKSTOP_SOURCE".to_string(), source.id.clone()),
+        ("BACKSTOP_SOURCE_KIND".to_string(), source.kind.clone()),
+        ("BACKSTOP_HOST".to_string(), source.host.clone().unwrap_or_default()),
+    ];
+    // The source is opened after the pre hooks: they may make what it reads
+    // (a volume snapshot).
+    let work = || -> Result<backup::BackupOutcome, Failure> {
+        let what = if source.kind == "fs" {
+            let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
+            if paths.is_empty() {
+                return Err(permanent("the source has no paths"));
+            }
+            BackupSource::Paths(paths)
+        } else {
+            // Secrets (a database password) were kept apart, encrypted; the packager sees them as options.
+            let mut config = source.config.as_object().cloned().unwrap_or_default();
+            if let Some(secrets) = source.secrets.as_object() {
+                config.extend(secrets.clone());
+            }
+            BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config)?)
+        };
+        Ok(backup::run(repo, what, &options, tracker, &tracker.cancel)?)
+    };
+    let out =
+        hooks.around(&env, tracker, work, |out| vec![("BACKSTOP_SNAPSHOT_ID".to_string(), out.id.to_string())])?;
     let s = &out.snapshot.summary;
     tracker.log(
         LogLevel::Info,

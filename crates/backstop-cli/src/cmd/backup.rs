@@ -33,7 +33,7 @@ An interrupted backup (Ctrl-C, SIGTERM, a crash) leaves a checkpoint; the next b
 paths resumes from it and does not read or upload again what was already saved.")]
 pub struct Args {
     /// Files and directories to back up.
-    #[arg(value_name = "PATH", required_unless_present_any = ["stdin", "source"])]
+    #[arg(value_name = "PATH", required_unless_present_any = ["stdin", "source", "files_from"])]
     paths: Vec<PathBuf>,
 
     /// Back up what a packager produces: image:PATH, command:'CMD', postgres://…, mysql://….
@@ -51,6 +51,18 @@ pub struct Args {
     /// Read exclude patterns from FILE, one per line (`#` starts a comment).
     #[arg(long, value_name = "FILE")]
     exclude_file: Vec<PathBuf>,
+
+    /// Read the paths to back up from FILE, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    files_from: Vec<PathBuf>,
+
+    /// Stay on the file system of each given path: mount points below it are recorded, not entered.
+    #[arg(short = 'x', long)]
+    one_file_system: bool,
+
+    /// Leave out the contents of directories holding a CACHEDIR.TAG (the tag itself is kept).
+    #[arg(long)]
+    exclude_caches: bool,
 
     /// Tag the snapshot (repeatable, or comma-separated).
     #[arg(long, value_name = "TAG", value_delimiter = ',')]
@@ -81,6 +93,24 @@ pub struct Args {
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     fixed_chunks: String,
 
+    /// Run CMD (by `sh -c`) before the backup: quiesce, snapshot (repeatable, in order). A failing
+    /// pre hook stops the backup unless --hook-on-error continue.
+    #[arg(long, value_name = "CMD")]
+    pre_hook: Vec<String>,
+
+    /// Run CMD after the backup, whatever its outcome (BACKSTOP_STATUS=succeeded|failed,
+    /// BACKSTOP_SNAPSHOT_ID): thaw, clean up (repeatable).
+    #[arg(long, value_name = "CMD")]
+    post_hook: Vec<String>,
+
+    /// Seconds a hook may run before it is killed.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    hook_timeout: u64,
+
+    /// What a failing hook does: fail (the backup fails) or continue.
+    #[arg(long, default_value = "fail", value_parser = ["fail", "continue"])]
+    hook_on_error: String,
+
     /// Snapshot time (RFC 3339) instead of now.
     #[arg(long, value_name = "TIME")]
     time: Option<String>,
@@ -97,11 +127,20 @@ pub struct Args {
 
 pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let repo = ctx.open()?;
+    let lines = |file: &PathBuf| -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect())
+    };
     let mut excludes = args.exclude.clone();
     for file in &args.exclude_file {
-        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        excludes
-            .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string));
+        excludes.extend(lines(file)?);
+    }
+    let mut paths = args.paths.clone();
+    for file in &args.files_from {
+        paths.extend(lines(file)?.into_iter().map(PathBuf::from));
+    }
+    if args.source.is_none() && !args.stdin && paths.is_empty() {
+        bail!("nothing to back up: the --files-from file(s) name no paths");
     }
     let parent = match (&args.parent, args.force) {
         (Some(spec), _) => ParentChoice::Snapshot(repo.find_snapshot(spec)?.0),
@@ -124,6 +163,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         tags,
         hostname: args.host.clone(),
         excludes,
+        one_file_system: args.one_file_system,
+        exclude_caches: args.exclude_caches,
         parent,
         fixed_chunking: match args.fixed_chunks.as_str() {
             "always" => FixedChunking::Always,
@@ -134,18 +175,33 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         time,
         ..BackupOptions::default()
     };
-    let source = if let Some(spec) = &args.source {
-        let (kind, config) = backstop_source::from_spec(spec, &args.source_opt)?;
-        BackupSource::Tree(backstop_source::backup_tree(&kind, &config)?)
-    } else if args.stdin {
-        BackupSource::Stream { reader: Box::new(std::io::stdin()), filename: args.stdin_filename.clone() }
-    } else {
-        BackupSource::Paths(args.paths.clone())
+    let hook = |cmd: &String| backstop_source::hooks::Hook::new(cmd, args.hook_timeout, &args.hook_on_error);
+    let hooks = backstop_source::hooks::Hooks {
+        pre: args.pre_hook.iter().map(hook).collect::<Result<_, _>>()?,
+        post: args.post_hook.iter().map(hook).collect::<Result<_, _>>()?,
     };
     let reporter = ctx.reporter(true);
     // Without a bar nobody sees the totals: skip the counting walk.
     let options = BackupOptions { scan_totals: !args.no_scan && reporter.draws_bar(), ..options };
-    let outcome = backup::run(&repo, source, &options, &reporter, &ctx.cancel);
+    let label = args
+        .source
+        .clone()
+        .unwrap_or_else(|| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
+    let env = vec![("BACKSTOP_SOURCE".to_string(), label)];
+    // The source is opened after the pre hooks: they may make what it reads.
+    let work = || -> Result<backup::BackupOutcome> {
+        let source = if let Some(spec) = &args.source {
+            let (kind, config) = backstop_source::from_spec(spec, &args.source_opt)?;
+            BackupSource::Tree(backstop_source::backup_tree(&kind, &config)?)
+        } else if args.stdin {
+            BackupSource::Stream { reader: Box::new(std::io::stdin()), filename: args.stdin_filename.clone() }
+        } else {
+            BackupSource::Paths(paths.clone())
+        };
+        Ok(backup::run(&repo, source, &options, &reporter, &ctx.cancel)?)
+    };
+    let outcome =
+        hooks.around(&env, &reporter, work, |out| vec![("BACKSTOP_SNAPSHOT_ID".to_string(), out.id.to_string())]);
     reporter.finish();
     let outcome = outcome?;
     let s = &outcome.snapshot.summary;

@@ -85,6 +85,10 @@ pub struct BackupOptions {
     /// Recorded host name; defaults to this machine's.
     pub hostname: Option<String>,
     pub excludes: Vec<String>,
+    /// Do not cross into other file systems below the given paths.
+    pub one_file_system: bool,
+    /// Leave out the contents of directories tagged with CACHEDIR.TAG.
+    pub exclude_caches: bool,
     pub parent: ParentChoice,
     pub fixed_chunking: FixedChunking,
     pub checkpoint_interval: Duration,
@@ -104,6 +108,8 @@ impl Default for BackupOptions {
             tags: Vec::new(),
             hostname: None,
             excludes: Vec::new(),
+            one_file_system: false,
+            exclude_caches: false,
             parent: ParentChoice::Latest,
             fixed_chunking: FixedChunking::Auto,
             checkpoint_interval: Duration::from_secs(300),
@@ -355,6 +361,8 @@ pub fn run(
 
         let mut walker =
             Walker::new(repo, &index, &excludes, options.fixed_chunking, item_tx, file_tx, cancel, progress, &warnings);
+        walker.one_file_system = options.one_file_system;
+        walker.exclude_caches = options.exclude_caches;
         match source {
             BackupSource::Paths(_) => walker.walk_paths(&trie, ParentDir::new(parent_trees)),
             BackupSource::Stream { reader, filename } => {

@@ -392,6 +392,10 @@ impl BlockImage for FileBlocks<'_> {
     fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
         if self.sparse { sys::data_extents(self.file, self.size) } else { Ok(vec![(0, self.size)]) }
     }
+
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        super::source::will_need(self.file, ranges);
+    }
 }
 
 /// The `(start, end)` ranges to read: `wanted` widened to whole blocks,
@@ -468,7 +472,12 @@ fn image_chunks(
         Ok(())
     };
     const BATCH_BLOCKS: u64 = 16;
-    for (a, b) in read_plan(&wanted, size, block, pos) {
+    let plan = read_plan(&wanted, size, block, pos);
+    if reuse.is_some() {
+        // Scattered changed blocks: fetch them all at once, not one by one.
+        image.will_need(&plan);
+    }
+    for (a, b) in plan {
         if let Err(message) = fill(&mut collector, pos, a) {
             return Ok(Err(message));
         }

@@ -56,6 +56,10 @@ pub trait BlockImage: Send + Sync {
     /// `(start, end)` ranges that may hold data, sorted; the rest reads as
     /// zeros and is never read.
     fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>>;
+    /// `(start, end)` ranges about to be read, scattered: start fetching
+    /// them all now (a changed-block incremental would otherwise wait for
+    /// one random read at a time).
+    fn will_need(&self, _ranges: &[(u64, u64)]) {}
     /// What changed since an earlier generation, if the hypervisor said.
     fn changes(&self) -> Option<&ChangeMap> {
         None
@@ -136,12 +140,32 @@ impl BlockImage for RawImage {
         if self.sparse { sys::data_extents(&self.file, self.size) } else { Ok(vec![(0, self.size)]) }
     }
 
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        will_need(&self.file, ranges);
+    }
+
     fn changes(&self) -> Option<&ChangeMap> {
         self.changes.as_ref()
     }
 
     fn generation(&self) -> Option<String> {
         self.changes.as_ref().map(|c| c.generation.clone()).or_else(|| self.generation.clone())
+    }
+}
+
+/// Ask the kernel to start reading `ranges` of `file` (`POSIX_FADV_WILLNEED`).
+pub fn will_need(file: &File, ranges: &[(u64, u64)]) {
+    use std::os::fd::AsRawFd;
+    for &(start, end) in ranges {
+        // SAFETY: advice on an open descriptor; failure only loses the hint.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                start as i64,
+                end.saturating_sub(start) as i64,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
     }
 }
 

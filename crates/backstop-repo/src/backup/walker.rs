@@ -89,7 +89,25 @@ pub(crate) struct Walker<'a> {
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
     pub warnings: &'a AtomicU64,
+    /// Do not descend into directories on another file system than the
+    /// selected path they are under (they are kept, empty, as mount points).
+    pub one_file_system: bool,
+    /// Keep only the tag of directories marked by a CACHEDIR.TAG.
+    pub exclude_caches: bool,
+    /// The device of the selected path being walked.
+    root_dev: Option<u64>,
     names: Names,
+}
+
+/// The signature a CACHEDIR.TAG starts with (bford.info/cachedir).
+const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Whether `dir` holds a valid CACHEDIR.TAG.
+fn is_cache_dir(dir: &Path) -> bool {
+    let mut head = [0u8; 43];
+    std::fs::File::open(dir.join("CACHEDIR.TAG"))
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
 }
 
 /// The selected paths as a tree of components: intermediate directories are
@@ -134,7 +152,21 @@ impl<'a> Walker<'a> {
         progress: &'a dyn Progress,
         warnings: &'a AtomicU64,
     ) -> Walker<'a> {
-        Walker { repo, index, excludes, fixed, items, files, cancel, progress, warnings, names: Names::default() }
+        Walker {
+            repo,
+            index,
+            excludes,
+            fixed,
+            items,
+            files,
+            cancel,
+            progress,
+            warnings,
+            one_file_system: false,
+            exclude_caches: false,
+            root_dev: None,
+            names: Names::default(),
+        }
     }
 
     fn emit(&self, item: Item) -> std::result::Result<(), Stop> {
@@ -158,6 +190,7 @@ impl<'a> Walker<'a> {
     fn walk_trie(&mut self, trie: &PathTrie, path: &Path, parent: &ParentDir) -> std::result::Result<(), Stop> {
         if trie.selected {
             // The whole directory (only "/" reaches here).
+            self.root_dev = sys::lstat(path).ok().map(|st| st.dev);
             return self.walk_dir_entries(path, parent);
         }
         for (name, child) in &trie.children {
@@ -170,6 +203,7 @@ impl<'a> Walker<'a> {
                 }
             };
             if child.selected {
+                self.root_dev = Some(stat.dev);
                 self.walk_entry(&child_path, name, &stat, parent)?;
             } else if stat.is_dir() {
                 let node = self.node(name.clone(), &stat, &child_path, None);
@@ -229,7 +263,16 @@ impl<'a> Walker<'a> {
                 let node = self.node(name.to_vec(), stat, path, parent.node(name).next());
                 self.emit(Item::EnterDir(node))?;
                 let sub = self.enter(parent, name);
-                self.walk_dir_entries(path, &sub)?;
+                if self.one_file_system && self.root_dev.is_some_and(|dev| dev != stat.dev) {
+                    // A mount point: recorded, not entered.
+                } else if self.exclude_caches && is_cache_dir(path) {
+                    let tag = path.join("CACHEDIR.TAG");
+                    if let Ok(st) = sys::lstat(&tag) {
+                        self.walk_entry(&tag, b"CACHEDIR.TAG", &st, &sub)?;
+                    }
+                } else {
+                    self.walk_dir_entries(path, &sub)?;
+                }
                 self.emit(Item::LeaveDir)
             }
             libc::S_IFREG => self.walk_file(path, name, stat, parent),

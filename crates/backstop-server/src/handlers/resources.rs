@@ -173,8 +173,20 @@ pub async fn create_source(
             caller.confine_path(&state, p)?;
         }
     }
+    backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
+    if spec.config.get("hooks").is_some_and(|h| !h.is_null())
+        && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err())
+    {
+        return Err(ApiError::forbidden(
+            "hooks run their commands on the workers; only an admin of the system tenant may give a source hooks",
+        ));
+    }
     if spec.kind != "fs" {
-        let config = spec.config.as_object().cloned().unwrap_or_default();
+        let mut config = spec.config.as_object().cloned().unwrap_or_default();
+        // Secrets are options too (a database password), stored apart, encrypted.
+        if let Some(secrets) = spec.secrets.as_object() {
+            config.extend(secrets.clone());
+        }
         backstop_source::validate(&spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
         // Images are local paths on the workers' hosts, confined like fs paths.
         for key in ["path", "cbt"] {
