@@ -779,3 +779,70 @@ async fn the_catalog_is_rebuilt_from_the_repositories_alone() {
     assert!(again["repositories"].as_array().unwrap().iter().all(|r| r["added"] == 0 && r["removed"] == 0), "{again}");
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packaged_sources_run_as_plans_and_restore_into_systems() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+
+    // A disk image with a changed-block map, as a plan's source.
+    let disk = dir.path().join("vm1.raw");
+    let f = std::fs::File::create(&disk).unwrap();
+    f.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[9u8; 65536], 1 << 20).unwrap();
+    let source = json!({"name": "vm1", "kind": "image", "config": {"path": disk, "generation": "1"}});
+    api.ok("post", "/api/v1/sources", &admin, Some(source)).await;
+    let plan = json!({"name": "vm1-nightly", "source": "vm1", "repository": "local"});
+    api.ok("post", "/api/v1/plans", &admin, Some(plan)).await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/vm1-nightly/run", &admin, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+
+    // A restore job into a system: the image back to a raw file.
+    let out = dir.path().join("restored.raw");
+    let restore = json!({"kind": "restore", "repository": "local",
+                         "params": {"to": {"kind": "image", "config": {"path": out}}}});
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(restore)).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&disk).unwrap());
+
+    // A command whose dump fails fails its job, with the tool's words, and adds no snapshot.
+    let before = api.ok("get", "/api/v1/snapshots", &admin, None).await["items"].as_array().unwrap().len();
+    let source =
+        json!({"name": "broken", "kind": "command", "config": {"command": "echo half; echo dump failed >&2; exit 2"}});
+    api.ok("post", "/api/v1/sources", &admin, Some(source)).await;
+    api.ok("post", "/api/v1/plans", &admin, Some(json!({"name": "broken", "source": "broken", "repository": "local"})))
+        .await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/broken/run", &admin, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    assert!(done.error.as_deref().unwrap_or_default().contains("dump failed"), "{done:?}");
+    let after = api.ok("get", "/api/v1/snapshots", &admin, None).await["items"].as_array().unwrap().len();
+    assert_eq!(after, before);
+
+    // Bad configurations are 400s; commands and hooks are for the system tenant's admins.
+    let (status, v) = api
+        .call(
+            "post",
+            "/api/v1/sources",
+            Some(&admin),
+            Some(json!({"name": "x", "kind": "image", "config": {"path": "rel"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let op: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "op", "role": "operator"}))).await,
+    )
+    .unwrap();
+    let cmd = json!({"name": "c2", "kind": "command", "config": {"command": "id"}});
+    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(cmd)).await.0, StatusCode::FORBIDDEN);
+    let hooked =
+        json!({"name": "h", "kind": "fs", "config": {"paths": ["/tmp"], "hooks": {"pre": [{"command": "id"}]}}});
+    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(hooked)).await.0, StatusCode::FORBIDDEN);
+    let to_cmd = json!({"kind": "restore", "repository": "local", "params": {"to": {"kind": "command", "config": {"command": "cat"}}}});
+    assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(to_cmd)).await.0, StatusCode::FORBIDDEN);
+    running.shutdown().await;
+}
