@@ -39,6 +39,8 @@ pub struct ImageConfig {
     pub chunk_size: usize,
     /// `auto` (qcow2 by its magic), `raw` (the file's bytes as they are), `qcow2`.
     pub format: String,
+    /// Let qcow2 backing files lie outside the image's directory.
+    pub backing_outside: bool,
 }
 
 fn parse_size(text: &str) -> Option<usize> {
@@ -55,7 +57,7 @@ fn parse_size(text: &str) -> Option<usize> {
 
 impl ImageConfig {
     pub fn parse(config: &Config) -> Result<ImageConfig> {
-        known_keys(config, "image", &["path", "cbt", "generation", "chunk_size", "format"])?;
+        known_keys(config, "image", &["path", "cbt", "generation", "chunk_size", "format", "backing_outside"])?;
         let path = PathBuf::from(req_str(config, "path", "image")?);
         if !path.is_absolute() {
             return Err(Error::Invalid(format!("the image path {} must be absolute", path.display())));
@@ -77,6 +79,7 @@ impl ImageConfig {
             generation: opt_str(config, "generation")?,
             chunk_size,
             format,
+            backing_outside: opt_str(config, "backing_outside")?.is_some_and(|v| v == "true" || v == "yes" || v == "1"),
         })
     }
 }
@@ -124,7 +127,9 @@ fn disk(config: &ImageConfig, path: &Path, map: Option<ChangeMap>) -> Result<(St
         _ => is_qcow2(&file),
     };
     if qcow2 {
-        let image = Qcow2Image::open(path).map_err(io)?.with_changes(map).with_generation(config.generation.clone());
+        let root = if config.backing_outside { None } else { path.parent() };
+        let image =
+            Qcow2Image::open(path, root).map_err(io)?.with_changes(map).with_generation(config.generation.clone());
         // Stored as the guest sees it: the name says so.
         Ok((format!("{name}.raw"), Arc::new(image)))
     } else {

@@ -51,11 +51,14 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Qcow2Image {
-    pub fn open(path: &Path) -> std::io::Result<Qcow2Image> {
-        Self::open_chain(path, 0)
+    /// Open `path`; backing files must lie in `backing_root` (the image's
+    /// own directory, unless the caller allows more), so that an image
+    /// cannot make a backup read files its owner may not name.
+    pub fn open(path: &Path, backing_root: Option<&Path>) -> std::io::Result<Qcow2Image> {
+        Self::open_chain(path, backing_root, 0)
     }
 
-    fn open_chain(path: &Path, depth: usize) -> std::io::Result<Qcow2Image> {
+    fn open_chain(path: &Path, backing_root: Option<&Path>, depth: usize) -> std::io::Result<Qcow2Image> {
         if depth > 16 {
             return Err(invalid(path, "the backing-file chain is longer than 16 images"));
         }
@@ -129,9 +132,24 @@ impl Qcow2Image {
             file.read_exact_at(&mut name, backing_offset)?;
             let name = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name));
             let name = if name.is_absolute() { name } else { path.parent().unwrap_or(Path::new(".")).join(name) };
+            if let Some(root) = backing_root {
+                let real = std::fs::canonicalize(&name)
+                    .map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
+                let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+                if !real.starts_with(&root) {
+                    return Err(invalid(
+                        path,
+                        format!(
+                            "its backing file {} is outside {}; allow it with backing_outside=true",
+                            real.display(),
+                            root.display()
+                        ),
+                    ));
+                }
+            }
             let f = File::open(&name).map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
             let image: Box<dyn BlockImage> = if is_qcow2(&f) {
-                Box::new(Self::open_chain(&name, depth + 1)?)
+                Box::new(Self::open_chain(&name, backing_root, depth + 1)?)
             } else {
                 Box::new(RawImage::open(&name)?)
             };
@@ -289,9 +307,23 @@ impl BlockImage for Qcow2Image {
             Some(last) if last.1 >= a => last.1 = last.1.max(b),
             _ => out.push((a, b)),
         };
-        for index in 0..self.size.div_ceil(cluster) {
+        let per_table = cluster / 8;
+        let clusters = self.size.div_ceil(cluster);
+        let mut index = 0;
+        while index < clusters {
+            // A whole L2 table that is not there: nothing (or the backing file's data).
+            let l1 = self.l1.get((index / per_table) as usize).copied().unwrap_or(0);
+            if l1 & OFFSET_MASK == 0 && index % per_table == 0 {
+                let span_end = ((index + per_table) * cluster).min(self.size);
+                for &(x, y) in backing.iter().filter(|&&(x, y)| x < span_end && y > index * cluster) {
+                    push(x.max(index * cluster), y.min(span_end));
+                }
+                index += per_table;
+                continue;
+            }
             let (a, b) = (index * cluster, ((index + 1) * cluster).min(self.size));
             let entry = self.l2_entry(index)?;
+            index += 1;
             if entry & COMPRESSED != 0 || (entry & ZERO == 0 && entry & OFFSET_MASK != 0) {
                 push(a, b);
             } else if entry & ZERO == 0 {

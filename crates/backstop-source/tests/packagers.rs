@@ -146,6 +146,25 @@ fn a_qcow2_chain_with_compressed_and_zero_clusters_is_stored_as_the_guest_sees_i
     compare(&top, &restored);
     assert!(out.snapshot.summary.bytes_read < 6 << 20, "unallocated clusters are not read");
 
+    // Small clusters: one L2 table covers 2 MiB, so most tables are absent.
+    let small = f.path("small-clusters.qcow2");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", small.to_str().unwrap(), "40M"]);
+    qemu_io(&small, "qcow2", &["write -P 0x08 0 10k", "write -c -P 0x09 13M 8k", "write -P 0x0a 39M 1M"]);
+    let out = f.backup("image", &config(json!({"path": small}))).unwrap();
+    assert!(out.snapshot.summary.bytes_read < 2 << 20, "read {}", out.snapshot.summary.bytes_read);
+    let restored = f.path("small.raw");
+    f.restore(&out, "image", &config(json!({"path": restored}))).unwrap();
+    compare(&small, &restored);
+
+    // A backing file outside the image's directory is refused unless allowed.
+    let elsewhere = f.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    let outside = elsewhere.join("top.qcow2");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", backing, outside.to_str().unwrap()]);
+    let err = f.backup("image", &config(json!({"path": outside}))).unwrap_err();
+    assert!(err.to_string().contains("backing_outside=true"), "{err}");
+    f.backup("image", &config(json!({"path": outside, "backing_outside": "true"}))).unwrap();
+
     // An encrypted image is refused up front, with what to do.
     let secret = f.path("secret.qcow2");
     tool(

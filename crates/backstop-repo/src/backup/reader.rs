@@ -439,6 +439,41 @@ pub(crate) fn slice_content(content: &[ContentRef], a: u64, b: u64) -> Option<Ve
     (out.iter().map(ContentRef::len).sum::<u64>() == b - a).then_some(out)
 }
 
+/// Asks for the planned ranges up to a window ahead of the reads, so the
+/// kernel fetches them in parallel without pulling a whole disk into memory.
+struct Prefetch {
+    plan: Vec<(u64, u64)>,
+    /// The first range not wholly advised yet, and how far it is.
+    next: usize,
+    done_to: u64,
+}
+
+impl Prefetch {
+    const WINDOW: u64 = 32 << 20;
+    /// Advise ahead when less than half the window is left.
+    fn advance(&mut self, image: &dyn BlockImage, pos: u64) {
+        if self.done_to > pos + Self::WINDOW / 2 || self.next >= self.plan.len() {
+            return;
+        }
+        let limit = pos + Self::WINDOW;
+        let mut ranges = Vec::new();
+        while let Some(&(a, b)) = self.plan.get(self.next) {
+            let start = a.max(self.done_to);
+            if start >= limit {
+                break;
+            }
+            let end = b.min(limit);
+            ranges.push((start, end));
+            self.done_to = end;
+            if end < b {
+                break;
+            }
+            self.next += 1;
+        }
+        image.will_need(&ranges);
+    }
+}
+
 /// Fixed-size chunks of an image at offsets that are multiples of `block`.
 /// Without `reuse`, holes are skipped (never read) and recorded as zero
 /// runs; with it, only the changed blocks are read and the rest is the
@@ -473,10 +508,11 @@ fn image_chunks(
     };
     const BATCH_BLOCKS: u64 = 16;
     let plan = read_plan(&wanted, size, block, pos);
-    if reuse.is_some() {
-        // Scattered changed blocks: fetch them all at once, not one by one.
-        image.will_need(&plan);
-    }
+    // Scattered changed blocks, or data between holes: fetch exactly those,
+    // a window ahead, rather than one read (and readahead into the holes)
+    // at a time.
+    let mut prefetch = (reuse.is_some() || plan.first().is_some_and(|&(a, b)| (a, b) != (pos, size)))
+        .then(|| Prefetch { plan: plan.clone(), next: 0, done_to: 0 });
     for (a, b) in plan {
         if let Err(message) = fill(&mut collector, pos, a) {
             return Ok(Err(message));
@@ -485,6 +521,9 @@ fn image_chunks(
         while pos < b {
             if ctx.cancel.is_cancelled() {
                 return Err(Error::Cancelled);
+            }
+            if let Some(p) = prefetch.as_mut() {
+                p.advance(image, pos);
             }
             let want = (b - pos).min(block * BATCH_BLOCKS) as usize;
             let mut batch = vec![0u8; want];

@@ -153,9 +153,13 @@ impl BlockImage for RawImage {
     }
 }
 
-/// Ask the kernel to start reading `ranges` of `file` (`POSIX_FADV_WILLNEED`).
+/// Ask the kernel to start reading `ranges` of `file` (`POSIX_FADV_WILLNEED`),
+/// and to read nothing else ahead (`POSIX_FADV_RANDOM`): readahead past a
+/// range would read holes, or blocks that did not change.
 pub fn will_need(file: &File, ranges: &[(u64, u64)]) {
     use std::os::fd::AsRawFd;
+    // SAFETY: advice on an open descriptor; failure only loses the hint.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
     for &(start, end) in ranges {
         // SAFETY: advice on an open descriptor; failure only loses the hint.
         unsafe {

@@ -196,6 +196,14 @@ pub async fn create_source(
                 caller.confine_path(&state, p)?;
             }
         }
+        if spec.kind == "image"
+            && config.get("backing_outside").is_some_and(|v| v == "true" || v == true)
+            && caller.scope() != Scope::All
+        {
+            return Err(ApiError::forbidden(
+                "backing_outside lets an image read files outside its directory; a tenant may not set it",
+            ));
+        }
         // A command runs as the worker: only the system tenant's admins may define one.
         if spec.kind == "command" && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err()) {
             return Err(ApiError::forbidden(
