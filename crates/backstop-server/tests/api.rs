@@ -842,6 +842,11 @@ async fn packaged_sources_run_as_plans_and_restore_into_systems() {
     let hooked =
         json!({"name": "h", "kind": "fs", "config": {"paths": ["/tmp"], "hooks": {"pre": [{"command": "id"}]}}});
     assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(hooked)).await.0, StatusCode::FORBIDDEN);
+    let with_password = json!({"kind": "restore", "repository": "local",
+                               "params": {"to": {"kind": "postgres", "config": {"url": "postgres://u:pw@h/db"}}}});
+    let (status, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(with_password)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("must not carry a password"), "{v}");
     let to_cmd = json!({"kind": "restore", "repository": "local", "params": {"to": {"kind": "command", "config": {"command": "cat"}}}});
     assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(to_cmd)).await.0, StatusCode::FORBIDDEN);
     running.shutdown().await;

@@ -58,15 +58,6 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
     let command = req_str(config, "command", "command")?;
     let chosen = opt_str(config, "entry")?;
     let (path, _) = ctx.single(chosen.as_deref(), "stream to pipe into the command")?;
-    let mut failure = None;
-    run_with_input(shell(&command), |stdin| {
-        if let Err(e) = ctx.dump(path, stdin) {
-            failure = Some(e);
-        }
-        Ok(())
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
+    run_with_input(shell(&command), |stdin| ctx.dump(path, stdin).map(drop))?;
     Ok(RestoreReport { restored: vec![(path.clone(), format!("command:{command}"))] })
 }

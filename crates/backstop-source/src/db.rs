@@ -59,8 +59,14 @@ impl std::fmt::Debug for DbConfig {
     }
 }
 
+/// Names Backstop passes to the tools: letters, digits, `_`, `-`, `.`, `$`
+/// (nothing a tool could read as a connection string or SQL).
 fn valid_db_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 63 && !name.contains(['/', '`', '"', '\0', '\n']) && name != "." && name != ".."
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '$'))
+        && name != "."
+        && name != ".."
 }
 
 impl DbConfig {
@@ -74,8 +80,8 @@ impl DbConfig {
         if !schemes.contains(&url.scheme()) {
             return Err(Error::Invalid(format!("a {kind} url starts with {}://", schemes[0])));
         }
-        let decode =
-            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        // Percent-decoding only: a `+` in a password or name is a `+`.
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|v| v.into_owned());
         let database = match url.path().trim_start_matches('/') {
             "" => None,
             db => Some(decode(db).unwrap_or_default()),
@@ -334,14 +340,7 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config) -> 
                 let c = target.tool("psql", Some("postgres"));
                 let mut c = c;
                 c.args(["-X", "-q"]);
-                let mut failure = None;
-                run_with_input(c, |stdin| {
-                    failure = ctx.dump("globals.sql", stdin).err();
-                    Ok(())
-                })?;
-                if let Some(e) = failure {
-                    return Err(e);
-                }
+                run_with_input(c, |stdin| ctx.dump("globals.sql", stdin).map(drop))?;
                 report.restored.push(("globals.sql".into(), target.label()));
             }
             for (path, _) in &dumps {
@@ -373,14 +372,7 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config) -> 
                 c
             }
         };
-        let mut failure = None;
-        run_with_input(c, |stdin| {
-            failure = ctx.dump(&entry, stdin).err();
-            Ok(())
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        run_with_input(c, |stdin| ctx.dump(&entry, stdin).map(drop))?;
         let mut where_to = target.clone();
         where_to.database = Some(db);
         ctx.progress.info(&format!("{entry} restored into {}", where_to.label()));

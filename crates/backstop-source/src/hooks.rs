@@ -183,6 +183,10 @@ pub fn run(hook: &Hook, phase: &str, env: &[(String, String)], progress: &dyn Pr
             Err(e) => return Err(Error::Tool(format!("waiting for the {phase} hook: {e}"))),
         }
     };
+    // Whatever the hook left running in the background goes with it (it
+    // would hold the output pipes open, and outlive the timeout).
+    // SAFETY: signalling the hook's own process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
     for r in readers {
         let _ = r.join();
     }

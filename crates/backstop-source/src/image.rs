@@ -37,7 +37,8 @@ pub struct ImageConfig {
     pub cbt: Option<PathBuf>,
     pub generation: Option<String>,
     pub chunk_size: usize,
-    /// `auto` (qcow2 by its magic), `raw` (the file's bytes as they are), `qcow2`.
+    /// `auto` (qcow2 when the name ends in `.qcow2`, never by the content: a guest
+    /// could write a qcow2 header into a raw disk), `raw` (the bytes as they are), `qcow2`.
     pub format: String,
     /// Let qcow2 backing files lie outside the image's directory.
     pub backing_outside: bool,
@@ -79,7 +80,11 @@ impl ImageConfig {
             generation: opt_str(config, "generation")?,
             chunk_size,
             format,
-            backing_outside: opt_str(config, "backing_outside")?.is_some_and(|v| v == "true" || v == "yes" || v == "1"),
+            backing_outside: match opt_str(config, "backing_outside")?.as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(other) => return Err(Error::Invalid(format!("backing_outside {other:?} is not true or false"))),
+            },
         })
     }
 }
@@ -104,14 +109,22 @@ pub fn read_change_map(path: &Path) -> Result<ChangeMap> {
             _ => return Err(bad(format!("extent {e} is not [offset, length]"))),
         }
     }
-    Ok(ChangeMap { generation: generation_now, parent_generation, extents })
+    // Sorted and merged: maps may come concatenated or out of order.
+    extents.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(extents.len());
+    for (offset, len) in extents {
+        match merged.last_mut() {
+            Some((o, l)) if offset <= *o + *l => *l = (*l).max(offset + len - *o),
+            _ => merged.push((offset, len)),
+        }
+    }
+    Ok(ChangeMap { generation: generation_now, parent_generation, extents: merged })
 }
 
 /// Whether `path` in an exported VM's directory is a disk.
 fn is_disk(path: &Path, file: &File) -> bool {
     let Ok(meta) = file.metadata() else { return false };
     meta.file_type().is_block_device()
-        || is_qcow2(file)
         || path.file_name().is_some_and(|n| is_disk_image(std::os::unix::ffi::OsStrExt::as_bytes(n)))
         || std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) + (64 << 10) < meta.len()
 }
@@ -121,11 +134,16 @@ fn disk(config: &ImageConfig, path: &Path, map: Option<ChangeMap>) -> Result<(St
     let io = |e: std::io::Error| Error::Invalid(format!("cannot open the image {}: {e}", path.display()));
     let file = File::open(path).map_err(io)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
+    // `auto` goes by the name, never by the content: a guest may write a
+    // qcow2 header into its raw disk (qemu's format-probing problem).
     let qcow2 = match config.format.as_str() {
         "raw" => false,
         "qcow2" => true,
-        _ => is_qcow2(&file),
+        _ => name.to_ascii_lowercase().ends_with(".qcow2"),
     };
+    if qcow2 && !is_qcow2(&file) {
+        return Err(Error::Invalid(format!("{} is not a qcow2 image (give format=raw)", path.display())));
+    }
     if qcow2 {
         let root = if config.backing_outside { None } else { path.parent() };
         let image =
@@ -154,6 +172,10 @@ pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
             .collect();
         names.sort();
         for path in names {
+            // Only what is in the directory itself: a symlink could name any file on the host.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+                continue;
+            }
             let Ok(file) = File::open(&path) else {
                 return Err(Error::Invalid(format!("cannot open {}", path.display())));
             };
@@ -213,11 +235,27 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
     }
     let chosen = opt_str(config, "entry")?;
     let mut report = RestoreReport::default();
-    if target.is_dir() && chosen.is_none() {
+    let target_meta = std::fs::symlink_metadata(&target).ok();
+    if target_meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+        return Err(Error::Invalid(format!(
+            "the restore target {} is a symlink; name what it points to (readlink -f)",
+            target.display()
+        )));
+    }
+    if target_meta.as_ref().is_some_and(|m| m.is_dir()) && chosen.is_none() {
         for (path, _) in &ctx.entries {
             let out = target.join(path);
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+            // Entry names are single components; no directory on the way may be a symlink.
+            let mut dir = target.clone();
+            for component in Path::new(path).parent().into_iter().flat_map(Path::components) {
+                dir.push(component);
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return Err(Error::Invalid(format!("{} is in the way (not a directory)", dir.display()))),
+                    Err(_) => {
+                        std::fs::create_dir(&dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?
+                    }
+                }
             }
             write_raw(ctx, path, &out)?;
             report.restored.push((path.clone(), out.display().to_string()));
@@ -233,13 +271,22 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
         Some(other) => return Err(Error::Invalid(format!("format {other:?} is not raw or qcow2"))),
     };
     if format == "qcow2" {
-        let tmp = target.with_extension("backstop-restore.raw");
+        // Converted beside the target, then renamed over it: qemu-img never
+        // writes through whatever sits at the target's name.
+        let unique = format!("{}.{}", std::process::id(), ctx.snapshot.time.timestamp_nanos_opt().unwrap_or(0));
+        let tmp = target.with_extension(format!("backstop-{unique}.raw"));
+        let converted = target.with_extension(format!("backstop-{unique}.qcow2"));
         write_raw(ctx, entry, &tmp)?;
         let mut c = std::process::Command::new("qemu-img");
-        c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&tmp).arg(&target);
+        c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&tmp).arg(&converted);
         let result = crate::process::run(c);
         let _ = std::fs::remove_file(&tmp);
-        result?;
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&converted);
+            return Err(e);
+        }
+        std::fs::rename(&converted, &target)
+            .map_err(|e| Error::Invalid(format!("cannot move the image to {}: {e}", target.display())))?;
     } else {
         write_raw(ctx, entry, &target)?;
     }
@@ -251,7 +298,7 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
 /// block device is written whole.
 fn write_raw(ctx: &RestoreContext, path: &str, out: &Path) -> Result<()> {
     let io = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", out.display()));
-    let device = std::fs::metadata(out).is_ok_and(|m| m.file_type().is_block_device());
+    let device = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_block_device());
     let file = if device {
         OpenOptions::new().write(true).open(out).map_err(io)?
     } else {

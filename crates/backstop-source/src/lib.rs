@@ -88,6 +88,17 @@ pub fn from_spec(spec: &str, options: &[String]) -> Result<(String, Config)> {
     Ok((kind.to_string(), config))
 }
 
+/// `spec` fit to show: a URL's password replaced by `***`.
+pub fn redact_spec(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => spec.to_string(),
+    }
+}
+
 /// Check `config` for `kind` without running anything.
 pub fn validate(kind: &str, config: &Config) -> Result<()> {
     hooks::Hooks::parse(config.get("hooks"))?;

@@ -4,6 +4,7 @@
 //! error message and the job log.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +52,13 @@ fn failure(program: &str, status: ExitStatus, stderr: &str) -> String {
     format!("{program} failed ({status}){said}")
 }
 
+/// Stop `child` and everything it started (it leads its own process
+/// group): a tool's leftover children must not hold its pipes open.
+fn kill_group(child: &Child) {
+    // SAFETY: signalling the child's own process group.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+}
+
 fn spawn_error(program: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::Invalid(format!("{program} is not installed (not found on PATH)"))
@@ -73,7 +81,7 @@ pub struct ChildStream {
 impl ChildStream {
     pub fn spawn(mut command: Command) -> Result<ChildStream, Error> {
         let program = command.get_program().to_string_lossy().into_owned();
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
         let mut child = command.spawn().map_err(|e| spawn_error(&program, e))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = Tail::new(STDERR_TAIL);
@@ -92,6 +100,7 @@ impl Read for ChildStream {
             return Ok(n);
         }
         let status = self.child.wait()?;
+        kill_group(&self.child);
         if let Some(t) = self.stderr_thread.take() {
             let _ = t.join();
         }
@@ -108,7 +117,7 @@ impl Drop for ChildStream {
     fn drop(&mut self) {
         if !self.done {
             // Abandoned (cancelled, or the backup failed elsewhere).
-            let _ = self.child.kill();
+            kill_group(&self.child);
             let _ = self.child.wait();
         }
     }
@@ -121,7 +130,7 @@ pub fn run_with_input(
     feed: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
 ) -> Result<String, Error> {
     let program = command.get_program().to_string_lossy().into_owned();
-    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = command.spawn().map_err(|e| spawn_error(&program, e))?;
     let stderr = Tail::new(STDERR_TAIL);
     let stderr_thread = stderr.collect(child.stderr.take().expect("stderr is piped"));
@@ -129,14 +138,22 @@ pub fn run_with_input(
     let out_thread = out.collect(child.stdout.take().expect("stdout is piped"));
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let fed = feed(&mut stdin);
+    if fed.is_err() {
+        // Killed before it sees the end of its input: a restore tool must
+        // not commit half a dump as if it were whole.
+        kill_group(&child);
+    }
     drop(stdin);
     let status = child.wait().map_err(|e| Error::Invalid(format!("waiting for {program}: {e}")))?;
+    kill_group(&child);
     let _ = stderr_thread.join();
     let _ = out_thread.join();
-    if !status.success() {
+    // A tool that failed on its own says why (our write then only broke
+    // its pipe); one we killed failed because the feed did.
+    let killed = std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGKILL);
+    if !(status.success() || killed && fed.is_err()) {
         return Err(Error::Tool(failure(&program, status, &stderr.text())));
     }
-    // A tool that stopped reading early but exited 0 still failed us.
     fed?;
     Ok(out.text())
 }

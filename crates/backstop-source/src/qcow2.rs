@@ -16,8 +16,10 @@ const MAGIC: &[u8; 4] = b"QFI\xfb";
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 const COMPRESSED: u64 = 1 << 62;
 const ZERO: u64 = 1;
-/// L2 tables kept in memory (each covers cluster_size / 8 clusters).
-const L2_CACHE: usize = 512;
+/// Bytes of L2 tables kept in memory.
+const L2_CACHE_BYTES: u64 = 64 << 20;
+/// The largest virtual size read.
+const MAX_SIZE: u64 = 64 << 40;
 
 /// Whether `file` starts with the qcow2 magic.
 pub fn is_qcow2(file: &File) -> bool {
@@ -80,6 +82,9 @@ impl Qcow2Image {
             return Err(invalid(path, format!("cluster_bits {cluster_bits} is out of range")));
         }
         let size = be64(&h, 24);
+        if size > MAX_SIZE {
+            return Err(invalid(path, format!("a virtual size of {size} bytes is beyond the 64 TiB Backstop reads")));
+        }
         if be32(&h, 32) != 0 {
             return Err(invalid(path, "the image is encrypted; decrypt it with qemu-img convert first"));
         }
@@ -115,7 +120,7 @@ impl Qcow2Image {
         let cluster = 1u64 << cluster_bits;
         let l2_entries = cluster / 8;
         let needed = size.div_ceil(cluster).div_ceil(l2_entries);
-        if l1_size < needed || l1_size > (32 << 20) {
+        if l1_size < needed || l1_size > (4 << 20) {
             return Err(invalid(path, format!("the L1 table ({l1_size} entries) does not cover the size {size}")));
         }
         if l1_offset.checked_add(l1_size * 8).is_none_or(|end| end > file_len) {
@@ -132,7 +137,7 @@ impl Qcow2Image {
             file.read_exact_at(&mut name, backing_offset)?;
             let name = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name));
             let name = if name.is_absolute() { name } else { path.parent().unwrap_or(Path::new(".")).join(name) };
-            if let Some(root) = backing_root {
+            let name = if let Some(root) = backing_root {
                 let real = std::fs::canonicalize(&name)
                     .map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
                 let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
@@ -146,7 +151,10 @@ impl Qcow2Image {
                         ),
                     ));
                 }
-            }
+                real // what was checked is what is opened
+            } else {
+                name
+            };
             let f = File::open(&name).map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
             let image: Box<dyn BlockImage> = if is_qcow2(&f) {
                 Box::new(Self::open_chain(&name, backing_root, depth + 1)?)
@@ -205,7 +213,7 @@ impl Qcow2Image {
                 let t: Arc<Vec<u64>> =
                     Arc::new(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect());
                 let mut cache = self.l2_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() >= L2_CACHE {
+                if cache.len() as u64 >= (L2_CACHE_BYTES / self.cluster()).max(1) {
                     cache.clear();
                 }
                 cache.insert(table_offset, t.clone());
@@ -246,12 +254,12 @@ impl Qcow2Image {
         raw.truncate(n);
         let cluster = self.cluster() as usize;
         let out = if self.zstd {
+            // The sector-rounded read may run into the next cluster: decode
+            // one cluster's worth and ignore the rest.
             let mut out = vec![0u8; cluster];
-            let mut d = zstd::bulk::Decompressor::new().map_err(std::io::Error::other)?;
-            let n = d
-                .decompress_to_buffer(&raw, &mut out)
+            let mut d = zstd::stream::read::Decoder::new(&raw[..]).map_err(std::io::Error::other)?.single_frame();
+            std::io::Read::read_exact(&mut d, &mut out)
                 .map_err(|e| invalid(&self.path, format!("zstd cluster: {e}")))?;
-            out.truncate(n);
             out
         } else {
             miniz_oxide::inflate::decompress_to_vec_with_limit(&raw, cluster)
@@ -309,8 +317,17 @@ impl BlockImage for Qcow2Image {
         };
         let per_table = cluster / 8;
         let clusters = self.size.div_ceil(cluster);
+        // Each L2 table is walked once: a table shared by two L1 entries
+        // (never written by qemu) would multiply the work.
+        let mut tables = std::collections::HashSet::new();
         let mut index = 0;
         while index < clusters {
+            if index % per_table == 0 {
+                let l1 = self.l1.get((index / per_table) as usize).copied().unwrap_or(0) & OFFSET_MASK;
+                if l1 != 0 && !tables.insert(l1) {
+                    return Err(invalid(&self.path, "an L2 table is used twice; the image is damaged"));
+                }
+            }
             // A whole L2 table that is not there: nothing (or the backing file's data).
             let l1 = self.l1.get((index / per_table) as usize).copied().unwrap_or(0);
             if l1 & OFFSET_MASK == 0 && index % per_table == 0 {

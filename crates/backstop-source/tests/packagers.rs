@@ -118,6 +118,13 @@ fn a_raw_image_round_trips_and_its_incremental_reads_only_the_changed_blocks() {
     let restored = f.path("restored.raw");
     f.restore(&second, "image", &config(json!({"path": restored}))).unwrap();
     compare(&disk, &restored);
+    // Never through a symlink at the target.
+    let link = f.path("link.raw");
+    std::os::unix::fs::symlink(f.path("elsewhere.raw"), &link).unwrap();
+    let err = f.restore(&second, "image", &config(json!({"path": link}))).unwrap_err();
+    assert!(err.to_string().contains("is a symlink"), "{err}");
+    assert!(!f.path("elsewhere.raw").exists());
+
     let allocated = std::os::unix::fs::MetadataExt::blocks(&fs::metadata(&restored).unwrap()) * 512;
     assert!(allocated < 8 << 20, "the restored raw file is sparse ({allocated} bytes allocated)");
 
@@ -126,6 +133,15 @@ fn a_raw_image_round_trips_and_its_incremental_reads_only_the_changed_blocks() {
     f.restore(&second, "image", &config(json!({"path": as_qcow2}))).unwrap();
     assert!(tool("qemu-img", &["info", as_qcow2.to_str().unwrap()]).contains("file format: qcow2"));
     compare(&disk, &as_qcow2);
+
+    // A map listed out of order (two maps concatenated) loses nothing.
+    qemu_io(&disk, "raw", &["write -P 0x77 50M 4k", "write -P 0x78 8k 4k"]);
+    let extents = json!([[52428800, 4096], [8192, 4096]]);
+    fs::write(&map, json!({"generation": 3, "parent_generation": 2, "extents": extents}).to_string()).unwrap();
+    let third = f.backup("image", &config(json!({"path": disk, "cbt": map}))).unwrap();
+    assert!(third.snapshot.summary.bytes_read <= 2 * 8192, "read {}", third.snapshot.summary.bytes_read);
+    f.restore(&third, "image", &config(json!({"path": restored}))).unwrap();
+    compare(&disk, &restored);
 }
 
 #[test]
@@ -155,6 +171,15 @@ fn a_qcow2_chain_with_compressed_and_zero_clusters_is_stored_as_the_guest_sees_i
     let restored = f.path("small.raw");
     f.restore(&out, "image", &config(json!({"path": restored}))).unwrap();
     compare(&small, &restored);
+
+    // zstd-compressed clusters, several in a row (each read runs into the next).
+    let zstd = f.path("zstd.qcow2");
+    tool("qemu-img", &["create", "-q", "-f", "qcow2", "-o", "compression_type=zstd", zstd.to_str().unwrap(), "8M"]);
+    qemu_io(&zstd, "qcow2", &["write -c -P 0x0b 0 64k", "write -c -P 0x0c 64k 64k", "write -c -P 0x0d 128k 64k"]);
+    let out = f.backup("image", &config(json!({"path": zstd}))).unwrap();
+    let restored = f.path("zstd.raw");
+    f.restore(&out, "image", &config(json!({"path": restored}))).unwrap();
+    compare(&zstd, &restored);
 
     // A backing file outside the image's directory is refused unless allowed.
     let elsewhere = f.path("elsewhere");
@@ -375,6 +400,7 @@ fn configurations_are_checked_before_anything_runs() {
         ("postgres", json!({"url": "mysql://x/y"}), "starts with postgres://"),
         ("postgres", json!({"url": "postgres://h/db", "databases": "a"}), "not both"),
         ("mysql", json!({"url": "mysql://h/db`x"}), "not a database name"),
+        ("postgres", json!({"url": "postgres://h/a%20host%3Devil"}), "not a database name"),
         ("zfs", json!({}), "unknown source kind"),
     ] {
         let err = backstop_source::validate(kind, &config(cfg)).unwrap_err();
@@ -387,6 +413,11 @@ fn configurations_are_checked_before_anything_runs() {
     let tree = backstop_source::db::DbConfig::parse(backstop_source::db::Engine::Postgres, &cfg).unwrap();
     assert_eq!(tree.label(), "postgres://app@db1:5432/app");
     assert!(!format!("{tree:?}").contains("s3cret"));
+    assert_eq!(backstop_source::redact_spec("postgres://app:s3cret@db1/app"), "postgres://app:***@db1/app");
+    // Percent-decoding only: `+` stays a plus.
+    let (_, cfg) = backstop_source::from_spec("mysql://a+b@h/app", &[]).unwrap();
+    let db = backstop_source::db::DbConfig::parse(backstop_source::db::Engine::Mysql, &cfg).unwrap();
+    assert_eq!(db.label(), "mysql://a+b@h/app");
 }
 
 #[test]

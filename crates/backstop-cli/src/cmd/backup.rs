@@ -20,7 +20,8 @@ With --source KIND:TARGET, a packager produces what is backed up (options with -
                    files; fixed 8 KiB chunks, holes skipped. Options: cbt=FILE|DIR (changed-block
                    map(s): only the changed blocks are read when the map follows the parent's
                    generation), generation=G (for a backup without a map), chunk_size=8k,
-                   format=auto|raw|qcow2.
+                   format=auto|raw|qcow2 (auto: qcow2 by a .qcow2 name), backing_outside=true
+                   (qcow2 backing files outside the image's directory).
   command:'CMD'    the standard output of `sh -c CMD` (etcdctl, vzdump, ...). Options:
                    filename=NAME.
   postgres://USER@HOST:PORT/DB   pg_dump -Fc of DB; without /DB every database and the globals
@@ -185,7 +186,8 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let options = BackupOptions { scan_totals: !args.no_scan && reporter.draws_bar(), ..options };
     let label = args
         .source
-        .clone()
+        .as_deref()
+        .map(backstop_source::redact_spec)
         .unwrap_or_else(|| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" "));
     let env = vec![("BACKSTOP_SOURCE".to_string(), label)];
     // The source is opened after the pre hooks: they may make what it reads.

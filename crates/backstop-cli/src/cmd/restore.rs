@@ -111,14 +111,17 @@ fn restore_to(
 ) -> Result<u8> {
     let (kind, config) = restore_spec(spec, options)?;
     if ctx.text() {
-        eprintln!("restoring snapshot {} of {} into {spec}", id.short(), snapshot.paths.join(", "));
+        let shown = backstop_source::redact_spec(spec);
+        eprintln!("restoring snapshot {} of {} into {shown}", id.short(), snapshot.paths.join(", "));
     }
     let reporter = ctx.reporter(true);
     let report = backstop_source::restore(repo, snapshot, &kind, &config, &reporter, &ctx.cancel);
     reporter.finish();
     let report = report?;
     if ctx.args.json {
-        print_json(&serde_json::json!({ "snapshot_id": id, "to": spec, "restored": report.restored }));
+        print_json(
+            &serde_json::json!({ "snapshot_id": id, "to": backstop_source::redact_spec(spec), "restored": report.restored }),
+        );
     } else if !ctx.args.quiet {
         for (entry, to) in &report.restored {
             println!("{entry} -> {to}");

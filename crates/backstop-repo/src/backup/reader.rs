@@ -401,8 +401,10 @@ impl BlockImage for FileBlocks<'_> {
 /// The `(start, end)` ranges to read: `wanted` widened to whole blocks,
 /// merged, and clipped to `[from, size)`.
 pub(crate) fn read_plan(wanted: &[(u64, u64)], size: u64, block: u64, from: u64) -> Vec<(u64, u64)> {
+    let mut wanted = wanted.to_vec();
+    wanted.sort_unstable();
     let mut plan: Vec<(u64, u64)> = Vec::new();
-    for &(start, end) in wanted {
+    for &(start, end) in &wanted {
         let a = (start / block * block).max(from);
         let b = end.div_ceil(block).saturating_mul(block).min(size);
         if b <= a {
@@ -577,6 +579,8 @@ mod tests {
         let plan = read_plan(&[(4096, 8192), (8192, 12288), (30000, 30001), (65536 - 10, 70000)], 65536, 8192, 0);
         assert_eq!(plan, vec![(0, 16384), (24576, 32768), (57344, 65536)]);
         assert_eq!(read_plan(&[(0, 100)], 65536, 8192, 16384), Vec::<(u64, u64)>::new(), "before `from`");
+        // Out of order (maps concatenated): nothing is swallowed.
+        assert_eq!(read_plan(&[(65536, 69632), (0, 4096)], 131072, 8192, 0), vec![(0, 8192), (65536, 73728)]);
     }
 
     #[test]

@@ -546,7 +546,7 @@ impl<'a> Walker<'a> {
         if !aligned(&parent, block as u64, size) || !parent.iter().all(|c| self.stored(c)) {
             return fallback(format!("the parent was not stored in {block}-byte chunks"));
         }
-        let changed: u64 = changes.extents.iter().map(|e| e.1).sum();
+        let changed: u64 = changes.extents.iter().fold(0u64, |sum, e| sum.saturating_add(e.1));
         self.progress.info(&format!(
             "{path}: changed-block map from generation {} to {}: reading {} changed extent(s), {changed} bytes",
             changes.parent_generation,

@@ -174,6 +174,15 @@ async fn job_from_spec(
         // Into a system: {"kind": …, "config": {…}}, checked like a source.
         let kind = to.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
         let config = to.get("config").and_then(|c| c.as_object()).cloned().unwrap_or_default();
+        // Job parameters are stored and shown as they are: no passwords in them.
+        let url_password =
+            config.get("url").and_then(|u| u.as_str()).is_some_and(|u| backstop_source::redact_spec(u) != u);
+        if config.contains_key("password") || url_password {
+            return Err(ApiError::invalid(
+                "params.to must not carry a password (job parameters are stored and shown in clear); \
+                 give the workers the target's credentials in their environment (PGPASSWORD, MYSQL_PWD, ~/.pgpass)",
+            ));
+        }
         let mut checked = config.clone();
         for own in ["entry", "clean", "format"] {
             checked.remove(own);

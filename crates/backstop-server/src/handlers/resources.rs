@@ -197,7 +197,7 @@ pub async fn create_source(
             }
         }
         if spec.kind == "image"
-            && config.get("backing_outside").is_some_and(|v| v == "true" || v == true)
+            && backstop_source::image::ImageConfig::parse(&config).is_ok_and(|c| c.backing_outside)
             && caller.scope() != Scope::All
         {
             return Err(ApiError::forbidden(
