@@ -44,6 +44,19 @@ impl Caller {
         }
     }
 
+    /// Refuse unless the caller is an admin of the system tenant: for what
+    /// runs commands on the workers (command sources, hooks, restores into
+    /// commands). `what` says what was asked, for the message.
+    pub fn require_system_admin(&self, what: &str) -> Result<(), ApiError> {
+        if self.scope() == Scope::All && self.require(Role::Admin).is_ok() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{what} runs commands on the workers; only an admin of the system tenant may ask for it"
+            )))
+        }
+    }
+
     /// A local path the caller names for a source, a restore target or a
     /// repository: anyone of the system tenant may use any; another
     /// tenant's callers only paths under `<root>/<tenant>/` of a configured

@@ -121,6 +121,14 @@ pub fn read_change_map(path: &Path) -> Result<ChangeMap> {
     Ok(ChangeMap { generation: generation_now, parent_generation, extents: merged })
 }
 
+/// The map `<disk name>.json` in the directory `dir`, if there is one.
+fn map_in_dir(dir: Option<&Path>, disk: &str) -> Result<Option<ChangeMap>> {
+    match dir.map(|d| d.join(format!("{disk}.json"))) {
+        Some(path) if path.exists() => Ok(Some(read_change_map(&path)?)),
+        _ => Ok(None),
+    }
+}
+
 /// Whether `path` in an exported VM's directory is a disk.
 fn is_disk(path: &Path, file: &File) -> bool {
     let Ok(meta) = file.metadata() else { return false };
@@ -185,13 +193,7 @@ pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
             }
             let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if is_disk(&path, &file) {
-                let map = match &config.cbt {
-                    Some(dir) => {
-                        let map_path = dir.join(format!("{file_name}.json"));
-                        if map_path.exists() { Some(read_change_map(&map_path)?) } else { None }
-                    }
-                    None => None,
-                };
+                let map = map_in_dir(config.cbt.as_deref(), &file_name)?;
                 let (name, image) = disk(config, &path, map)?;
                 entries.push(SourceEntry { path: name, mode: 0o600, data: EntryData::Image(image) });
             } else {
@@ -207,8 +209,7 @@ pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
         let map = match &config.cbt {
             Some(path) if path.is_dir() => {
                 let name = config.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                let p = path.join(format!("{name}.json"));
-                if p.exists() { Some(read_change_map(&p)?) } else { None }
+                map_in_dir(Some(path), &name)?
             }
             Some(path) => Some(read_change_map(path)?),
             None => None,

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use backstop_repo::backup::source::{BlockImage, ChangeMap, RawImage};
+use backstop_repo::backup::source::{BlockImage, ChangeMap, RawImage, read_full_at};
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
 const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -236,7 +236,7 @@ impl Qcow2Image {
         } else if entry & OFFSET_MASK != 0 {
             self.file.read_exact_at(buf, (entry & OFFSET_MASK) + within).map_err(|e| invalid(&self.path, e))?;
         } else if let Some(backing) = &self.backing {
-            let n = backstop_read_full(backing.as_ref(), buf, offset)?;
+            let n = read_full_at(backing.as_ref(), buf, offset)?;
             buf[n..].fill(0);
         } else {
             buf.fill(0);
@@ -270,17 +270,6 @@ impl Qcow2Image {
         }
         Ok(out)
     }
-}
-
-fn backstop_read_full(image: &dyn BlockImage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match image.read_at(&mut buf[done..], offset + done as u64)? {
-            0 => break,
-            n => done += n,
-        }
-    }
-    Ok(done)
 }
 
 impl BlockImage for Qcow2Image {

@@ -9,6 +9,7 @@
 pub mod fixture;
 pub mod mysql;
 pub mod postgres;
+mod server;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -21,7 +21,6 @@ pub struct Mysql {
 }
 
 static SERVER: OnceLock<Mysql> = OnceLock::new();
-static PRIVATE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 impl Mysql {
     pub fn get() -> &'static Mysql {
@@ -124,56 +123,23 @@ fn start_private() -> Mysql {
     assert!(out.status.success(), "mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr));
     let port = free_port();
     let server = if which("mariadbd") { PathBuf::from("mariadbd") } else { PathBuf::from("/usr/sbin/mariadbd") };
-    // The server is started from a thread that lives as long as the test
-    // process, with a parent-death signal (which follows the spawning
-    // thread): it stops when the tests end.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let dir2 = dir.clone();
-    std::thread::Builder::new()
-        .name("test-mariadb".into())
-        .spawn(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new(server);
-            cmd.arg("--no-defaults")
-                .arg(format!("--datadir={}", dir2.join("data").display()))
-                .arg(format!("--socket={}", dir2.join("sock").display()))
-                .arg(format!("--pid-file={}", dir2.join("pid").display()))
-                .arg(format!("--port={port}"))
-                .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // Switched by us, not by mariadbd's --user: a credential change
-            // clears the parent-death signal, and ours is set after it.
-            if let Some((uid, gid)) = user {
-                cmd.uid(uid).gid(gid);
-            }
-            // SAFETY: prctl is async-signal-safe and touches only this child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn();
-            let ok = child.is_ok();
-            let _ = tx.send(child.map(|_| ()).map_err(|e| e.to_string()));
-            if ok {
-                loop {
-                    std::thread::park();
-                }
-            }
-        })
-        .expect("spawn the MariaDB thread");
-    rx.recv().expect("the MariaDB thread reports").unwrap_or_else(|e| panic!("cannot start mariadbd: {e}"));
-    // The server's files go when the test process exits.
-    PRIVATE_DIR.set(dir).expect("one private server per process");
-    extern "C" fn remove_private_dir() {
-        if let Some(dir) = PRIVATE_DIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+    let mut cmd = Command::new(server);
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", dir.join("data").display()))
+        .arg(format!("--socket={}", dir.join("sock").display()))
+        .arg(format!("--pid-file={}", dir.join("pid").display()))
+        .arg(format!("--port={port}"))
+        .args(["--bind-address=127.0.0.1", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // Switched by us, not by mariadbd's --user: a credential change clears
+    // the parent-death signal, and ours is set after it.
+    if let Some((uid, gid)) = user {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
     }
-    // SAFETY: registering a handler with no preconditions.
-    unsafe { libc::atexit(remove_private_dir) };
+    crate::server::spawn_for_process_life(cmd, "mariadbd");
+    crate::server::remove_at_exit(dir);
     let db = Mysql { host: "127.0.0.1".into(), port };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -25,7 +25,6 @@ pub struct Postgres {
 }
 
 static SERVER: OnceLock<Postgres> = OnceLock::new();
-static PRIVATE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 impl Postgres {
     /// The shared server, found or started on first use. Panics with what
@@ -185,45 +184,14 @@ fn start_private_cluster() -> Postgres {
     let port = free_port();
     // The postmaster is started from a thread that lives as long as the
     // process, with a parent-death signal: it stops when the tests end.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (bin2, data2, dir2) = (bin.clone(), data.clone(), dir.clone());
-    std::thread::Builder::new()
-        .name("test-postgres".into())
-        .spawn(move || {
-            use std::os::unix::process::CommandExt;
-            let mut cmd = Command::new(bin2.join("postgres"));
-            cmd.arg("-D").arg(&data2).args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
-            cmd.arg("-c").arg(format!("unix_socket_directories={}", dir2.display()));
-            cmd.args(["-c", "fsync=off", "-c", "max_connections=200"]);
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            as_server_user(&mut cmd, user);
-            // SAFETY: prctl is async-signal-safe and touches only this child.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    Ok(())
-                });
-            }
-            let child = cmd.spawn();
-            let ok = child.is_ok();
-            let _ = tx.send(child.map(|_| ()).map_err(|e| e.to_string()));
-            if ok {
-                loop {
-                    std::thread::park();
-                }
-            }
-        })
-        .expect("spawn the PostgreSQL thread");
-    rx.recv().expect("the PostgreSQL thread reports").unwrap_or_else(|e| panic!("cannot start postgres: {e}"));
-    // The cluster's files go when the test process exits.
-    PRIVATE_DIR.set(dir).expect("one private cluster per process");
-    extern "C" fn remove_private_dir() {
-        if let Some(dir) = PRIVATE_DIR.get() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-    // SAFETY: registering a handler with no preconditions.
-    unsafe { libc::atexit(remove_private_dir) };
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.arg("-D").arg(&data).args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1"]);
+    cmd.arg("-c").arg(format!("unix_socket_directories={}", dir.display()));
+    cmd.args(["-c", "fsync=off", "-c", "max_connections=200"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    as_server_user(&mut cmd, user);
+    crate::server::spawn_for_process_life(cmd, "postgres");
+    crate::server::remove_at_exit(dir);
     let pg = Postgres { host: "127.0.0.1".into(), port, user: "postgres".into(), password: None, bin: Some(bin) };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -23,8 +23,8 @@ use crate::tree::ContentRef;
 
 pub(crate) enum FileSource {
     Path(PathBuf),
-    Stream(Mutex<Option<Box<dyn Read + Send>>>),
-    /// A packager's stream, opened when a reader takes the job.
+    /// A stream (standard input, a packager's output), opened when a
+    /// reader takes the job.
     Open(Mutex<Option<StreamOpener>>),
     /// A block image in fixed chunks of `block` bytes; with `reuse`, only
     /// the blocks its changed-block map names are read.
@@ -252,20 +252,6 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
     let start: u64 = job.resume.iter().map(ContentRef::len).sum();
     let collector = Collector::new(ctx, job.resume.clone(), job.prefix.clone());
     match &job.source {
-        FileSource::Stream(stream) => {
-            let Some(mut reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-                return Ok(FileOutcome::Failed("the stream was already consumed".into()));
-            };
-            // A stream has no holes to skip; fixed chunks still make an
-            // image streamed from a device or a hypervisor dedup by block.
-            let cut = if job.fixed { Cut::Fixed(ctx.fixed_size) } else { Cut::Cdc(ctx.cdc) };
-            let content = match stream_chunks(ctx, &mut reader, cut, collector)? {
-                Ok(content) => content,
-                Err(message) => return Ok(FileOutcome::Failed(message)),
-            };
-            let size = content.iter().map(ContentRef::len).sum();
-            Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
-        }
         FileSource::Open(opener) => {
             let Some(open) = opener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
                 return Ok(FileOutcome::Failed("the stream was already consumed".into()));
@@ -274,6 +260,8 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
                 Ok(reader) => reader,
                 Err(e) => return Ok(FileOutcome::Failed(e.to_string())),
             };
+            // A stream has no holes to skip; fixed chunks still make an
+            // image streamed from a device or a hypervisor dedup by block.
             let cut = if job.fixed { Cut::Fixed(ctx.fixed_size) } else { Cut::Cdc(ctx.cdc) };
             let content = match stream_chunks(ctx, &mut reader, cut, collector)? {
                 Ok(content) => content,

@@ -174,7 +174,7 @@ pub fn will_need(file: &File, ranges: &[(u64, u64)]) {
 }
 
 /// Read until `buf` is full or the image ends.
-pub(crate) fn read_full_at(image: &dyn BlockImage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+pub fn read_full_at(image: &dyn BlockImage, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match image.read_at(&mut buf[done..], offset + done as u64) {

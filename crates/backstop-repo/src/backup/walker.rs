@@ -451,7 +451,8 @@ impl<'a> Walker<'a> {
     /// Emit one stream as a file named `name`.
     pub fn walk_stream(&mut self, name: &str, reader: Box<dyn std::io::Read + Send>) -> Result<()> {
         let node = self.synthetic_node(name.as_bytes(), NodeType::File, 0o600);
-        let source = FileSource::Stream(Mutex::new(Some(reader)));
+        let open: StreamOpener = Box::new(move || Ok(reader));
+        let source = FileSource::Open(Mutex::new(Some(open)));
         self.send_file(node, FileStatus::New, source, self.fixed == FixedChunking::Always, true)
     }
 

@@ -194,10 +194,8 @@ async fn job_from_spec(
         {
             caller.confine_path(state, p)?;
         }
-        if kind == "command" && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err()) {
-            return Err(ApiError::forbidden(
-                "a restore into a command runs it on the workers; only an admin of the system tenant may ask for one",
-            ));
+        if kind == "command" {
+            caller.require_system_admin("a restore into a command")?;
         }
     } else if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();

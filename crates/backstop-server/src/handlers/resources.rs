@@ -174,12 +174,8 @@ pub async fn create_source(
         }
     }
     backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if spec.config.get("hooks").is_some_and(|h| !h.is_null())
-        && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err())
-    {
-        return Err(ApiError::forbidden(
-            "hooks run their commands on the workers; only an admin of the system tenant may give a source hooks",
-        ));
+    if spec.config.get("hooks").is_some_and(|h| !h.is_null()) {
+        caller.require_system_admin("a source with hooks")?;
     }
     if spec.kind != "fs" {
         let mut config = spec.config.as_object().cloned().unwrap_or_default();
@@ -204,11 +200,8 @@ pub async fn create_source(
                 "backing_outside lets an image read files outside its directory; a tenant may not set it",
             ));
         }
-        // A command runs as the worker: only the system tenant's admins may define one.
-        if spec.kind == "command" && (caller.scope() != Scope::All || caller.require(Role::Admin).is_err()) {
-            return Err(ApiError::forbidden(
-                "a command source runs its command on the workers; only an admin of the system tenant may create one",
-            ));
+        if spec.kind == "command" {
+            caller.require_system_admin("a command source")?;
         }
     }
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
