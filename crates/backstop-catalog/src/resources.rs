@@ -821,10 +821,12 @@ pub fn validate_source(spec: &SourceSpec) -> Result<()> {
         }
         // Packaged kinds: the server checks their configuration with
         // `backstop_source::validate` before it gets here.
-        "image" | "command" | "postgres" | "mysql" if spec.config.is_object() => Ok(()),
-        "image" | "command" | "postgres" | "mysql" => Err(Error::Invalid("config must be a JSON object".into())),
+        "image" | "command" | "postgres" | "mysql" | "kubernetes" if spec.config.is_object() => Ok(()),
+        "image" | "command" | "postgres" | "mysql" | "kubernetes" => {
+            Err(Error::Invalid("config must be a JSON object".into()))
+        }
         other => Err(Error::Invalid(format!(
-            "unknown source kind {other:?}; this version knows: fs, image, command, postgres, mysql"
+            "unknown source kind {other:?}; this version knows: fs, image, command, postgres, mysql, kubernetes"
         ))),
     }
 }

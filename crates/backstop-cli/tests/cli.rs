@@ -280,6 +280,46 @@ fn sources_back_up_with_source_and_restore_with_to() {
 }
 
 #[test]
+fn kubernetes_resources_back_up_and_restore_into_another_namespace() {
+    let cli = Cli::local();
+    cli.init();
+    // The testkit's stand-in API server: no cluster runs here.
+    let cluster = backstop_testkit::kubernetes::FakeCluster::start();
+    cluster.apply(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+    cluster.apply(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}}, "data": {"port": "8080"}}));
+    let kubeconfig = cli.path("kubeconfig");
+    cluster.write_kubeconfig(&kubeconfig, "fake");
+    let kc = format!("kubeconfig={}", kubeconfig.display());
+    let out =
+        cli.json(&["backup", "--source", "kubernetes:fake", "--source-opt", &kc, "--source-opt", "selector=app=web"]);
+    assert_eq!(out["summary"]["files_new"], 2, "{out}");
+    let ls = cli.ok(&["ls", "latest"]);
+    assert!(ls.contains("/shop/configmaps/web.yaml") && ls.contains("/_cluster/namespaces/shop.yaml"), "{ls}");
+    let yaml = cli.ok(&["dump", "latest", "/shop/configmaps/web.yaml"]);
+    assert!(yaml.starts_with("apiVersion: v1\nkind: ConfigMap\n") && !yaml.contains("resourceVersion"), "{yaml}");
+
+    let restored = cli.ok(&[
+        "restore",
+        "latest",
+        "--to",
+        "kubernetes:fake",
+        "--to-opt",
+        &kc,
+        "--to-opt",
+        "namespace_map=shop:shop2",
+    ]);
+    assert!(restored.contains("shop/configmaps/web.yaml -> kubernetes:shop2/configmaps/web (created)"), "{restored}");
+    assert_eq!(cluster.get("configmaps", Some("shop2"), "web").unwrap()["data"]["port"], "8080");
+    let out = cli.run(&["restore", "latest", "--to", "kubernetes:fake", "--to-opt", &kc, "--to-opt", "conflict=merge"]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("not skip or overwrite"), "{}", output_text(&out));
+    let out = cli.run(&["backup", "--source", "kubernetes:nosuchcontext", "--source-opt", &kc]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("nosuchcontext"), "{}", output_text(&out));
+}
+
+#[test]
 fn files_from_exclude_caches_and_one_file_system() {
     let cli = Cli::local();
     cli.init();

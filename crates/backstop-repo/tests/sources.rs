@@ -32,7 +32,13 @@ impl Notes {
 }
 
 fn tree(kind: &str, label: &str, entries: Vec<SourceEntry>) -> BackupSource {
-    BackupSource::Tree(SourceTree { kind: kind.into(), label: label.into(), entries, image_chunk_size: 8 << 10 })
+    BackupSource::Tree(SourceTree {
+        kind: kind.into(),
+        label: label.into(),
+        entries,
+        image_chunk_size: 8 << 10,
+        notes: Vec::new(),
+    })
 }
 
 fn entry(path: &str, data: EntryData) -> SourceEntry {

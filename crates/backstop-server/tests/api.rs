@@ -851,3 +851,58 @@ async fn packaged_sources_run_as_plans_and_restore_into_systems() {
     assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(to_cmd)).await.0, StatusCode::FORBIDDEN);
     running.shutdown().await;
 }
+
+/// Kubernetes through the service: a tenant's source names its cluster's
+/// server and keeps the token among its secrets; the workers' own
+/// credentials (a kubeconfig) are for the system tenant's admins. The
+/// cluster is the testkit's stand-in API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_sources_back_up_through_plans_and_restore_into_a_mapped_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = backstop_testkit::kubernetes::FakeCluster::start();
+    cluster.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}));
+    cluster.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web", "namespace": "shop"}, "data": {"port": "8080"}}));
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster.write_kubeconfig(&kubeconfig, "fake");
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let op: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "op", "role": "operator"}))).await,
+    )
+    .unwrap();
+
+    let workers_own =
+        json!({"name": "k1", "kind": "kubernetes", "config": {"kubeconfig": kubeconfig, "context": "fake"}});
+    let (status, v) = api.call("post", "/api/v1/sources", Some(&op.secret), Some(workers_own)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    let bad = json!({"name": "k2", "kind": "kubernetes", "config": {"server": cluster.url(), "selector": "app in (x"}});
+    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(bad)).await.0, StatusCode::BAD_REQUEST);
+    let source = json!({"name": "shop", "kind": "kubernetes", "config": {"server": cluster.url(), "namespaces": "shop"},
+                        "secrets": {"token": cluster.token()}});
+    let created = api.ok("post", "/api/v1/sources", &op.secret, Some(source)).await;
+    assert!(!created.to_string().contains(cluster.token()), "secrets are not shown: {created}");
+    api.ok("post", "/api/v1/plans", &op.secret, Some(json!({"name": "shop", "source": "shop", "repository": "local"})))
+        .await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/shop/run", &op.secret, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+
+    // Restores into a cluster use the workers' credentials: admins only, and no token in the job.
+    let restore = |config: Value| json!({"kind": "restore", "repository": "local", "params": {"snapshot": "latest", "to": {"kind": "kubernetes", "config": config}}});
+    let to = json!({"kubeconfig": kubeconfig, "context": "fake", "namespace_map": "shop:shop-restored"});
+    assert_eq!(
+        api.call("post", "/api/v1/jobs", Some(&op.secret), Some(restore(to.clone()))).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let with_token = restore(json!({"server": cluster.url(), "token": cluster.token()}));
+    let (status, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(with_token)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let (status, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(restore(json!({"conflict": "merge"})))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(restore(to))).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(cluster.get("configmaps", Some("shop-restored"), "web").unwrap()["data"]["port"], "8080");
+    running.shutdown().await;
+}

@@ -49,6 +49,7 @@ pub fn tree(config: &CommandConfig) -> Result<SourceTree> {
             data: EntryData::Stream(Box::new(open)),
         }],
         image_chunk_size: crate::image::DEFAULT_CHUNK,
+        notes: Vec::new(),
     })
 }
 

@@ -276,6 +276,7 @@ pub fn tree(config: &DbConfig) -> Result<SourceTree> {
         label: config.label(),
         entries,
         image_chunk_size: crate::image::DEFAULT_CHUNK,
+        notes: Vec::new(),
     })
 }
 

@@ -222,6 +222,7 @@ pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
         label: format!("image:{}", config.path.display()),
         entries,
         image_chunk_size: config.chunk_size,
+        notes: Vec::new(),
     })
 }
 

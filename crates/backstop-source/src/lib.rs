@@ -14,11 +14,14 @@
 //! | `command` | a shell command | its standard output, one entry |
 //! | `postgres` | a connection URL, with or without a database | `globals.sql` (whole cluster only), `databases/<name>.dump` (`pg_dump -Fc`) |
 //! | `mysql` | a connection URL, with or without a database | `databases/<name>.sql` (`mariadb-dump --single-transaction`) |
+//! | `kubernetes` | a kubeconfig context (empty: the current one) | `<namespace>/<resource>/<name>.yaml`, `_cluster/<resource>/<name>.yaml` (clean manifests) |
 
 pub mod command;
 pub mod db;
 pub mod hooks;
 pub mod image;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod process;
 pub mod qcow2;
 
@@ -48,7 +51,11 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The packaged kinds (`fs`, the engine's own, is not one of them).
-pub const KINDS: &[&str] = &["image", "command", "postgres", "mysql"];
+pub const KINDS: &[&str] = &["image", "command", "postgres", "mysql", "kubernetes"];
+
+/// Options of a restore into a system (`--to`) that are not options of
+/// its kind as a source.
+pub const RESTORE_KEYS: &[&str] = &["entry", "clean", "format", "namespace_map", "conflict"];
 
 /// The configuration key a spec's target goes to.
 fn main_key(kind: &str) -> Result<&'static str> {
@@ -56,6 +63,7 @@ fn main_key(kind: &str) -> Result<&'static str> {
         "image" => "path",
         "command" => "command",
         "postgres" | "mysql" => "url",
+        "kubernetes" => "context",
         other => {
             return Err(Error::Invalid(format!("unknown source kind {other:?} (known: {})", KINDS.join(", "))));
         }
@@ -110,8 +118,37 @@ pub fn validate(kind: &str, config: &Config) -> Result<()> {
         "command" => command::CommandConfig::parse(config).map(drop),
         "postgres" => db::DbConfig::parse(db::Engine::Postgres, config).map(drop),
         "mysql" => db::DbConfig::parse(db::Engine::Mysql, config).map(drop),
+        "kubernetes" => kubernetes_config(config),
         _ => main_key(kind).map(drop),
     }
+}
+
+/// Check the configuration of a restore into a system (`--to`, a restore
+/// job's `params.to`) without running anything.
+pub fn validate_restore(kind: &str, config: &Config) -> Result<()> {
+    match kind {
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes::RestoreConfig::parse(config).map(drop),
+        _ => {
+            let mut config = config.clone();
+            for own in RESTORE_KEYS {
+                config.remove(*own);
+            }
+            validate(kind, &config)
+        }
+    }
+}
+
+#[cfg(feature = "kubernetes")]
+fn kubernetes_config(config: &Config) -> Result<()> {
+    kubernetes::BackupConfig::parse(config).map(drop)
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn kubernetes_config(_: &Config) -> Result<()> {
+    Err(Error::Invalid(
+        "this build of Backstop has no kubernetes support (built without the kubernetes feature)".into(),
+    ))
 }
 
 /// What to back up for `kind`: the engine's source tree. Validates, then
@@ -125,6 +162,8 @@ pub fn backup_tree(kind: &str, config: &Config) -> Result<SourceTree> {
         "command" => command::tree(&command::CommandConfig::parse(config)?),
         "postgres" => db::tree(&db::DbConfig::parse(db::Engine::Postgres, config)?),
         "mysql" => db::tree(&db::DbConfig::parse(db::Engine::Mysql, config)?),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes::tree(&kubernetes::BackupConfig::parse(config)?),
         _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
     }
 }
@@ -157,6 +196,8 @@ pub fn restore(
         "command" => command::restore(&ctx, config),
         "postgres" => db::restore(&ctx, db::Engine::Postgres, config),
         "mysql" => db::restore(&ctx, db::Engine::Mysql, config),
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes::restore(&ctx, config),
         _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
     }
 }

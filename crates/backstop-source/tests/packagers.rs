@@ -479,3 +479,368 @@ fn hooks_run_around_the_backup_with_a_timeout_and_an_error_policy() {
     assert!(Hook::new("true", 5, "maybe").is_err());
     assert!(Hooks::parse(Some(&json!({"pre": [{"command": "x"}], "during": []}))).is_err());
 }
+
+// ---- kubernetes -------------------------------------------------------------
+//
+// No cluster runs on these machines: the testkit's FakeCluster serves the
+// real API paths and JSON for the kinds the tests use (see its docs for
+// what it does and does not do).
+
+#[cfg(feature = "kubernetes")]
+mod kubernetes {
+    use super::*;
+    use backstop_testkit::kubernetes::FakeCluster;
+
+    /// Seed a shop: a namespace with config, a secret, a service, a
+    /// deployment with the replica set it owns, a role binding, an event;
+    /// something in `default` too.
+    fn seed(cluster: &FakeCluster) {
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "a"}}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config", "namespace": "shop", "labels": {"app": "web"}},
+                   "data": {"yes": "yes", "octal": "0123", "empty": "", "multi": "line one\nline two\n", "colon": "a: b", "hash": "#x", "null": "null", "unicode": "grüße ✓"}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "other", "namespace": "shop", "labels": {"app": "db"}}, "data": {"k": "v"}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": "shop"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}}),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+                   "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}}),
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "shop"},
+                   "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate", "namespace": "shop"},
+                   "spec": {"template": {"metadata": {"labels": {"app": "migrate"}}, "spec": {"restartPolicy": "Never", "containers": [{"name": "m", "image": "busybox"}]}}}}),
+            json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "widgets.example.com"},
+                   "spec": {"group": "example.com", "scope": "Namespaced", "names": {"plural": "widgets", "kind": "Widget"},
+                            "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}}),
+            json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w1", "namespace": "shop"}, "spec": {"size": 3}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+                   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}}}),
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web-5d8f", "namespace": "shop", "labels": {"app": "web"},
+                   "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u-1", "controller": true}]},
+                   "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}}}}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "deployer", "namespace": "shop"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+                   "subjects": [{"kind": "ServiceAccount", "name": "ci", "namespace": "shop"}]}),
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1", "namespace": "shop"}, "reason": "Scheduled"}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "unrelated", "namespace": "default"},
+                   "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": {"metadata": {"labels": {"app": "x"}}, "spec": {"containers": []}}}}),
+        ];
+        for o in objects {
+            cluster.apply(o);
+        }
+    }
+
+    fn entries(f: &Fixture, out: &BackupOutcome) -> Vec<String> {
+        let index = f.repo.load_index().unwrap();
+        let mut files = Vec::new();
+        backstop_repo::ops::ls::walk(&f.repo, &index, &out.snapshot, Path::new("/"), &mut |path, node| {
+            if node.node_type == backstop_repo::tree::NodeType::File {
+                files.push(path.display().to_string().trim_start_matches('/').to_string());
+            }
+        })
+        .unwrap();
+        files
+    }
+
+    fn manifest(f: &Fixture, out: &BackupOutcome, path: &str) -> (String, serde_json::Value) {
+        let index = f.repo.load_index().unwrap();
+        let mut yaml = Vec::new();
+        backstop_repo::ops::dump::dump(&f.repo, &index, &out.snapshot, Path::new(&format!("/{path}")), &mut yaml)
+            .unwrap();
+        let text = String::from_utf8(yaml).unwrap();
+        let value = backstop_source::kubernetes::from_yaml(text.as_bytes()).unwrap();
+        (text, value)
+    }
+
+    #[test]
+    fn resources_are_stored_clean_and_restored_with_namespace_mapping_and_a_conflict_policy() {
+        let f = fixture();
+        let cluster = FakeCluster::start();
+        seed(&cluster);
+        let kubeconfig = f.path("kubeconfig");
+        cluster.write_kubeconfig(&kubeconfig, "fake");
+        let kc = kubeconfig.display().to_string();
+        let notes = Notes::default();
+        let out = f
+            .backup_with(
+                "kubernetes",
+                &config(json!({"context": "fake", "kubeconfig": kc, "namespaces": "shop"})),
+                &notes,
+            )
+            .unwrap();
+        assert_eq!(out.snapshot.paths, vec!["kubernetes:fake".to_string()]);
+        let mut names = entries(&f, &out);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "_cluster/customresourcedefinitions.apiextensions.k8s.io/widgets.example.com.yaml",
+                "_cluster/namespaces/shop.yaml",
+                "shop/configmaps/kube-root-ca.crt.yaml",
+                "shop/configmaps/other.yaml",
+                "shop/configmaps/web-config.yaml",
+                "shop/deployments.apps/web.yaml",
+                "shop/jobs.batch/migrate.yaml",
+                "shop/persistentvolumeclaims/data.yaml",
+                "shop/rolebindings.rbac.authorization.k8s.io/deployer.yaml",
+                "shop/secrets/db.yaml",
+                "shop/serviceaccounts/default.yaml",
+                "shop/services/web.yaml",
+                "shop/widgets.example.com/w1.yaml",
+            ],
+            "owned replica sets, events and other namespaces stay out; a custom kind brings its definition"
+        );
+        let said = notes.0.lock().unwrap().join("\n");
+        assert!(
+            said.contains(backstop_testkit::kubernetes::BROKEN_GROUP) && said.contains("did not answer discovery"),
+            "{said}"
+        );
+        // Clean manifests, in kubectl's order.
+        let (text, svc) = manifest(&f, &out, "shop/services/web.yaml");
+        assert!(text.starts_with("apiVersion: v1\nkind: Service\nmetadata:"), "{text}");
+        for server_field in [
+            "/metadata/uid",
+            "/metadata/resourceVersion",
+            "/metadata/creationTimestamp",
+            "/metadata/managedFields",
+            "/metadata/generation",
+            "/spec/clusterIP",
+            "/spec/clusterIPs",
+            "/spec/ports/0/nodePort",
+            "/status",
+        ] {
+            assert!(svc.pointer(server_field).is_none(), "{server_field} in {text}");
+        }
+        let (text, job) = manifest(&f, &out, "shop/jobs.batch/migrate.yaml");
+        assert!(job.pointer("/spec/selector").is_none() && !text.contains("controller-uid"), "{text}");
+        assert_eq!(job["spec"]["template"]["metadata"]["labels"]["job-name"], "migrate");
+        let (text, pvc) = manifest(&f, &out, "shop/persistentvolumeclaims/data.yaml");
+        assert!(pvc.pointer("/spec/volumeName").is_none(), "{text}");
+        let (_, deployment) = manifest(&f, &out, "shop/deployments.apps/web.yaml");
+        assert_eq!(deployment["spec"]["replicas"], 3);
+        assert!(deployment.get("status").is_none());
+
+        // A label selector goes to the server.
+        let selected = f
+            .backup("kubernetes", &config(json!({"context": "fake", "kubeconfig": kc, "selector": "app=web", "kinds": "configmaps,services,Deployment"})))
+            .unwrap();
+        let mut names = entries(&f, &selected);
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "_cluster/namespaces/shop.yaml",
+                "shop/configmaps/web-config.yaml",
+                "shop/deployments.apps/web.yaml",
+                "shop/services/web.yaml"
+            ]
+        );
+        assert!(cluster.requests().iter().any(|r| r.contains("labelSelector=app%3Dweb")), "{:?}", cluster.requests());
+
+        // Into another namespace of the same cluster: created, but what the
+        // new namespace already has (its default service account) is skipped.
+        let to = config(json!({"context": "fake", "kubeconfig": kc, "namespace_map": "shop:shop-copy"}));
+        let report = f.restore(&out, "kubernetes", &to).unwrap();
+        let outcome =
+            |entry: &str| report.restored.iter().find(|(e, _)| e == entry).map(|(_, o)| o.clone()).unwrap_or_default();
+        assert_eq!(outcome("shop/configmaps/web-config.yaml"), "kubernetes:shop-copy/configmaps/web-config (created)");
+        assert_eq!(
+            outcome("shop/serviceaccounts/default.yaml"),
+            "kubernetes:shop-copy/serviceaccounts/default (skipped: it exists)"
+        );
+        let original = cluster.get("configmaps", Some("shop"), "web-config").unwrap();
+        let copy = cluster.get("configmaps", Some("shop-copy"), "web-config").unwrap();
+        assert_eq!(copy["data"], original["data"], "values YAML could misread come back as the same strings");
+        let ns = cluster.get("namespaces", None, "shop-copy").unwrap();
+        assert_eq!(ns["metadata"]["labels"]["team"], "a");
+        assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "shop-copy");
+        let binding = cluster.get("rolebindings.rbac.authorization.k8s.io", Some("shop-copy"), "deployer").unwrap();
+        assert_eq!(binding["subjects"][0]["namespace"], "shop-copy");
+        let (a, b) = (
+            cluster.get("services", Some("shop"), "web").unwrap(),
+            cluster.get("services", Some("shop-copy"), "web").unwrap(),
+        );
+        assert_ne!(a["spec"]["clusterIP"], b["spec"]["clusterIP"], "the copy got an address of its own");
+        assert_eq!(cluster.names("deployments.apps", Some("shop-copy")), ["web"]);
+        assert_eq!(cluster.names("widgets.example.com", Some("shop-copy")), ["w1"]);
+        assert_eq!(
+            outcome("_cluster/customresourcedefinitions.apiextensions.k8s.io/widgets.example.com.yaml"),
+            "kubernetes:_cluster/customresourcedefinitions.apiextensions.k8s.io/widgets.example.com (skipped: it exists)"
+        );
+        let job = cluster.get("jobs.batch", Some("shop-copy"), "migrate").unwrap();
+        let old_selector = &cluster.get("jobs.batch", Some("shop"), "migrate").unwrap()["spec"]["selector"];
+        assert_ne!(&job["spec"]["selector"], old_selector, "the copy has a selector of its own");
+        assert!(cluster.names("replicasets.apps", Some("shop-copy")).is_empty());
+
+        // The namespace lost, restored as it was.
+        cluster.delete_namespace("shop");
+        f.restore(&out, "kubernetes", &config(json!({"context": "fake", "kubeconfig": kc}))).unwrap();
+        assert_eq!(cluster.get("configmaps", Some("shop"), "web-config").unwrap()["data"], original["data"]);
+        assert_eq!(
+            cluster.get("deployments.apps", Some("shop"), "web").unwrap()["spec"]["template"]["spec"]["containers"][0]
+                ["image"],
+            "nginx:1.27"
+        );
+        assert_eq!(cluster.get("secrets", Some("shop"), "db").unwrap()["data"]["password"], "aHVudGVyMg==");
+
+        // Changed since: skip leaves the change, overwrite puts the snapshot's back.
+        let mut changed = cluster.get("configmaps", Some("shop"), "web-config").unwrap();
+        changed["data"] = json!({"yes": "no"});
+        cluster.apply(changed);
+        let ip = cluster.get("services", Some("shop"), "web").unwrap()["spec"]["clusterIP"].clone();
+        let only_config = config(
+            json!({"context": "fake", "kubeconfig": kc, "kinds": "ConfigMap,services,jobs.batch,persistentvolumeclaims"}),
+        );
+        f.restore(&out, "kubernetes", &only_config).unwrap();
+        assert_eq!(cluster.get("configmaps", Some("shop"), "web-config").unwrap()["data"], json!({"yes": "no"}));
+        let mut overwrite = only_config.clone();
+        overwrite.insert("conflict".into(), json!("overwrite"));
+        let report = f.restore(&out, "kubernetes", &overwrite).unwrap();
+        assert!(
+            report.restored.iter().any(|(e, o)| e == "shop/configmaps/web-config.yaml" && o.ends_with("(replaced)")),
+            "{:?}",
+            report.restored
+        );
+        assert_eq!(cluster.get("configmaps", Some("shop"), "web-config").unwrap()["data"], original["data"]);
+        assert_eq!(
+            cluster.get("services", Some("shop"), "web").unwrap()["spec"]["clusterIP"],
+            ip,
+            "a replaced Service keeps its address"
+        );
+        assert!(!report.restored.iter().any(|(e, _)| e.contains("deployments")), "kinds= limits the restore");
+        for replaced in ["shop/jobs.batch/migrate.yaml", "shop/persistentvolumeclaims/data.yaml"] {
+            assert!(
+                report.restored.iter().any(|(e, o)| e == replaced && o.ends_with("(replaced)")),
+                "immutable fields kept: {:?}",
+                report.restored
+            );
+        }
+    }
+
+    #[test]
+    fn a_server_and_token_reach_the_cluster_and_lists_are_read_page_by_page() {
+        let f = fixture();
+        let cluster = FakeCluster::start();
+        cluster.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bulk"}}));
+        for i in 0..1203 {
+            cluster.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i:04}"), "namespace": "bulk"}, "data": {"i": i.to_string()}}));
+        }
+        let token_file = f.path("token");
+        fs::write(&token_file, format!("{}\n", cluster.token())).unwrap();
+        let cfg = config(
+            json!({"server": cluster.url(), "token_file": token_file.display().to_string(), "kinds": "configmaps"}),
+        );
+        let out = f.backup("kubernetes", &cfg).unwrap();
+        let names = entries(&f, &out);
+        // 1203 + kube-root-ca.crt in bulk, default and kube-system; the namespaces.
+        assert_eq!(names.iter().filter(|n| n.starts_with("bulk/configmaps/")).count(), 1204);
+        assert_eq!(names.iter().filter(|n| n.starts_with("_cluster/namespaces/")).count(), 3);
+        let pages = cluster.requests().iter().filter(|r| r.starts_with("GET /api/v1/configmaps?")).count();
+        assert_eq!(pages, 3, "500 a page: {:?}", cluster.requests());
+        assert!(format!("{:?}", backstop_source::kubernetes::BackupConfig::parse(&cfg).unwrap()).contains("server"));
+        let shown = format!(
+            "{:?}",
+            backstop_source::kubernetes::BackupConfig::parse(&config(
+                json!({"server": cluster.url(), "token": "s3cret"})
+            ))
+            .unwrap()
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn failures_say_what_went_wrong_and_leave_no_snapshot() {
+        let f = fixture();
+        let cluster = FakeCluster::start();
+        seed(&cluster);
+        let before = f.repo.snapshots().unwrap().len();
+        let wrong = config(json!({"server": cluster.url(), "token": "wrong"}));
+        let err = f.backup("kubernetes", &wrong).unwrap_err().to_string();
+        assert!(err.contains("refused the credentials"), "{err}");
+        let right = |extra: serde_json::Value| {
+            let mut c = config(json!({"server": cluster.url(), "token": cluster.token()}));
+            c.extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let err = f.backup("kubernetes", &right(json!({"kinds": "gadgets"}))).unwrap_err().to_string();
+        assert!(err.contains("serves no resource \"gadgets\""), "{err}");
+        let err = f.backup("kubernetes", &right(json!({"namespaces": "nope"}))).unwrap_err().to_string();
+        assert!(err.contains("has no namespace nope"), "{err}");
+        // Nothing listens on a port just closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = f
+            .backup("kubernetes", &config(json!({"server": format!("http://127.0.0.1:{port}")})))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("kubernetes: discovering the API"), "{err}");
+        assert_eq!(f.repo.snapshots().unwrap().len(), before);
+
+        for (cfg, expect) in [
+            (json!({"selector": "app in (a,b"}), "not a label selector"),
+            (json!({"namespaces": "Shop"}), "not a namespace name"),
+            (json!({"kinds": "deploy/ments"}), "not a resource name"),
+            (json!({"server": "ftp://x"}), "http(s)://"),
+            (json!({"server": "https://x", "kubeconfig": "/k"}), "not both"),
+            (json!({"token": "t"}), "go with server"),
+            (json!({"owned": "maybe"}), "not true or false"),
+            (json!({"namespace_map": "a:b"}), "unknown option \"namespace_map\""),
+        ] {
+            let err = backstop_source::validate("kubernetes", &config(cfg)).unwrap_err();
+            assert!(err.to_string().contains(expect), "{err}");
+        }
+        // Restore options are checked too, and a snapshot of something else is refused.
+        let out = f.backup("kubernetes", &right(json!({"namespaces": "shop"}))).unwrap();
+        for (opts, expect) in
+            [(json!({"conflict": "merge"}), "not skip or overwrite"), (json!({"namespace_map": "shop"}), "not OLD:NEW")]
+        {
+            let err = f.restore(&out, "kubernetes", &right(opts)).unwrap_err();
+            assert!(err.to_string().contains(expect), "{err}");
+        }
+        let err = f.restore(&out, "kubernetes", &right(json!({"namespaces": "elsewhere"}))).unwrap_err();
+        assert!(err.to_string().contains("nothing in the snapshot matches"), "{err}");
+        let other = f.backup("command", &config(json!({"command": "echo hi"}))).unwrap();
+        let err = f.restore(&other, "kubernetes", &right(json!({}))).unwrap_err();
+        assert!(err.to_string().contains("is no manifest"), "{err}");
+
+        // A kind this account may not list: said and left out by default, an error when asked for.
+        cluster.forbid("secrets");
+        let notes = Notes::default();
+        let out = f.backup_with("kubernetes", &right(json!({"namespaces": "shop"})), &notes).unwrap();
+        assert!(!entries(&f, &out).iter().any(|e| e.contains("/secrets/")));
+        assert!(notes.0.lock().unwrap().iter().any(|n| n.contains("listing secrets is forbidden")), "{:?}", notes.0);
+        let err = f.backup("kubernetes", &right(json!({"namespaces": "shop", "kinds": "secrets"}))).unwrap_err();
+        assert!(err.to_string().contains("forbidden (403)"), "{err}");
+
+        // Into a namespace that is being deleted: one clear reason.
+        cluster.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "going"}}));
+        cluster.terminate_namespace("going");
+        let into_going = right(json!({"namespace_map": "shop:going", "kinds": "configmaps"}));
+        let err = f.restore(&out, "kubernetes", &into_going).unwrap_err();
+        assert!(err.to_string().contains("namespace going is being deleted"), "{err}");
+
+        // A manifest whose content does not match its place is refused
+        // before anything reaches the cluster.
+        use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
+        let sneaky =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube-system"}});
+        let tree = SourceTree {
+            kind: "kubernetes".into(),
+            label: "kubernetes:forged".into(),
+            entries: vec![SourceEntry {
+                path: "shop/configmaps/x.yaml".into(),
+                mode: 0o600,
+                data: EntryData::Bytes(backstop_source::kubernetes::to_yaml(&sneaky).unwrap()),
+            }],
+            image_chunk_size: 8192,
+            notes: Vec::new(),
+        };
+        let options = BackupOptions::default();
+        let forged =
+            backup::run(&f.repo, BackupSource::Tree(tree), &options, &NoProgress, &CancelToken::new()).unwrap();
+        let posts = || cluster.requests().iter().filter(|r| r.starts_with("POST")).count();
+        let before = posts();
+        let err = f.restore(&forged, "kubernetes", &right(json!({}))).unwrap_err();
+        assert!(err.to_string().contains("do not match its place"), "{err}");
+        assert_eq!(posts(), before);
+        assert!(cluster.get("configmaps", Some("kube-system"), "x").is_none());
+    }
+}

@@ -4,9 +4,12 @@
 //! with SigV4 authentication) on `127.0.0.1` on a free port, storing objects in
 //! a temporary directory, for as long as the value lives. Tests talk to it over
 //! HTTP exactly as they would to MinIO or Ceph RGW. [`postgres::Postgres`]
-//! finds or starts a PostgreSQL server and hands out fresh databases.
+//! finds or starts a PostgreSQL server and hands out fresh databases,
+//! [`mysql::Mysql`] a MariaDB one; [`kubernetes::FakeCluster`] stands in for
+//! a Kubernetes API server.
 
 pub mod fixture;
+pub mod kubernetes;
 pub mod mysql;
 pub mod postgres;
 mod server;

@@ -28,6 +28,14 @@ With --source KIND:TARGET, a packager produces what is backed up (options with -
                    (pg_dumpall --globals-only). Options: databases=a,b, password=P (or PGPASSWORD).
   mysql://USER@HOST:PORT/DB      mariadb-dump --single-transaction of DB; without /DB every
                    database but the system ones. Options: databases=a,b, password=P (or MYSQL_PWD).
+  kubernetes:[CONTEXT]  resources through the Kubernetes API as clean manifests,
+                   NAMESPACE/RESOURCE/NAME.yaml (cluster-scoped: _cluster/...); server-managed
+                   fields and objects a controller owns are left out. Options: kubeconfig=FILE
+                   (default $KUBECONFIG, ~/.kube/config, or in-cluster), or server=URL with
+                   token=T|token_file=FILE [certificate_authority_data=B64,
+                   insecure_skip_tls_verify=true]; namespaces=a,b, exclude_namespaces=a,b,
+                   selector=LABELS, kinds=configmaps,deployments.apps (default: every namespaced
+                   kind but events, endpoints, leases), owned=true.
 A failing dump or command fails the backup: no snapshot is written without it.
 
 An interrupted backup (Ctrl-C, SIGTERM, a crash) leaves a checkpoint; the next backup of the same \
@@ -37,7 +45,7 @@ pub struct Args {
     #[arg(value_name = "PATH", required_unless_present_any = ["stdin", "source", "files_from"])]
     paths: Vec<PathBuf>,
 
-    /// Back up what a packager produces: image:PATH, command:'CMD', postgres://…, mysql://….
+    /// Back up what a packager produces: image:PATH, command:'CMD', postgres://…, mysql://…, kubernetes:[CONTEXT].
     #[arg(long, value_name = "KIND:TARGET", conflicts_with_all = ["paths", "stdin"])]
     source: Option<String>,
 

@@ -24,7 +24,11 @@ With --to KIND:TARGET, the snapshot goes back into a system instead (options wit
                    every dump into a database of its name, and the globals. Options:
                    entry=databases/NAME.dump, clean=true (drop objects first), password=P.
   mysql://USER@HOST:PORT/DB      the dump into DB (created if missing); without /DB every dump
-                   into a database of its name. Options: entry=databases/NAME.sql, password=P.")]
+                   into a database of its name. Options: entry=databases/NAME.sql, password=P.
+  kubernetes:[CONTEXT]  the manifests created in a cluster, namespaces and definitions first.
+                   Options: as for the backup source (kubeconfig=, server=, token=, ...),
+                   namespace_map=OLD:NEW,..., conflict=skip|overwrite (an object that exists:
+                   left as it is, the default, or replaced), namespaces=a,b, kinds=a,b.")]
 pub struct Args {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
@@ -34,7 +38,7 @@ pub struct Args {
     #[arg(short, long, value_name = "DIR", required_unless_present = "to")]
     target: Option<PathBuf>,
 
-    /// Restore into a system instead of a directory: image:PATH, command:'CMD', postgres://…, mysql://….
+    /// Restore into a system instead of a directory: image:PATH, command:'CMD', postgres://…, mysql://…, kubernetes:[CONTEXT].
     #[arg(long, value_name = "KIND:TARGET", conflicts_with_all = ["target", "include", "exclude", "verify"])]
     to: Option<String>,
 
@@ -132,11 +136,11 @@ fn restore_to(
 
 /// `--to KIND:TARGET` with its options, as a kind and a configuration.
 fn restore_spec(spec: &str, options: &[String]) -> Result<(String, backstop_source::Config)> {
-    // Restore options (entry, clean, format) are not source options: split
-    // them off so that the source's own checks apply to the rest.
+    // Restore options (entry, clean, conflict, …) are not source options:
+    // split them off so that the source's own checks apply to the rest.
     let (own, rest): (Vec<String>, Vec<String>) = options.iter().cloned().partition(|o| {
         let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
-        matches!(key, "entry" | "clean" | "format")
+        backstop_source::RESTORE_KEYS.contains(&key)
     });
     let (kind, mut config) = backstop_source::from_spec(spec, &rest)?;
     for o in own {

@@ -198,6 +198,9 @@ pub fn run(
             if tree.entries.is_empty() {
                 return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
             }
+            for note in &tree.notes {
+                progress.info(note);
+            }
             (SnapshotKind::Source, vec![PathBuf::from(&tree.label)])
         }
     };

@@ -30,6 +30,9 @@ pub struct SourceTree {
     pub entries: Vec<SourceEntry>,
     /// Fixed chunk size for image entries (a power of two, 4 KiB–16 MiB).
     pub image_chunk_size: usize,
+    /// What the packager wants said in the backup's log (parts of the
+    /// source it left out, and why).
+    pub notes: Vec<String>,
 }
 
 pub struct SourceEntry {

@@ -177,18 +177,15 @@ async fn job_from_spec(
         // Job parameters are stored and shown as they are: no passwords in them.
         let url_password =
             config.get("url").and_then(|u| u.as_str()).is_some_and(|u| backstop_source::redact_spec(u) != u);
-        if config.contains_key("password") || url_password {
+        if config.contains_key("password") || config.contains_key("token") || url_password {
             return Err(ApiError::invalid(
-                "params.to must not carry a password (job parameters are stored and shown in clear); \
-                 give the workers the target's credentials in their environment (PGPASSWORD, MYSQL_PWD, ~/.pgpass)",
+                "params.to must not carry a password or token (job parameters are stored and shown in clear); \
+                 give the workers the target's credentials in their environment (PGPASSWORD, MYSQL_PWD, ~/.pgpass, a kubeconfig)",
             ));
         }
-        let mut checked = config.clone();
-        for own in ["entry", "clean", "format"] {
-            checked.remove(own);
-        }
-        backstop_source::validate(kind, &checked)
-            .map_err(|e| ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres or mysql)")))?;
+        backstop_source::validate_restore(kind, &config).map_err(|e| {
+            ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
+        })?;
         if kind == "image"
             && let Some(p) = config.get("path").and_then(|p| p.as_str())
         {
@@ -196,6 +193,10 @@ async fn job_from_spec(
         }
         if kind == "command" {
             caller.require_system_admin("a restore into a command")?;
+        }
+        // Without a token the workers' own kubeconfig (or service account) is used.
+        if kind == "kubernetes" {
+            caller.require_system_admin("a restore into a Kubernetes cluster with the workers' credentials")?;
         }
     } else if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();

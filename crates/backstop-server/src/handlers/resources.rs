@@ -203,6 +203,13 @@ pub async fn create_source(
         if spec.kind == "command" {
             caller.require_system_admin("a command source")?;
         }
+        // A cluster reached with the workers' kubeconfig, service account or
+        // files is theirs, not a tenant's: a tenant gives server and token.
+        if spec.kind == "kubernetes" && (!config.contains_key("server") || config.contains_key("token_file")) {
+            caller.require_system_admin(
+                "a kubernetes source without server= and token= (the workers' own credentials)",
+            )?;
+        }
     }
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
