@@ -573,51 +573,7 @@ async fn a_failed_job_is_posted_to_the_webhooks() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_is_served_over_tls_with_the_given_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca-key.pem"));
-    let csr = dir.path().join("server.csr");
-    let ext = dir.path().join("server.ext");
-    std::fs::write(&ext, "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    let p = |s: &std::path::Path| s.display().to_string();
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let steps: Vec<Vec<String>> = vec![
-        // A test CA, and a server certificate it signs.
-        [&["req", "-x509"][..], &ec, &["-days", "1", "-subj", "/CN=backstop test CA"]]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["-keyout".into(), p(&ca_key), "-out".into(), p(&ca)])
-            .collect(),
-        [&["req"][..], &ec, &["-subj", "/CN=localhost"]]
-            .concat()
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["-keyout".into(), p(&key), "-out".into(), p(&csr)])
-            .collect(),
-        ["x509", "-req", "-days", "1", "-CAcreateserial"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([
-                "-in".into(),
-                p(&csr),
-                "-CA".into(),
-                p(&ca),
-                "-CAkey".into(),
-                p(&ca_key),
-                "-extfile".into(),
-                p(&ext),
-                "-out".into(),
-                p(&cert),
-            ])
-            .collect(),
-    ];
-    for args in steps {
-        let out = std::process::Command::new("openssl")
-            .args(&args)
-            .output()
-            .expect("openssl makes the test certificates (apt-get install openssl)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let backstop_testkit::tls::Certificates { ca, cert, key } = backstop_testkit::tls::Certificates::make(dir.path());
     let mut c = config(dir.path());
     c.tls = Some((cert.clone(), key.clone()));
     c.workers = 0;

@@ -431,11 +431,24 @@ where
     }
 }
 
-/// A failed call in a few words.
+/// A failed call in a few words, with its causes (a connection error's
+/// own message is only "client error (Connect)").
 fn short_error(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
-        other => other.to_string(),
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                let said = c.to_string();
+                if !text.contains(&said) {
+                    text.push_str(": ");
+                    text.push_str(&said);
+                }
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
@@ -453,8 +466,7 @@ fn api_error(doing: &str, e: kube::Error) -> Error {
             "kubernetes: {doing}: forbidden (403): {}; grant the account list/get access, or narrow kinds= and namespaces=",
             status.message
         )),
-        kube::Error::Api(status) => Error::Tool(format!("kubernetes: {doing}: {} ({})", status.message, status.code)),
-        other => Error::Tool(format!("kubernetes: {doing}: {other}")),
+        other => Error::Tool(format!("kubernetes: {doing}: {}", short_error(&other))),
     }
 }
 

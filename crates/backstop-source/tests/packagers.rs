@@ -748,6 +748,39 @@ mod kubernetes {
     }
 
     #[test]
+    fn https_clusters_are_trusted_through_their_ca_only() {
+        let f = fixture();
+        let cluster = FakeCluster::start_tls();
+        assert!(cluster.url().starts_with("https://"));
+        cluster.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "namespace": "default"}, "data": {"a": "1"}}));
+        let only = json!({"namespaces": "default", "kinds": "configmaps"});
+        let with = |extra: serde_json::Value| {
+            let mut c = config(only.clone());
+            c.extend(extra.as_object().unwrap().clone());
+            c
+        };
+        let ca = cluster.ca_data().unwrap();
+        let out = f
+            .backup(
+                "kubernetes",
+                &with(json!({"server": cluster.url(), "token": cluster.token(), "certificate_authority_data": ca})),
+            )
+            .unwrap();
+        assert!(entries(&f, &out).contains(&"default/configmaps/app.yaml".to_string()));
+        let kubeconfig = f.path("kubeconfig");
+        cluster.write_kubeconfig(&kubeconfig, "tls");
+        f.backup("kubernetes", &with(json!({"kubeconfig": kubeconfig.display().to_string(), "context": "tls"})))
+            .unwrap();
+        // Without the CA the server is not trusted, unless told not to check.
+        let err =
+            f.backup("kubernetes", &with(json!({"server": cluster.url(), "token": cluster.token()}))).unwrap_err();
+        assert!(err.to_string().contains("kubernetes: discovering the API"), "{err}");
+        assert!(err.to_string().contains("UnknownIssuer"), "the cause is said: {err}");
+        let insecure = json!({"server": cluster.url(), "token": cluster.token(), "insecure_skip_tls_verify": "true"});
+        f.backup("kubernetes", &with(insecure)).unwrap();
+    }
+
+    #[test]
     fn failures_say_what_went_wrong_and_leave_no_snapshot() {
         let f = fixture();
         let cluster = FakeCluster::start();

@@ -20,7 +20,8 @@
 //!
 //! What it does not do: watch, patch, admission, RBAC beyond `forbid`,
 //! controllers (nothing reconciles a Deployment, nothing serves a kind
-//! because a CRD defines it), aggregated discovery, TLS.
+//! because a CRD defines it), aggregated discovery, client certificates.
+//! [`FakeCluster::start_tls`] serves HTTPS with a certificate from a test CA.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -115,19 +116,34 @@ struct State {
 pub struct FakeCluster {
     addr: SocketAddr,
     token: String,
+    /// The certificates' directory and files, when served over HTTPS.
+    tls: Option<(tempfile::TempDir, crate::tls::Certificates)>,
     state: Arc<Mutex<State>>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl FakeCluster {
-    /// A cluster with the namespaces `default` and `kube-system`.
+    /// A cluster with the namespaces `default` and `kube-system`, over HTTP.
     pub fn start() -> FakeCluster {
+        FakeCluster::start_with(None)
+    }
+
+    /// The same over HTTPS, with a certificate signed by a test CA
+    /// ([`FakeCluster::ca_data`]), as every real cluster is reached.
+    pub fn start_tls() -> FakeCluster {
+        let dir = tempfile::tempdir().expect("a directory for the certificates");
+        let certs = crate::tls::Certificates::make(dir.path());
+        FakeCluster::start_with(Some((dir, certs)))
+    }
+
+    fn start_with(tls: Option<(tempfile::TempDir, crate::tls::Certificates)>) -> FakeCluster {
         let token = format!("test-token-{}", std::process::id());
         let state = Arc::new(Mutex::new(State { next_ip: 10, ..Default::default() }));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (server_state, server_token) = (state.clone(), token.clone());
+        let acceptor = tls.as_ref().map(|(_, certs)| acceptor(certs));
         let thread = std::thread::Builder::new()
             .name("kube-test-server".into())
             .spawn(move || {
@@ -144,25 +160,40 @@ impl FakeCluster {
                             async move { serve(&state, &token, method, uri, headers, body) }
                         },
                     );
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async move {
-                            let _ = shutdown_rx.await;
-                        })
-                        .await;
+                    match acceptor {
+                        None => {
+                            let _ = axum::serve(listener, app)
+                                .with_graceful_shutdown(async move {
+                                    let _ = shutdown_rx.await;
+                                })
+                                .await;
+                        }
+                        Some(acceptor) => serve_tls(listener, acceptor, app, shutdown_rx).await,
+                    }
                 });
             })
             .expect("spawn the fake cluster's thread");
         let addr = addr_rx.recv().expect("the fake cluster failed to start");
-        let cluster = FakeCluster { addr, token, state, shutdown: Some(shutdown_tx), thread: Some(thread) };
+        let cluster = FakeCluster { addr, token, tls, state, shutdown: Some(shutdown_tx), thread: Some(thread) };
         for ns in ["default", "kube-system"] {
             cluster.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
         }
         cluster
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// Base64 of the CA's PEM, as a kubeconfig's `certificate-authority-data`
+    /// (None over HTTP).
+    pub fn ca_data(&self) -> Option<String> {
+        use base64::Engine;
+        let (_, certs) = self.tls.as_ref()?;
+        let pem = std::fs::read(&certs.ca).expect("read the CA certificate");
+        Some(base64::engine::general_purpose::STANDARD.encode(pem))
+    }
+
+    /// `http://127.0.0.1:PORT`, or `https://…` for [`FakeCluster::start_tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The bearer token the server accepts.
@@ -174,10 +205,11 @@ impl FakeCluster {
     pub fn write_kubeconfig(&self, path: &Path, context: &str) {
         let yaml = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-             users:\n- name: tester\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  context:\n    \
+             {ca}users:\n- name: tester\n  user:\n    token: {token}\ncontexts:\n- name: {context}\n  context:\n    \
              cluster: fake\n    user: tester\n    namespace: default\ncurrent-context: {context}\n",
             url = self.url(),
             token = self.token,
+            ca = self.ca_data().map(|d| format!("    certificate-authority-data: {d}\n")).unwrap_or_default(),
         );
         std::fs::write(path, yaml).expect("write the kubeconfig");
     }
@@ -253,6 +285,45 @@ impl Drop for FakeCluster {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+fn acceptor(certs: &crate::tls::Certificates) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.cert)
+        .expect("read the server certificate")
+        .collect::<Result<_, _>>()
+        .expect("parse the server certificate");
+    let key = PrivateKeyDer::from_pem_file(&certs.key).expect("read the server key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the certificate and key fit");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+            _ = &mut shutdown => return,
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+        });
     }
 }
 

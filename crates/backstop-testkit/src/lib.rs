@@ -13,6 +13,7 @@ pub mod kubernetes;
 pub mod mysql;
 pub mod postgres;
 mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
