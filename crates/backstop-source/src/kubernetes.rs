@@ -1222,6 +1222,35 @@ mod tests {
     }
 
     #[test]
+    fn proptest_any_bytes_read_back_never_panic() {
+        use proptest::prelude::*;
+        let yamlish = proptest::collection::vec(
+            prop_oneof![
+                Just("a: "),
+                Just("- "),
+                Just("\n  "),
+                Just("&x "),
+                Just("*x"),
+                Just("!!str "),
+                Just("{"),
+                Just("["),
+                Just("'"),
+                Just("\""),
+                Just("apiVersion: v1\n"),
+                Just("metadata:\n  name: n\n"),
+                Just("kind: K\n")
+            ],
+            0..40,
+        )
+        .prop_map(|parts| parts.concat().into_bytes());
+        proptest!(|(bytes in prop_oneof![any::<Vec<u8>>(), yamlish])| {
+            if let Ok(manifest) = from_yaml(&bytes) {
+                prop_assert!(to_yaml(&manifest).is_ok());
+            }
+        });
+    }
+
+    #[test]
     fn selectors_and_names_are_checked() {
         for ok in ["app=web", "app=web,tier!=cache", "env in (prod,staging)", "!legacy", "a,b"] {
             check_selector(ok).unwrap();
