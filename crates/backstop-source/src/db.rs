@@ -15,7 +15,7 @@ use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use url::Url;
 
 use crate::process::{ChildStream, run, run_with_input};
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_str, req_str};
+use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_list, opt_str, req_str};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -95,12 +95,7 @@ impl DbConfig {
                 (_, other) => return Err(Error::Invalid(format!("unknown {kind} url parameter {other:?}"))),
             }
         }
-        let databases: Vec<String> = match config.get("databases") {
-            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            _ => opt_str(config, "databases")?
-                .map(|s| s.split(',').map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect())
-                .unwrap_or_default(),
-        };
+        let databases = opt_list(config, "databases", |_| Ok(()))?.unwrap_or_default();
         for db in database.iter().chain(&databases) {
             if !valid_db_name(db) {
                 return Err(Error::Invalid(format!("{db:?} is not a database name Backstop can use")));
@@ -311,7 +306,7 @@ fn ensure_database(config: &DbConfig, database: &str) -> Result<()> {
 pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config) -> Result<RestoreReport> {
     let mut db_config = config.clone();
     let chosen = opt_str(config, "entry")?;
-    let clean = opt_str(config, "clean")?.is_some_and(|v| v == "true" || v == "yes" || v == "1");
+    let clean = opt_bool(config, "clean")?;
     db_config.remove("entry");
     db_config.remove("clean");
     let target = DbConfig::parse(engine, &db_config)?;

@@ -25,7 +25,7 @@ use backstop_repo::backup::source::{
 use serde_json::Value;
 
 use crate::qcow2::{Qcow2Image, is_qcow2};
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_str, req_str};
+use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_str, req_str};
 
 /// 8 KiB: a scattered 4 KiB guest write reads one chunk (2× the change)
 /// and stores one (see docs/decisions/0007).
@@ -80,11 +80,7 @@ impl ImageConfig {
             generation: opt_str(config, "generation")?,
             chunk_size,
             format,
-            backing_outside: match opt_str(config, "backing_outside")?.as_deref() {
-                None | Some("false") => false,
-                Some("true") => true,
-                Some(other) => return Err(Error::Invalid(format!("backing_outside {other:?} is not true or false"))),
-            },
+            backing_outside: opt_bool(config, "backing_outside")?,
         })
     }
 }

@@ -35,7 +35,7 @@ use kube::core::{GroupVersion, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, verbs};
 use serde_json::{Value, json};
 
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_str};
+use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_list, opt_str};
 
 /// Where the cluster is and who we are there.
 #[derive(Clone, Default)]
@@ -313,32 +313,6 @@ pub const TRANSIENT: &[&str] = &[
 
 /// The directory of cluster-scoped objects (an underscore is never part of a namespace's name).
 pub const CLUSTER_DIR: &str = "_cluster";
-
-fn opt_bool(config: &Config, key: &str) -> Result<bool> {
-    match opt_str(config, key)?.as_deref() {
-        None | Some("false") | Some("no") | Some("0") => Ok(false),
-        Some("true") | Some("yes") | Some("1") => Ok(true),
-        Some(other) => Err(Error::Invalid(format!("{key}={other} is not true or false"))),
-    }
-}
-
-/// A comma-separated list (or a JSON array of strings), each item checked.
-fn opt_list(config: &Config, key: &str, check: fn(&str) -> Result<()>) -> Result<Option<Vec<String>>> {
-    let items: Vec<String> = match config.get(key) {
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| i.as_str().map(str::to_string).ok_or_else(|| Error::Invalid(format!("{key} must list strings"))))
-            .collect::<Result<_>>()?,
-        _ => match opt_str(config, key)? {
-            Some(s) => s.split(',').map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).collect(),
-            None => return Ok(None),
-        },
-    };
-    for item in &items {
-        check(item)?;
-    }
-    Ok(if items.is_empty() { None } else { Some(items) })
-}
 
 /// A namespace's name is a DNS label.
 fn check_namespace(name: &str) -> Result<()> {
@@ -681,12 +655,11 @@ pub fn from_yaml(yaml: &[u8]) -> Result<Value> {
 async fn collect(config: &BackupConfig, notes: &mut Vec<String>) -> Result<BTreeMap<String, Value>> {
     let client = config.connection.client().await?;
     let served = config.connection.discover(&client, notes).await?;
-    let find = |group: &str, kind: &str| {
-        served.iter().find(|(ar, _)| ar.group == group && ar.kind == kind).map(|(ar, _)| ar.clone())
-    };
-    let namespace_ar =
-        find("", "Namespace").ok_or_else(|| Error::Tool("kubernetes: the cluster serves no v1 Namespace".into()))?;
-    let crd_ar = find("apiextensions.k8s.io", "CustomResourceDefinition");
+    // Served only where the apiextensions API is (every real cluster).
+    let crd_ar = served
+        .iter()
+        .find(|(ar, _)| ar.group == "apiextensions.k8s.io" && ar.kind == "CustomResourceDefinition")
+        .map(|(ar, _)| ar.clone());
     let explicit = config.kinds.is_some();
     let resources = choose(served, config.kinds.as_deref())?;
     let selector = config.selector.as_deref();
@@ -768,6 +741,7 @@ async fn collect(config: &BackupConfig, notes: &mut Vec<String>) -> Result<BTree
     // asked for, and every one an object came from.
     let asked = config.namespaces.iter().flatten().filter(|ns| !excluded(ns)).cloned();
     let namespaces: BTreeSet<String> = used_namespaces.into_iter().chain(asked).collect();
+    let namespace_ar = namespace_resource();
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &namespace_ar);
     for ns in namespaces {
         let path = format!("{CLUSTER_DIR}/{}/{ns}.yaml", resource_name(&namespace_ar));
@@ -794,6 +768,11 @@ async fn collect(config: &BackupConfig, notes: &mut Vec<String>) -> Result<BTree
         }
     }
     Ok(out)
+}
+
+/// v1 Namespace, which every cluster serves.
+fn namespace_resource() -> ApiResource {
+    ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&())
 }
 
 /// Whether objects of `group` may be custom resources (not one of
@@ -1056,8 +1035,7 @@ fn remap(manifest: &mut Value, resource: &str, mapped: &dyn Fn(&str) -> String) 
 /// Make sure namespace `ns` exists (the snapshot may not hold it, or
 /// namespaces= left it out); Err says why objects cannot go into it.
 async fn ensure_namespace(client: &kube::Client, ns: &str, report: &mut RestoreReport) -> Result<(), String> {
-    let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &namespace_resource());
     match api.get_opt(ns).await {
         Ok(Some(existing)) => {
             if existing.data.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") {

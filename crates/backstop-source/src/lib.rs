@@ -284,6 +284,33 @@ pub(crate) fn opt_str(config: &Config, key: &str) -> Result<Option<String>> {
     }
 }
 
+/// A yes/no option: true, yes, 1 or false, no, 0 (a JSON boolean too).
+pub(crate) fn opt_bool(config: &Config, key: &str) -> Result<bool> {
+    match opt_str(config, key)?.as_deref() {
+        None | Some("false") | Some("no") | Some("0") => Ok(false),
+        Some("true") | Some("yes") | Some("1") => Ok(true),
+        Some(other) => Err(Error::Invalid(format!("{key}={other} is not true or false"))),
+    }
+}
+
+/// A comma-separated list (or a JSON array of strings), each item checked.
+pub(crate) fn opt_list(config: &Config, key: &str, check: fn(&str) -> Result<()>) -> Result<Option<Vec<String>>> {
+    let items: Vec<String> = match config.get(key) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_string).ok_or_else(|| Error::Invalid(format!("{key} must list strings"))))
+            .collect::<Result<_>>()?,
+        _ => match opt_str(config, key)? {
+            Some(s) => s.split(',').map(|i| i.trim().to_string()).filter(|i| !i.is_empty()).collect(),
+            None => return Ok(None),
+        },
+    };
+    for item in &items {
+        check(item)?;
+    }
+    Ok(if items.is_empty() { None } else { Some(items) })
+}
+
 /// A required string option.
 pub(crate) fn req_str(config: &Config, key: &str, kind: &str) -> Result<String> {
     match opt_str(config, key)? {

@@ -119,8 +119,7 @@ pub struct FakeCluster {
     /// The certificates' directory and files, when served over HTTPS.
     tls: Option<(tempfile::TempDir, crate::tls::Certificates)>,
     state: Arc<Mutex<State>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: crate::server::ServerThread,
 }
 
 impl FakeCluster {
@@ -141,40 +140,35 @@ impl FakeCluster {
         let token = format!("test-token-{}", std::process::id());
         let state = Arc::new(Mutex::new(State { next_ip: 10, ..Default::default() }));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
         let (server_state, server_token) = (state.clone(), token.clone());
         let acceptor = tls.as_ref().map(|(_, certs)| acceptor(certs));
-        let thread = std::thread::Builder::new()
-            .name("kube-test-server".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("start the fake cluster's runtime");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-                    addr_tx.send(listener.local_addr().expect("local address")).expect("report the address");
-                    let app = axum::Router::new().fallback(
-                        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-                            let (state, token) = (server_state.clone(), server_token.clone());
-                            async move { serve(&state, &token, method, uri, headers, body) }
-                        },
-                    );
-                    match acceptor {
-                        None => {
-                            let _ = axum::serve(listener, app)
-                                .with_graceful_shutdown(async move {
-                                    let _ = shutdown_rx.await;
-                                })
-                                .await;
-                        }
-                        Some(acceptor) => serve_tls(listener, acceptor, app, shutdown_rx).await,
+        let server = crate::server::ServerThread::spawn("kube-test-server", move |shutdown_rx| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("start the fake cluster's runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+                addr_tx.send(listener.local_addr().expect("local address")).expect("report the address");
+                let app =
+                    axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                        let (state, token) = (server_state.clone(), server_token.clone());
+                        async move { serve(&state, &token, method, uri, headers, body) }
+                    });
+                match acceptor {
+                    None => {
+                        let _ = axum::serve(listener, app)
+                            .with_graceful_shutdown(async move {
+                                let _ = shutdown_rx.await;
+                            })
+                            .await;
                     }
-                });
-            })
-            .expect("spawn the fake cluster's thread");
+                    Some(acceptor) => serve_tls(listener, acceptor, app, shutdown_rx).await,
+                }
+            });
+        });
         let addr = addr_rx.recv().expect("the fake cluster failed to start");
-        let cluster = FakeCluster { addr, token, tls, state, shutdown: Some(shutdown_tx), thread: Some(thread) };
+        let cluster = FakeCluster { addr, token, tls, state, _server: server };
         for ns in ["default", "kube-system"] {
             cluster.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
         }
@@ -274,17 +268,6 @@ impl FakeCluster {
     /// Every request so far as `METHOD /path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()
-    }
-}
-
-impl Drop for FakeCluster {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -30,8 +30,7 @@ pub const REGION: &str = "us-east-1";
 pub struct S3Server {
     addr: SocketAddr,
     dir: tempfile::TempDir,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _server: server::ServerThread,
 }
 
 impl S3Server {
@@ -43,41 +42,37 @@ impl S3Server {
         }
         let root = dir.path().to_path_buf();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (shutdown_tx, mut shutdown_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("s3-test-server".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
-                    .enable_all()
-                    .build()
-                    .expect("start the S3 server runtime");
-                runtime.block_on(async move {
-                    let fs = s3s_fs::FileSystem::new(&root).expect("open the S3 server's directory");
-                    let mut builder = S3ServiceBuilder::new(fs);
-                    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-                    let service = builder.build();
-                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-                    addr_tx.send(listener.local_addr().expect("local address")).expect("report the address");
-                    let http = ConnBuilder::new(TokioExecutor::new());
-                    loop {
-                        tokio::select! {
-                            accepted = listener.accept() => {
-                                let Ok((socket, _)) = accepted else { continue };
-                                let service = service.clone();
-                                let http = http.clone();
-                                tokio::spawn(async move {
-                                    let _ = http.serve_connection(TokioIo::new(socket), service).await;
-                                });
-                            }
-                            _ = &mut shutdown_rx => break,
+        let server = server::ServerThread::spawn("s3-test-server", move |mut shutdown_rx| {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("start the S3 server runtime");
+            runtime.block_on(async move {
+                let fs = s3s_fs::FileSystem::new(&root).expect("open the S3 server's directory");
+                let mut builder = S3ServiceBuilder::new(fs);
+                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                let service = builder.build();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+                addr_tx.send(listener.local_addr().expect("local address")).expect("report the address");
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            let Ok((socket, _)) = accepted else { continue };
+                            let service = service.clone();
+                            let http = http.clone();
+                            tokio::spawn(async move {
+                                let _ = http.serve_connection(TokioIo::new(socket), service).await;
+                            });
                         }
+                        _ = &mut shutdown_rx => break,
                     }
-                });
-            })
-            .expect("spawn the S3 server thread");
+                }
+            });
+        });
         let addr = addr_rx.recv().expect("the S3 server failed to start");
-        S3Server { addr, dir, shutdown: Some(shutdown_tx), thread: Some(thread) }
+        S3Server { addr, dir, _server: server }
     }
 
     /// `http://127.0.0.1:PORT`
@@ -100,16 +95,5 @@ impl S3Server {
             ("AWS_REGION", REGION.to_string()),
             ("AWS_ALLOW_HTTP", "true".to_string()),
         ]
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }

@@ -51,3 +51,33 @@ pub(crate) fn remove_at_exit(dir: PathBuf) {
     }
     dirs.push(dir);
 }
+
+/// A test server running on a thread of its own: told to stop and joined
+/// when dropped.
+pub(crate) struct ServerThread {
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Run `serve` on a thread named `name`; it gets the signal to stop.
+    pub(crate) fn spawn(name: &str, serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) + Send + 'static) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || serve(rx))
+            .unwrap_or_else(|e| panic!("spawn the {name} thread: {e}"));
+        ServerThread { shutdown: Some(tx), thread: Some(thread) }
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
