@@ -39,6 +39,7 @@ use self::reader::{ChunkJob, FileJob, ReadContext, chunk_worker, read_file};
 use self::saver::Saver;
 use self::source::{EntryData, SourceTree};
 use self::walker::{ParentDir, PathTrie, SourceDir, Walker, scan_totals};
+use crate::chunker::BufferPool;
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
 use crate::id::SnapshotId;
@@ -299,6 +300,8 @@ pub fn run(
     let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
 
     let trie = PathTrie::new(&paths);
+    // Enough for every chunk in flight: queued, being stored, being read.
+    let pool = BufferPool::new(options.workers.max(1) * 3 + options.readers.max(1) * 2);
     let result: Result<(crate::id::BlobId, Summary)> = std::thread::scope(|s| {
         let (item_tx, item_rx) = crossbeam_channel::bounded(8192);
         let (file_tx, file_rx) = crossbeam_channel::bounded::<FileJob>(256);
@@ -306,18 +309,18 @@ pub fn run(
 
         for _ in 0..options.workers.max(1) {
             let rx = chunk_rx.clone();
-            let saver = &saver;
-            s.spawn(move || chunk_worker(saver, rx, progress));
+            let (saver, pool) = (&saver, &pool);
+            s.spawn(move || chunk_worker(saver, rx, pool, progress));
         }
         drop(chunk_rx);
         for _ in 0..options.readers.max(1) {
             let rx = file_rx.clone();
             let chunk_tx = chunk_tx.clone();
-            let (saver, bytes_read) = (&saver, &bytes_read);
+            let (saver, bytes_read, pool) = (&saver, &bytes_read, &pool);
             let cdc = repo.cdc();
             let fixed_size = repo.config().fixed_chunk_size as usize;
             s.spawn(move || {
-                let ctx = ReadContext { saver, chunks: &chunk_tx, cdc, fixed_size, cancel, progress, bytes_read };
+                let ctx = ReadContext { saver, chunks: &chunk_tx, cdc, fixed_size, pool, cancel, progress, bytes_read };
                 for job in rx {
                     let reply = job.reply.clone();
                     let outcome =

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::saver::Saver;
 use super::source::{BlockImage, StreamOpener, read_full_at};
-use crate::chunker::{Cdc, Cut, StreamChunker, is_zero};
+use crate::chunker::{BufferPool, Cdc, ChunkBuf, Cut, StreamChunker, is_zero};
 use crate::error::{Error, Result};
 use crate::pack::BlobKind;
 use crate::progress::{CancelToken, Progress};
@@ -76,7 +76,7 @@ pub(crate) enum FileOutcome {
 /// (the last one may be shorter), numbered from `seq`. Batching the small
 /// fixed-size chunks of an image saves a hand-off per chunk.
 pub(crate) struct ChunkJob {
-    pub data: Vec<u8>,
+    pub data: ChunkBuf,
     pub piece: usize,
     pub seq: usize,
     pub reply: Sender<(usize, Result<ContentRef>)>,
@@ -98,12 +98,13 @@ fn store_chunk(saver: &Saver, data: &[u8], progress: &dyn Progress) -> Result<Co
     }
 }
 
-/// Chunk worker: store each chunk of each job.
-pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>, progress: &dyn Progress) {
+/// Chunk worker: store each chunk of each job, and give its buffer back.
+pub(crate) fn chunk_worker(saver: &Saver, jobs: Receiver<ChunkJob>, pool: &BufferPool, progress: &dyn Progress) {
     for job in jobs {
         for (i, piece) in job.data.chunks(job.piece.max(1)).enumerate() {
             let _ = job.reply.send((job.seq + i, store_chunk(saver, piece, progress)));
         }
+        pool.give(job.data);
     }
 }
 
@@ -112,6 +113,8 @@ pub(crate) struct ReadContext<'a> {
     pub chunks: &'a Sender<ChunkJob>,
     pub cdc: &'a Cdc,
     pub fixed_size: usize,
+    /// Chunk buffers, shared with the chunk workers that give them back.
+    pub pool: &'a BufferPool,
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
     pub bytes_read: &'a AtomicU64,
@@ -156,14 +159,18 @@ impl<'a> Collector<'a> {
     /// Hand `data`, cut into pieces of `piece` bytes, to the chunk
     /// workers; when they are all busy, store it on this thread instead
     /// (so the cores stay busy without a queue of hand-offs).
-    fn submit(&mut self, data: Vec<u8>, piece: usize) -> Result<()> {
+    fn submit(&mut self, data: ChunkBuf, piece: usize) -> Result<()> {
         let len = data.len() as u64;
         self.ctx.bytes_read.fetch_add(len, Ordering::Relaxed);
         let pieces = data.len().div_ceil(piece.max(1));
         let job = ChunkJob { data, piece, seq: self.next_seq, reply: self.reply_tx.clone() };
         match self.ctx.chunks.try_send(job) {
             Ok(()) => self.next_seq += pieces,
-            Err(TrySendError::Full(job)) => self.store_here(&job.data, piece)?,
+            Err(TrySendError::Full(job)) => {
+                let stored = self.store_here(&job.data, piece);
+                self.ctx.pool.give(job.data);
+                stored?
+            }
             Err(TrySendError::Disconnected(_)) => return Err(Error::Invalid("the chunk workers stopped".into())),
         }
         self.ctx.progress.advance(0, len);
@@ -332,11 +339,7 @@ fn stream_chunks(
     cut: Cut,
     mut collector: Collector,
 ) -> Result<std::result::Result<Vec<ContentRef>, String>> {
-    thread_local! {
-        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    let buf = BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
-    let mut chunker = StreamChunker::with_buffer(reader, cut, buf);
+    let mut chunker = StreamChunker::new(reader, cut, ctx.pool);
     let result = loop {
         if ctx.cancel.is_cancelled() {
             break Err(Error::Cancelled);
@@ -345,7 +348,13 @@ fn stream_chunks(
             Ok(Some(chunk)) => {
                 let only = collector.next_seq == 0 && chunker.is_done();
                 let len = chunk.len();
-                let stored = if only { collector.store_only_chunk(&chunk) } else { collector.submit(chunk, len) };
+                let stored = if only {
+                    let stored = collector.store_only_chunk(&chunk);
+                    ctx.pool.give(chunk);
+                    stored
+                } else {
+                    collector.submit(chunk, len)
+                };
                 if let Err(e) = stored {
                     break Err(e);
                 }
@@ -354,7 +363,7 @@ fn stream_chunks(
             Err(e) => break Ok(Some(format!("read error: {e}"))),
         }
     };
-    BUFFER.with(|b| *b.borrow_mut() = chunker.into_buffer());
+    drop(chunker);
     if let Some(message) = result? {
         return Ok(Err(message));
     }
@@ -516,14 +525,19 @@ fn image_chunks(
                 p.advance(image, pos);
             }
             let want = (b - pos).min(block * BATCH_BLOCKS) as usize;
-            let mut batch = vec![0u8; want];
-            let got = match read_full_at(image, &mut batch, pos) {
+            let mut batch = ctx.pool.take();
+            let got = match read_full_at(image, batch.spare(want), pos) {
                 Ok(n) => n,
-                Err(e) => return Ok(Err(format!("read error at offset {pos}: {e}"))),
+                Err(e) => {
+                    ctx.pool.give(batch);
+                    return Ok(Err(format!("read error at offset {pos}: {e}")));
+                }
             };
-            batch.truncate(got);
+            batch.commit(got);
             if got > 0 {
                 collector.submit(batch, block as usize)?;
+            } else {
+                ctx.pool.give(batch);
             }
             pos += got as u64;
             if got < want {

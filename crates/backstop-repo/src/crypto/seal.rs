@@ -160,19 +160,19 @@ impl Sealer {
         let mut compressed = false;
         if let Some(level) = level {
             out.push(ENCODING_ZSTD);
-            let start = out.len();
-            out.resize(start + zstd::zstd_safe::compress_bound(payload.len()), 0);
+            // zstd appends into the reserved capacity after the header
+            // (a cursor at the end), which needs no zeroing first.
+            let start = out.len() as u64;
             let written = COMPRESSOR.with(|c| {
                 let mut c = c.borrow_mut();
                 if c.as_ref().is_none_or(|(l, _)| *l != level) {
                     *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
                 }
                 let (_, compressor) = c.as_mut()?;
-                compressor.compress_to_buffer(payload, &mut out[start..]).ok()
+                let mut tail = std::io::Cursor::new(&mut *out);
+                tail.set_position(start);
+                compressor.compress_to_buffer(payload, &mut tail).ok()
             });
-            if let Some(w) = written {
-                out.truncate(start + w);
-            }
             // Keep the compressed form only when it saves something.
             compressed = written.is_some_and(|w| w + 16 < payload.len());
             if !compressed {
