@@ -66,7 +66,17 @@ fn ranges(b: &dyn Backend) {
     for bad in [99_990..100_001, 100_000..100_010, 200_000..200_001] {
         let err = b.get_range(key, bad.clone()).expect_err("a range past the end must fail");
         assert_eq!(err.kind(), ErrorKind::InvalidRange, "range {bad:?}: {err}");
+        let err = b.get_range_into(key, bad.clone(), &mut Vec::new()).expect_err("a range past the end must fail");
+        assert_eq!(err.kind(), ErrorKind::InvalidRange, "range {bad:?} into a buffer: {err}");
     }
+    // Into a buffer that held more, then less, than the range.
+    let mut buf = vec![7u8; 60_000];
+    b.get_range_into(key, 100..20_100, &mut buf).unwrap();
+    assert_eq!(buf, &data[100..20_100], "a longer buffer is cut to the range");
+    b.get_range_into(key, 30_000..90_000, &mut buf).unwrap();
+    assert_eq!(buf, &data[30_000..90_000], "a shorter buffer grows to the range");
+    let err = b.get_range_into("conf/missing", 0..1, &mut buf).expect_err("a missing object");
+    assert!(err.is_not_found(), "{err}");
 }
 
 fn listing(b: &dyn Backend) {

@@ -96,6 +96,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
 
+    /// [`get_range`](Backend::get_range) into `buf`, replacing what it
+    /// held: a caller reading many ranges (a restore reads every pack)
+    /// reuses one buffer instead of faulting in fresh memory for each.
+    /// On error `buf` holds no particular bytes.
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        *buf = self.get_range(key, range)?;
+        Ok(())
+    }
+
     fn head(&self, key: &str) -> Result<ObjectMeta>;
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
@@ -124,6 +133,9 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     }
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         (**self).get_range(key, range)
+    }
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        (**self).get_range_into(key, range, buf)
     }
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         (**self).head(key)

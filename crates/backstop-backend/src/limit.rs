@@ -58,6 +58,9 @@ impl<B: Backend> Backend for LimitBackend<B> {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         self.limited(|| self.inner.get_range(key, range))
     }
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        self.limited(|| self.inner.get_range_into(key, range, buf))
+    }
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.limited(|| self.inner.head(key))
     }

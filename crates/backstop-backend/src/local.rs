@@ -138,6 +138,18 @@ impl Backend for LocalBackend {
         Ok(buf)
     }
 
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        validate_key(key)?;
+        let file = File::open(self.path(key)).map_err(|e| Error::io(key, e))?;
+        let size = file.metadata().map_err(|e| Error::io(key, e))?.len();
+        if range.start > range.end || range.end > size {
+            return Err(invalid_range(key, &range, size));
+        }
+        // Only growth is zeroed: the bytes are overwritten by the read.
+        buf.resize((range.end - range.start) as usize, 0);
+        file.read_exact_at(buf, range.start).map_err(|e| Error::io(key, e))
+    }
+
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         validate_key(key)?;
         let meta = fs::metadata(self.path(key)).map_err(|e| Error::io(key, e))?;

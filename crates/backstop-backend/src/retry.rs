@@ -66,6 +66,9 @@ impl<B: Backend> Backend for RetryBackend<B> {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         self.retry(|| self.inner.get_range(key, range.clone()))
     }
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        self.retry(|| self.inner.get_range_into(key, range.clone(), buf))
+    }
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.retry(|| self.inner.head(key))
     }

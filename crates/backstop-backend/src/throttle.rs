@@ -85,6 +85,13 @@ impl<B: Backend> Backend for ThrottleBackend<B> {
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         self.downloaded(self.inner.get_range(key, range))
     }
+    fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.get_range_into(key, range, buf)?;
+        if let Some(rate) = &self.download {
+            rate.take(buf.len() as u64);
+        }
+        Ok(())
+    }
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.inner.head(key)
     }

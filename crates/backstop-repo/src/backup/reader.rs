@@ -363,7 +363,6 @@ fn stream_chunks(
             Err(e) => break Ok(Some(format!("read error: {e}"))),
         }
     };
-    drop(chunker);
     if let Some(message) = result? {
         return Ok(Err(message));
     }

@@ -10,7 +10,7 @@ mod seal;
 
 use std::fmt;
 
-pub use seal::{Compression, ObjectKind, SEAL_OVERHEAD, SealError, Sealer, open};
+pub use seal::{Compression, ObjectKind, SEAL_OVERHEAD, SealError, Sealer, open, open_in_place};
 
 use crate::id::BlobId;
 

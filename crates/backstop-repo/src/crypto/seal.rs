@@ -204,27 +204,74 @@ pub fn open(
     sealed: &[u8],
     expected_len: Option<usize>,
 ) -> Result<Vec<u8>, SealError> {
+    let mut buf = sealed.to_vec();
+    let mut decompressed = Vec::new();
+    match open_payload(master, kind, id, &mut buf, expected_len, &mut decompressed)? {
+        Payload::Raw(range) => {
+            buf.truncate(range.end);
+            buf.drain(..range.start);
+            Ok(buf)
+        }
+        Payload::Decompressed => Ok(decompressed),
+    }
+}
+
+/// [`open`] without copies, for callers opening many blobs: decrypts
+/// `sealed` where it lies (its bytes are lost) and returns the payload,
+/// which is part of `sealed` when it was stored raw, or the decompressed
+/// bytes in `scratch` (a buffer to reuse; its contents are replaced).
+pub fn open_in_place<'a>(
+    master: &MasterKey,
+    kind: ObjectKind,
+    id: Option<&BlobId>,
+    sealed: &'a mut [u8],
+    expected_len: Option<usize>,
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], SealError> {
+    match open_payload(master, kind, id, sealed, expected_len, scratch)? {
+        Payload::Raw(range) => Ok(&sealed[range]),
+        Payload::Decompressed => Ok(scratch),
+    }
+}
+
+/// Where [`open_payload`] left the payload.
+enum Payload {
+    /// These bytes of the decrypted object.
+    Raw(std::ops::Range<usize>),
+    /// The decompression buffer.
+    Decompressed,
+}
+
+fn open_payload(
+    master: &MasterKey,
+    kind: ObjectKind,
+    id: Option<&BlobId>,
+    sealed: &mut [u8],
+    expected_len: Option<usize>,
+    decompressed: &mut Vec<u8>,
+) -> Result<Payload, SealError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(SealError::Truncated);
     }
     let key = session_key(master, &sealed[..SESSION_LEN]);
     let nonce = Nonce::try_assume_unique_for_key(&sealed[SESSION_LEN..HEADER_LEN]).map_err(|_| SealError::Truncated)?;
-    let mut buf = sealed[HEADER_LEN..].to_vec();
-    let plain = key.open_in_place(nonce, Aad::from(aad(kind, id)), &mut buf).map_err(|_| SealError::Authentication)?;
+    let plain = key
+        .open_in_place(nonce, Aad::from(aad(kind, id)), &mut sealed[HEADER_LEN..])
+        .map_err(|_| SealError::Authentication)?;
     let (&encoding, body) = plain.split_first().ok_or(SealError::Truncated)?;
     match encoding {
-        ENCODING_RAW => {
-            let len = body.len();
-            buf.truncate(1 + len);
-            buf.remove(0);
-            Ok(buf)
+        ENCODING_RAW => Ok(Payload::Raw(HEADER_LEN + 1..HEADER_LEN + 1 + body.len())),
+        ENCODING_ZSTD => {
+            decompress(body, expected_len, decompressed)?;
+            Ok(Payload::Decompressed)
         }
-        ENCODING_ZSTD => decompress(body, expected_len),
         other => Err(SealError::UnknownEncoding(other)),
     }
 }
 
-fn decompress(body: &[u8], expected_len: Option<usize>) -> Result<Vec<u8>, SealError> {
+/// Decompress `body` into `out` (its contents replaced; zstd writes into
+/// its capacity, which needs no zeroing first).
+fn decompress(body: &[u8], expected_len: Option<usize>, out: &mut Vec<u8>) -> Result<(), SealError> {
     let capacity = match expected_len {
         Some(n) => n,
         None => match zstd::zstd_safe::get_frame_content_size(body) {
@@ -233,18 +280,20 @@ fn decompress(body: &[u8], expected_len: Option<usize>) -> Result<Vec<u8>, SealE
             _ => return Err(SealError::Decompression("no content size in the frame".into())),
         },
     };
-    let out = DECOMPRESSOR.with(|d| {
+    out.clear();
+    out.reserve(capacity);
+    DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
         if d.is_none() {
             *d = Some(zstd::bulk::Decompressor::new().map_err(|e| SealError::Decompression(e.to_string()))?);
         }
         let decompressor = d.as_mut().expect("just set");
-        decompressor.decompress(body, capacity).map_err(|e| SealError::Decompression(e.to_string()))
+        decompressor.decompress_to_buffer(body, out).map_err(|e| SealError::Decompression(e.to_string()))
     })?;
     if expected_len.is_some_and(|n| n != out.len()) {
         return Err(SealError::Decompression(format!("{} bytes, expected {}", out.len(), capacity)));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A cheap guess whether zstd would waste its time: the byte entropy of three
@@ -287,7 +336,12 @@ mod tests {
             let compression = if level == 0 { Compression::None } else { Compression::Zstd(level) };
             let sealed = sealer.seal(ObjectKind::Data, Some(&id), &payload, compression);
             prop_assert_eq!(open(&key, ObjectKind::Data, Some(&id), &sealed, Some(payload.len())).unwrap(), payload.clone());
-            prop_assert_eq!(open(&key, ObjectKind::Data, Some(&id), &sealed, None).unwrap(), payload);
+            prop_assert_eq!(open(&key, ObjectKind::Data, Some(&id), &sealed, None).unwrap(), payload.clone());
+            // In place, with a scratch buffer left over from a larger blob.
+            let mut scratch = vec![5u8; 6000];
+            let mut in_place = sealed.clone();
+            let opened = open_in_place(&key, ObjectKind::Data, Some(&id), &mut in_place, Some(payload.len()), &mut scratch);
+            prop_assert_eq!(opened.unwrap(), &payload[..]);
         }
 
         #[test]
@@ -345,5 +399,10 @@ mod tests {
         let wrong = MasterKey::from_secret([8; 32]);
         assert_eq!(open(&wrong, ObjectKind::Data, Some(&id), &sealed, None), Err(SealError::Authentication));
         assert_eq!(open(&key, ObjectKind::Data, Some(&id), &sealed[..10], None), Err(SealError::Truncated));
+        let mut damaged = sealed.clone();
+        damaged[HEADER_LEN] ^= 1;
+        let mut scratch = Vec::new();
+        let opened = open_in_place(&key, ObjectKind::Data, Some(&id), &mut damaged, None, &mut scratch);
+        assert_eq!(opened, Err(SealError::Authentication), "in place too");
     }
 }

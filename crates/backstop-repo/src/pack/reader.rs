@@ -43,6 +43,24 @@ pub fn open_blob(key: &MasterKey, loc: &BlobLocation, id: &BlobId, sealed: &[u8]
     Ok(plain)
 }
 
+/// [`open_blob`] where `sealed` lies (see [`crypto::open_in_place`]).
+pub fn open_blob_in_place<'a>(
+    key: &MasterKey,
+    loc: &BlobLocation,
+    id: &BlobId,
+    sealed: &'a mut [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let object = || format!("{} blob {} in pack {}", loc.kind, id.short(), loc.pack.short());
+    let plain =
+        crypto::open_in_place(key, loc.kind.object_kind(), Some(id), sealed, Some(loc.raw_len as usize), scratch)
+            .map_err(|e| Error::corrupt(object(), e))?;
+    if key.blob_id(plain) != *id {
+        return Err(Error::corrupt(object(), "content does not match its id"));
+    }
+    Ok(plain)
+}
+
 /// Fetch and open one blob.
 pub fn load_blob(backend: &dyn Backend, key: &MasterKey, loc: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
     let start = loc.offset as u64;
