@@ -531,9 +531,11 @@ fn restore_pack(
     progress: &dyn Progress,
 ) -> Result<()> {
     let key = pack::pack_key(pack_id);
-    // Read runs of blobs that lie close together in one request.
+    // Read runs of blobs that lie close together in one request, half a
+    // data pack at most: each thread's buffer grows to the longest run, and
+    // fresh memory costs a page fault per 4 KiB.
     const MAX_GAP: u64 = 1 << 20;
-    const MAX_RUN: u64 = 64 << 20;
+    const MAX_RUN: u64 = 16 << 20;
     let mut i = 0;
     while i < jobs.len() {
         let start = jobs[i].loc.offset as u64;
