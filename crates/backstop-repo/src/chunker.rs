@@ -111,7 +111,7 @@ impl Cdc {
     /// `c` the hash of the step's first `j` bytes alone, the hash after
     /// them is `(h << j) + c`, so the four positions are tested without
     /// waiting for one another and the chain from step to step is one
-    /// shift and two adds; the cut points are exactly those of the
+    /// shift and one add; the cut points are exactly those of the
     /// one-byte recurrence `h = 2h + g`, at about twice its speed.
     fn scan(&self, data: &[u8], from: usize, to: usize, mask: u64, hash: &mut u64) -> Option<usize> {
         if from >= to {
@@ -171,10 +171,6 @@ pub struct ChunkBuf {
 }
 
 impl ChunkBuf {
-    pub fn from_vec(bytes: Vec<u8>) -> ChunkBuf {
-        ChunkBuf { len: bytes.len(), bytes }
-    }
-
     /// `n` writable bytes after the chunk, to be kept with
     /// [`commit`](Self::commit).
     pub fn spare(&mut self, n: usize) -> &mut [u8] {
