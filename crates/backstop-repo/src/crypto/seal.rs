@@ -290,7 +290,9 @@ fn decompress(body: &[u8], expected_len: Option<usize>, out: &mut Vec<u8>) -> Re
         let decompressor = d.as_mut().expect("just set");
         decompressor.decompress_to_buffer(body, out).map_err(|e| SealError::Decompression(e.to_string()))
     })?;
-    if expected_len.is_some_and(|n| n != out.len()) {
+    // `out` may have had room for more than `capacity`: anything but the
+    // expected (or declared) length is damage.
+    if out.len() != capacity {
         return Err(SealError::Decompression(format!("{} bytes, expected {}", out.len(), capacity)));
     }
     Ok(())
@@ -362,6 +364,18 @@ mod tests {
         assert!(!looks_incompressible(&text));
         let sealed = sealer.seal(ObjectKind::Data, None, &random, Compression::Zstd(3));
         assert_eq!(sealed.len(), random.len() + SEAL_OVERHEAD, "random data is stored raw");
+    }
+
+    #[test]
+    fn decompression_yields_exactly_the_declared_length_even_into_a_roomy_buffer() {
+        let text = b"first frame ".repeat(100);
+        let first = zstd::bulk::compress(&text, 1).unwrap();
+        let two = [first.clone(), zstd::bulk::compress(b"second", 1).unwrap()].concat();
+        let mut out = Vec::with_capacity(1 << 20);
+        assert!(decompress(&two, None, &mut out).is_err(), "a second frame past the declared size");
+        assert!(decompress(&two, Some(text.len()), &mut out).is_err(), "more than the index says");
+        decompress(&first, None, &mut out).unwrap();
+        assert_eq!(out, text);
     }
 
     #[test]
