@@ -127,14 +127,8 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        validate_key(key)?;
-        let file = File::open(self.path(key)).map_err(|e| Error::io(key, e))?;
-        let size = file.metadata().map_err(|e| Error::io(key, e))?.len();
-        if range.start > range.end || range.end > size {
-            return Err(invalid_range(key, &range, size));
-        }
-        let mut buf = vec![0; (range.end - range.start) as usize];
-        file.read_exact_at(&mut buf, range.start).map_err(|e| Error::io(key, e))?;
+        let mut buf = Vec::new();
+        self.get_range_into(key, range, &mut buf)?;
         Ok(buf)
     }
 
