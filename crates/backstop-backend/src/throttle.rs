@@ -55,11 +55,11 @@ impl<B: Backend> ThrottleBackend<B> {
         }
     }
 
-    fn downloaded(&self, data: Result<Vec<u8>>) -> Result<Vec<u8>> {
-        if let (Ok(d), Some(rate)) = (&data, &self.download) {
-            rate.take(d.len() as u64);
+    /// Wait until `bytes` more may be downloaded.
+    fn downloaded(&self, bytes: usize) {
+        if let Some(rate) = &self.download {
+            rate.take(bytes as u64);
         }
-        data
     }
 }
 
@@ -80,16 +80,18 @@ impl<B: Backend> Backend for ThrottleBackend<B> {
         self.inner.put_file(key, path, mode)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.downloaded(self.inner.get(key))
+        let data = self.inner.get(key)?;
+        self.downloaded(data.len());
+        Ok(data)
     }
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
-        self.downloaded(self.inner.get_range(key, range))
+        let data = self.inner.get_range(key, range)?;
+        self.downloaded(data.len());
+        Ok(data)
     }
     fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
         self.inner.get_range_into(key, range, buf)?;
-        if let Some(rate) = &self.download {
-            rate.take(buf.len() as u64);
-        }
+        self.downloaded(buf.len());
         Ok(())
     }
     fn head(&self, key: &str) -> Result<ObjectMeta> {

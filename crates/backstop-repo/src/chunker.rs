@@ -314,15 +314,15 @@ impl<'c, 'p, R: Read> StreamChunker<'c, 'p, R> {
 
     fn fill(&mut self) -> io::Result<()> {
         let want = self.cut.read_size(self.pending.len());
-        loop {
+        let n = loop {
             match self.reader.read(self.pending.spare(want)) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.pending.commit(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                read => break read?,
             }
-            return Ok(());
-        }
+        };
+        self.pending.commit(n);
+        self.eof = n == 0;
+        Ok(())
     }
 }
 
@@ -354,11 +354,7 @@ mod tests {
         CdcParams { min: 1 << 10, avg: 4 << 10, max: 16 << 10 }
     }
 
-    fn chunks(data: &[u8], cut: Cut) -> Vec<Vec<u8>> {
-        chunks_of(data, cut)
-    }
-
-    fn chunks_of(reader: impl Read, cut: Cut) -> Vec<Vec<u8>> {
+    fn chunks(reader: impl Read, cut: Cut) -> Vec<Vec<u8>> {
         let pool = BufferPool::new(4);
         let mut c = StreamChunker::new(reader, cut, &pool);
         let mut out = Vec::new();
@@ -391,12 +387,12 @@ mod tests {
         fn chunks_concatenate_to_the_input(len in 0usize..200_000, seed in any::<u64>()) {
             let data = noise(len, seed);
             let cdc = Cdc::new(&[1; 32], small());
-            let cs = chunks(&data, Cut::Cdc(&cdc));
+            let cs = chunks(&data[..], Cut::Cdc(&cdc));
             prop_assert_eq!(cs.concat(), data.clone());
             for c in &cs[..cs.len().saturating_sub(1)] {
                 prop_assert!(c.len() >= 1 << 10 && c.len() <= 16 << 10);
             }
-            let fixed = chunks(&data, Cut::Fixed(4096));
+            let fixed = chunks(&data[..], Cut::Fixed(4096));
             prop_assert_eq!(fixed.concat(), data);
             prop_assert!(fixed.iter().rev().skip(1).all(|c| c.len() == 4096));
         }
@@ -462,10 +458,10 @@ mod tests {
                 expected.push(rest[..cut].to_vec());
                 rest = &rest[cut..];
             }
-            let trickled = chunks_of(Trickle { data: &data, sizes: sizes.clone(), next: 0 }, Cut::Cdc(&cdc));
+            let trickled = chunks(Trickle { data: &data, sizes: sizes.clone(), next: 0 }, Cut::Cdc(&cdc));
             prop_assert_eq!(trickled, expected);
-            let fixed = chunks_of(Trickle { data: &data, sizes, next: 0 }, Cut::Fixed(5000));
-            prop_assert_eq!(fixed, chunks(&data, Cut::Fixed(5000)));
+            let fixed = chunks(Trickle { data: &data, sizes, next: 0 }, Cut::Fixed(5000));
+            prop_assert_eq!(fixed, chunks(&data[..], Cut::Fixed(5000)));
         }
     }
 
@@ -488,7 +484,7 @@ mod tests {
     fn average_chunk_size_is_near_the_target() {
         let data = noise(8 << 20, 7);
         let cdc = Cdc::new(&[2; 32], small());
-        let n = chunks(&data, Cut::Cdc(&cdc)).len();
+        let n = chunks(&data[..], Cut::Cdc(&cdc)).len();
         let avg = data.len() / n;
         assert!((3 << 10..=7 << 10).contains(&avg), "average chunk {avg} bytes over {n} chunks");
     }
@@ -500,8 +496,8 @@ mod tests {
         shifted.extend_from_slice(b"an insertion that shifts everything after it");
         shifted.extend_from_slice(&data[300_000..]);
         let cdc = Cdc::new(&[3; 32], small());
-        let a: std::collections::HashSet<_> = chunks(&data, Cut::Cdc(&cdc)).into_iter().collect();
-        let b = chunks(&shifted, Cut::Cdc(&cdc));
+        let a: std::collections::HashSet<_> = chunks(&data[..], Cut::Cdc(&cdc)).into_iter().collect();
+        let b = chunks(&shifted[..], Cut::Cdc(&cdc));
         let shared = b.iter().filter(|c| a.contains(*c)).count();
         assert!(shared * 10 >= b.len() * 9, "{shared} of {} chunks survive the insertion", b.len());
     }
@@ -509,8 +505,8 @@ mod tests {
     #[test]
     fn the_key_changes_the_boundaries() {
         let data = noise(1 << 20, 5);
-        let a = chunks(&data, Cut::Cdc(&Cdc::new(&[4; 32], small())));
-        let b = chunks(&data, Cut::Cdc(&Cdc::new(&[5; 32], small())));
+        let a = chunks(&data[..], Cut::Cdc(&Cdc::new(&[4; 32], small())));
+        let b = chunks(&data[..], Cut::Cdc(&Cdc::new(&[5; 32], small())));
         assert_ne!(a.iter().map(Vec::len).collect::<Vec<_>>(), b.iter().map(Vec::len).collect::<Vec<_>>());
     }
 

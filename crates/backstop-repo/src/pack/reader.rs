@@ -34,13 +34,8 @@ pub fn read_header(backend: &dyn Backend, key: &MasterKey, pack: &PackId, size: 
 
 /// Open one sealed blob and check that its plaintext hashes to its id.
 pub fn open_blob(key: &MasterKey, loc: &BlobLocation, id: &BlobId, sealed: &[u8]) -> Result<Vec<u8>> {
-    let object = || format!("{} blob {} in pack {}", loc.kind, id.short(), loc.pack.short());
-    let plain = crypto::open(key, loc.kind.object_kind(), Some(id), sealed, Some(loc.raw_len as usize))
-        .map_err(|e| Error::corrupt(object(), e))?;
-    if key.blob_id(&plain) != *id {
-        return Err(Error::corrupt(object(), "content does not match its id"));
-    }
-    Ok(plain)
+    let opened = crypto::open(key, loc.kind.object_kind(), Some(id), sealed, Some(loc.raw_len as usize));
+    checked(key, loc, id, opened)
 }
 
 /// [`open_blob`] where `sealed` lies (see [`crypto::open_in_place`]).
@@ -51,11 +46,21 @@ pub fn open_blob_in_place<'a>(
     sealed: &'a mut [u8],
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8]> {
+    let opened =
+        crypto::open_in_place(key, loc.kind.object_kind(), Some(id), sealed, Some(loc.raw_len as usize), scratch);
+    checked(key, loc, id, opened)
+}
+
+/// An opened blob whose plaintext hashes to its id, or the damage named.
+fn checked<P: AsRef<[u8]>>(
+    key: &MasterKey,
+    loc: &BlobLocation,
+    id: &BlobId,
+    opened: std::result::Result<P, crypto::SealError>,
+) -> Result<P> {
     let object = || format!("{} blob {} in pack {}", loc.kind, id.short(), loc.pack.short());
-    let plain =
-        crypto::open_in_place(key, loc.kind.object_kind(), Some(id), sealed, Some(loc.raw_len as usize), scratch)
-            .map_err(|e| Error::corrupt(object(), e))?;
-    if key.blob_id(plain) != *id {
+    let plain = opened.map_err(|e| Error::corrupt(object(), e))?;
+    if key.blob_id(plain.as_ref()) != *id {
         return Err(Error::corrupt(object(), "content does not match its id"));
     }
     Ok(plain)
