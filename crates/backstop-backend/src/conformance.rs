@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{Backend, ErrorKind, PutMode};
+use crate::{Backend, Dir, ErrorKind, Links, PutMode};
 
 /// Run every check against an empty backend.
 pub fn run_all(backend: &dyn Backend) {
@@ -109,13 +109,37 @@ fn deletes(b: &dyn Backend) {
 }
 
 fn put_file(b: &dyn Backend) {
-    let dir = b.staging_dir().unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!("conformance-{}.tmp", std::process::id()));
+    let own = b.staging_dir();
+    let temp = tempfile_dir();
+    let dir: &Dir = own.as_deref().unwrap_or(&temp.1);
+    let name = std::ffi::OsString::from(format!("conformance-{}.tmp", std::process::id()));
     let data = payload(1 << 20, 3);
-    std::fs::write(&path, &data).unwrap();
-    b.put_file("conf/from-file", &path, PutMode::Create).unwrap();
-    assert!(!path.exists(), "put_file consumes the source file");
+    let mut f = dir
+        .open_file(std::path::Path::new(&name), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, 0o600, Links::Refuse)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &data).unwrap();
+    drop(f);
+    b.put_file("conf/from-file", dir, &name, PutMode::Create).unwrap();
+    assert!(dir.stat_at(&name).is_err(), "put_file consumes the source file");
     assert_eq!(b.get("conf/from-file").unwrap(), data);
+}
+
+/// A private directory under the system's temporary one (removed on drop).
+fn tempfile_dir() -> (TempDir, Dir) {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let path = std::env::temp_dir().join(format!("backstop-conformance-{}-{nanos}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    std::fs::create_dir(&path).unwrap();
+    let dir = Dir::open(&path).unwrap();
+    (TempDir(path), dir)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn concurrent_puts(b: &dyn Backend) {

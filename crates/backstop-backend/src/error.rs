@@ -64,10 +64,19 @@ impl Error {
                 Some(libc::EIO | libc::ESTALE | libc::EAGAIN | libc::ETIMEDOUT | libc::ECONNRESET) => {
                     ErrorKind::Transient
                 }
+                // A link in the way of a local repository's object: refused,
+                // never followed (a repository holds no links).
+                Some(libc::ELOOP | libc::EXDEV) => ErrorKind::PermissionDenied,
                 _ => ErrorKind::Other,
             },
         };
-        Error { kind, key: Some(key.to_string()), message: err.to_string(), source: None }
+        let message = match err.raw_os_error() {
+            Some(libc::ELOOP | libc::EXDEV) => {
+                "a symbolic link is in the way; a repository holds none, so it was not followed (remove it)".to_string()
+            }
+            _ => err.to_string(),
+        };
+        Error { kind, key: Some(key.to_string()), message, source: None }
     }
 
     pub fn kind(&self) -> ErrorKind {

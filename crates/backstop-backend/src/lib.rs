@@ -15,11 +15,15 @@
 //!
 //! Every implementation must pass [`conformance::run_all`].
 
+use std::ffi::OsStr;
 use std::fmt;
+use std::io::Read;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+pub use backstop_confine::{Dir, Links, NetScope, PathScope};
 
 mod error;
 mod limit;
@@ -80,16 +84,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()>;
 
-    /// Store the contents of the local file `path` under `key` and remove the
-    /// file; on failure the file is left where it was, so the call can be
-    /// retried. The local backend moves the file into place when `path` is in
-    /// its [`staging_dir`](Backend::staging_dir), which avoids a copy for
-    /// large packs.
-    fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> Result<()> {
-        let data = std::fs::read(path).map_err(|e| Error::io(key, e))?;
-        self.put(key, &data, mode)?;
-        let _ = std::fs::remove_file(path);
-        Ok(())
+    /// Store the contents of the file `name` in the directory `staging`
+    /// under `key` and remove the file; on failure the file is left where
+    /// it was, so the call can be retried. The local backend moves the
+    /// file into place when `staging` is its own
+    /// [`staging_dir`](Backend::staging_dir), which avoids a copy for large
+    /// packs. The file is named by a handle and one name, never a path, so
+    /// nothing resolves a path twice.
+    fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
+        copy_staged(self, key, staging, name, mode)
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>>;
@@ -113,9 +116,27 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// A local directory where files destined for [`put_file`](Backend::put_file)
     /// should be written, if this backend can move them into place cheaply.
-    fn staging_dir(&self) -> Option<PathBuf> {
+    fn staging_dir(&self) -> Option<Arc<Dir>> {
         None
     }
+}
+
+/// [`Backend::put_file`] by reading the staged file and putting its bytes.
+pub(crate) fn copy_staged<B: Backend + ?Sized>(
+    backend: &B,
+    key: &str,
+    staging: &Dir,
+    name: &OsStr,
+    mode: PutMode,
+) -> Result<()> {
+    let mut data = Vec::new();
+    staging
+        .open_file(Path::new(name), libc::O_RDONLY, 0, Links::Refuse)
+        .and_then(|mut f| f.read_to_end(&mut data))
+        .map_err(|e| Error::io(key, e))?;
+    backend.put(key, &data, mode)?;
+    let _ = staging.remove_at(name);
+    Ok(())
 }
 
 impl<B: Backend + ?Sized> Backend for Arc<B> {
@@ -125,8 +146,8 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
         (**self).put(key, data, mode)
     }
-    fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> Result<()> {
-        (**self).put_file(key, path, mode)
+    fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
+        (**self).put_file(key, staging, name, mode)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         (**self).get(key)
@@ -146,7 +167,7 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
     fn delete(&self, key: &str) -> Result<()> {
         (**self).delete(key)
     }
-    fn staging_dir(&self) -> Option<PathBuf> {
+    fn staging_dir(&self) -> Option<Arc<Dir>> {
         (**self).staging_dir()
     }
 }
@@ -183,6 +204,10 @@ pub struct OpenOptions {
     pub upload_limit: Option<u64>,
     /// Download limit in bytes per second.
     pub download_limit: Option<u64>,
+    /// Where a local repository may be (a confined tenant's: beneath its root).
+    pub paths: PathScope,
+    /// What an S3 endpoint may resolve to (a confined tenant's: what it was granted).
+    pub net: NetScope,
 }
 
 impl Default for OpenOptions {
@@ -193,6 +218,8 @@ impl Default for OpenOptions {
             retry: RetryPolicy::default(),
             upload_limit: None,
             download_limit: None,
+            paths: PathScope::Any,
+            net: NetScope::Any,
         }
     }
 }
@@ -205,7 +232,7 @@ impl Default for OpenOptions {
 pub fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Backend>> {
     let inner: Arc<dyn Backend> = if let Some(rest) = location.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        Arc::new(S3Backend::new(bucket, prefix, &options.s3)?)
+        Arc::new(S3Backend::new(bucket, prefix, &options.s3, &options.net)?)
     } else if location == "memory:" {
         Arc::new(MemoryBackend::new())
     } else if location.contains("://") {
@@ -218,7 +245,7 @@ pub fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Backend>> {
         if path.is_empty() {
             return Err(Error::new(ErrorKind::InvalidConfig, "the repository location is empty"));
         }
-        Arc::new(LocalBackend::new(path))
+        Arc::new(LocalBackend::confined(Path::new(path), &options.paths)?)
     };
     let retried = RetryBackend::new(inner, options.retry.clone());
     let throttled = ThrottleBackend::new(retried, options.upload_limit, options.download_limit);

@@ -1,8 +1,10 @@
 //! Bound the number of backend operations in flight.
 
+use std::ffi::OsStr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+
+use backstop_confine::Dir;
 
 use crate::{Backend, ObjectMeta, PutMode, Result};
 
@@ -49,8 +51,8 @@ impl<B: Backend> Backend for LimitBackend<B> {
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
         self.limited(|| self.inner.put(key, data, mode))
     }
-    fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> Result<()> {
-        self.limited(|| self.inner.put_file(key, path, mode))
+    fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
+        self.limited(|| self.inner.put_file(key, staging, name, mode))
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.limited(|| self.inner.get(key))
@@ -70,7 +72,7 @@ impl<B: Backend> Backend for LimitBackend<B> {
     fn delete(&self, key: &str) -> Result<()> {
         self.limited(|| self.inner.delete(key))
     }
-    fn staging_dir(&self) -> Option<PathBuf> {
+    fn staging_dir(&self) -> Option<Arc<Dir>> {
         self.inner.staging_dir()
     }
 }

@@ -1,8 +1,11 @@
 //! Retry transient failures with exponential backoff.
 
+use std::ffi::OsStr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use backstop_confine::Dir;
 
 use crate::{Backend, ObjectMeta, PutMode, Result};
 
@@ -57,8 +60,8 @@ impl<B: Backend> Backend for RetryBackend<B> {
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
         self.retry(|| self.inner.put(key, data, mode))
     }
-    fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> Result<()> {
-        self.retry(|| self.inner.put_file(key, path, mode))
+    fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
+        self.retry(|| self.inner.put_file(key, staging, name, mode))
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         self.retry(|| self.inner.get(key))
@@ -78,7 +81,7 @@ impl<B: Backend> Backend for RetryBackend<B> {
     fn delete(&self, key: &str) -> Result<()> {
         self.retry(|| self.inner.delete(key))
     }
-    fn staging_dir(&self) -> Option<PathBuf> {
+    fn staging_dir(&self) -> Option<Arc<Dir>> {
         self.inner.staging_dir()
     }
 }

@@ -8,11 +8,14 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use backstop_confine::{NetError, NetScope};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
+use object_store::client::{HttpClient, HttpConnector};
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode as StorePutMode, PutOptions, PutPayload,
+    RetryConfig,
 };
 
 use crate::{Backend, Error, ErrorKind, ObjectMeta, PutMode, Result, validate_key, validate_prefix};
@@ -101,7 +104,12 @@ impl fmt::Debug for S3Backend {
 }
 
 impl S3Backend {
-    pub fn new(bucket: &str, prefix: &str, options: &S3Options) -> Result<S3Backend> {
+    /// A bucket (and a prefix in it) reached with `options`. With a
+    /// confined `net` scope the endpoint and the credentials must be given
+    /// (the service's own environment is not lent), and every connection
+    /// goes only to addresses the scope allows, checked as they are
+    /// resolved, without proxies or redirects.
+    pub fn new(bucket: &str, prefix: &str, options: &S3Options, net: &NetScope) -> Result<S3Backend> {
         if bucket.is_empty() {
             return Err(Error::new(ErrorKind::InvalidConfig, "the S3 location has no bucket: use s3://bucket/prefix"));
         }
@@ -109,7 +117,15 @@ impl S3Backend {
         if !prefix.is_empty() {
             validate_key(&prefix)?;
         }
-        let settings = Settings::resolve(options, |name| std::env::var(name).ok())?;
+        let settings = if net.is_any() {
+            Settings::resolve(options, |name| std::env::var(name).ok())?
+        } else {
+            Settings::resolve(options, |_| None)?
+        };
+        let connector = match net {
+            NetScope::Any => None,
+            scope => Some(ConfinedConnector::new(scope, &settings)?),
+        };
         let mut builder = AmazonS3Builder::new()
             .with_bucket_name(bucket)
             .with_region(settings.region)
@@ -130,6 +146,9 @@ impl S3Backend {
         }
         if let Some(token) = settings.session_token {
             builder = builder.with_token(token);
+        }
+        if let Some(connector) = connector {
+            builder = builder.with_http_connector(connector);
         }
         let endpoint = settings.endpoint;
         let store =
@@ -172,6 +191,113 @@ impl S3Backend {
     }
 }
 
+/// The HTTP client of a confined repository: its own DNS resolver checks
+/// every address against the scope before a connection is made (so a name
+/// cannot be re-pointed between a check and the connection), IP-literal
+/// endpoints were checked when the backend was built, and neither proxies
+/// nor redirects can send a request anywhere else.
+#[derive(Debug)]
+struct ConfinedConnector {
+    net: NetScope,
+    port: u16,
+    allow_http: bool,
+}
+
+impl ConfinedConnector {
+    fn new(net: &NetScope, settings: &Settings) -> Result<ConfinedConnector> {
+        let refused = |m: String| Error::new(ErrorKind::PermissionDenied, m);
+        let endpoint = settings.endpoint.as_deref().ok_or_else(|| {
+            refused("an S3 repository of a tenant names its endpoint (the service's own is not lent)".into())
+        })?;
+        if settings.credentials.is_none() {
+            return Err(refused(
+                "an S3 repository of a tenant brings its own access_key_id and secret_access_key".into(),
+            ));
+        }
+        let url = reqwest::Url::parse(endpoint)
+            .map_err(|e| Error::new(ErrorKind::InvalidConfig, format!("the S3 endpoint {endpoint:?}: {e}")))?;
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return Err(Error::new(ErrorKind::InvalidConfig, format!("the S3 endpoint {endpoint:?} names no host")));
+        };
+        // Checked now for IP literals (no resolver sees them), and for names
+        // so that a refusal is reported before any request.
+        net.resolve(host, port).map_err(|e| refused(e.to_string()))?;
+        Ok(ConfinedConnector { net: net.clone(), port, allow_http: settings.allow_http })
+    }
+}
+
+impl HttpConnector for ConfinedConnector {
+    fn connect(&self, _options: &ClientOptions) -> object_store::Result<HttpClient> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("backstop/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(ConfinedResolver { net: self.net.clone(), port: self.port }))
+            .https_only(!self.allow_http)
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| object_store::Error::Generic { store: "S3", source: Box::new(e) })?;
+        Ok(HttpClient::new(client))
+    }
+}
+
+struct ConfinedResolver {
+    net: NetScope,
+    port: u16,
+}
+
+impl reqwest::dns::Resolve for ConfinedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (net, port, host) = (self.net.clone(), self.port, name.as_str().to_string());
+        Box::pin(async move {
+            let found = tokio::task::spawn_blocking(move || net.resolve(&host, port))
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            let addrs = found.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// What went wrong, in words that never repeat what the server sent
+/// beyond its status and S3 error code: a tenant's endpoint may be
+/// anything, and an error message is no window onto it.
+fn describe(err: &object_store::Error) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = err;
+    loop {
+        if let Some(refused) = cause.downcast_ref::<NetError>() {
+            return refused.to_string();
+        }
+        match cause.source() {
+            Some(next) => cause = next,
+            None => break,
+        }
+    }
+    let text = err.to_string();
+    for marker in ["Server returned non-2xx status code: ", "Server returned error response: "] {
+        if let Some(i) = text.find(marker) {
+            let rest = &text[i + marker.len()..];
+            let status: String =
+                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == ' ').collect::<String>();
+            let status = if marker.contains("non-2xx") { status.trim().to_string() } else { String::new() };
+            let code = rest
+                .split("<Code>")
+                .nth(1)
+                .and_then(|r| r.split("</Code>").next())
+                .filter(|c| !c.is_empty() && c.len() <= 64 && c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            return match status.is_empty() {
+                true => format!("the server refused the request{code}"),
+                false => format!("the server answered {status}{code}"),
+            };
+        }
+    }
+    // No answer from a server: the innermost cause (refused, timed out, …).
+    cause.to_string()
+}
+
 fn map_err(key: &str, err: object_store::Error) -> Error {
     use object_store::Error as E;
     let kind = match &err {
@@ -191,6 +317,8 @@ fn map_err(key: &str, err: object_store::Error) -> Error {
                 ErrorKind::PermissionDenied
             } else if text.contains("NoSuchBucket") {
                 ErrorKind::InvalidConfig
+            } else if describe(&err).starts_with("this tenant may not") {
+                ErrorKind::PermissionDenied
             } else {
                 // Connection failures and server errors that outlived the
                 // client's own retries.
@@ -198,7 +326,7 @@ fn map_err(key: &str, err: object_store::Error) -> Error {
             }
         }
     };
-    Error::new(kind, "S3 request failed").with_key(key).with_source(err)
+    Error::new(kind, format!("S3 request failed: {}", describe(&err))).with_key(key)
 }
 
 fn meta(backend: &S3Backend, m: object_store::ObjectMeta) -> ObjectMeta {

@@ -1,10 +1,12 @@
 //! Bandwidth limits: keep uploads and downloads under a rate, so a backup
 //! does not saturate a site's uplink.
 
+use std::ffi::OsStr;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use backstop_confine::Dir;
 
 use crate::{Backend, ObjectMeta, PutMode, Result};
 
@@ -73,11 +75,11 @@ impl<B: Backend> Backend for ThrottleBackend<B> {
         }
         self.inner.put(key, data, mode)
     }
-    fn put_file(&self, key: &str, path: &Path, mode: PutMode) -> Result<()> {
+    fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
         if let Some(rate) = &self.upload {
-            rate.take(std::fs::metadata(path).map(|m| m.len()).unwrap_or(0));
+            rate.take(staging.stat_at(name).map(|st| st.st_size as u64).unwrap_or(0));
         }
-        self.inner.put_file(key, path, mode)
+        self.inner.put_file(key, staging, name, mode)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let data = self.inner.get(key)?;
@@ -103,7 +105,7 @@ impl<B: Backend> Backend for ThrottleBackend<B> {
     fn delete(&self, key: &str) -> Result<()> {
         self.inner.delete(key)
     }
-    fn staging_dir(&self) -> Option<PathBuf> {
+    fn staging_dir(&self) -> Option<Arc<Dir>> {
         self.inner.staging_dir()
     }
 }

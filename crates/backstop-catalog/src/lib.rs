@@ -23,6 +23,7 @@ pub mod schedule;
 mod secrets;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -46,6 +47,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    /// An idempotency key was used before for a different request.
+    #[error("{0}")]
+    KeyReused(String),
     /// A heartbeat or completion for an attempt that no longer holds the job.
     #[error("job {job}: attempt {attempt} no longer holds this job (its lease expired or it was cancelled)")]
     StaleAttempt { job: String, attempt: u32 },
@@ -64,6 +68,12 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A digest of a request, for [`NewJob::request_digest`]: the same
+/// JSON gives the same digest (object keys are ordered).
+pub fn request_digest(request: &serde_json::Value) -> String {
+    blake3::hash(request.to_string().as_bytes()).to_hex().to_string()
+}
+
 /// The catalog database. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
@@ -71,6 +81,47 @@ pub struct Catalog {
     kind: DbKind,
     key: SecretKey,
     pub config: QueueConfig,
+    bell: EventBell,
+}
+
+/// Rings when job events were appended: in this process on SQLite (one
+/// connection, so a reader woken early waits for the writer's commit), and
+/// from every coordinator on PostgreSQL (`NOTIFY` in the appending
+/// transaction, delivered at its commit, heard through `LISTEN`).
+#[derive(Clone)]
+struct EventBell {
+    rings: Arc<tokio::sync::watch::Sender<u64>>,
+    listener: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl EventBell {
+    fn new() -> EventBell {
+        EventBell { rings: Arc::new(tokio::sync::watch::channel(0).0), listener: Default::default() }
+    }
+
+    fn ring(&self) {
+        self.rings.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The PostgreSQL channel job events are announced on.
+const EVENTS_CHANNEL: &str = "backstop_events";
+
+/// Hear other coordinators' (and our own) events; after a lost connection,
+/// ring once so readers look again, and listen anew.
+async fn listen_for_events(url: String, bell: EventBell) {
+    loop {
+        if let Ok(mut listener) = sqlx::postgres::PgListener::connect(&url).await
+            && listener.listen(EVENTS_CHANNEL).await.is_ok()
+        {
+            bell.ring();
+            while listener.recv().await.is_ok() {
+                bell.ring();
+            }
+        }
+        bell.ring();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 impl std::fmt::Debug for Catalog {
@@ -129,9 +180,20 @@ impl Catalog {
                     .await?
             }
         };
-        let catalog = Catalog { pool, kind, key, config };
+        let catalog = Catalog { pool, kind, key, config, bell: EventBell::new() };
         migrate::run(&catalog).await?;
+        if kind == DbKind::Postgres {
+            let task = tokio::spawn(listen_for_events(url.to_string(), catalog.bell.clone()));
+            *catalog.bell.listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         Ok(catalog)
+    }
+
+    /// A receiver that changes whenever job events may have been appended
+    /// (by this coordinator, or on PostgreSQL by any): what event streams
+    /// wait on instead of polling.
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bell.rings.subscribe()
     }
 
     pub fn kind(&self) -> DbKind {
@@ -143,6 +205,9 @@ impl Catalog {
     }
 
     pub async fn close(&self) {
+        if let Some(task) = self.bell.listener.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
         self.pool.close().await;
     }
 

@@ -162,8 +162,24 @@ CREATE INDEX jobs_queued_by_tenant ON jobs (state, region, tenant, created_ms);
 CREATE INDEX jobs_queued_maintenance ON jobs (state, kind, repository_id, created_ms);
 ";
 
+/// What each tenant's jobs may connect to (a JSON list of grants).
+const V3_TENANT_NETWORKS: &str = "
+ALTER TABLE tenants ADD COLUMN allow_net TEXT NOT NULL DEFAULT '[]';
+";
+
+/// What request an idempotency key was first used for (a digest), so that
+/// reusing it for another request is refused instead of answered.
+const V4_REQUEST_DIGESTS: &str = "
+ALTER TABLE jobs ADD COLUMN request_digest TEXT;
+";
+
 fn migrations() -> Vec<Migration> {
-    vec![Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] }, Migration { version: 2, sql: &[V2_CLAIM_INDEXES] }]
+    vec![
+        Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] },
+        Migration { version: 2, sql: &[V2_CLAIM_INDEXES] },
+        Migration { version: 3, sql: &[V3_TENANT_NETWORKS] },
+        Migration { version: 4, sql: &[V4_REQUEST_DIGESTS] },
+    ]
 }
 
 fn statements(sql: &str) -> impl Iterator<Item = &str> {

@@ -31,6 +31,9 @@ use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
 /// The longest deadline a job may have.
 pub const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
 
+/// The most attempts a job or plan may be given.
+pub const MAX_ATTEMPTS: u32 = 100;
+
 /// Queue behaviour; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -87,6 +90,9 @@ pub struct NewJob {
     pub deadline_seconds: Option<u64>,
     /// Two inserts with one key (per tenant) make one job.
     pub idempotency_key: Option<String>,
+    /// A digest of the request that carried `idempotency_key`: the same key
+    /// with another request is refused ([`Error::KeyReused`]).
+    pub request_digest: Option<String>,
     pub parent: Option<String>,
     pub step: Option<String>,
     /// Do not start before (scheduler jitter).
@@ -211,9 +217,9 @@ impl Catalog {
         let wait = format!("waiting for a worker of region {}", job.region);
         let inserted = sqlx::query(&self.sql(
             "INSERT INTO jobs (id, tenant, kind, plan_id, source_id, repository_id, region, host, params, state, \
-             wait_reason, attempt, max_attempts, not_before_ms, deadline_s, idempotency_key, parent_id, step, \
-             cancel_requested, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, 0, ?) \
+             wait_reason, attempt, max_attempts, not_before_ms, deadline_s, idempotency_key, request_digest, \
+             parent_id, step, cancel_requested, created_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, 0, ?, ?, ?, ?, ?, ?, ?, 0, ?) \
              ON CONFLICT (tenant, idempotency_key) DO NOTHING",
         ))
         .bind(&id)
@@ -230,6 +236,7 @@ impl Catalog {
         .bind(job.not_before_ms.unwrap_or(now).max(now))
         .bind(job.deadline_seconds.map(|d| d as i64))
         .bind(&job.idempotency_key)
+        .bind(&job.request_digest)
         .bind(&job.parent)
         .bind(&job.step)
         .bind(now)
@@ -238,13 +245,24 @@ impl Catalog {
         .rows_affected();
         if inserted == 0 {
             let key = job.idempotency_key.as_deref().unwrap_or_default();
-            let row = sqlx::query(
-                &self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = ? AND idempotency_key = ?")),
-            )
+            let row = sqlx::query(&self.sql(&format!(
+                "SELECT {JOB_COLUMNS}, request_digest FROM jobs WHERE tenant = ? AND idempotency_key = ?"
+            )))
             .bind(&job.tenant)
             .bind(key)
             .fetch_one(&mut *conn)
             .await?;
+            let first: Option<String> = row.try_get("request_digest")?;
+            if let (Some(first), Some(now)) = (&first, &job.request_digest)
+                && first != now
+            {
+                return Err(Error::KeyReused(format!(
+                    "the Idempotency-Key {:?} was used for a different request (job {}); use a new key for a new \
+                     request",
+                    key.strip_prefix("api:").unwrap_or(key),
+                    row.try_get::<String, _>("id")?
+                )));
+            }
             return Ok((job_from_row(&row)?, false));
         }
         self.event(conn, &id, 0, EventKind::State, json!({"state": "queued", "wait_reason": wait}), now).await?;
@@ -277,6 +295,13 @@ impl Catalog {
             .bind(data.to_string())
             .execute(&mut *conn)
             .await?;
+        match self.kind() {
+            DbKind::Sqlite => self.bell.ring(),
+            // Delivered when the transaction commits, to every coordinator.
+            DbKind::Postgres => {
+                sqlx::query(&format!("SELECT pg_notify('{}', '')", crate::EVENTS_CHANNEL)).execute(&mut *conn).await?;
+            }
+        }
         Ok(())
     }
 
@@ -718,7 +743,10 @@ impl Catalog {
             _ => None,
         };
         let lease_seconds = self.config.lease.as_secs().max(1);
-        Ok(Claim { attempt: job.attempt, job, lease_seconds, repository, source, retention })
+        // What the job may reach is the coordinator's to say (its tenant
+        // roots and the tenant's grants): nothing until it does.
+        let reach = backstop_types::Reach::nothing();
+        Ok(Claim { attempt: job.attempt, job, lease_seconds, repository, source, retention, reach })
     }
 
     pub(crate) fn open_json<T: serde::de::DeserializeOwned>(&self, owner: &str, sealed: &str) -> Result<T> {
@@ -884,6 +912,7 @@ impl Catalog {
             max_attempts: job.max_attempts,
             deadline_seconds: None,
             idempotency_key: Some(format!("chain:{}:{step}", job.id)),
+            request_digest: None,
             parent: Some(job.id.clone()),
             step: Some(step.to_string()),
             not_before_ms: None,
@@ -1061,8 +1090,15 @@ impl Catalog {
     }
 
     /// Jobs by state (for metrics and `/readyz`).
-    pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetch_all(self.pool()).await?;
+    /// Jobs by state, of the tenants `scope` sees.
+    pub async fn job_counts(&self, scope: &Scope) -> Result<Vec<(JobState, u64)>> {
+        let (clause, t) = scope.clause("tenant");
+        let sql = self.sql(&format!("SELECT state, COUNT(*) AS n FROM jobs WHERE 1 = 1{clause} GROUP BY state"));
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
         let mut out = Vec::new();
         for r in &rows {
             let state: String = r.try_get("state")?;

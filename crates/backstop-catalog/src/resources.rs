@@ -6,8 +6,8 @@
 //! any object the scope may see.
 
 use backstop_types::{
-    AuditEvent, JobKind, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot, SnapshotInfo,
-    Source, SourceSpec, Tenant, Token,
+    AuditEvent, JobKind, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot,
+    SnapshotInfo, Source, SourceSpec, Tenant, Token,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -57,6 +57,34 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     } else {
         Err(Error::Invalid(format!(
             "{what} name {name:?} is invalid: use 1–128 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+/// Free text (a display name): 1 to `max` characters, none of them a
+/// control character (no newlines, no NULs).
+pub fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!(
+            "{what} must be 1–{max} characters without control characters (newlines, NUL, …)"
+        )));
+    }
+    Ok(())
+}
+
+/// A host name as sources name their host: a DNS name or an IP address,
+/// at most 253 characters.
+pub fn check_host(host: &str) -> Result<()> {
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+        && !host.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "host {:?} is not a host name: use 1–253 letters, digits, '.', '-', '_' or ':' (an IPv6 address)",
+            host.chars().take(80).collect::<String>()
         )))
     }
 }
@@ -138,6 +166,15 @@ fn source_from_row(row: &AnyRow) -> Result<Source> {
     })
 }
 
+fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        allow_net: parse_json(row, "allow_net")?,
+        created: time(row.try_get("created_ms")?),
+    })
+}
+
 fn token_from_row(row: &AnyRow) -> Result<Token> {
     let role: String = row.try_get("role")?;
     Ok(Token {
@@ -189,35 +226,57 @@ impl Catalog {
         self.tenant(&Scope::All, id).await
     }
 
+    /// Create a tenant, or change the name and the network grants of one
+    /// (each only when given).
+    pub async fn put_tenant(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        allow_net: Option<&[NetGrant]>,
+        now: i64,
+    ) -> Result<Tenant> {
+        if let Some(name) = name {
+            check_text("tenant name", name, 200)?;
+        }
+        self.ensure_tenant(id, name.unwrap_or(id), now).await?;
+        if let Some(name) = name {
+            sqlx::query(&self.sql("UPDATE tenants SET name = ? WHERE id = ?"))
+                .bind(name)
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        }
+        if let Some(grants) = allow_net {
+            let text = serde_json::to_string(grants).expect("grants serialise");
+            sqlx::query(&self.sql("UPDATE tenants SET allow_net = ? WHERE id = ?"))
+                .bind(text)
+                .bind(id)
+                .execute(self.pool())
+                .await?;
+        }
+        self.tenant(&Scope::All, id).await
+    }
+
     pub async fn tenant(&self, scope: &Scope, id: &str) -> Result<Tenant> {
         let (clause, t) = scope.clause("id");
-        let sql = self.sql(&format!("SELECT id, name, created_ms FROM tenants WHERE id = ?{clause}"));
+        let sql = self.sql(&format!("SELECT id, name, allow_net, created_ms FROM tenants WHERE id = ?{clause}"));
         let mut q = sqlx::query(&sql).bind(id);
         if let Some(t) = t {
             q = q.bind(t);
         }
         let row = q.fetch_optional(self.pool()).await?.ok_or_else(|| Error::NotFound(format!("tenant {id}")))?;
-        Ok(Tenant { id: row.try_get("id")?, name: row.try_get("name")?, created: time(row.try_get("created_ms")?) })
+        tenant_from_row(&row)
     }
 
     pub async fn list_tenants(&self, scope: &Scope) -> Result<Vec<Tenant>> {
         let (clause, t) = scope.clause("id");
-        let sql = self.sql(&format!("SELECT id, name, created_ms FROM tenants WHERE 1 = 1{clause} ORDER BY id"));
+        let sql =
+            self.sql(&format!("SELECT id, name, allow_net, created_ms FROM tenants WHERE 1 = 1{clause} ORDER BY id"));
         let mut q = sqlx::query(&sql);
         if let Some(t) = t {
             q = q.bind(t);
         }
-        q.fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(Tenant {
-                    id: row.try_get("id")?,
-                    name: row.try_get("name")?,
-                    created: time(row.try_get("created_ms")?),
-                })
-            })
-            .collect()
+        q.fetch_all(self.pool()).await?.iter().map(tenant_from_row).collect()
     }
 
     // ---- tokens -----------------------------------------------------------
@@ -280,20 +339,62 @@ impl Catalog {
         q.fetch_all(self.pool()).await?.iter().map(token_from_row).collect()
     }
 
-    pub async fn count_tokens(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM tokens").fetch_one(self.pool()).await?)
+    /// Whether token `id` exists and is not revoked.
+    pub async fn token_is_live(&self, id: &str) -> Result<bool> {
+        let sql = self.sql("SELECT COUNT(*) FROM tokens WHERE id = ? AND revoked_ms IS NULL");
+        Ok(sqlx::query_scalar::<_, i64>(&sql).bind(id).fetch_one(self.pool()).await? > 0)
     }
 
+    /// Live (not revoked) admin tokens of the system tenant: the ones that
+    /// can manage everything else.
+    pub async fn count_live_admins(&self) -> Result<i64> {
+        let sql = self.sql(&format!(
+            "SELECT COUNT(*) FROM tokens WHERE tenant = '{SYSTEM_TENANT}' AND role = 'admin' AND revoked_ms IS NULL"
+        ));
+        Ok(sqlx::query_scalar(&sql).fetch_one(self.pool()).await?)
+    }
+
+    /// Revoke a token. The last live admin token of the system tenant is
+    /// refused ([`Error::Conflict`]): nobody could manage the service after it.
     pub async fn revoke_token(&self, scope: &Scope, id: &str, now: i64) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        if self.kind() == crate::DbKind::Postgres {
+            // Two revocations of the last two admins must not both pass.
+            sqlx::query("SELECT pg_advisory_xact_lock(7406253102)").execute(&mut *tx).await?;
+        }
         let (clause, t) = scope.clause("tenant");
-        let sql = self.sql(&format!("UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL{clause}"));
+        let sql = self.sql(&format!(
+            "UPDATE tokens SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL{clause} \
+             AND NOT (tenant = '{SYSTEM_TENANT}' AND role = 'admin' AND \
+                      (SELECT COUNT(*) FROM tokens WHERE tenant = '{SYSTEM_TENANT}' AND role = 'admin' \
+                       AND revoked_ms IS NULL) <= 1)"
+        ));
         let mut q = sqlx::query(&sql).bind(now).bind(id);
-        if let Some(t) = t {
+        if let Some(t) = &t {
             q = q.bind(t);
         }
-        if q.execute(self.pool()).await?.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("token {id}")));
+        let revoked = q.execute(&mut *tx).await?.rows_affected();
+        if revoked == 0 {
+            let sql = self.sql(&format!(
+                "SELECT COUNT(*) FROM tokens WHERE id = ? AND revoked_ms IS NULL{clause} \
+                 AND tenant = '{SYSTEM_TENANT}' AND role = 'admin'"
+            ));
+            let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(id);
+            if let Some(t) = &t {
+                q = q.bind(t);
+            }
+            let last_admin = q.fetch_one(&mut *tx).await? > 0;
+            tx.rollback().await?;
+            return Err(if last_admin {
+                Error::Conflict(format!(
+                    "token {id} is the last admin token of the system tenant; create another admin token first \
+                     (or `backstop serve --new-admin-token` on the coordinator)"
+                ))
+            } else {
+                Error::NotFound(format!("token {id}"))
+            });
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -403,6 +504,9 @@ impl Catalog {
 
     pub async fn create_source(&self, scope: &Scope, spec: &SourceSpec, now: i64) -> Result<Source> {
         check_name("source", &spec.name)?;
+        if let Some(host) = &spec.host {
+            check_host(host)?;
+        }
         validate_source(spec)?;
         let id = new_id();
         let sealed = self.key.seal(&id, spec.secrets.to_string().as_bytes());
@@ -511,7 +615,13 @@ impl Catalog {
                     .into(),
             ));
         }
-        let max_attempts = spec.max_attempts.unwrap_or(self.config.default_max_attempts).clamp(1, 100);
+        if spec.max_attempts.is_some_and(|n| !(1..=crate::queue::MAX_ATTEMPTS).contains(&n)) {
+            return Err(Error::Invalid(format!("max_attempts must be between 1 and {}", crate::queue::MAX_ATTEMPTS)));
+        }
+        for tag in &spec.tags {
+            check_text("a tag", tag, 128)?;
+        }
+        let max_attempts = spec.max_attempts.unwrap_or(self.config.default_max_attempts);
         let existing = self.plan(&own, &spec.name).await.ok();
         let id = existing.as_ref().map(|p| p.id.clone()).unwrap_or_else(new_id);
         let misfire = serde_json::to_value(spec.misfire).expect("serialises");
@@ -591,7 +701,10 @@ impl Catalog {
     ) -> Result<(backstop_types::Job, bool)> {
         let plan = self.plan(scope, id_or_name).await?;
         let mut tx = self.pool().begin().await?;
-        let job = self.plan_job(&mut tx, &plan, idempotency_key.map(|k| format!("api:{k}")), None).await?;
+        let keyed = idempotency_key.is_some();
+        let mut job = self.plan_job(&mut tx, &plan, idempotency_key.map(|k| format!("api:{k}")), None).await?;
+        // Running one plan is one request, however it is asked for.
+        job.request_digest = keyed.then(|| format!("plan-run:{}", plan.id));
         let out = self.enqueue_in(&mut tx, job, now).await?;
         tx.commit().await?;
         Ok(out)
@@ -628,6 +741,7 @@ impl Catalog {
             max_attempts: plan.max_attempts,
             deadline_seconds: plan.deadline_seconds,
             idempotency_key,
+            request_digest: None,
             parent: None,
             step: None,
             not_before_ms,

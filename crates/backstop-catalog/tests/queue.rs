@@ -135,6 +135,7 @@ fn job(s: &Setup, kind: JobKind, host: &str) -> NewJob {
         max_attempts: 3,
         deadline_seconds: None,
         idempotency_key: None,
+        request_digest: None,
         parent: None,
         step: None,
         not_before_ms: None,

@@ -7,17 +7,24 @@
 //! files at their offsets, and leaves zero runs as holes. Links, special
 //! files and directory metadata come last.
 //!
-//! Nothing is written outside the target: every path is the target joined
-//! with names the tree decoder checked to be single safe components;
-//! directories that exist as symlinks are replaced, files are opened with
-//! `O_NOFOLLOW`, and symlinks are created only after all data is written,
-//! so no write can pass through one.
+//! Nothing is written outside the target. The target is opened once (for a
+//! confined tenant, resolved beneath its root, its missing directories
+//! made there); every entry is a path beneath it of names the tree decoder
+//! checked to be single safe components, resolved beneath that handle
+//! without following any symbolic link ([`Links::Refuse`]); what stands
+//! in an entry's place (a file where a directory goes, a link where a
+//! file goes) is replaced, never followed; and symlinks are created only
+//! after all data is written. A link someone else plants while the
+//! restore runs makes that entry fail; it is never written through.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use backstop_backend::{Dir, Links, PathScope};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
@@ -41,11 +48,20 @@ pub struct RestoreOptions {
     /// Read every restored file back and check it against the snapshot.
     pub verify: bool,
     pub threads: usize,
+    /// Where the target may be: a confined tenant's lies beneath its roots.
+    pub paths: PathScope,
 }
 
 impl RestoreOptions {
     pub fn new(target: impl Into<PathBuf>) -> RestoreOptions {
-        RestoreOptions { target: target.into(), include: Vec::new(), exclude: Vec::new(), verify: false, threads: 4 }
+        RestoreOptions {
+            target: target.into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            verify: false,
+            threads: 4,
+            paths: PathScope::Any,
+        }
     }
 }
 
@@ -61,6 +77,7 @@ pub struct RestoreSummary {
     pub verified: u64,
 }
 
+/// Paths in a plan are relative to the target.
 struct PlannedFile {
     path: PathBuf,
     node: Node,
@@ -119,7 +136,6 @@ impl RestorePlan {
 struct Planner<'a> {
     repo: &'a Repository,
     index: &'a Index,
-    target: PathBuf,
     include: PathFilter,
     exclude: PathFilter,
     plan: RestorePlan,
@@ -263,7 +279,6 @@ pub fn plan(
     let mut planner = Planner {
         repo,
         index,
-        target: options.target.clone(),
         include: PathFilter::new(&options.include)?,
         exclude: PathFilter::new(&options.exclude)?,
         plan: RestorePlan {
@@ -279,8 +294,7 @@ pub fn plan(
         blob_slot: HashMap::new(),
         cancel,
     };
-    let target = planner.target.clone();
-    planner.plan_tree(&snapshot.tree, Path::new("/"), &target, false)?;
+    planner.plan_tree(&snapshot.tree, Path::new("/"), Path::new(""), false)?;
     let mut packs: Vec<_> = planner.blob_jobs.into_iter().collect();
     packs.sort_by_key(|p| p.0);
     for (_, jobs) in &mut packs {
@@ -314,20 +328,20 @@ pub fn execute(
 ) -> Result<RestoreSummary> {
     let mut summary = RestoreSummary::default();
     let errors = AtomicU64::new(0);
-    let report = |path: &Path, message: &str| {
+    let report = |rel: &Path, message: &str| {
         errors.fetch_add(1, Ordering::Relaxed);
-        progress.warning(path, message);
+        progress.warning(&options.target.join(rel), message);
     };
     for (path, problem) in &plan.problems {
         report(path, problem);
     }
     progress.total(plan.files.len() as u64, plan.total_bytes);
 
-    fs::create_dir_all(&options.target).map_err(|e| Error::io(&options.target, e))?;
-    let direct = AtomicBool::new(sys::local_disk_fs(&options.target));
+    let target = options.paths.create_dir_all(&options.target, 0o777).map_err(|e| Error::io(&options.target, e))?;
+    let direct = AtomicBool::new(sys::local_disk_fs_of(&target));
     for (path, _) in &plan.dirs {
-        if let Err(e) = ensure_dir(path) {
-            return Err(Error::io(path, e));
+        if let Err(e) = ensure_dir(&target, path) {
+            return Err(Error::io(options.target.join(path), e));
         }
     }
     summary.dirs = plan.dirs.len() as u64;
@@ -336,7 +350,7 @@ pub fn execute(
     // Files without data (empty, or all holes) are complete at once.
     for f in &plan.files {
         if f.remaining.load(Ordering::Relaxed) == 0 {
-            match create_file(f).and_then(|file| apply_file_metadata(&file, &f.node, owners)) {
+            match create_file(&target, f).and_then(|file| apply_file_metadata(&file, &f.node, owners)) {
                 Ok(()) => progress.advance(1, f.size),
                 Err(e) => mark_failed(f, &format!("cannot create: {e}")),
             }
@@ -356,7 +370,7 @@ pub fn execute(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((pack_id, jobs)) = plan.packs.get(i) else { return };
-                    let out = Output { owners, direct: &direct, bytes: &bytes };
+                    let out = Output { target: &target, owners, direct: &direct, bytes: &bytes };
                     if let Err(e) = restore_pack(repo, plan, pack_id, jobs, &out, &mut buffers, progress) {
                         if !matches!(e, Error::Corrupt { .. } | Error::Backend(_)) {
                             fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
@@ -386,7 +400,7 @@ pub fn execute(
         let state = f.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = &state.failed {
             report(&f.path, &format!("not restored: {reason}"));
-            let _ = fs::remove_file(&f.path);
+            let _ = target.parent_of(&f.path, Links::Refuse).and_then(|(dir, name)| dir.remove_at(&name));
         } else {
             summary.files += 1;
         }
@@ -394,12 +408,9 @@ pub fn execute(
 
     for late in &plan.late {
         let result = match late {
-            Late::HardLink { path, to } => {
-                let _ = remove_non_dir(path);
-                fs::hard_link(to, path).map(|_| summary.files += 1)
-            }
-            Late::Symlink { path, node } => restore_symlink(path, node, owners).map(|_| summary.links += 1),
-            Late::Special { path, node } => restore_special(path, node, owners),
+            Late::HardLink { path, to } => restore_hard_link(&target, path, to).map(|_| summary.files += 1),
+            Late::Symlink { path, node } => restore_symlink(&target, path, node, owners).map(|_| summary.links += 1),
+            Late::Special { path, node } => restore_special(&target, path, node, owners),
         };
         if let Err(e) = result {
             let path = match late {
@@ -411,7 +422,8 @@ pub fn execute(
 
     // Deepest directories first, so a read-only parent is set after its children.
     for (path, node) in plan.dirs.iter().rev() {
-        if let Err(e) = apply_metadata(path, node, owners) {
+        let dir = target.open_file(path, libc::O_RDONLY | libc::O_DIRECTORY, 0, Links::Refuse);
+        if let Err(e) = dir.and_then(|dir| apply_file_metadata(&dir, node, owners)) {
             report(path, &format!("cannot set metadata: {e}"));
         }
     }
@@ -421,7 +433,7 @@ pub fn execute(
             if f.state.lock().unwrap_or_else(|e| e.into_inner()).failed.is_some() {
                 return None;
             }
-            Some(verify_file(repo, f))
+            Some(verify_file(repo, &target, f))
         });
         for (f, result) in plan.files.iter().zip(results) {
             match result {
@@ -441,42 +453,39 @@ fn mark_failed(file: &PlannedFile, reason: &str) {
     state.failed.get_or_insert_with(|| reason.to_string());
 }
 
-/// Make `path` a real directory: replace a symlink or file in its place.
-fn ensure_dir(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => Ok(()),
+/// Make `rel` a real directory: replace a symlink or file in its place.
+fn ensure_dir(target: &Dir, rel: &Path) -> io::Result<()> {
+    let (parent, name) = target.parent_of(rel, Links::Refuse)?;
+    match parent.stat_at(&name) {
+        Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(()),
         Ok(_) => {
-            fs::remove_file(path)?;
-            fs::create_dir(path)
+            parent.remove_at(&name)?;
+            parent.mkdir_at(&name, 0o700)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => parent.mkdir_at(&name, 0o700),
         Err(e) => Err(e),
     }
 }
 
-fn remove_non_dir(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) if !meta.is_dir() => fs::remove_file(path),
+/// Remove what stands at `name` of `dir` unless it is a directory.
+fn remove_non_dir(dir: &Dir, name: &OsStr) -> io::Result<()> {
+    match dir.stat_at(name) {
+        Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => dir.remove_at(name),
         _ => Ok(()),
     }
 }
 
 /// Create (truncate) the file at its full size, leaving holes unwritten.
-fn create_file(f: &PlannedFile) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&f.path)
-    };
+fn create_file(target: &Dir, f: &PlannedFile) -> io::Result<File> {
+    // O_NONBLOCK: a FIFO in the way answers ENXIO instead of waiting for a reader.
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let open = || target.open_file(&f.path, flags, 0o600, Links::Refuse);
     let file = match open() {
         Ok(file) => file,
         // A symlink (or a special file) stands where the file goes: replace it.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENXIO) => {
-            fs::remove_file(&f.path)?;
+            let (parent, name) = target.parent_of(&f.path, Links::Refuse)?;
+            parent.remove_at(&name)?;
             open()?
         }
         Err(e) => return Err(e),
@@ -488,20 +497,21 @@ fn create_file(f: &PlannedFile) -> io::Result<File> {
 /// The file to write a blob into: created by the first writer (whose
 /// handle is used right away: most files are a single blob), opened again
 /// by later ones.
-fn open_for_write(f: &PlannedFile) -> io::Result<File> {
+fn open_for_write(target: &Dir, f: &PlannedFile) -> io::Result<File> {
     {
         let mut state = f.state.lock().unwrap_or_else(|e| e.into_inner());
         if !state.created {
-            let file = create_file(f)?;
+            let file = create_file(target, f)?;
             state.created = true;
             return Ok(file);
         }
     }
-    OpenOptions::new().write(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&f.path)
+    target.open_file(&f.path, libc::O_WRONLY, 0, Links::Refuse)
 }
 
 /// How the restore threads write.
 struct Output<'a> {
+    target: &'a Dir,
     /// Set owners (running as root).
     owners: bool,
     /// Write large blobs with direct I/O (see [`write_blob`]); turned off
@@ -574,8 +584,8 @@ fn restore_pack(
                 };
             for &(file_idx, offset) in &job.targets {
                 let f = &plan.files[file_idx];
-                let written =
-                    open_for_write(f).and_then(|file| write_blob(&file, plain, offset, out.direct).map(|()| file));
+                let written = open_for_write(out.target, f)
+                    .and_then(|file| write_blob(&file, plain, offset, out.direct).map(|()| file));
                 let file = match written {
                     Ok(file) => Some(file),
                     Err(e) => {
@@ -664,29 +674,30 @@ fn write_direct(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     sys::set_direct(file, false)
 }
 
-/// Owner (as root), mode, extended attributes and times, in that order
-/// (chown clears setuid bits; times last because the others change ctime
-/// only).
-fn apply_metadata(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+/// Owner (as root), mode, extended attributes and times of entry `name`
+/// of `dir`, in that order (chown clears setuid bits; times last because
+/// the others change ctime only), never through a link in its place.
+fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, owners: bool) -> io::Result<()> {
     if owners {
-        sys::lchown(path, node.uid, node.gid)?;
+        dir.chown_at(name, node.uid, node.gid)?;
     }
     if node.node_type != NodeType::Symlink {
-        fs::set_permissions(path, fs::Permissions::from_mode(node.mode))?;
-    }
-    for (name, value) in &node.xattrs {
-        if let Err(e) = sys::set_xattr(path, name, value) {
-            // Unprivileged restores cannot set trusted.* or security.*;
-            // filesystems without xattrs refuse all. Neither loses data.
-            if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)) {
-                return Err(e);
+        dir.chmod_at(name, node.mode)?;
+        let path = dir.entry_path(name)?;
+        for (key, value) in &node.xattrs {
+            if let Err(e) = sys::set_xattr(&path, key, value) {
+                // Unprivileged restores cannot set trusted.* or security.*;
+                // filesystems without xattrs refuse all. Neither loses data.
+                if !matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP | libc::EACCES)) {
+                    return Err(e);
+                }
             }
         }
     }
-    sys::set_times(path, node.atime_ns, node.mtime_ns)
+    dir.set_times_at(name, node.atime_ns, node.mtime_ns)
 }
 
-/// [`apply_metadata`] for a regular file through its open handle.
+/// [`apply_metadata`] for a regular file or directory through its open handle.
 fn apply_file_metadata(file: &File, node: &Node, owners: bool) -> io::Result<()> {
     let meta = sys::FileMeta {
         owner: owners.then_some((node.uid, node.gid)),
@@ -698,17 +709,25 @@ fn apply_file_metadata(file: &File, node: &Node, owners: bool) -> io::Result<()>
     sys::set_file_meta(file, &meta)
 }
 
-fn restore_symlink(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
-    let NodeData::Symlink { target } = &node.data else { return Ok(()) };
-    remove_non_dir(path)?;
-    std::os::unix::fs::symlink(sys::os_str(target), path)?;
-    if owners {
-        sys::lchown(path, node.uid, node.gid)?;
-    }
-    sys::set_times(path, node.atime_ns, node.mtime_ns)
+fn restore_hard_link(target: &Dir, path: &Path, to: &Path) -> io::Result<()> {
+    let (from_dir, from_name) = target.parent_of(to, Links::Refuse)?;
+    let (dir, name) = target.parent_of(path, Links::Refuse)?;
+    remove_non_dir(&dir, &name)?;
+    from_dir.hard_link_at(&from_name, &dir, &name)
 }
 
-fn restore_special(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+fn restore_symlink(target: &Dir, path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+    let NodeData::Symlink { target: link } = &node.data else { return Ok(()) };
+    let (dir, name) = target.parent_of(path, Links::Refuse)?;
+    remove_non_dir(&dir, &name)?;
+    dir.symlink_at(link, &name)?;
+    if owners {
+        dir.chown_at(&name, node.uid, node.gid)?;
+    }
+    dir.set_times_at(&name, node.atime_ns, node.mtime_ns)
+}
+
+fn restore_special(target: &Dir, path: &Path, node: &Node, owners: bool) -> io::Result<()> {
     let (kind, rdev) = match (&node.node_type, &node.data) {
         (NodeType::Fifo, _) => (libc::S_IFIFO, 0),
         (NodeType::BlockDevice, NodeData::Device { rdev }) if owners => (libc::S_IFBLK, *rdev),
@@ -719,14 +738,15 @@ fn restore_special(path: &Path, node: &Node, owners: bool) -> io::Result<()> {
         // A socket is created by the program that listens on it.
         _ => return Ok(()),
     };
-    remove_non_dir(path)?;
-    sys::mknod(path, kind | node.mode, rdev)?;
-    apply_metadata(path, node, owners)
+    let (dir, name) = target.parent_of(path, Links::Refuse)?;
+    remove_non_dir(&dir, &name)?;
+    dir.mknod_at(&name, kind | node.mode, rdev)?;
+    apply_metadata(&dir, &name, node, owners)
 }
 
 /// Read a restored file and compare it with the snapshot's content.
-fn verify_file(repo: &Repository, f: &PlannedFile) -> std::result::Result<(), String> {
-    let file = File::open(&f.path).map_err(|e| e.to_string())?;
+fn verify_file(repo: &Repository, target: &Dir, f: &PlannedFile) -> std::result::Result<(), String> {
+    let file = target.open_file(&f.path, libc::O_RDONLY, 0, Links::Refuse).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len != f.size {
         return Err(format!("size is {len}, expected {}", f.size));
@@ -754,6 +774,7 @@ fn verify_file(repo: &Repository, f: &PlannedFile) -> std::result::Result<(), St
 mod tests {
     use super::*;
     use backstop_testkit::fixture::noise;
+    use std::fs::{self, OpenOptions};
 
     /// Blobs that share partial blocks, one ending the file, written
     /// around the page cache where the file system allows it.

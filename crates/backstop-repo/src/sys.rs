@@ -42,7 +42,7 @@ pub struct Stat {
 }
 
 impl Stat {
-    fn from_raw(st: &libc::stat) -> Stat {
+    pub(crate) fn from_raw(st: &libc::stat) -> Stat {
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         Stat {
             mode: st.st_mode,
@@ -116,6 +116,18 @@ fn open_noatime(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
 /// Open a regular file for reading without following a symlink in its place.
 pub fn open_read(path: &Path) -> io::Result<File> {
     Ok(File::from(open_noatime(path, libc::O_RDONLY)?))
+}
+
+/// Open entry `name` of `dir` for reading, not following a link in its
+/// place, with `O_NOATIME` when permitted.
+pub fn open_read_at(dir: &backstop_backend::Dir, name: &OsStr) -> io::Result<File> {
+    let rel = Path::new(name);
+    match dir.open_file(rel, libc::O_RDONLY | libc::O_NOATIME, 0, backstop_backend::Links::Refuse) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            dir.open_file(rel, libc::O_RDONLY, 0, backstop_backend::Links::Refuse)
+        }
+        other => other,
+    }
 }
 
 /// One entry of a directory, with its metadata.
@@ -358,25 +370,29 @@ pub fn set_direct(_file: &File, _on: bool) -> io::Result<()> {
 /// Whether `path` lies on a local disk file system that does direct I/O
 /// well (ext2/3/4, XFS, btrfs): not a network, FUSE or memory one, where
 /// `O_DIRECT` is missing, slow or means something else.
-#[cfg(target_os = "linux")]
 pub fn local_disk_fs(path: &Path) -> bool {
+    File::open(path).is_ok_and(|f| local_disk_fs_of(&f))
+}
+
+/// [`local_disk_fs`] for the file system an open file or directory is on.
+#[cfg(target_os = "linux")]
+pub fn local_disk_fs_of(fd: &impl std::os::fd::AsFd) -> bool {
     const EXT4: i64 = 0xEF53;
     const XFS: i64 = 0x5846_5342;
     const BTRFS: i64 = 0x9123_683E;
-    let Ok(c) = cpath(path) else { return false };
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: c is NUL-terminated; statfs fills `st` when it returns 0.
-    if unsafe { libc::statfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+    // SAFETY: the descriptor is open; fstatfs fills `st` when it returns 0.
+    if unsafe { libc::fstatfs(fd.as_fd().as_raw_fd(), st.as_mut_ptr()) } != 0 {
         return false;
     }
-    // SAFETY: statfs returned 0, so `st` is initialised.
+    // SAFETY: fstatfs returned 0, so `st` is initialised.
     #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64 but not on every target")]
     let kind = unsafe { st.assume_init() }.f_type as i64;
     matches!(kind, EXT4 | XFS | BTRFS)
 }
 
 #[cfg(not(target_os = "linux"))]
-pub fn local_disk_fs(_path: &Path) -> bool {
+pub fn local_disk_fs_of(_fd: &impl std::os::fd::AsFd) -> bool {
     false
 }
 

@@ -5,8 +5,9 @@ mod common;
 
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use backstop_backend::PathScope;
 use backstop_repo::backup::{self, BackupOptions, BackupSource, ParentChoice};
 use backstop_repo::restore::{self, RestoreOptions};
 use backstop_repo::{CancelToken, NoProgress, SnapshotKind};
@@ -394,4 +395,87 @@ fn a_job_log_lives_beside_its_snapshot_and_goes_with_it() {
     assert!(t.repo.put_job_log(&out.id, "../escape", log).is_err(), "job ids are checked");
     t.repo.delete_snapshot(&out.id).unwrap();
     assert!(t.repo.job_logs(&out.id).unwrap().is_empty());
+}
+
+/// A tenant's tree beside the service's own files, with links out of it.
+fn tenant_layout(base: &Path) -> (PathBuf, PathBuf) {
+    let root = base.join("tenants/tb");
+    let service = base.join("service");
+    std::fs::create_dir_all(root.join("data/sub")).unwrap();
+    std::fs::write(root.join("data/sub/mine.txt"), b"the tenant's own").unwrap();
+    std::fs::create_dir_all(&service).unwrap();
+    std::fs::write(service.join("server.key"), b"the service's secret").unwrap();
+    std::os::unix::fs::symlink(&service, root.join("svcdir")).unwrap();
+    std::os::unix::fs::symlink(&service, root.join("data/escape")).unwrap();
+    (root, service)
+}
+
+#[test]
+fn a_confined_backup_never_reads_through_a_link_out_of_its_root() {
+    let t = TestRepo::new();
+    let (root, _service) = tenant_layout(t.dir.path());
+    let options = BackupOptions { paths: PathScope::Beneath { roots: vec![root.clone()] }, ..Default::default() };
+    // A path through the link is refused before anything is read.
+    let source = BackupSource::Paths(vec![root.join("svcdir/server.key")]);
+    let err = backup::run(&t.repo, source, &options, &NoProgress, &CancelToken::new()).unwrap_err();
+    assert!(err.to_string().contains("leads outside"), "{err}");
+    // So is a path outside the root.
+    let source = BackupSource::Paths(vec![t.dir.path().join("service")]);
+    assert!(backup::run(&t.repo, source, &options, &NoProgress, &CancelToken::new()).is_err());
+    // The tenant's own tree is backed up; its link out is kept as a link.
+    let out = t.backup_with(&[&root.join("data")], &options);
+    let target = t.dir.path().join("restored");
+    t.restore(&out.id.to_string(), &target);
+    let restored = target.join(root.strip_prefix("/").unwrap()).join("data");
+    assert_eq!(std::fs::read(restored.join("sub/mine.txt")).unwrap(), b"the tenant's own");
+    assert!(std::fs::symlink_metadata(restored.join("escape")).unwrap().file_type().is_symlink());
+}
+
+#[test]
+fn a_confined_restore_never_writes_through_a_link_out_of_its_root() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/planted"), b"written by the restore").unwrap();
+    let out = t.backup(&[&src]);
+    let (root, service) = tenant_layout(t.dir.path());
+    let (_, snap) = t.repo.find_snapshot(&out.id.to_string()).unwrap();
+    let scope = PathScope::Beneath { roots: vec![root.clone()] };
+    for target in [root.join("svcdir"), root.join("svcdir/deeper"), root.join("data/escape/x")] {
+        let mut options = RestoreOptions::new(&target);
+        options.paths = scope.clone();
+        let err = restore::run(&t.repo, &snap, &options, &NoProgress, &CancelToken::new()).unwrap_err();
+        assert!(err.to_string().contains("leads outside"), "{}: {err}", target.display());
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&service).unwrap().map(|e| e.unwrap().file_name()).collect();
+    left.sort();
+    assert_eq!(left, ["server.key"], "nothing was written outside the tenant's root");
+    // A target beneath the root works, its missing directories made there.
+    let mut options = RestoreOptions::new(root.join("restores/one"));
+    options.paths = scope;
+    restore::run(&t.repo, &snap, &options, &NoProgress, &CancelToken::new()).unwrap();
+    let restored = root.join("restores/one").join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored.join("d/planted")).unwrap(), b"written by the restore");
+}
+
+#[test]
+fn a_link_in_a_restore_target_is_replaced_never_written_through() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    std::fs::create_dir_all(src.join("d/e")).unwrap();
+    std::fs::write(src.join("d/e/f"), b"data").unwrap();
+    std::fs::write(src.join("g"), b"data").unwrap();
+    let out = t.backup(&[&src]);
+    let outside = t.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let target = t.dir.path().join("target");
+    let inner = target.join(src.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(&inner).unwrap();
+    // Where a directory and a file of the snapshot go, links to elsewhere.
+    std::os::unix::fs::symlink(&outside, inner.join("d")).unwrap();
+    std::os::unix::fs::symlink(outside.join("g"), inner.join("g")).unwrap();
+    t.restore(&out.id.to_string(), &target);
+    assert_eq!(std::fs::read(inner.join("d/e/f")).unwrap(), b"data");
+    assert!(!std::fs::symlink_metadata(inner.join("d")).unwrap().file_type().is_symlink());
+    assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing went through the links");
 }

@@ -34,6 +34,10 @@ impl ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     pub fn not_found(what: impl std::fmt::Display) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
@@ -46,6 +50,7 @@ impl From<backstop_catalog::Error> for ApiError {
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
             E::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             E::Invalid(_) => ApiError::invalid(e.to_string()),
+            E::KeyReused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string()),
             E::StaleAttempt { .. } => ApiError::new(StatusCode::CONFLICT, "stale_attempt", e.to_string()),
             E::Corrupt(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
             E::Db(_) if e.is_transient() => {

@@ -12,11 +12,14 @@
 
 pub mod auth;
 pub mod error;
+pub mod extract;
 pub mod handlers;
 pub mod inproc;
 pub mod metrics;
 pub mod openapi;
+pub mod reach;
 pub mod router;
+pub mod serve;
 pub mod state;
 pub mod tls;
 pub mod webhooks;
@@ -52,10 +55,16 @@ pub struct ServerConfig {
     pub queue: QueueConfig,
     /// URLs notified (POST, JSON) when a job fails or dies.
     pub webhooks: Vec<String>,
+    /// The key webhook posts are signed with (`X-Backstop-Signature`).
+    pub webhook_secret: Option<webhooks::WebhookSecret>,
+    /// Serve `/metrics` without a token.
+    pub metrics_public: bool,
     /// Create the `local` repository in the data directory on first start.
     pub default_repository: bool,
     /// How often the scheduler and the reaper look.
     pub tick: Duration,
+    /// What clients may hold: connections, header and idle timeouts.
+    pub limits: serve::Limits,
     /// Directories under which each non-system tenant may use local paths
     /// (`<root>/<tenant>/…`) for sources, restore targets and repositories.
     /// Without any, such tenants may use none: workers run with the
@@ -75,8 +84,11 @@ impl ServerConfig {
             region: "default".into(),
             queue: QueueConfig::default(),
             webhooks: Vec::new(),
+            webhook_secret: None,
+            metrics_public: false,
             default_repository: true,
             tick: Duration::from_secs(1),
+            limits: serve::Limits::default(),
             tenant_roots: Vec::new(),
         }
     }
@@ -100,7 +112,8 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
 /// A started coordinator.
 pub struct Running {
     pub addr: SocketAddr,
-    /// The admin token, when this start created it (the first start).
+    /// The admin token, when this start created it: the first start, or a
+    /// start that found no live admin token.
     pub admin_token: Option<String>,
     pub state: AppState,
     stop: CancelToken,
@@ -133,6 +146,13 @@ fn load_or_create_key(path: &Path) -> Result<SecretKey, StartError> {
     }
 }
 
+/// Make an existing file readable by its owner only.
+fn set_private(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("making {} private", path.display())))
+}
+
 /// Write a file only its owner can read.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
     use std::io::Write;
@@ -152,10 +172,9 @@ fn random_hex(n: usize) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Start the coordinator: open (and on first start, create) the data
-/// directory and catalog, bind the listener, start the scheduler, the
-/// reaper and the in-process workers.
-pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
+/// Open (and on first start, create) the data directory, the server key
+/// and the catalog; the files that hold secrets are the owner's only.
+async fn open_catalog(config: &ServerConfig) -> Result<Catalog, StartError> {
     std::fs::create_dir_all(&config.data_dir).map_err(io(format!("creating {}", config.data_dir.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
@@ -166,23 +185,53 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     let url =
         config.catalog.clone().unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("catalog.db").display()));
     let catalog = Catalog::connect(&url, key, config.queue.clone()).await?;
+    if config.catalog.is_none() {
+        // The catalog holds sealed secrets and token hashes.
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = config.data_dir.join(format!("catalog.db{suffix}"));
+            if path.exists() {
+                set_private(&path)?;
+            }
+        }
+    }
+    if config.server_key_file.is_none() {
+        set_private(&key_file)?;
+    }
+    catalog.ensure_tenant(SYSTEM_TENANT, "System", now_ms()).await?;
+    Ok(catalog)
+}
 
-    // First start: the system tenant, an admin token, a local repository.
+/// A new admin token of the system tenant, audited; its secret.
+async fn create_admin_token(catalog: &Catalog, why: serde_json::Value) -> Result<String, StartError> {
     let now = now_ms();
-    catalog.ensure_tenant(SYSTEM_TENANT, "System", now).await?;
-    let admin_token = if catalog.count_tokens().await? == 0 {
-        let token = catalog.create_token(SYSTEM_TENANT, "admin", Role::Admin, now).await?;
-        catalog
-            .audit(
-                SYSTEM_TENANT,
-                "system",
-                "token.create",
-                &format!("token/{}", token.token.id),
-                serde_json::json!({"role": "admin", "first_start": true}),
-                now,
-            )
-            .await?;
-        Some(token.secret)
+    let token = catalog.create_token(SYSTEM_TENANT, "admin", Role::Admin, now).await?;
+    let mut detail = serde_json::json!({"role": "admin"});
+    if let (Some(d), Some(w)) = (detail.as_object_mut(), why.as_object()) {
+        d.extend(w.clone());
+    }
+    catalog.audit(SYSTEM_TENANT, "system", "token.create", &format!("token/{}", token.token.id), detail, now).await?;
+    Ok(token.secret)
+}
+
+/// `backstop serve --new-admin-token`: a fresh admin token for whoever owns
+/// the data directory (and so the server key and the catalog), also while
+/// the service runs.
+pub async fn new_admin_token(config: &ServerConfig) -> Result<String, StartError> {
+    let catalog = open_catalog(config).await?;
+    let token = create_admin_token(&catalog, serde_json::json!({"new_admin_token": true})).await;
+    catalog.close().await;
+    token
+}
+
+/// Start the coordinator: open (and on first start, create) the data
+/// directory and catalog, bind the listener, start the scheduler, the
+/// reaper and the in-process workers.
+pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
+    let catalog = open_catalog(&config).await?;
+    // First start, or a start that finds no live admin token: make one.
+    let now = now_ms();
+    let admin_token = if catalog.count_live_admins().await? == 0 {
+        Some(create_admin_token(&catalog, serde_json::json!({"first_start": true})).await?)
     } else {
         None
     };
@@ -217,32 +266,18 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             .await?;
     }
 
-    let state = AppState::new(catalog, config.webhooks.clone(), config.tenant_roots.clone());
-    let stop = CancelToken::new();
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(io(format!("listening on {}", config.listen)))?;
     let addr = listener.local_addr().map_err(io("reading the listening address"))?;
+    let state = AppState::new(catalog, &config, addr);
+    let stop = CancelToken::new();
     let app = router::router(state.clone());
     let mut tasks = Vec::new();
-    match &config.tls {
-        Some((cert, key)) => {
-            let acceptor = tls::acceptor(cert, key)?;
-            tasks.push(tokio::spawn(tls::serve(listener, acceptor, app, stop.clone())));
-        }
-        None => {
-            let stop2 = stop.clone();
-            tasks.push(tokio::spawn(async move {
-                let shutdown = async move {
-                    while !stop2.is_cancelled() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                    eprintln!("backstop serve: the HTTP server stopped: {e}");
-                }
-            }));
-        }
-    }
+    let tls = match &config.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    tasks.push(tokio::spawn(serve::serve(listener, tls, app, config.limits.clone(), stop.clone())));
     tasks.push(tokio::spawn(state::scheduler_loop(state.clone(), config.tick, stop.clone())));
     tasks.push(tokio::spawn(state::reaper_loop(state.clone(), config.tick, stop.clone())));
     if config.workers > 0 {

@@ -10,6 +10,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use backstop_types::{Job, JobState};
 
+/// The job counts and queue depth alone (what a tenant's token sees).
+pub fn render_jobs(counts: &[(JobState, u64)]) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP backstop_jobs Jobs in the catalog by state.\n# TYPE backstop_jobs gauge\n");
+    for s in JobState::ALL {
+        let n = counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n).unwrap_or(0);
+        let _ = writeln!(out, "backstop_jobs{{state=\"{}\"}} {n}", s.as_str());
+    }
+    let queued = counts.iter().find(|(c, _)| *c == JobState::Queued).map(|(_, n)| *n).unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP backstop_queue_depth Jobs waiting to run.\n# TYPE backstop_queue_depth gauge\nbackstop_queue_depth {queued}"
+    );
+    out
+}
+
 #[derive(Default)]
 pub struct Metrics {
     claims: AtomicU64,
@@ -51,17 +67,7 @@ impl Metrics {
 
     /// The exposition text, with the catalog's job counts.
     pub fn render(&self, counts: &[(JobState, u64)]) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP backstop_jobs Jobs in the catalog by state.\n# TYPE backstop_jobs gauge\n");
-        for s in JobState::ALL {
-            let n = counts.iter().find(|(c, _)| *c == s).map(|(_, n)| *n).unwrap_or(0);
-            let _ = writeln!(out, "backstop_jobs{{state=\"{}\"}} {n}", s.as_str());
-        }
-        let queued = counts.iter().find(|(c, _)| *c == JobState::Queued).map(|(_, n)| *n).unwrap_or(0);
-        let _ = writeln!(
-            out,
-            "# HELP backstop_queue_depth Jobs waiting to run.\n# TYPE backstop_queue_depth gauge\nbackstop_queue_depth {queued}"
-        );
+        let mut out = render_jobs(counts);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
         };

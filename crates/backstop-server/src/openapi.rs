@@ -164,6 +164,7 @@ fn example_claim() -> Claim {
             secrets: json!({}),
         }),
         retention: Some(Retention::default()),
+        reach: Reach::any(),
     }
 }
 
@@ -221,12 +222,12 @@ fn examples() -> Vec<(&'static str, Value)> {
         (
             "Tenants",
             v(&Page {
-                items: vec![Tenant { id: "acme".into(), name: "Acme".into(), created: t0() }],
+                items: vec![Tenant { id: "acme".into(), name: "Acme".into(), allow_net: vec![], created: t0() }],
                 next_cursor: Some("c".into()),
             }),
         ),
-        ("Tenant", v(&Tenant { id: "acme".into(), name: "Acme".into(), created: t0() })),
-        ("TenantSpec", v(&TenantSpec { id: "acme".into(), name: Some("Acme".into()) })),
+        ("Tenant", v(&Tenant { id: "acme".into(), name: "Acme".into(), allow_net: vec![], created: t0() })),
+        ("TenantSpec", v(&TenantSpec { id: "acme".into(), name: Some("Acme".into()), allow_net: Some(vec![]) })),
         (
             "AuditPage",
             v(&Page {

@@ -1,11 +1,14 @@
 //! What the handlers share, and the coordinator's background loops.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
 use backstop_catalog::{Catalog, now_ms};
 use backstop_repo::CancelToken;
-use backstop_types::{Job, JobState};
+use backstop_types::{Job, JobState, NetScope, PathScope, Reach};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -22,7 +25,36 @@ pub struct Inner {
     pub metrics: Metrics,
     pub webhooks: Webhooks,
     /// See [`crate::ServerConfig::tenant_roots`].
-    pub tenant_roots: Vec<std::path::PathBuf>,
+    pub tenant_roots: Vec<PathBuf>,
+    /// The addresses this service answers on: no tenant's job connects to them.
+    pub own_addresses: Vec<SocketAddr>,
+    /// Event streams open per token (see [`AppState::open_stream`]).
+    streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Rings when this coordinator revoked a token: its streams end at once.
+    pub revocations: tokio::sync::watch::Sender<u64>,
+    /// `/metrics` without a token (`serve --metrics-public`).
+    pub metrics_public: bool,
+}
+
+/// Event streams one token may hold open at once.
+pub const MAX_STREAMS_PER_TOKEN: usize = 8;
+
+/// An open event stream, counted against its token until dropped.
+pub struct StreamSlot {
+    state: AppState,
+    token: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.state.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = streams.get_mut(&self.token) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.token);
+            }
+        }
+    }
 }
 
 impl std::ops::Deref for AppState {
@@ -33,14 +65,62 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(catalog: Catalog, webhooks: Vec<String>, tenant_roots: Vec<std::path::PathBuf>) -> AppState {
+    /// The shared state of a coordinator configured by `config`, listening on `listen`.
+    pub fn new(catalog: Catalog, config: &crate::ServerConfig, listen: SocketAddr) -> AppState {
+        // Listening on every address: each of the host's is ours.
+        let own_addresses = if listen.ip().is_unspecified() {
+            NetScope::local_addresses().into_iter().map(|ip| SocketAddr::new(ip, listen.port())).collect()
+        } else {
+            vec![listen]
+        };
         AppState(Arc::new(Inner {
             catalog,
             notify: Notify::new(),
             metrics: Metrics::default(),
-            webhooks: Webhooks::new(webhooks),
-            tenant_roots,
+            webhooks: Webhooks::new(config.webhooks.clone(), config.webhook_secret.clone()),
+            tenant_roots: config.tenant_roots.clone(),
+            own_addresses,
+            streams: Default::default(),
+            revocations: tokio::sync::watch::channel(0).0,
+            metrics_public: config.metrics_public,
         }))
+    }
+
+    /// A slot for one more event stream of `token`, or `None` when it holds
+    /// [`MAX_STREAMS_PER_TOKEN`] already.
+    pub fn open_stream(&self, token: &str) -> Option<StreamSlot> {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let n = streams.entry(token.to_string()).or_default();
+        if *n >= MAX_STREAMS_PER_TOKEN {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { state: self.clone(), token: token.to_string() })
+    }
+
+    /// A token was revoked here: streams re-check their tokens now.
+    pub fn revoked(&self) {
+        self.revocations.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The local paths a tenant's jobs may name: any for the system
+    /// tenant, else only beneath `<root>/<tenant>/` of a tenant root.
+    pub fn paths_of(&self, tenant: &str) -> PathScope {
+        if tenant == SYSTEM_TENANT {
+            PathScope::Any
+        } else {
+            PathScope::Beneath { roots: self.tenant_roots.iter().map(|r| r.join(tenant)).collect() }
+        }
+    }
+
+    /// Everything a tenant's jobs may reach: its paths, and the networks
+    /// its administrator granted (never this service's own addresses).
+    pub async fn reach_of(&self, tenant: &str) -> Result<Reach, backstop_catalog::Error> {
+        if tenant == SYSTEM_TENANT {
+            return Ok(Reach::any());
+        }
+        let grants = self.catalog.tenant(&Scope::All, tenant).await?.allow_net;
+        Ok(Reach { paths: self.paths_of(tenant), net: NetScope::Granted { grants, own: self.own_addresses.clone() } })
     }
 
     /// Work may be available.

@@ -3,11 +3,6 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use backstop_repo::CancelToken;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
@@ -31,20 +26,4 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, StartError> {
         .with_single_cert(certs, key)
         .map_err(|e| StartError::Config(format!("the TLS certificate and key do not fit together: {e}")))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-pub async fn serve(listener: tokio::net::TcpListener, acceptor: TlsAcceptor, app: Router, stop: CancelToken) {
-    while !stop.is_cancelled() {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
-        };
-        let Ok((tcp, _)) = accepted else { continue };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
-        tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else { return };
-            let service = TowerToHyperService::new(app);
-            let _ = Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(tls), service).await;
-        });
-    }
 }

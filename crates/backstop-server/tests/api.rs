@@ -1,88 +1,15 @@
 //! The coordinator through its HTTP API: a real server on a free port with
 //! in-process workers, a real repository, real tokens.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use backstop_server::{Running, ServerConfig};
 use backstop_types::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
-}
+mod common;
 
-impl Api {
-    fn new(running: &Running) -> Api {
-        Api { base: format!("http://{}", running.addr), http: reqwest::Client::new() }
-    }
-
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn ok(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, Some(token), body).await;
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
-    }
-}
-
-fn config(dir: &Path) -> ServerConfig {
-    let mut c = ServerConfig::new(dir.join("data"));
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.tick = Duration::from_millis(200);
-    c.queue.lease = Duration::from_secs(3);
-    c.queue.backoff_base = Duration::from_millis(500);
-    c
-}
-
-/// A directory with a few files to back up.
-fn source_tree(dir: &Path) -> String {
-    let src = dir.join("src");
-    std::fs::create_dir_all(src.join("sub")).unwrap();
-    std::fs::write(src.join("a.txt"), b"hello service").unwrap();
-    std::fs::write(src.join("sub/b.bin"), vec![7u8; 300_000]).unwrap();
-    src.display().to_string()
-}
-
-async fn wait_job(api: &Api, token: &str, id: &str) -> Job {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job: Job = serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{id}"), token, None).await).unwrap();
-        if job.state.is_finished() {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} did not finish: {job:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn setup_plan(api: &Api, token: &str, src: &str, chain: Value) {
-    api.ok("post", "/api/v1/sources", token, Some(json!({"name": "files", "kind": "fs", "config": {"paths": [src]}})))
-        .await;
-    api.ok(
-        "post",
-        "/api/v1/plans",
-        token,
-        Some(json!({"name": "nightly", "source": "files", "repository": "local", "chain": chain,
-                    "retention": {"keep_last": 2}})),
-    )
-    .await;
-}
+use common::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_command_to_a_running_service_that_backs_up_through_the_queue() {
@@ -140,7 +67,9 @@ async fn one_command_to_a_running_service_that_backs_up_through_the_queue() {
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
     // Metrics count it.
-    let (_, metrics) = api.call("get", "/metrics", None, None).await;
+    // Metrics count it, for a token.
+    assert_eq!(api.call("get", "/metrics", None, None).await.0, StatusCode::UNAUTHORIZED);
+    let (_, metrics) = api.call("get", "/metrics", Some(&admin), None).await;
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(metrics.contains("backstop_jobs{state=\"succeeded\"} 3"), "{metrics}");
     assert!(
@@ -535,7 +464,7 @@ async fn a_failed_job_is_posted_to_the_webhooks() {
                             .unwrap_or(0);
                         if buf.len() >= end + 4 + len {
                             let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
-                            let _ = tx.send(text[end + 4..].to_string()).await;
+                            let _ = tx.send(text).await;
                             return;
                         }
                     }
@@ -546,6 +475,8 @@ async fn a_failed_job_is_posted_to_the_webhooks() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.webhooks = vec![hook_url];
+    let secret = backstop_server::webhooks::WebhookSecret(b"a webhook secret of the admin".to_vec());
+    c.webhook_secret = Some(secret.clone());
     let running = backstop_server::start(c).await.unwrap();
     let admin = running.admin_token.clone().unwrap();
     let api = Api::new(&running);
@@ -563,8 +494,17 @@ async fn a_failed_job_is_posted_to_the_webhooks() {
     let done = wait_job(&api, &admin, &job.id).await;
     assert_eq!(done.state, JobState::Failed, "{done:?}");
     assert!(done.error.as_deref().unwrap().contains("/does/not/exist"), "{done:?}");
-    let body = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the webhook was called").unwrap();
-    let notice: Value = serde_json::from_str(&body).unwrap();
+    let post = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("the webhook was called").unwrap();
+    let (head, body) = post.split_once("\r\n\r\n").unwrap();
+    let notice: Value = serde_json::from_str(body).unwrap();
+    // Signed: t=UNIX,v1=HMAC-SHA256(secret, "UNIX.BODY").
+    let header = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("x-backstop-signature:").map(|v| v.trim().to_string()))
+        .expect("a signature header");
+    let unix: u64 = header.strip_prefix("t=").unwrap().split(',').next().unwrap().parse().unwrap();
+    assert_eq!(header, backstop_server::webhooks::signature(&secret, unix, body.as_bytes()));
+    assert!(!head.contains("a webhook secret"), "the secret itself is not sent");
     assert_eq!(notice["event"], "job.failed");
     assert_eq!(notice["job"]["id"], job.id.as_str());
     running.shutdown().await;

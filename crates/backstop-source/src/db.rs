@@ -9,8 +9,11 @@
 //! MariaDB/MySQL: `mariadb-dump --single-transaction` (or `mysqldump`) per
 //! database; restore with `mariadb` (or `mysql`).
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 
+use backstop_confine::NetScope;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use url::Url;
 
@@ -47,6 +50,16 @@ pub struct DbConfig {
     /// A Unix socket (`?host=/run/postgresql` or `?socket=/run/mysqld/mysqld.sock`).
     pub socket: Option<String>,
     pub sslmode: Option<String>,
+    /// A confined tenant's: the one address the tools connect to (checked
+    /// against its grants), and nothing of the workers' own setup (service
+    /// files, password files, option files) is read.
+    confined: Option<Confined>,
+}
+
+#[derive(Clone, Debug)]
+struct Confined {
+    /// `None` for a granted Unix socket.
+    addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -118,7 +131,38 @@ impl DbConfig {
             databases,
             socket,
             sslmode,
+            confined: None,
         })
+    }
+
+    /// This configuration as a job confined to `net` may use it: its
+    /// socket must be granted, or its host named and resolved to a granted
+    /// address, which is the one the tools then connect to (no second
+    /// lookup, no default socket). Unchanged for [`NetScope::Any`].
+    pub fn confined(mut self, net: &NetScope) -> Result<DbConfig> {
+        if net.is_any() {
+            return Ok(self);
+        }
+        let refused = |e: backstop_confine::NetError| Error::Invalid(e.to_string());
+        if let Some(socket) = &self.socket {
+            net.check_unix(Path::new(socket)).map_err(refused)?;
+            self.confined = Some(Confined { addr: None });
+            return Ok(self);
+        }
+        let Some(host) = self.host.clone() else {
+            return Err(Error::Invalid(format!(
+                "{} names no host: a tenant's database is reached over the network (give {}://HOST[:PORT]/…)",
+                self.label(),
+                self.engine.kind()
+            )));
+        };
+        let port = self.port.unwrap_or(match self.engine {
+            Engine::Postgres => 5432,
+            Engine::Mysql => 3306,
+        });
+        let addr = net.resolve(&host, port).map_err(refused)?[0];
+        self.confined = Some(Confined { addr: Some(addr) });
+        Ok(self)
     }
 
     /// The URL without its password.
@@ -134,11 +178,27 @@ impl DbConfig {
     /// arguments (MariaDB), the password in the environment.
     fn tool(&self, program: &str, database: Option<&str>) -> Command {
         let mut c = Command::new(program);
+        if self.confined.is_some() {
+            // Nothing of the workers' own: no PG*/MYSQL* variables, no
+            // ~/.pgpass or service files, no option files.
+            c.env_clear();
+            if let Some(path) = std::env::var_os("PATH") {
+                c.env("PATH", path);
+            }
+            c.env("HOME", "/nonexistent").env("PGPASSFILE", "/dev/null").env("PGSYSCONFDIR", "/nonexistent");
+            c.env("PGSERVICEFILE", "/dev/null");
+            if self.engine == Engine::Mysql {
+                // Must come first.
+                c.arg("--no-defaults");
+            }
+        }
+        let pinned = self.confined.as_ref().and_then(|c| c.addr);
         match self.engine {
             Engine::Postgres => {
                 for (var, value) in [
                     ("PGHOST", self.socket.clone().or_else(|| self.host.clone())),
-                    ("PGPORT", self.port.map(|p| p.to_string())),
+                    ("PGHOSTADDR", pinned.map(|a| a.ip().to_string())),
+                    ("PGPORT", pinned.map(|a| a.port()).or(self.port).map(|p| p.to_string())),
                     ("PGUSER", self.user.clone()),
                     ("PGPASSWORD", self.password.clone()),
                     ("PGSSLMODE", self.sslmode.clone()),
@@ -153,10 +213,13 @@ impl DbConfig {
             Engine::Mysql => {
                 if let Some(socket) = &self.socket {
                     c.arg(format!("--socket={socket}"));
+                } else if let Some(addr) = pinned {
+                    // An address, over TCP: `localhost` would mean the socket.
+                    c.arg(format!("--host={}", addr.ip())).arg("--protocol=TCP").arg(format!("--port={}", addr.port()));
                 } else if let Some(host) = &self.host {
                     c.arg(format!("--host={host}"));
                 }
-                if let Some(port) = self.port {
+                if let (Some(port), None) = (self.port, pinned) {
                     c.arg(format!("--port={port}"));
                 }
                 if let Some(user) = &self.user {
@@ -303,13 +366,13 @@ fn ensure_database(config: &DbConfig, database: &str) -> Result<()> {
 /// `--to postgres://…/DB` or `--to mysql://…/DB` restores one dump into DB
 /// (created when missing); without a database, every dump goes into a
 /// database of its own name (and PostgreSQL's globals first).
-pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config) -> Result<RestoreReport> {
+pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net: &NetScope) -> Result<RestoreReport> {
     let mut db_config = config.clone();
     let chosen = opt_str(config, "entry")?;
     let clean = opt_bool(config, "clean")?;
     db_config.remove("entry");
     db_config.remove("clean");
-    let target = DbConfig::parse(engine, &db_config)?;
+    let target = DbConfig::parse(engine, &db_config)?.confined(net)?;
     let ext = format!(".{}", target.extension());
     let dumps: Vec<&(String, _)> =
         ctx.entries.iter().filter(|(p, _)| p.starts_with("databases/") && p.ends_with(&ext)).collect();

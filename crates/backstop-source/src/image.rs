@@ -13,18 +13,20 @@
 //! why. `generation=G` records the generation of an image backed up
 //! without a map (a first full backup).
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use backstop_confine::{Dir, Links, PathScope};
 use backstop_repo::backup::source::{
     BlockImage, ChangeMap, EntryData, RawImage, SourceEntry, SourceTree, is_disk_image,
 };
 use serde_json::Value;
 
-use crate::qcow2::{Qcow2Image, is_qcow2};
+use crate::qcow2::{Backing, Qcow2Image, is_qcow2};
 use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_str, req_str};
 
 /// 8 KiB: a scattered 4 KiB guest write reads one chunk (2× the change)
@@ -85,11 +87,17 @@ impl ImageConfig {
     }
 }
 
-/// Read a changed-block map.
+/// Read a changed-block map from a file.
 pub fn read_change_map(path: &Path) -> Result<ChangeMap> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Invalid(format!("changed-block map {}: {e}", path.display())))?;
+    parse_change_map(path, &text)
+}
+
+/// A changed-block map from its text (`path` for messages).
+pub fn parse_change_map(path: &Path, text: &str) -> Result<ChangeMap> {
     let bad = |why: String| Error::Invalid(format!("changed-block map {}: {why}", path.display()));
-    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let generation = |key: &str| match v.get(key) {
         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
@@ -117,26 +125,55 @@ pub fn read_change_map(path: &Path) -> Result<ChangeMap> {
     Ok(ChangeMap { generation: generation_now, parent_generation, extents: merged })
 }
 
-/// The map `<disk name>.json` in the directory `dir`, if there is one.
-fn map_in_dir(dir: Option<&Path>, disk: &str) -> Result<Option<ChangeMap>> {
-    match dir.map(|d| d.join(format!("{disk}.json"))) {
-        Some(path) if path.exists() => Ok(Some(read_change_map(&path)?)),
-        _ => Ok(None),
+/// A map read from an open file.
+fn change_map_from(mut file: File, path: &Path) -> Result<ChangeMap> {
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(|e| Error::Invalid(format!("changed-block map {}: {e}", path.display())))?;
+    parse_change_map(path, &text)
+}
+
+/// The map `<disk name>.json` in the directory of maps `dir`, if there is one.
+fn map_in_dir(dir: Option<&Dir>, disk: &str) -> Result<Option<ChangeMap>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let name = format!("{disk}.json");
+    match dir.open_file(Path::new(&name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse) {
+        Ok(file) => Ok(Some(change_map_from(file, &dir.path().join(&name))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::Invalid(format!("changed-block map {}: {e}", dir.path().join(&name).display()))),
     }
 }
 
-/// Whether `path` in an exported VM's directory is a disk.
-fn is_disk(path: &Path, file: &File) -> bool {
+/// Whether `file` (named `name`) in an exported VM's directory is a disk.
+fn is_disk(name: &OsStr, file: &File) -> bool {
     let Ok(meta) = file.metadata() else { return false };
-    meta.file_type().is_block_device()
-        || path.file_name().is_some_and(|n| is_disk_image(std::os::unix::ffi::OsStrExt::as_bytes(n)))
+    std::os::unix::fs::FileTypeExt::is_block_device(&meta.file_type())
+        || is_disk_image(name.as_bytes())
         || std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) + (64 << 10) < meta.len()
 }
 
+/// A block device in a confined tenant's tree is a device node it made on
+/// its own storage: it may name any disk of the host, so it is refused.
+fn device_allowed(scope: &PathScope, file: &File, path: &Path) -> Result<()> {
+    let is_device = file.metadata().is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if is_device && !scope.is_any() {
+        return Err(Error::Invalid(format!(
+            "{} is a block device; a tenant's images are regular files (only the system tenant backs up devices)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// One disk as an entry: its name in the snapshot and its guest view.
-fn disk(config: &ImageConfig, path: &Path, map: Option<ChangeMap>) -> Result<(String, Arc<dyn BlockImage>)> {
+/// `file` is open; `dir` is the directory it is in (for backing files).
+fn disk(
+    config: &ImageConfig,
+    file: File,
+    path: &Path,
+    dir: (&Dir, &Path),
+    map: Option<ChangeMap>,
+) -> Result<(String, Arc<dyn BlockImage>)> {
     let io = |e: std::io::Error| Error::Invalid(format!("cannot open the image {}: {e}", path.display()));
-    let file = File::open(path).map_err(io)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "disk".into());
     // `auto` goes by the name, never by the content: a guest may write a
     // qcow2 header into its raw disk (qemu's format-probing problem).
@@ -149,69 +186,119 @@ fn disk(config: &ImageConfig, path: &Path, map: Option<ChangeMap>) -> Result<(St
         return Err(Error::Invalid(format!("{} is not a qcow2 image (give format=raw)", path.display())));
     }
     if qcow2 {
-        let root = if config.backing_outside { None } else { path.parent() };
-        let image =
-            Qcow2Image::open(path, root).map_err(io)?.with_changes(map).with_generation(config.generation.clone());
+        let backing =
+            if config.backing_outside { Backing::Anywhere } else { Backing::Within { dir: dir.0, path: dir.1 } };
+        let image = Qcow2Image::from_file(file, path, backing)
+            .map_err(io)?
+            .with_changes(map)
+            .with_generation(config.generation.clone());
         // Stored as the guest sees it: the name says so.
         Ok((format!("{name}.raw"), Arc::new(image)))
     } else {
-        let image = RawImage::open(path).map_err(io)?.with_changes(map).with_generation(config.generation.clone());
+        let image =
+            RawImage::from_file(file, path).map_err(io)?.with_changes(map).with_generation(config.generation.clone());
         Ok((name, Arc::new(image)))
     }
 }
 
-pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
-    let meta = std::fs::metadata(&config.path)
-        .map_err(|e| Error::Invalid(format!("cannot back up the image {}: {e}", config.path.display())))?;
+/// What `path` is, opened beneath `scope`: a directory, or a file (opened
+/// without waiting on a FIFO).
+enum Opened {
+    Dir(Dir),
+    File(File),
+}
+
+fn open_in_scope(scope: &PathScope, path: &Path) -> std::io::Result<Opened> {
+    match scope.open_dir(path) {
+        Ok(dir) => Ok(Opened::Dir(dir)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            scope.open_file(path, libc::O_RDONLY | libc::O_NONBLOCK, 0).map(Opened::File)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The source tree of `config`: every path is opened beneath `scope`
+/// once, and read through that handle.
+pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
+    let cannot = |e: std::io::Error| Error::Invalid(format!("cannot back up the image {}: {e}", config.path.display()));
+    let maps = match &config.cbt {
+        None => None,
+        Some(cbt) => Some(
+            open_in_scope(scope, cbt)
+                .map_err(|e| Error::Invalid(format!("changed-block map {}: {e}", cbt.display())))?,
+        ),
+    };
     let mut entries = Vec::new();
-    if meta.is_dir() {
-        if config.cbt.as_ref().is_some_and(|c| c.is_file()) {
-            return Err(Error::Invalid(
-                "for a directory of disks, cbt= names a directory of <disk name>.json maps".into(),
-            ));
-        }
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&config.path)
-            .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", config.path.display())))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        names.sort();
-        for path in names {
-            // Only what is in the directory itself: a symlink could name any file on the host.
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
-                continue;
-            }
-            let Ok(file) = File::open(&path) else {
-                return Err(Error::Invalid(format!("cannot open {}", path.display())));
+    match open_in_scope(scope, &config.path).map_err(cannot)? {
+        Opened::Dir(dir) => {
+            let maps = match maps {
+                None => None,
+                Some(Opened::Dir(d)) => Some(d),
+                Some(Opened::File(_)) => {
+                    return Err(Error::Invalid(
+                        "for a directory of disks, cbt= names a directory of <disk name>.json maps".into(),
+                    ));
+                }
             };
-            let ft = file.metadata().map(|m| m.file_type()).ok();
-            if !ft.is_some_and(|t| t.is_file() || t.is_block_device()) {
-                continue; // subdirectories, sockets: not part of an export
+            let dir = Arc::new(dir);
+            let listed =
+                dir.read_dir().map_err(|e| Error::Invalid(format!("cannot read {}: {e}", config.path.display())))?;
+            for (name, st) in listed {
+                let path = config.path.join(&name);
+                // Only what is in the directory itself: a symlink could name any
+                // file on the host; subdirectories, sockets and FIFOs are not part
+                // of an export.
+                let kind = st.st_mode & libc::S_IFMT;
+                if kind != libc::S_IFREG && kind != libc::S_IFBLK {
+                    continue;
+                }
+                let file = dir
+                    .open_file(Path::new(&name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)
+                    .map_err(|e| Error::Invalid(format!("cannot open {}: {e}", path.display())))?;
+                device_allowed(scope, &file, &path)?;
+                let file_name = name.to_string_lossy().into_owned();
+                if is_disk(&name, &file) {
+                    let map = map_in_dir(maps.as_ref(), &file_name)?;
+                    let (entry, image) = disk(config, file, &path, (&dir, &config.path), map)?;
+                    entries.push(SourceEntry { path: entry, mode: 0o600, data: EntryData::Image(image) });
+                } else {
+                    // Kept with the mode it has; read later through the same directory handle.
+                    let mode = st.st_mode & 0o7777;
+                    let (dir, name) = (dir.clone(), name.clone());
+                    let open = move || {
+                        let f = dir.open_file(Path::new(&name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)?;
+                        Ok(Box::new(f) as Box<dyn std::io::Read + Send>)
+                    };
+                    entries.push(SourceEntry { path: file_name, mode, data: EntryData::Stream(Box::new(open)) });
+                }
             }
-            let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if is_disk(&path, &file) {
-                let map = map_in_dir(config.cbt.as_deref(), &file_name)?;
-                let (name, image) = disk(config, &path, map)?;
-                entries.push(SourceEntry { path: name, mode: 0o600, data: EntryData::Image(image) });
-            } else {
-                let open_path = path.clone();
-                let open = move || Ok(Box::new(File::open(&open_path)?) as Box<dyn std::io::Read + Send>);
-                entries.push(SourceEntry { path: file_name, mode: 0o644, data: EntryData::Stream(Box::new(open)) });
+            if entries.is_empty() {
+                return Err(Error::Invalid(format!("{} holds no files", config.path.display())));
             }
         }
-        if entries.is_empty() {
-            return Err(Error::Invalid(format!("{} holds no files", config.path.display())));
-        }
-    } else {
-        let map = match &config.cbt {
-            Some(path) if path.is_dir() => {
-                let name = config.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                map_in_dir(Some(path), &name)?
+        Opened::File(file) => {
+            device_allowed(scope, &file, &config.path)?;
+            let kind = file.metadata().map(|m| m.file_type()).map_err(cannot)?;
+            if !kind.is_file() && !std::os::unix::fs::FileTypeExt::is_block_device(&kind) {
+                return Err(Error::Invalid(format!(
+                    "{} is neither a regular file, a block device nor a directory",
+                    config.path.display()
+                )));
             }
-            Some(path) => Some(read_change_map(path)?),
-            None => None,
-        };
-        let (name, image) = disk(config, &config.path, map)?;
-        entries.push(SourceEntry { path: name, mode: 0o600, data: EntryData::Image(image) });
+            let map = match maps {
+                None => None,
+                Some(Opened::Dir(d)) => {
+                    let name = config.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    map_in_dir(Some(&d), &name)?
+                }
+                Some(Opened::File(f)) => Some(change_map_from(f, config.cbt.as_deref().unwrap_or(Path::new("")))?),
+            };
+            let (parent, _) = scope.parent_of(&config.path).map_err(cannot)?;
+            let parent_path = config.path.parent().unwrap_or(Path::new("/"));
+            let (name, image) = disk(config, file, &config.path, (&parent, parent_path), map)?;
+            entries.push(SourceEntry { path: name, mode: 0o600, data: EntryData::Image(image) });
+        }
     }
     Ok(SourceTree {
         kind: "image".into(),
@@ -224,8 +311,10 @@ pub fn tree(config: &ImageConfig) -> Result<SourceTree> {
 
 /// `--to image:PATH [entry=NAME] [format=raw|qcow2]`: one disk to a raw
 /// file (sparse), a block device, or a qcow2 file (through `qemu-img
-/// convert`); or every entry into the directory PATH.
-pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreReport> {
+/// convert`); or every entry into the directory PATH. The target is found
+/// beneath `scope` and written through directory handles: nothing is
+/// written through a link, whoever planted it and whenever.
+pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) -> Result<RestoreReport> {
     known_keys(config, "image", &["path", "entry", "format"])?;
     let target = PathBuf::from(req_str(config, "path", "image")?);
     if !target.is_absolute() {
@@ -233,29 +322,31 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
     }
     let chosen = opt_str(config, "entry")?;
     let mut report = RestoreReport::default();
-    let target_meta = std::fs::symlink_metadata(&target).ok();
-    if target_meta.as_ref().is_some_and(|m| m.file_type().is_symlink()) {
+    let in_place = |e: std::io::Error| Error::Invalid(format!("the restore target {}: {e}", target.display()));
+    let (parent, name) = scope.parent_of(&target).map_err(in_place)?;
+    let target_stat = parent.stat_at(&name).ok();
+    let kind = target_stat.map(|st| st.st_mode & libc::S_IFMT);
+    if kind == Some(libc::S_IFLNK) {
         return Err(Error::Invalid(format!(
             "the restore target {} is a symlink; name what it points to (readlink -f)",
             target.display()
         )));
     }
-    if target_meta.as_ref().is_some_and(|m| m.is_dir()) && chosen.is_none() {
-        for (path, _) in &ctx.entries {
+    if kind == Some(libc::S_IFDIR) && chosen.is_none() {
+        let dir = parent.open_dir(Path::new(&name), Links::Refuse).map_err(in_place)?;
+        for (path, node) in &ctx.entries {
+            // Entry names are single components; directories on the way are
+            // made beneath the target, never through a link.
+            let rel = Path::new(path);
+            let (sub, leaf) = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(p) => (dir.create_dir_all(p, 0o755, Links::Refuse).map_err(in_place)?, rel.file_name()),
+                None => (dir.try_clone().map_err(in_place)?, rel.file_name()),
+            };
+            let leaf = leaf.ok_or_else(|| Error::Invalid(format!("{path:?} is not a file name")))?;
             let out = target.join(path);
-            // Entry names are single components; no directory on the way may be a symlink.
-            let mut dir = target.clone();
-            for component in Path::new(path).parent().into_iter().flat_map(Path::components) {
-                dir.push(component);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(Error::Invalid(format!("{} is in the way (not a directory)", dir.display()))),
-                    Err(_) => {
-                        std::fs::create_dir(&dir).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?
-                    }
-                }
-            }
-            write_raw(ctx, path, &out)?;
+            write_raw(ctx, path, &sub, leaf, &out, scope)?;
+            // The mode the snapshot recorded for it.
+            sub.chmod_at(leaf, node.mode & 0o7777).map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
             report.restored.push((path.clone(), out.display().to_string()));
         }
         return Ok(report);
@@ -269,53 +360,88 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
         Some(other) => return Err(Error::Invalid(format!("format {other:?} is not raw or qcow2"))),
     };
     if format == "qcow2" {
-        // Converted beside the target, then renamed over it: qemu-img never
-        // writes through whatever sits at the target's name.
-        let unique = format!("{}.{}", std::process::id(), ctx.snapshot.time.timestamp_nanos_opt().unwrap_or(0));
-        let tmp = target.with_extension(format!("backstop-{unique}.raw"));
-        let converted = target.with_extension(format!("backstop-{unique}.qcow2"));
-        write_raw(ctx, entry, &tmp)?;
-        let mut c = std::process::Command::new("qemu-img");
-        c.args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(&tmp).arg(&converted);
-        let result = crate::process::run(c);
-        let _ = std::fs::remove_file(&tmp);
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&converted);
-            return Err(e);
-        }
-        std::fs::rename(&converted, &target)
-            .map_err(|e| Error::Invalid(format!("cannot move the image to {}: {e}", target.display())))?;
+        convert_to_qcow2(ctx, entry, &parent, &name, &target)?;
     } else {
-        write_raw(ctx, entry, &target)?;
+        write_raw(ctx, entry, &parent, &name, &target, scope)?;
     }
     report.restored.push((entry.clone(), target.display().to_string()));
     Ok(report)
 }
 
-/// Entry `path` into `out`: a regular file gets holes for zero runs, a
-/// block device is written whole.
-fn write_raw(ctx: &RestoreContext, path: &str, out: &Path) -> Result<()> {
+/// A name for a file of our own beside `name` in its directory.
+fn beside(name: &OsStr, ext: &str) -> OsString {
+    let mut random = [0u8; 8];
+    let _ = getrandom::fill(&mut random);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let mut out = name.to_os_string();
+    out.push(format!(".backstop-{hex}.{ext}"));
+    out
+}
+
+/// The disk `entry` as a qcow2 file at `name` of `dir`: written raw to a
+/// file of our own there, converted by `qemu-img` into a second one, and
+/// renamed over the target. `qemu-img` gets both as descriptors we opened
+/// (`/proc/self/fd/N`), so it resolves no path a tenant could change.
+fn convert_to_qcow2(ctx: &RestoreContext, entry: &str, dir: &Dir, name: &OsStr, target: &Path) -> Result<()> {
+    let io = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", target.display()));
+    let (raw_name, qcow2_name) = (beside(name, "raw"), beside(name, "qcow2"));
+    let create = |n: &OsStr| {
+        dir.open_file(
+            Path::new(n),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+            Links::Refuse,
+        )
+    };
+    let raw = create(&raw_name).map_err(io)?;
+    let result = (|| {
+        dump_into(ctx, entry, &raw, true, target)?;
+        let qcow2 = create(&qcow2_name).map_err(io)?;
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["convert", "-q", "-f", "raw", "-O", "qcow2", "/proc/self/fd/3", "/proc/self/fd/4"]);
+        crate::process::pass_fds(&mut c, &[&raw, &qcow2]);
+        crate::process::run(c)?;
+        dir.rename_at(&qcow2_name, dir, name, false)
+            .map_err(|e| Error::Invalid(format!("cannot move the image to {}: {e}", target.display())))
+    })();
+    let _ = dir.remove_at(&raw_name);
+    if result.is_err() {
+        let _ = dir.remove_at(&qcow2_name);
+    }
+    result
+}
+
+/// Entry `path` into `name` of `dir` (`out` for messages): a regular file
+/// gets holes for zero runs, a block device (the system tenant's only) is
+/// written whole.
+fn write_raw(ctx: &RestoreContext, path: &str, dir: &Dir, name: &OsStr, out: &Path, scope: &PathScope) -> Result<()> {
     let io = |e: std::io::Error| Error::Invalid(format!("cannot write {}: {e}", out.display()));
-    let device = std::fs::symlink_metadata(out).is_ok_and(|m| m.file_type().is_block_device());
-    let file = if device {
-        OpenOptions::new().write(true).open(out).map_err(io)?
+    let device = dir.stat_at(name).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFBLK);
+    if device && !scope.is_any() {
+        return Err(Error::Invalid(format!(
+            "{} is a block device; a tenant restores images into regular files",
+            out.display()
+        )));
+    }
+    let flags = if device {
+        libc::O_WRONLY
     } else {
         // Never through a symlink planted at the target.
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(out)
-            .map_err(io)?
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW
     };
+    let file = dir.open_file(Path::new(name), flags, 0o600, Links::Refuse).map_err(io)?;
+    dump_into(ctx, path, &file, !device, out)
+}
+
+/// Write entry `path` of the snapshot into `file`.
+fn dump_into(ctx: &RestoreContext, path: &str, file: &File, sparse: bool, out: &Path) -> Result<()> {
     if ctx.cancel.is_cancelled() {
         return Err(backstop_repo::Error::Cancelled.into());
     }
     let full = format!("/{path}");
-    let n =
-        backstop_repo::ops::dump::dump_to_file(ctx.repo, ctx.index, ctx.snapshot, Path::new(&full), &file, !device)?;
-    (&file).flush().map_err(io)?;
+    let n = backstop_repo::ops::dump::dump_to_file(ctx.repo, ctx.index, ctx.snapshot, Path::new(&full), file, sparse)?;
+    let mut f = file;
+    f.flush().map_err(|e| Error::Invalid(format!("cannot write {}: {e}", out.display())))?;
     ctx.progress.advance(1, n);
     ctx.progress.info(&format!("{path} restored to {} ({n} bytes)", out.display()));
     Ok(())

@@ -27,6 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
+use backstop_confine::NetScope;
 use backstop_repo::CancelToken;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -127,6 +128,20 @@ impl Connection {
         Ok(Connection { context, kubeconfig, server, token, certificate_authority_data, insecure_skip_tls_verify })
     }
 
+    /// The API server's `(host, port)` when it is reached with `server=`
+    /// and an inline token (or none); `None` when the workers' own
+    /// kubeconfig, files or service account would be used.
+    pub fn endpoint(&self) -> Result<Option<(String, u16)>> {
+        let (Some(server), Some(Token::Inline(_)) | None) = (&self.server, &self.token) else { return Ok(None) };
+        let url = url::Url::parse(server).map_err(|e| Error::Invalid(format!("server {server:?}: {e}")))?;
+        match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => {
+                Ok(Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port)))
+            }
+            _ => Err(Error::Invalid(format!("server {server:?} names no host"))),
+        }
+    }
+
     /// Whom this reaches, fit to show.
     fn label(&self) -> String {
         match (&self.server, &self.context) {
@@ -136,9 +151,35 @@ impl Connection {
         }
     }
 
-    async fn client(&self) -> Result<kube::Client> {
+    /// A client of the cluster. Confined to `net`, only `server=` with an
+    /// inline token works (nothing of the workers' kubeconfig or files),
+    /// and the client connects to the one address the server's name
+    /// resolved to and `net` allows, without a proxy.
+    async fn client(&self, net: &NetScope) -> Result<kube::Client> {
         let unreachable = |e: &dyn std::fmt::Display| {
             Error::Tool(format!("kubernetes: cannot configure a client for {}: {e}", self.label()))
+        };
+        let pinned = if net.is_any() {
+            None
+        } else {
+            let (Some(server), Some(Token::Inline(_)) | None) = (&self.server, &self.token) else {
+                return Err(Error::Invalid(
+                    "a tenant's kubernetes source gives server= and token= (the workers' kubeconfig, files and \
+                     service account are theirs)"
+                        .into(),
+                ));
+            };
+            let url = url::Url::parse(server).map_err(|e| Error::Invalid(format!("server {server:?}: {e}")))?;
+            let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+                return Err(Error::Invalid(format!("server {server:?} names no host")));
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+            let addr = net.resolve(&host, port).map_err(|e| Error::Invalid(e.to_string()))?[0];
+            let mut at = url.clone();
+            at.set_ip_host(addr.ip())
+                .map_err(|()| Error::Invalid(format!("server {server:?}: cannot pin its address")))?;
+            let named = host.parse::<std::net::IpAddr>().is_err().then_some(host);
+            Some((at, named))
         };
         let options = KubeConfigOptions { context: self.context.clone(), ..Default::default() };
         let config = if let Some(server) = &self.server {
@@ -179,6 +220,12 @@ impl Connection {
         // discovery); a failed job is retried by the service instead.
         let mut config = config;
         config.default_retry = false;
+        if let Some((at, named)) = pinned {
+            config.cluster_url = at.as_str().parse().map_err(|e| unreachable(&e))?;
+            // The certificate is still checked against the name.
+            config.tls_server_name = named;
+            config.proxy_url = None;
+        }
         kube::Client::try_from(config).map_err(|e| unreachable(&e))
     }
 
@@ -652,8 +699,8 @@ pub fn from_yaml(yaml: &[u8]) -> Result<Value> {
 }
 
 /// The manifests to back up, by their path in the snapshot.
-async fn collect(config: &BackupConfig, notes: &mut Vec<String>) -> Result<BTreeMap<String, Value>> {
-    let client = config.connection.client().await?;
+async fn collect(config: &BackupConfig, net: &NetScope, notes: &mut Vec<String>) -> Result<BTreeMap<String, Value>> {
+    let client = config.connection.client(net).await?;
     let served = config.connection.discover(&client, notes).await?;
     // Served only where the apiextensions API is (every real cluster).
     let crd_ar = served
@@ -781,9 +828,9 @@ fn maybe_custom(group: &str) -> bool {
     group.contains('.') && !group.ends_with(".k8s.io") && group != "k8s.io"
 }
 
-pub fn tree(config: &BackupConfig) -> Result<SourceTree> {
+pub fn tree(config: &BackupConfig, net: &NetScope) -> Result<SourceTree> {
     let mut notes = Vec::new();
-    let manifests = block_on(collect(config, &mut notes))??;
+    let manifests = block_on(collect(config, net, &mut notes))??;
     let mut entries = Vec::with_capacity(manifests.len());
     for (path, manifest) in manifests {
         // Secrets among them: readable by the owner only, wherever restored as files.
@@ -836,7 +883,7 @@ struct Item {
 }
 
 /// `--to kubernetes:[CONTEXT]`: create the snapshot's manifests in a cluster.
-pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreReport> {
+pub(crate) fn restore(ctx: &RestoreContext, config: &Config, net: &NetScope) -> Result<RestoreReport> {
     let config = RestoreConfig::parse(config)?;
     let kinds: Option<Vec<String>> = config.kinds.as_ref().map(|k| k.iter().map(|k| k.to_ascii_lowercase()).collect());
     let mut items = Vec::new();
@@ -880,7 +927,7 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
     }
     let rank = |resource: &str| RESTORE_ORDER.iter().position(|r| *r == resource).unwrap_or(RESTORE_ORDER.len());
     items.sort_by(|a, b| (rank(&a.resource), &a.path).cmp(&(rank(&b.resource), &b.path)));
-    block_on(apply(ctx.cancel, &config, items))?
+    block_on(apply(ctx.cancel, &config, net, items))?
 }
 
 /// What became of one object.
@@ -914,8 +961,13 @@ async fn resolve(
     Err(format!("the cluster serves no {api_version} {kind} ({last})"))
 }
 
-async fn apply(cancel: &CancelToken, config: &RestoreConfig, items: Vec<Item>) -> Result<RestoreReport> {
-    let client = config.connection.client().await?;
+async fn apply(
+    cancel: &CancelToken,
+    config: &RestoreConfig,
+    net: &NetScope,
+    items: Vec<Item>,
+) -> Result<RestoreReport> {
+    let client = config.connection.client(net).await?;
     let mapped = |ns: &str| config.namespace_map.get(ns).cloned().unwrap_or_else(|| ns.to_string());
     let mut report = RestoreReport::default();
     let mut failures = Vec::new();

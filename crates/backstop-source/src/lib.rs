@@ -27,6 +27,7 @@ pub mod qcow2;
 
 use std::path::Path;
 
+pub use backstop_confine::Reach;
 use backstop_repo::backup::source::SourceTree;
 use backstop_repo::index::Index;
 use backstop_repo::tree::{Node, NodeType};
@@ -123,6 +124,88 @@ pub fn validate(kind: &str, config: &Config) -> Result<()> {
     }
 }
 
+/// What a source's configuration (or a restore target's) makes a job
+/// reach on its worker's host: the service checks these against the
+/// tenant's reach when the configuration is given, and the packagers again
+/// when they open and connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touches {
+    /// Local paths it opens.
+    pub paths: Vec<std::path::PathBuf>,
+    /// Network endpoints it connects to, `(host, port)`.
+    pub hosts: Vec<(String, u16)>,
+    /// Unix sockets (or directories of them) it connects to.
+    pub sockets: Vec<std::path::PathBuf>,
+    /// What of the workers' own it would use (their commands, their
+    /// kubeconfig, a database's default local socket): for the system
+    /// tenant only. Says what, for the message.
+    pub workers_own: Option<String>,
+}
+
+/// [`Touches`] of `kind`/`config` (a source, or with `restore` a restore
+/// target's configuration).
+pub fn touches(kind: &str, config: &Config, restore: bool) -> Result<Touches> {
+    let mut out = Touches::default();
+    let mut config = config.clone();
+    if restore {
+        for own in RESTORE_KEYS {
+            config.remove(*own);
+        }
+    }
+    if config.get("hooks").is_some_and(|h| !h.is_null()) {
+        out.workers_own = Some("a source with hooks runs commands on the workers".into());
+    }
+    config.remove("hooks");
+    match kind {
+        "fs" => {
+            if let Some(paths) = config.get("paths").and_then(serde_json::Value::as_array) {
+                out.paths.extend(paths.iter().filter_map(|p| p.as_str()).map(std::path::PathBuf::from));
+            }
+        }
+        "image" => {
+            let c = image::ImageConfig::parse(&config)?;
+            out.paths.push(c.path);
+            out.paths.extend(c.cbt);
+            if c.backing_outside {
+                out.workers_own = Some("backing_outside lets an image read files outside its directory".into());
+            }
+        }
+        "command" => out.workers_own = Some("a command runs on the workers".into()),
+        "postgres" | "mysql" => {
+            let engine = if kind == "postgres" { db::Engine::Postgres } else { db::Engine::Mysql };
+            let c = db::DbConfig::parse(engine, &config)?;
+            match (&c.socket, &c.host) {
+                (Some(socket), _) => out.sockets.push(socket.into()),
+                (None, Some(host)) => {
+                    out.hosts.push((host.clone(), c.port.unwrap_or(if kind == "postgres" { 5432 } else { 3306 })))
+                }
+                (None, None) => {
+                    out.workers_own = Some(format!("a {kind} URL without a host uses the workers' local socket"))
+                }
+            }
+        }
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => {
+            let connection = if restore {
+                kubernetes::RestoreConfig::parse(&config)?.connection
+            } else {
+                kubernetes::BackupConfig::parse(&config)?.connection
+            };
+            match connection.endpoint()? {
+                Some(endpoint) => out.hosts.push(endpoint),
+                None => {
+                    out.workers_own =
+                        Some("a kubernetes source without server= and token= uses the workers' own credentials".into())
+                }
+            }
+        }
+        _ => {
+            validate(kind, &config)?;
+        }
+    }
+    Ok(out)
+}
+
 /// Check the configuration of a restore into a system (`--to`, a restore
 /// job's `params.to`) without running anything.
 pub fn validate_restore(kind: &str, config: &Config) -> Result<()> {
@@ -152,18 +235,21 @@ fn kubernetes_config(_: &Config) -> Result<()> {
 }
 
 /// What to back up for `kind`: the engine's source tree. Validates, then
-/// checks what it can reach (files, tools) before the backup starts.
-pub fn backup_tree(kind: &str, config: &Config) -> Result<SourceTree> {
+/// checks what it can reach (files, tools) before the backup starts; every
+/// local path and network address it uses is one `reach` allows, checked
+/// as it is opened or connected to.
+pub fn backup_tree(kind: &str, config: &Config, reach: &Reach) -> Result<SourceTree> {
     let mut config = config.clone();
     config.remove("hooks");
     let config = &config;
     match kind {
-        "image" => image::tree(&image::ImageConfig::parse(config)?),
+        "image" => image::tree(&image::ImageConfig::parse(config)?, &reach.paths),
+        "command" if !reach.is_any() => Err(Error::Invalid("a command source is for the system tenant only".into())),
         "command" => command::tree(&command::CommandConfig::parse(config)?),
-        "postgres" => db::tree(&db::DbConfig::parse(db::Engine::Postgres, config)?),
-        "mysql" => db::tree(&db::DbConfig::parse(db::Engine::Mysql, config)?),
+        "postgres" => db::tree(&db::DbConfig::parse(db::Engine::Postgres, config)?.confined(&reach.net)?),
+        "mysql" => db::tree(&db::DbConfig::parse(db::Engine::Mysql, config)?.confined(&reach.net)?),
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::tree(&kubernetes::BackupConfig::parse(config)?),
+        "kubernetes" => kubernetes::tree(&kubernetes::BackupConfig::parse(config)?, &reach.net),
         _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
     }
 }
@@ -176,12 +262,13 @@ pub struct RestoreReport {
 }
 
 /// Put `snapshot` back into the system `kind`/`config` names
-/// (`--to KIND:TARGET`).
+/// (`--to KIND:TARGET`), reaching only what `reach` allows.
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
     kind: &str,
     config: &Config,
+    reach: &Reach,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<RestoreReport> {
@@ -192,12 +279,15 @@ pub fn restore(
     }
     let ctx = RestoreContext { repo, index: &index, snapshot, entries, progress, cancel };
     match kind {
-        "image" => image::restore(&ctx, config),
+        "image" => image::restore(&ctx, config, &reach.paths),
+        "command" if !reach.is_any() => {
+            Err(Error::Invalid("a restore into a command is for the system tenant only".into()))
+        }
         "command" => command::restore(&ctx, config),
-        "postgres" => db::restore(&ctx, db::Engine::Postgres, config),
-        "mysql" => db::restore(&ctx, db::Engine::Mysql, config),
+        "postgres" => db::restore(&ctx, db::Engine::Postgres, config, &reach.net),
+        "mysql" => db::restore(&ctx, db::Engine::Mysql, config, &reach.net),
         #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::restore(&ctx, config),
+        "kubernetes" => kubernetes::restore(&ctx, config, &reach.net),
         _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
     }
 }

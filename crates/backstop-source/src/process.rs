@@ -162,3 +162,35 @@ pub fn run_with_input(
 pub fn run(command: Command) -> Result<String, Error> {
     run_with_input(command, |_| Ok(()))
 }
+
+/// Give the child `files` as its descriptors 3, 4, … (for `/proc/self/fd/N`
+/// paths): the tool then opens exactly the files the caller opened, and
+/// resolves no path of its own.
+pub(crate) fn pass_fds(command: &mut Command, files: &[&std::fs::File]) {
+    use std::os::fd::AsRawFd;
+    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: between fork and exec the closure only calls dup2 and fcntl,
+    // which are async-signal-safe, on descriptors that stay open in the
+    // parent for the whole call.
+    unsafe {
+        command.pre_exec(move || {
+            // Moved out of the way first, so no target number is overwritten
+            // before it is read.
+            let mut moved = Vec::with_capacity(fds.len());
+            for &fd in &fds {
+                let high = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if high < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved.push(high);
+            }
+            for (i, &fd) in moved.iter().enumerate() {
+                // dup2 clears close-on-exec on the new descriptor.
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}

@@ -10,6 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use backstop_confine::{Dir, Links};
 use backstop_repo::backup::source::{BlockImage, ChangeMap, RawImage, read_full_at};
 
 const MAGIC: &[u8; 4] = b"QFI\xfb";
@@ -40,6 +41,68 @@ pub struct Qcow2Image {
     generation: Option<String>,
 }
 
+/// Where an image's backing files may come from.
+#[derive(Clone, Copy)]
+pub enum Backing<'a> {
+    /// Only beneath the image's own directory: `dir` is its handle, `path`
+    /// its name as given (absolute backing names are taken relative to it),
+    /// so that an image cannot make a backup read files its owner may not
+    /// name. Links are followed only while they stay beneath it.
+    Within { dir: &'a Dir, path: &'a Path },
+    /// Anywhere, as named (`backing_outside=true`, for the system tenant's
+    /// administrators).
+    Anywhere,
+}
+
+impl Backing<'_> {
+    /// Open the backing file `name` that `image` records.
+    fn open(&self, image: &Path, name: &Path) -> std::io::Result<(File, PathBuf)> {
+        match self {
+            Backing::Anywhere => {
+                let name = if name.is_absolute() {
+                    name.to_path_buf()
+                } else {
+                    image.parent().unwrap_or(Path::new(".")).join(name)
+                };
+                let f =
+                    File::open(&name).map_err(|e| invalid(image, format!("backing file {}: {e}", name.display())))?;
+                Ok((f, name))
+            }
+            Backing::Within { dir, path } => {
+                let outside = || {
+                    invalid(
+                        image,
+                        format!(
+                            "its backing file {} is outside {}; allow it with backing_outside=true",
+                            name.display(),
+                            path.display()
+                        ),
+                    )
+                };
+                let rel = if name.is_absolute() {
+                    let real = std::fs::canonicalize(path).ok();
+                    let rel = name
+                        .strip_prefix(path)
+                        .ok()
+                        .or_else(|| real.as_deref().and_then(|r| name.strip_prefix(r).ok()));
+                    rel.ok_or_else(outside)?.to_path_buf()
+                } else {
+                    name.to_path_buf()
+                };
+                let f =
+                    dir.open_file(&rel, libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Beneath).map_err(|e| {
+                        match e.raw_os_error() {
+                            Some(libc::EXDEV) => outside(),
+                            _ if e.kind() == std::io::ErrorKind::InvalidInput => outside(),
+                            _ => invalid(image, format!("backing file {}: {e}", name.display())),
+                        }
+                    })?;
+                Ok((f, path.join(rel)))
+            }
+        }
+    }
+}
+
 fn invalid(path: &Path, why: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
 }
@@ -53,18 +116,16 @@ fn be64(b: &[u8], at: usize) -> u64 {
 }
 
 impl Qcow2Image {
-    /// Open `path`; backing files must lie in `backing_root` (the image's
-    /// own directory, unless the caller allows more), so that an image
-    /// cannot make a backup read files its owner may not name.
-    pub fn open(path: &Path, backing_root: Option<&Path>) -> std::io::Result<Qcow2Image> {
-        Self::open_chain(path, backing_root, 0)
+    /// The image in `file` (at `path`, for messages and relative backing
+    /// names); its backing files are opened as `backing` allows.
+    pub fn from_file(file: File, path: &Path, backing: Backing) -> std::io::Result<Qcow2Image> {
+        Self::open_chain(file, path, backing, 0)
     }
 
-    fn open_chain(path: &Path, backing_root: Option<&Path>, depth: usize) -> std::io::Result<Qcow2Image> {
+    fn open_chain(file: File, path: &Path, backing: Backing, depth: usize) -> std::io::Result<Qcow2Image> {
         if depth > 16 {
             return Err(invalid(path, "the backing-file chain is longer than 16 images"));
         }
-        let file = File::open(path)?;
         let file_len = file.metadata()?.len();
         let mut h = [0u8; 112];
         let got = file.read_at(&mut h, 0)?;
@@ -129,37 +190,19 @@ impl Qcow2Image {
         let mut raw = vec![0u8; (l1_size * 8) as usize];
         file.read_exact_at(&mut raw, l1_offset)?;
         let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect();
-        let backing = if backing_offset != 0 && backing_len > 0 {
+        let backing_image = if backing_offset != 0 && backing_len > 0 {
             if backing_len > 1023 {
                 return Err(invalid(path, "the backing file name is too long"));
             }
             let mut name = vec![0u8; backing_len];
             file.read_exact_at(&mut name, backing_offset)?;
             let name = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name));
-            let name = if name.is_absolute() { name } else { path.parent().unwrap_or(Path::new(".")).join(name) };
-            let name = if let Some(root) = backing_root {
-                let real = std::fs::canonicalize(&name)
-                    .map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
-                let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-                if !real.starts_with(&root) {
-                    return Err(invalid(
-                        path,
-                        format!(
-                            "its backing file {} is outside {}; allow it with backing_outside=true",
-                            real.display(),
-                            root.display()
-                        ),
-                    ));
-                }
-                real // what was checked is what is opened
-            } else {
-                name
-            };
-            let f = File::open(&name).map_err(|e| invalid(path, format!("backing file {}: {e}", name.display())))?;
+            // What is checked is what is opened: by handle, not by name again.
+            let (f, name) = backing.open(path, &name)?;
             let image: Box<dyn BlockImage> = if is_qcow2(&f) {
-                Box::new(Self::open_chain(&name, backing_root, depth + 1)?)
+                Box::new(Self::open_chain(f, &name, backing, depth + 1)?)
             } else {
-                Box::new(RawImage::open(&name)?)
+                Box::new(RawImage::from_file(f, &name)?)
             };
             Some(image)
         } else {
@@ -172,7 +215,7 @@ impl Qcow2Image {
             size,
             l1,
             zstd,
-            backing,
+            backing: backing_image,
             l2_cache: Mutex::new(HashMap::new()),
             changes: None,
             generation: None,

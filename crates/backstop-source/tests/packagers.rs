@@ -12,7 +12,7 @@ use backstop_backend::{Backend, LocalBackend};
 use backstop_repo::backup::{self, BackupOptions, BackupOutcome, BackupSource};
 use backstop_repo::crypto::keyslot::KdfParams;
 use backstop_repo::{CancelToken, Config as RepoConfig, InitOptions, NoProgress, Password, Progress, Repository};
-use backstop_source::Config;
+use backstop_source::{Config, Reach};
 use backstop_testkit::mysql::Mysql;
 use backstop_testkit::postgres::Postgres;
 use serde_json::json;
@@ -54,7 +54,17 @@ impl Fixture {
     }
 
     fn backup_with(&self, kind: &str, cfg: &Config, progress: &dyn Progress) -> backstop_source::Result<BackupOutcome> {
-        let tree = backstop_source::backup_tree(kind, cfg)?;
+        self.backup_in(kind, cfg, &Reach::any(), progress)
+    }
+
+    fn backup_in(
+        &self,
+        kind: &str,
+        cfg: &Config,
+        reach: &Reach,
+        progress: &dyn Progress,
+    ) -> backstop_source::Result<BackupOutcome> {
+        let tree = backstop_source::backup_tree(kind, cfg, reach)?;
         let options = BackupOptions::default();
         Ok(backup::run(&self.repo, BackupSource::Tree(tree), &options, progress, &CancelToken::new())?)
     }
@@ -65,7 +75,17 @@ impl Fixture {
         kind: &str,
         cfg: &Config,
     ) -> backstop_source::Result<backstop_source::RestoreReport> {
-        backstop_source::restore(&self.repo, &out.snapshot, kind, cfg, &NoProgress, &CancelToken::new())
+        self.restore_in(out, kind, cfg, &Reach::any())
+    }
+
+    fn restore_in(
+        &self,
+        out: &BackupOutcome,
+        kind: &str,
+        cfg: &Config,
+        reach: &Reach,
+    ) -> backstop_source::Result<backstop_source::RestoreReport> {
+        backstop_source::restore(&self.repo, &out.snapshot, kind, cfg, reach, &NoProgress, &CancelToken::new())
     }
 }
 
@@ -406,7 +426,9 @@ fn configurations_are_checked_before_anything_runs() {
         let err = backstop_source::validate(kind, &config(cfg)).unwrap_err();
         assert!(err.to_string().contains(expect), "{kind}: {err}");
     }
-    let err = backstop_source::backup_tree("image", &config(json!({"path": "/does/not/exist.raw"}))).err().unwrap();
+    let err = backstop_source::backup_tree("image", &config(json!({"path": "/does/not/exist.raw"})), &Reach::any())
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("cannot back up the image"), "{err}");
     // A password never shows in the label.
     let (_, cfg) = backstop_source::from_spec("postgres://app:s3cret@db1:5432/app", &[]).unwrap();
@@ -748,6 +770,26 @@ mod kubernetes {
     }
 
     #[test]
+    fn a_tenant_cluster_is_reached_only_at_a_granted_address_with_its_own_token() {
+        let f = fixture();
+        let cluster = FakeCluster::start();
+        let (root, _) = super::tenant_tree(&f);
+        let port = cluster.url().rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+        let cfg = config(json!({"server": cluster.url(), "token": cluster.token(), "kinds": "namespaces"}));
+        let err = f.backup_in("kubernetes", &cfg, &super::tenant(&root, &["0.0.0.0/0"]), &NoProgress).unwrap_err();
+        assert!(err.to_string().contains("may not connect"), "{err}");
+        let granted = super::tenant(&root, &[&format!("127.0.0.1/32:{port}")]);
+        let out = f.backup_in("kubernetes", &cfg, &granted, &NoProgress).unwrap();
+        assert!(entries(&f, &out).iter().any(|n| n.starts_with("_cluster/namespaces/")));
+        // The workers' own files are theirs, not a tenant's.
+        let token_file = f.path("token");
+        fs::write(&token_file, cluster.token()).unwrap();
+        let theirs = config(json!({"server": cluster.url(), "token_file": token_file.display().to_string()}));
+        let err = f.backup_in("kubernetes", &theirs, &granted, &NoProgress).unwrap_err();
+        assert!(err.to_string().contains("server= and token="), "{err}");
+    }
+
+    #[test]
     fn https_clusters_are_trusted_through_their_ca_only() {
         let f = fixture();
         let cluster = FakeCluster::start_tls();
@@ -875,5 +917,138 @@ mod kubernetes {
         assert!(err.to_string().contains("do not match its place"), "{err}");
         assert_eq!(posts(), before);
         assert!(cluster.get("configmaps", Some("kube-system"), "x").is_none());
+    }
+}
+
+/// A tenant's reach: paths beneath `root`, the network `grants`.
+fn tenant(root: &Path, grants: &[&str]) -> Reach {
+    Reach {
+        paths: backstop_confine::PathScope::Beneath { roots: vec![root.to_path_buf()] },
+        net: backstop_confine::NetScope::Granted {
+            grants: grants.iter().map(|g| g.parse().unwrap()).collect(),
+            own: vec![],
+        },
+    }
+}
+
+/// `/…/tenants/tb` with a link to the service's data directory in it.
+fn tenant_tree(f: &Fixture) -> (PathBuf, PathBuf) {
+    let root = f.path("tenants/tb");
+    let service = f.path("service");
+    fs::create_dir_all(&root).unwrap();
+    fs::create_dir_all(&service).unwrap();
+    fs::write(service.join("server.key"), b"the service's key").unwrap();
+    std::os::unix::fs::symlink(&service, root.join("svcdir")).unwrap();
+    (root, service)
+}
+
+#[test]
+fn a_tenant_image_source_never_reads_through_a_link_out_of_its_root() {
+    let f = fixture();
+    let (root, _service) = tenant_tree(&f);
+    let reach = tenant(&root, &[]);
+    // The repro: an image source on a link to the data directory.
+    for path in [root.join("svcdir"), root.join("svcdir/server.key")] {
+        let err =
+            f.backup_in("image", &config(json!({"path": path, "format": "raw"})), &reach, &NoProgress).unwrap_err();
+        assert!(err.to_string().contains("leads outside"), "{}: {err}", path.display());
+    }
+    // An export directory's links are left out; its own files keep their modes.
+    let vm = root.join("vm");
+    fs::create_dir_all(&vm).unwrap();
+    std::os::unix::fs::symlink(f.path("service/server.key"), vm.join("stolen.ovf")).unwrap();
+    fs::write(vm.join("vm.ovf"), b"<Envelope/>").unwrap();
+    fs::set_permissions(vm.join("vm.ovf"), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    let disk = vm.join("disk0.raw");
+    tool("qemu-img", &["create", "-q", "-f", "raw", disk.to_str().unwrap(), "4M"]);
+    qemu_io(&disk, "raw", &["write -P 0x5a 0 64k"]);
+    let out = f.backup_in("image", &config(json!({"path": vm})), &reach, &NoProgress).unwrap();
+    let into = root.join("back");
+    fs::create_dir(&into).unwrap();
+    let report = f.restore_in(&out, "image", &config(json!({"path": into})), &reach).unwrap();
+    assert_eq!(report.restored.len(), 2, "the link was not backed up: {report:?}");
+    let mode = fs::metadata(into.join("vm.ovf")).unwrap().permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o640, "the recorded mode comes back");
+    compare(&disk, &into.join("disk0.raw"));
+    // A qcow2 whose backing file is reached through a link out of its directory.
+    let top = vm.join("top.qcow2");
+    tool(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-b", "../svcdir/server.key", "-F", "raw", top.to_str().unwrap(), "4M"],
+    );
+    let err = f.backup_in("image", &config(json!({"path": top})), &reach, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("outside"), "{err}");
+}
+
+#[test]
+fn a_tenant_image_restore_never_writes_through_a_link_out_of_its_root() {
+    let f = fixture();
+    let disk = f.path("d.raw");
+    tool("qemu-img", &["create", "-q", "-f", "raw", disk.to_str().unwrap(), "4M"]);
+    qemu_io(&disk, "raw", &["write -P 0x42 0 64k"]);
+    let out = f.backup("image", &config(json!({"path": disk}))).unwrap();
+    let (root, service) = tenant_tree(&f);
+    let reach = tenant(&root, &[]);
+    // The repro: `DIR/tb/link/file` overwrote a file outside.
+    for target in [root.join("svcdir/server.key"), root.join("svcdir/new.raw"), root.join("svcdir/new.qcow2")] {
+        let err = f.restore_in(&out, "image", &config(json!({"path": target})), &reach).unwrap_err();
+        assert!(err.to_string().contains("leads outside"), "{}: {err}", target.display());
+    }
+    assert_eq!(fs::read(service.join("server.key")).unwrap(), b"the service's key");
+    assert_eq!(fs::read_dir(&service).unwrap().count(), 1, "nothing new outside the root");
+    // Beneath the root, raw and qcow2 (qemu-img gets the files by descriptor).
+    f.restore_in(&out, "image", &config(json!({"path": root.join("r.raw")})), &reach).unwrap();
+    compare(&disk, &root.join("r.raw"));
+    f.restore_in(&out, "image", &config(json!({"path": root.join("r.qcow2")})), &reach).unwrap();
+    compare(&disk, &root.join("r.qcow2"));
+    let names: Vec<String> =
+        fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(names.iter().all(|n| !n.contains(".backstop-")), "no temporary files left: {names:?}");
+}
+
+#[test]
+fn a_tenant_cannot_back_up_or_restore_a_block_device() {
+    let f = fixture();
+    let (root, _) = tenant_tree(&f);
+    let dev = root.join("sda");
+    let c = std::ffi::CString::new(dev.to_str().unwrap()).unwrap();
+    // A device node a tenant made on its own storage (as root in a VM, on a share without root_squash).
+    // SAFETY: c is NUL-terminated.
+    let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) };
+    assert_eq!(rc, 0, "this test makes a device node and needs root: {}", std::io::Error::last_os_error());
+    let err = f.backup_in("image", &config(json!({"path": dev})), &tenant(&root, &[]), &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("block device"), "{err}");
+}
+
+#[test]
+fn a_tenant_database_is_reached_only_at_granted_addresses() {
+    let f = fixture();
+    let (root, _) = tenant_tree(&f);
+    let pg = Postgres::get();
+    let url = pg.fresh_database();
+    let hostport = url.split('@').nth(1).unwrap().split('/').next().unwrap().to_string();
+    let port = hostport.rsplit(':').next().unwrap();
+    let nothing = tenant(&root, &[]);
+    let err = f.backup_in("postgres", &config(json!({"url": url})), &nothing, &NoProgress).unwrap_err();
+    assert!(err.to_string().contains("may not connect"), "{err}");
+    // A wide grant does not open loopback; a grant naming it does.
+    let wide = tenant(&root, &["0.0.0.0/0"]);
+    assert!(f.backup_in("postgres", &config(json!({"url": url})), &wide, &NoProgress).is_err());
+    let granted = tenant(&root, &[&format!("127.0.0.1/32:{port}"), &format!("[::1]:{port}")]);
+    let out = f.backup_in("postgres", &config(json!({"url": url})), &granted, &NoProgress).unwrap();
+    f.restore_in(&out, "postgres", &config(json!({"url": url, "clean": "true"})), &granted).unwrap();
+    // A restore elsewhere is checked too.
+    let err = f.restore_in(&out, "postgres", &config(json!({"url": url})), &nothing).unwrap_err();
+    assert!(err.to_string().contains("may not connect"), "{err}");
+    // Sockets, and the default socket of a URL without a host, need a grant.
+    for (kind, u) in [
+        ("postgres", "postgres:///postgres?host=/var/run/postgresql".to_string()),
+        ("postgres", "postgres:///postgres".to_string()),
+        ("mysql", "mysql://root@localhost/mysql?socket=/run/mysqld/mysqld.sock".to_string()),
+        ("mysql", "mysql://root@127.0.0.1:3306/mysql".to_string()),
+    ] {
+        let err = f.backup_in(kind, &config(json!({"url": u})), &wide, &NoProgress).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("may not") || text.contains("names no host"), "{u}: {text}");
     }
 }

@@ -36,6 +36,13 @@ pub struct S3Server {
 impl S3Server {
     /// Start a server with the given buckets (created empty).
     pub fn start(buckets: &[&str]) -> S3Server {
+        S3Server::start_with_keys(buckets, ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// [`start`](S3Server::start) with these credentials instead of the
+    /// usual test ones.
+    pub fn start_with_keys(buckets: &[&str], access_key: &str, secret_key: &str) -> S3Server {
+        let (access_key, secret_key) = (access_key.to_string(), secret_key.to_string());
         let dir = tempfile::tempdir().expect("create the S3 server's directory");
         for bucket in buckets {
             std::fs::create_dir(dir.path().join(bucket)).expect("create bucket directory");
@@ -51,7 +58,7 @@ impl S3Server {
             runtime.block_on(async move {
                 let fs = s3s_fs::FileSystem::new(&root).expect("open the S3 server's directory");
                 let mut builder = S3ServiceBuilder::new(fs);
-                builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+                builder.set_auth(SimpleAuth::from_single(access_key, secret_key));
                 let service = builder.build();
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
                 addr_tx.send(listener.local_addr().expect("local address")).expect("report the address");

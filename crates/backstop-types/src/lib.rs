@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+pub use backstop_confine::{NetGrant, NetScope, PathScope, Reach};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -107,6 +108,7 @@ impl JobState {
 
 /// Live progress of a running job, carried by heartbeats.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobProgress {
     pub files_done: u64,
     pub files_total: u64,
@@ -163,6 +165,7 @@ pub struct Job {
 
 /// A request to run a job now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub kind: JobKind,
     /// Run on this plan's source and repository.
@@ -215,6 +218,7 @@ pub enum LogLevel {
 
 /// A log line a worker reports.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogLine {
     pub level: LogLevel,
     pub message: String,
@@ -222,6 +226,7 @@ pub struct LogLine {
 
 /// A worker asking for work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// A stable name of the worker process (`host/pid` by default).
     pub worker: String,
@@ -242,6 +247,11 @@ pub struct Claim {
     pub source: Option<SourceAccess>,
     /// For retention jobs: the plan's policy.
     pub retention: Option<Retention>,
+    /// What the job may reach on the worker's host: anything for the system
+    /// tenant; another tenant's local paths beneath its roots and the
+    /// networks its administrator granted. The worker enforces it as it
+    /// opens and connects.
+    pub reach: Reach,
 }
 
 impl fmt::Debug for Claim {
@@ -251,6 +261,7 @@ impl fmt::Debug for Claim {
             .field("attempt", &self.attempt)
             .field("repository", &self.repository)
             .field("source", &self.source)
+            .field("reach", &self.reach)
             .finish_non_exhaustive()
     }
 }
@@ -301,6 +312,7 @@ impl fmt::Debug for SourceAccess {
 
 /// A worker's heartbeat: it still holds the lease of `attempt`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub attempt: u32,
     #[serde(default)]
@@ -370,6 +382,7 @@ pub struct Snapshot {
 
 /// A repository to register.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RepositorySpec {
     pub name: String,
     pub location: String,
@@ -418,6 +431,7 @@ pub struct Repository {
 
 /// A source to register: what to back up, on which host.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     pub name: String,
     /// `fs`, `image`, `command`, `postgres` or `mysql` (see `backstop_source`).
@@ -456,6 +470,7 @@ pub struct Source {
 
 /// How many snapshots a retention step keeps (as `backstop forget`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
     #[serde(default)]
     pub keep_last: Option<u32>,
@@ -480,6 +495,7 @@ impl Retention {
 /// What follows a plan's backup, each step created when the previous one
 /// succeeds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Chain {
     /// Read back this percentage of the new snapshot's data (0 = no verify step).
     #[serde(default)]
@@ -511,6 +527,7 @@ pub enum Overlap {
 
 /// A plan to create or replace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PlanSpec {
     pub name: String,
     /// Source name (or id).
@@ -600,6 +617,7 @@ impl Role {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TokenSpec {
     pub name: String,
     pub role: Role,
@@ -632,17 +650,27 @@ impl fmt::Debug for NewToken {
     }
 }
 
+/// A tenant to create, or to change (`name` and `allow_net` as given;
+/// what is left out stays as it was).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantSpec {
     pub id: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// What the tenant's jobs may connect to (`CIDR[:PORT]`, `HOST[:PORT]`,
+    /// `unix:PATH`); nothing by default. Loopback, link-local and the like
+    /// open only to a grant that names them.
+    #[serde(default)]
+    pub allow_net: Option<Vec<NetGrant>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
+    /// See [`TenantSpec::allow_net`].
+    pub allow_net: Vec<NetGrant>,
     pub created: DateTime<Utc>,
 }
 

@@ -56,6 +56,9 @@ pub struct WorkerConfig {
     /// limits, connections); a repository's own options (S3 endpoint,
     /// credentials) are added to them.
     pub open_options: backstop_backend::OpenOptions,
+    /// The coordinator's addresses as this worker reaches it: added to
+    /// what a confined job may never connect to.
+    pub own_addresses: Vec<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -66,6 +69,7 @@ impl WorkerConfig {
             concurrency: concurrency.max(1),
             poll_wait: Duration::from_secs(20),
             open_options: backstop_backend::OpenOptions::default(),
+            own_addresses: Vec::new(),
         }
     }
 }
@@ -218,8 +222,11 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
             let mut backoff = Duration::from_millis(500);
             while !stop.is_cancelled() {
                 match coordinator.claim(&req).await {
-                    Ok(Some(claim)) => {
+                    Ok(Some(mut claim)) => {
                         backoff = Duration::from_millis(500);
+                        if let backstop_types::NetScope::Granted { own, .. } = &mut claim.reach.net {
+                            own.extend(config.own_addresses.iter().copied());
+                        }
                         execute(coordinator.as_ref(), claim, &config.open_options).await;
                     }
                     Ok(None) => backoff = Duration::from_millis(500),

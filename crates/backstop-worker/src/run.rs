@@ -10,7 +10,7 @@ use backstop_repo::ops::forget::{self, KeepPolicy};
 use backstop_repo::ops::prune::{self, PruneOptions};
 use backstop_repo::restore::{self, RestoreOptions};
 use backstop_repo::{Password, Repository};
-use backstop_types::{Claim, JobKind, LogLevel, Outcome, RepositoryAccess, SnapshotInfo};
+use backstop_types::{Claim, JobKind, LogLevel, Outcome, Reach, RepositoryAccess, SnapshotInfo};
 use serde_json::{Value, json};
 
 use crate::JobTracker;
@@ -30,7 +30,10 @@ impl std::fmt::Display for Failure {
 impl From<backstop_repo::Error> for Failure {
     fn from(e: backstop_repo::Error) -> Failure {
         use backstop_repo::Error as E;
-        let retryable = e.is_transient() || matches!(e, E::Io { .. });
+        // A refusal (a path that leads outside a tenant's root, a
+        // permission) is not cured by trying again.
+        let refused = matches!(&e, E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
+        let retryable = e.is_transient() || (matches!(e, E::Io { .. }) && !refused);
         Failure { error: e.to_string(), retryable }
     }
 }
@@ -50,9 +53,9 @@ fn permanent(error: impl Into<String>) -> Failure {
     Failure { error: error.into(), retryable: false }
 }
 
-/// Run `claim` to its end.
+/// Run `claim` to its end, reaching only what `claim.reach` allows.
 pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outcome {
-    let result = match open_repository_with(&claim.repository, open) {
+    let result = match open_repository_with(&claim.repository, &claim.reach, open) {
         Err(e) => Err(Failure::from(e)),
         Ok(repo) => match claim.job.kind {
             JobKind::Backup => backup(&repo, claim, tracker),
@@ -73,21 +76,31 @@ pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outco
     }
 }
 
-/// Open the job's repository.
-pub fn open_repository(access: &RepositoryAccess) -> Result<Repository, backstop_repo::Error> {
-    open_repository_with(access, &OpenOptions::default())
+/// Open a repository as a job that may reach `reach` would.
+pub fn open_repository(access: &RepositoryAccess, reach: &Reach) -> Result<Repository, backstop_repo::Error> {
+    open_repository_with(access, reach, &OpenOptions::default())
 }
 
 /// Open the job's repository with `base` backend settings.
-pub fn open_repository_with(access: &RepositoryAccess, base: &OpenOptions) -> Result<Repository, backstop_repo::Error> {
-    let options = backend_options(access, base)?;
+pub fn open_repository_with(
+    access: &RepositoryAccess,
+    reach: &Reach,
+    base: &OpenOptions,
+) -> Result<Repository, backstop_repo::Error> {
+    let options = backend_options(access, reach, base)?;
     let backend: Arc<dyn Backend> = backstop_backend::open(&access.location, &options)?;
     Repository::open(backend, &Password::new(&access.password))
 }
 
-/// `base` with the repository's own options (S3 endpoint, credentials).
-pub fn backend_options(access: &RepositoryAccess, base: &OpenOptions) -> Result<OpenOptions, backstop_repo::Error> {
-    let mut s3 = base.s3.clone();
+/// `base` with the repository's own options (S3 endpoint, credentials)
+/// and `reach`: a confined tenant's repository lies beneath its roots, or
+/// at an S3 endpoint it was granted, reached with its own credentials only.
+pub fn backend_options(
+    access: &RepositoryAccess,
+    reach: &Reach,
+    base: &OpenOptions,
+) -> Result<OpenOptions, backstop_repo::Error> {
+    let mut s3 = if reach.net.is_any() { base.s3.clone() } else { Default::default() };
     for (name, value) in &access.options {
         match name.as_str() {
             "endpoint" => s3.endpoint = Some(value.clone()),
@@ -104,7 +117,7 @@ pub fn backend_options(access: &RepositoryAccess, base: &OpenOptions) -> Result<
             }
         }
     }
-    Ok(OpenOptions { s3, ..base.clone() })
+    Ok(OpenOptions { s3, paths: reach.paths.clone(), net: reach.net.clone(), ..base.clone() })
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {
@@ -116,6 +129,9 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
     let hooks = backstop_source::hooks::Hooks::parse(source.config.get("hooks")).map_err(Failure::from)?;
+    if !claim.reach.is_any() && source.config.get("hooks").is_some_and(|h| !h.is_null()) {
+        return Err(permanent("hooks run commands on the workers; a confined tenant's source has none"));
+    }
     let mut tags = strings(claim.job.params.get("tags"));
     if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
         tags.push(format!("plan:{plan}"));
@@ -126,6 +142,7 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
         excludes: strings(source.config.get("excludes")),
         one_file_system: source.config.get("one_file_system").and_then(Value::as_bool).unwrap_or(false),
         exclude_caches: source.config.get("exclude_caches").and_then(Value::as_bool).unwrap_or(false),
+        paths: claim.reach.paths.clone(),
         ..BackupOptions::default()
     };
     let env = vec![
@@ -149,7 +166,7 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
             if let Some(secrets) = source.secrets.as_object() {
                 config.extend(secrets.clone());
             }
-            BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config)?)
+            BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config, &claim.reach)?)
         };
         Ok(backup::run(repo, what, &options, tracker, &tracker.cancel)?)
     };
@@ -282,7 +299,7 @@ fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Out
         let config = to.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
         let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
         let (_, snap) = repo.find_snapshot(snapshot)?;
-        let report = backstop_source::restore(repo, &snap, kind, &config, tracker, &tracker.cancel)?;
+        let report = backstop_source::restore(repo, &snap, kind, &config, &claim.reach, tracker, &tracker.cancel)?;
         for (entry, to) in &report.restored {
             tracker.log(LogLevel::Info, format!("{entry} restored to {to}"));
         }
@@ -299,6 +316,7 @@ fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Out
     options.include = strings(params.get("include"));
     options.exclude = strings(params.get("exclude"));
     options.verify = params.get("verify").and_then(Value::as_bool).unwrap_or(false);
+    options.paths = claim.reach.paths.clone();
     let summary = restore::run(repo, &snap, &options, tracker, &tracker.cancel)?;
     if summary.errors > 0 {
         return Err(Failure {

@@ -737,10 +737,25 @@ pub fn tokens(ctx: &Context, server: &ServerArgs, command: TokensCommand) -> Res
 #[derive(clap::Subcommand)]
 pub enum TenantsCommand {
     List,
+    /// Create a tenant (or change one, as `update` does).
     Create {
         id: String,
         #[arg(long)]
         name: Option<String>,
+        /// What its jobs may connect to: CIDR[:PORT], HOST[:PORT] or unix:PATH (repeatable; none: nothing).
+        /// Loopback and link-local addresses open only to a grant naming them (127.0.0.1/32:5432).
+        #[arg(long = "allow-net", value_name = "GRANT")]
+        allow_net: Vec<backstop_types::NetGrant>,
+    },
+    /// Change a tenant's name or its network grants (--allow-net replaces them; --no-allow-net clears them).
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "allow-net", value_name = "GRANT")]
+        allow_net: Vec<backstop_types::NetGrant>,
+        #[arg(long, conflicts_with = "allow_net")]
+        no_allow_net: bool,
     },
 }
 
@@ -752,16 +767,23 @@ pub fn tenants(ctx: &Context, server: &ServerArgs, command: TenantsCommand) -> R
             if ctx.args.json {
                 print_json(&tenants);
             } else {
+                let grants = |t: &Tenant| t.allow_net.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(" ");
                 print_table(
-                    std::iter::once(vec!["ID".into(), "NAME".into()])
-                        .chain(tenants.iter().map(|t| vec![t.id.clone(), t.name.clone()]))
+                    std::iter::once(vec!["ID".into(), "NAME".into(), "ALLOW NET".into()])
+                        .chain(tenants.iter().map(|t| vec![t.id.clone(), t.name.clone(), grants(t)]))
                         .collect(),
                 );
             }
         }
-        TenantsCommand::Create { id, name } => {
-            let t: Tenant = client.post("/api/v1/tenants", &TenantSpec { id, name }, None)?;
+        TenantsCommand::Create { id, name, allow_net } => {
+            let spec = TenantSpec { id, name, allow_net: Some(allow_net) };
+            let t: Tenant = client.post("/api/v1/tenants", &spec, None)?;
             if ctx.args.json { print_json(&t) } else { println!("tenant {} created", t.id) }
+        }
+        TenantsCommand::Update { id, name, allow_net, no_allow_net } => {
+            let allow_net = if no_allow_net || !allow_net.is_empty() { Some(allow_net) } else { None };
+            let t: Tenant = client.post("/api/v1/tenants", &TenantSpec { id, name, allow_net }, None)?;
+            if ctx.args.json { print_json(&t) } else { println!("tenant {} updated", t.id) }
         }
     }
     Ok(0)

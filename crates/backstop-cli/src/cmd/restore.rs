@@ -76,6 +76,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         exclude: args.exclude.clone(),
         verify: args.verify,
         threads: args.threads.max(1),
+        ..RestoreOptions::new(&target)
     };
     if ctx.text() {
         eprintln!("restoring snapshot {} of {} into {}", id.short(), snapshot.paths.join(", "), target.display());
@@ -119,7 +120,15 @@ fn restore_to(
         eprintln!("restoring snapshot {} of {} into {shown}", id.short(), snapshot.paths.join(", "));
     }
     let reporter = ctx.reporter(true);
-    let report = backstop_source::restore(repo, snapshot, &kind, &config, &reporter, &ctx.cancel);
+    let report = backstop_source::restore(
+        repo,
+        snapshot,
+        &kind,
+        &config,
+        &backstop_source::Reach::any(),
+        &reporter,
+        &ctx.cancel,
+    );
     reporter.finish();
     let report = report?;
     if ctx.args.json {

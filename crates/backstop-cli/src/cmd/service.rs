@@ -56,6 +56,15 @@ pub struct ServeArgs {
     #[arg(long = "webhook", value_name = "URL")]
     webhooks: Vec<String>,
 
+    /// Sign webhook posts with the key in FILE: header `X-Backstop-Signature: t=UNIX,v1=HEX`,
+    /// HEX the HMAC-SHA256 over `UNIX.BODY`.
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
+
+    /// Serve /metrics without a token (by default it needs a viewer token, as a scrape's bearer token).
+    #[arg(long)]
+    metrics_public: bool,
+
     /// Do not create the `local` repository in the data directory.
     #[arg(long)]
     no_default_repository: bool,
@@ -72,6 +81,16 @@ pub struct ServeArgs {
     /// Jobs that may run at once against one source host.
     #[arg(long, default_value_t = 2, value_name = "N")]
     host_limit: u32,
+
+    /// Connections served at once; more are closed as they arrive. A request's head must arrive
+    /// within 10 s and a connection on which nothing moves for 90 s is closed, token or not.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    max_connections: usize,
+
+    /// Create a new admin token of the system tenant, print it and exit (for whoever owns the data
+    /// directory and lost every admin token; works while the service runs).
+    #[arg(long)]
+    new_admin_token: bool,
 
     /// Seconds a claim or heartbeat holds a job (workers heartbeat every third of it).
     #[arg(long, default_value_t = 60, value_name = "SECONDS", hide = true)]
@@ -101,18 +120,34 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
     config.workers = args.workers;
     config.region = args.region.clone();
     config.webhooks = args.webhooks.clone();
+    config.metrics_public = args.metrics_public;
+    if let Some(file) = &args.webhook_secret_file {
+        let secret =
+            std::fs::read(file).with_context(|| format!("reading --webhook-secret-file {}", file.display()))?;
+        let secret = secret.trim_ascii().to_vec();
+        if secret.len() < 16 {
+            bail!("the webhook secret in {} is shorter than 16 bytes; use a long random one", file.display());
+        }
+        config.webhook_secret = Some(backstop_server::webhooks::WebhookSecret(secret));
+    }
     config.default_repository = !args.no_default_repository;
     config.queue.lease = Duration::from_secs(args.lease_seconds.max(3));
     config.queue.backoff_base = Duration::from_secs(args.backoff_seconds.max(1));
     config.queue.region_limit = args.region_limit;
     config.tenant_roots = args.tenant_roots.clone();
     config.queue.host_limit = args.host_limit.max(1);
+    config.limits.max_connections = args.max_connections.max(1);
     for url in &config.webhooks {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("--webhook {url:?} is not an http:// or https:// URL");
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    if args.new_admin_token {
+        let token = runtime.block_on(backstop_server::new_admin_token(&config))?;
+        println!("admin token (shown only now; keep it): {token}");
+        return Ok(0);
+    }
     runtime.block_on(async {
         let running = backstop_server::start(config.clone()).await?;
         let scheme = if config.tls.is_some() { "https" } else { "http" };
@@ -162,10 +197,21 @@ pub struct WorkerArgs {
     concurrency: usize,
 }
 
+/// The addresses `server` (the coordinator's URL) resolves to.
+fn coordinator_addresses(server: &str) -> Vec<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let Ok(url) = reqwest::Url::parse(server) else { return Vec::new() };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else { return Vec::new() };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (host, port).to_socket_addrs().map(|a| a.collect()).unwrap_or_default()
+}
+
 pub fn worker(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     let coordinator = backstop_worker::http::HttpCoordinator::new(&args.server, &args.token)?;
     let mut config = backstop_worker::WorkerConfig::new(&args.region, args.concurrency);
     config.open_options = ctx.open_options();
+    // The coordinator is no tenant's target, as this worker reaches it.
+    config.own_addresses = coordinator_addresses(&args.server);
     if !ctx.args.quiet {
         eprintln!(
             "backstop worker {}: region {}, {} slot(s), coordinator {}",

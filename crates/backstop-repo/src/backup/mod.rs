@@ -39,6 +39,8 @@ use self::reader::{ChunkJob, FileJob, ReadContext, chunk_worker, read_file};
 use self::saver::Saver;
 use self::source::{EntryData, SourceTree};
 use self::walker::{ParentDir, PathTrie, SourceDir, Walker, scan_totals};
+use backstop_backend::PathScope;
+
 use crate::chunker::BufferPool;
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
@@ -100,6 +102,9 @@ pub struct BackupOptions {
     pub readers: usize,
     pub workers: usize,
     pub uploaders: usize,
+    /// Where the paths of a file-tree backup may be: a confined tenant's
+    /// lie beneath its roots and are read without following a link out.
+    pub paths: PathScope,
 }
 
 impl Default for BackupOptions {
@@ -119,6 +124,7 @@ impl Default for BackupOptions {
             readers: 2,
             workers: cores,
             uploaders: 2,
+            paths: PathScope::Any,
         }
     }
 }
@@ -177,7 +183,12 @@ pub fn run(
             }
             let abs = absolute_paths(paths)?;
             for p in &abs {
-                if let Err(e) = crate::sys::lstat(p) {
+                // Resolved the way the walk will: a confined path beneath its root.
+                let found = match p.parent() {
+                    None => options.paths.open_dir(p).map(drop),
+                    Some(_) => options.paths.parent_of(p).and_then(|(dir, name)| dir.stat_at(&name).map(drop)),
+                };
+                if let Err(e) = found {
                     return Err(Error::Invalid(format!("cannot back up {}: {e}", p.display())));
                 }
             }
@@ -333,7 +344,8 @@ pub fn run(
 
         if options.scan_totals && kind == SnapshotKind::Files {
             let (trie, excludes) = (&trie, &excludes);
-            s.spawn(move || scan_totals(trie, excludes, cancel, progress));
+            let scope = &options.paths;
+            s.spawn(move || scan_totals(trie, scope, excludes, cancel, progress));
         }
 
         let assembler = {
@@ -369,6 +381,7 @@ pub fn run(
             Walker::new(repo, &index, &excludes, options.fixed_chunking, item_tx, file_tx, cancel, progress, &warnings);
         walker.one_file_system = options.one_file_system;
         walker.exclude_caches = options.exclude_caches;
+        walker.scope = options.paths.clone();
         match source {
             BackupSource::Paths(_) => walker.walk_paths(&trie, ParentDir::new(parent_trees)),
             BackupSource::Stream { reader, filename } => {

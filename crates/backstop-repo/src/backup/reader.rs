@@ -3,6 +3,7 @@
 //! the [`Collector`] puts their references back in order.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use backstop_backend::Dir;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::saver::Saver;
@@ -22,17 +24,14 @@ use crate::sys::{self, Stat};
 use crate::tree::ContentRef;
 
 pub(crate) enum FileSource {
-    Path(PathBuf),
+    /// Entry `name` of the directory the walker opened (`path`, for messages).
+    At { dir: Arc<Dir>, name: OsString, path: PathBuf },
     /// A stream (standard input, a packager's output), opened when a
     /// reader takes the job.
     Open(Mutex<Option<StreamOpener>>),
     /// A block image in fixed chunks of `block` bytes; with `reuse`, only
     /// the blocks its changed-block map names are read.
-    Image {
-        image: Arc<dyn BlockImage>,
-        block: usize,
-        reuse: Option<Reuse>,
-    },
+    Image { image: Arc<dyn BlockImage>, block: usize, reuse: Option<Reuse> },
 }
 
 /// The parent's content of an image and what changed since.
@@ -291,8 +290,8 @@ fn read(ctx: &ReadContext, job: &FileJob) -> Result<FileOutcome> {
             }
             Ok(FileOutcome::Done { content: ctx.saver.compact_content(content)?, size })
         }
-        FileSource::Path(path) => {
-            let file = match sys::open_read(path) {
+        FileSource::At { dir, name, path } => {
+            let file = match sys::open_read_at(dir, name) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Ok(FileOutcome::Failed("vanished before it could be read".into()));

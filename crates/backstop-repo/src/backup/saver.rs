@@ -2,11 +2,12 @@
 //! threads of a backup (and by prune's repacking).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use backstop_backend::PutMode;
+use backstop_backend::{Dir, Links, PutMode};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::crypto::{Compression, Sealer};
@@ -64,7 +65,7 @@ impl Shared {
     }
 
     fn upload(&self, ticket: u64, pack: FinishedPack) {
-        let result = self.repo.backend().put_file(&pack_key(&pack.id), &pack.path, PutMode::Overwrite);
+        let result = self.repo.backend().put_file(&pack_key(&pack.id), &pack.dir, &pack.name, PutMode::Overwrite);
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
@@ -88,7 +89,10 @@ impl Shared {
 pub struct Saver {
     shared: Arc<Shared>,
     sealer: Arc<Sealer>,
-    staging: PathBuf,
+    staging: Arc<Dir>,
+    /// A staging directory of this saver's own (for backends that cannot
+    /// take files by rename): its parent and name, removed at the end.
+    private_staging: Option<(Dir, OsString)>,
     /// The staging directory is the backend's own: packs staged there become
     /// the stored objects, so they are written to disk as they grow.
     write_behind: bool,
@@ -108,9 +112,13 @@ impl Saver {
     pub fn start(repo: &Repository, sealer: Arc<Sealer>, index: Arc<WriteIndex>, uploaders: usize) -> Result<Saver> {
         let backend_staging = repo.backend().staging_dir();
         let write_behind = backend_staging.is_some();
-        let staging =
-            backend_staging.unwrap_or_else(|| std::env::temp_dir().join(format!("backstop-{}", std::process::id())));
-        std::fs::create_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
+        let (staging, private_staging) = match backend_staging {
+            Some(dir) => (dir, None),
+            None => {
+                let (dir, parent, name) = private_staging_dir()?;
+                (Arc::new(dir), Some((parent, name)))
+            }
+        };
         let shared = Arc::new(Shared {
             repo: repo.clone(),
             index,
@@ -138,6 +146,7 @@ impl Saver {
             shared,
             sealer,
             staging,
+            private_staging,
             write_behind,
             compression: Compression::Zstd(repo.config().compression_level),
             data_packs: (0..DATA_PACK_SLOTS).map(|_| Mutex::new(None)).collect(),
@@ -262,12 +271,12 @@ impl Saver {
             if slot.is_none() {
                 *slot = Some(
                     PackWriter::create(&self.staging, kind)
-                        .map_err(|e| Error::io(&self.staging, e))?
+                        .map_err(|e| Error::io(self.staging.path(), e))?
                         .write_behind(self.write_behind),
                 );
             }
             let writer = slot.as_mut().expect("just created");
-            writer.add(id, sealed, raw_len).map_err(|e| Error::io(&self.staging, e))?;
+            writer.add(id, sealed, raw_len).map_err(|e| Error::io(self.staging.path(), e))?;
             if writer.size() >= self.target_size(kind) {
                 // The ticket is taken under the slot lock: a flush that
                 // starts after this blob was added waits for this pack.
@@ -287,7 +296,7 @@ impl Saver {
             Ok(pack) => pack,
             Err(e) => {
                 self.shared.release(ticket);
-                return Err(Error::io(&self.staging, e));
+                return Err(Error::io(self.staging.path(), e));
             }
         };
         let tx = self.upload_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -370,5 +379,27 @@ impl Saver {
 impl Drop for Saver {
     fn drop(&mut self) {
         self.shutdown();
+        if let Some((parent, name)) = &self.private_staging {
+            let _ = parent.remove_dir_at(name);
+        }
+    }
+}
+
+/// A fresh directory of this process's own under the system's temporary
+/// one (`0700`, a random name, made with `mkdir`: nothing planted there
+/// beforehand can stand in for it).
+fn private_staging_dir() -> Result<(Dir, Dir, OsString)> {
+    let tmp = std::env::temp_dir();
+    let parent = Dir::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    loop {
+        let name = OsString::from(format!("backstop-{}", crate::id::SessionId::random().to_hex()));
+        match parent.mkdir_at(&name, 0o700) {
+            Ok(()) => {
+                let dir = parent.open_dir(Path::new(&name), Links::Refuse).map_err(|e| Error::io(&tmp, e))?;
+                return Ok((dir, parent, name));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io(&tmp, e)),
+        }
     }
 }

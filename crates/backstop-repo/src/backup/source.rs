@@ -95,7 +95,11 @@ pub struct RawImage {
 
 impl RawImage {
     pub fn open(path: &Path) -> std::io::Result<RawImage> {
-        let file = sys::open_read(path)?;
+        RawImage::from_file(sys::open_read(path)?, path)
+    }
+
+    /// The image in `file`, already open for reading (`path` for messages).
+    pub fn from_file(file: File, path: &Path) -> std::io::Result<RawImage> {
         let st = sys::fstat(&file)?;
         let size = match st.file_type() {
             libc::S_IFREG => st.size,

@@ -4,11 +4,13 @@
 //! readers.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use backstop_backend::{Dir, Links, PathScope};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::FixedChunking;
@@ -94,6 +96,8 @@ pub(crate) struct Walker<'a> {
     pub one_file_system: bool,
     /// Keep only the tag of directories marked by a CACHEDIR.TAG.
     pub exclude_caches: bool,
+    /// Where the selected paths may be (see [`trusted`]).
+    pub scope: PathScope,
     /// The device of the selected path being walked.
     root_dev: Option<u64>,
     names: Names,
@@ -103,11 +107,28 @@ pub(crate) struct Walker<'a> {
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 /// Whether `dir` holds a valid CACHEDIR.TAG.
-fn is_cache_dir(dir: &Path) -> bool {
+fn is_cache_dir(dir: &Dir) -> bool {
     let mut head = [0u8; 43];
-    std::fs::File::open(dir.join("CACHEDIR.TAG"))
+    dir.open_file(Path::new("CACHEDIR.TAG"), libc::O_RDONLY, 0, Links::Refuse)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
         .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
+}
+
+/// Whether the directory at `path` is one the walk opens as named: a
+/// confined job's roots and what lies above them are its administrator's.
+/// Everything else is opened relative to the directory it is in, without
+/// following a link, so no path is resolved twice and nothing a link
+/// points to is read — wherever the link is, and whenever it appeared.
+fn trusted(scope: &PathScope, path: &Path) -> bool {
+    match scope {
+        PathScope::Any => false,
+        PathScope::Beneath { roots } => roots.iter().any(|root| root.starts_with(path)),
+    }
+}
+
+/// Entry `name` (at `path`) of `parent` as a directory: see [`trusted`].
+fn open_dir_step(scope: &PathScope, parent: &Dir, name: &OsStr, path: &Path) -> std::io::Result<Dir> {
+    if trusted(scope, path) { Dir::open(path) } else { parent.open_dir(Path::new(name), Links::Refuse) }
 }
 
 /// The selected paths as a tree of components: intermediate directories are
@@ -164,6 +185,7 @@ impl<'a> Walker<'a> {
             warnings,
             one_file_system: false,
             exclude_caches: false,
+            scope: PathScope::Any,
             root_dev: None,
             names: Names::default(),
         }
@@ -184,32 +206,64 @@ impl<'a> Walker<'a> {
     /// Walk every selected path. Returns when done, cancelled, or when the
     /// assembler stopped listening.
     pub fn walk_paths(&mut self, trie: &PathTrie, parent: ParentDir) {
-        let _ = self.walk_trie(trie, Path::new("/"), &parent);
+        match Dir::open(Path::new("/")) {
+            Ok(root) => {
+                let _ = self.walk_trie(trie, Path::new("/"), &Arc::new(root), &parent);
+            }
+            Err(e) => self.warn(Path::new("/"), &format!("cannot read directory: {e}")),
+        }
     }
 
-    fn walk_trie(&mut self, trie: &PathTrie, path: &Path, parent: &ParentDir) -> std::result::Result<(), Stop> {
+    fn walk_trie(
+        &mut self,
+        trie: &PathTrie,
+        path: &Path,
+        dir: &Arc<Dir>,
+        parent: &ParentDir,
+    ) -> std::result::Result<(), Stop> {
         if trie.selected {
             // The whole directory (only "/" reaches here).
-            self.root_dev = sys::lstat(path).ok().map(|st| st.dev);
-            return self.walk_dir_entries(path, parent);
+            self.root_dev = dir.stat().ok().map(|st| st.st_dev);
+            return self.walk_dir_entries(path, dir, parent);
         }
         for (name, child) in &trie.children {
-            let child_path = path.join(sys::os_str(name));
-            let stat = match sys::lstat(&child_path) {
-                Ok(st) => st,
-                Err(e) => {
-                    self.warn(&child_path, &format!("cannot back up: {e}"));
-                    continue;
+            let name_os = sys::os_str(name);
+            let child_path = path.join(name_os);
+            let (stat, opened) = if trusted(&self.scope, &child_path) {
+                match Dir::open(&child_path).and_then(|d| d.stat().map(|st| (Stat::from_raw(&st), d))) {
+                    Ok((st, d)) => (st, Some(Arc::new(d))),
+                    Err(e) => {
+                        self.warn(&child_path, &format!("cannot back up: {e}"));
+                        continue;
+                    }
+                }
+            } else {
+                match dir.stat_at(name_os) {
+                    Ok(st) => (Stat::from_raw(&st), None),
+                    Err(e) => {
+                        self.warn(&child_path, &format!("cannot back up: {e}"));
+                        continue;
+                    }
                 }
             };
             if child.selected {
                 self.root_dev = Some(stat.dev);
-                self.walk_entry(&child_path, name, &stat, parent)?;
+                self.walk_entry(&child_path, name, &stat, dir, parent)?;
             } else if stat.is_dir() {
-                let node = self.node(name.clone(), &stat, &child_path, None);
+                let sub_dir = match opened
+                    .map(Ok)
+                    .unwrap_or_else(|| dir.open_dir(Path::new(name_os), Links::Refuse).map(Arc::new))
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        self.warn(&child_path, &format!("cannot read directory: {e}"));
+                        continue;
+                    }
+                };
+                let node = self.node(name.clone(), &stat, &child_path, dir, None);
                 self.emit(Item::EnterDir(node))?;
                 let sub = self.enter(parent, name);
-                self.walk_trie(child, &child_path, &sub)?;
+                self.walk_trie(child, &child_path, &sub_dir, &sub)?;
                 self.emit(Item::LeaveDir)?;
             } else {
                 self.warn(&child_path, "is not a directory, so the paths below it cannot be backed up");
@@ -218,17 +272,16 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    fn walk_dir_entries(&mut self, path: &Path, parent: &ParentDir) -> std::result::Result<(), Stop> {
-        let entries = match sys::read_dir(path) {
+    fn walk_dir_entries(&mut self, path: &Path, dir: &Arc<Dir>, parent: &ParentDir) -> std::result::Result<(), Stop> {
+        let entries = match dir.read_dir() {
             Ok(entries) => entries,
             Err(e) => {
                 self.warn(path, &format!("cannot read directory: {e}"));
                 return Ok(());
             }
         };
-        for entry in entries {
-            let name = entry.name.as_bytes();
-            self.walk_entry(&path.join(&entry.name), name, &entry.stat, parent)?;
+        for (name, stat) in entries {
+            self.walk_entry(&path.join(&name), name.as_bytes(), &Stat::from_raw(&stat), dir, parent)?;
         }
         Ok(())
     }
@@ -248,39 +301,51 @@ impl<'a> Walker<'a> {
         ParentDir { trees }
     }
 
+    /// Entry `name` of `dir`, found at `path` with `stat`.
     fn walk_entry(
         &mut self,
         path: &Path,
         name: &[u8],
         stat: &Stat,
+        dir: &Arc<Dir>,
         parent: &ParentDir,
     ) -> std::result::Result<(), Stop> {
         if self.excludes.matches(path, stat.is_dir()) {
             return Ok(());
         }
+        let name_os = sys::os_str(name);
         match stat.file_type() {
             libc::S_IFDIR => {
-                let node = self.node(name.to_vec(), stat, path, parent.node(name).next());
+                let node = self.node(name.to_vec(), stat, path, dir, parent.node(name).next());
                 self.emit(Item::EnterDir(node))?;
                 let sub = self.enter(parent, name);
                 if self.one_file_system && self.root_dev.is_some_and(|dev| dev != stat.dev) {
                     // A mount point: recorded, not entered.
-                } else if self.exclude_caches && is_cache_dir(path) {
-                    let tag = path.join("CACHEDIR.TAG");
-                    if let Ok(st) = sys::lstat(&tag) {
-                        self.walk_entry(&tag, b"CACHEDIR.TAG", &st, &sub)?;
-                    }
                 } else {
-                    self.walk_dir_entries(path, &sub)?;
+                    match dir.open_dir(Path::new(name_os), Links::Refuse) {
+                        Err(e) => self.warn(path, &format!("cannot read directory: {e}")),
+                        Ok(sub_dir) => {
+                            let sub_dir = Arc::new(sub_dir);
+                            if self.exclude_caches && is_cache_dir(&sub_dir) {
+                                let tag = OsStr::new("CACHEDIR.TAG");
+                                if let Ok(st) = sub_dir.stat_at(tag) {
+                                    let st = Stat::from_raw(&st);
+                                    self.walk_entry(&path.join(tag), tag.as_bytes(), &st, &sub_dir, &sub)?;
+                                }
+                            } else {
+                                self.walk_dir_entries(path, &sub_dir, &sub)?;
+                            }
+                        }
+                    }
                 }
                 self.emit(Item::LeaveDir)
             }
-            libc::S_IFREG => self.walk_file(path, name, stat, parent),
+            libc::S_IFREG => self.walk_file(path, name, stat, dir, parent),
             _ => {
                 let old = parent.node(name).next();
-                let mut node = self.node(name.to_vec(), stat, path, old);
+                let mut node = self.node(name.to_vec(), stat, path, dir, old);
                 if node.node_type == NodeType::Symlink {
-                    match sys::read_link(path) {
+                    match dir.read_link_at(name_os) {
                         Ok(target) => node.data = NodeData::Symlink { target },
                         Err(e) => {
                             self.warn(path, &format!("cannot read symlink: {e}"));
@@ -298,6 +363,7 @@ impl<'a> Walker<'a> {
         path: &Path,
         name: &[u8],
         stat: &Stat,
+        dir: &Arc<Dir>,
         parent: &ParentDir,
     ) -> std::result::Result<(), Stop> {
         let candidates: Vec<&Node> = parent.node(name).filter(|n| n.node_type == NodeType::File).collect();
@@ -311,7 +377,7 @@ impl<'a> Walker<'a> {
         let status = if candidates.is_empty() { FileStatus::New } else { FileStatus::Changed };
 
         if let Some(old) = candidates.iter().find(|old| !old.is_partial() && same(old) && stored(old)) {
-            let mut node = self.node(name.to_vec(), stat, path, Some(old));
+            let mut node = self.node(name.to_vec(), stat, path, dir, Some(old));
             node.data = NodeData::File { content: old.content().to_vec(), partial: false };
             self.progress.advance(1, stat.size);
             self.progress.stored(0, stat.size);
@@ -326,7 +392,7 @@ impl<'a> Walker<'a> {
         let resume = self.repo.expand_content(self.index, &resume).unwrap_or_default();
         self.progress.advance(0, resume.iter().map(ContentRef::len).sum());
 
-        let node = self.node(name.to_vec(), stat, path, candidates.first().copied());
+        let node = self.node(name.to_vec(), stat, path, dir, candidates.first().copied());
         let fixed = match self.fixed {
             FixedChunking::Always => true,
             FixedChunking::Never => false,
@@ -335,7 +401,11 @@ impl<'a> Walker<'a> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         let prefix = Arc::new(Mutex::new(Vec::new()));
         let job = FileJob {
-            source: FileSource::Path(path.to_path_buf()),
+            source: FileSource::At {
+                dir: dir.clone(),
+                name: sys::os_str(name).to_os_string(),
+                path: path.to_path_buf(),
+            },
             stat: Some(*stat),
             resume,
             fixed,
@@ -358,9 +428,10 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// A node with the entry's metadata. Extended attributes are reused from
-    /// `old` when the inode's ctime is unchanged (any xattr change bumps it).
-    fn node(&mut self, name: Vec<u8>, st: &Stat, path: &Path, old: Option<&Node>) -> Node {
+    /// A node with the metadata of entry `name` of `dir` (at `path`).
+    /// Extended attributes are reused from `old` when the inode's ctime is
+    /// unchanged (any xattr change bumps it).
+    fn node(&mut self, name: Vec<u8>, st: &Stat, path: &Path, dir: &Dir, old: Option<&Node>) -> Node {
         let node_type = match st.file_type() {
             libc::S_IFREG => NodeType::File,
             libc::S_IFDIR => NodeType::Dir,
@@ -372,7 +443,7 @@ impl<'a> Walker<'a> {
         };
         let xattrs = match old {
             Some(old) if old.ctime_ns == st.ctime_ns && old.inode == st.ino => old.xattrs.clone(),
-            _ => match sys::xattrs(path) {
+            _ => match dir.entry_path(sys::os_str(&name)).and_then(|p| sys::xattrs(&p)) {
                 Ok(x) => x,
                 Err(e) => {
                     if e.raw_os_error() != Some(libc::EPERM) && e.kind() != std::io::ErrorKind::NotFound {
@@ -615,45 +686,72 @@ impl SourceDir {
     }
 }
 
-/// Count files and bytes under the selected paths (for progress totals).
-pub(crate) fn scan_totals(trie: &PathTrie, excludes: &PathFilter, cancel: &CancelToken, progress: &dyn Progress) {
-    fn walk(path: &Path, excludes: &PathFilter, cancel: &CancelToken, totals: &mut (u64, u64)) {
-        let Ok(entries) = sys::read_dir(path) else { return };
-        for e in entries {
+/// Count files and bytes under the selected paths (for progress totals),
+/// opening directories the way the walk does.
+pub(crate) fn scan_totals(
+    trie: &PathTrie,
+    scope: &PathScope,
+    excludes: &PathFilter,
+    cancel: &CancelToken,
+    progress: &dyn Progress,
+) {
+    fn walk(dir: &Dir, path: &Path, excludes: &PathFilter, cancel: &CancelToken, totals: &mut (u64, u64)) {
+        let Ok(entries) = dir.read_dir() else { return };
+        for (name, st) in entries {
             if cancel.is_cancelled() {
                 return;
             }
-            let p = path.join(&e.name);
-            if excludes.matches(&p, e.stat.is_dir()) {
+            let st = Stat::from_raw(&st);
+            let p = path.join(&name);
+            if excludes.matches(&p, st.is_dir()) {
                 continue;
             }
-            if e.stat.is_dir() {
-                walk(&p, excludes, cancel, totals);
-            } else if e.stat.is_file() {
-                totals.0 += 1;
-                totals.1 += e.stat.size;
-            }
-        }
-    }
-    fn visit(trie: &PathTrie, path: &Path, excludes: &PathFilter, cancel: &CancelToken, totals: &mut (u64, u64)) {
-        if trie.selected {
-            match sys::lstat(path) {
-                Ok(st) if st.is_dir() => walk(path, excludes, cancel, totals),
-                Ok(st) if st.is_file() => {
-                    totals.0 += 1;
-                    totals.1 += st.size;
+            if st.is_dir() {
+                if let Ok(sub) = dir.open_dir(Path::new(&name), Links::Refuse) {
+                    walk(&sub, &p, excludes, cancel, totals);
                 }
-                _ => {}
+            } else if st.is_file() {
+                totals.0 += 1;
+                totals.1 += st.size;
             }
-            return;
-        }
-        for (name, child) in &trie.children {
-            visit(child, &path.join(sys::os_str(name)), excludes, cancel, totals);
         }
     }
-    let mut totals = (0, 0);
-    visit(trie, Path::new("/"), excludes, cancel, &mut totals);
-    progress.total(totals.0, totals.1);
+    struct Scan<'a> {
+        scope: &'a PathScope,
+        excludes: &'a PathFilter,
+        cancel: &'a CancelToken,
+        totals: (u64, u64),
+    }
+    impl Scan<'_> {
+        fn visit(&mut self, trie: &PathTrie, dir: &Dir, path: &Path) {
+            if trie.selected {
+                walk(dir, path, self.excludes, self.cancel, &mut self.totals);
+                return;
+            }
+            for (name, child) in &trie.children {
+                let name = sys::os_str(name);
+                let child_path = path.join(name);
+                if child.selected && !trusted(self.scope, &child_path) {
+                    match dir.stat_at(name).map(|st| Stat::from_raw(&st)) {
+                        Ok(st) if st.is_file() => {
+                            self.totals.0 += 1;
+                            self.totals.1 += st.size;
+                            continue;
+                        }
+                        Ok(st) if st.is_dir() => {}
+                        _ => continue,
+                    }
+                }
+                if let Ok(sub) = open_dir_step(self.scope, dir, name, &child_path) {
+                    self.visit(child, &sub, &child_path);
+                }
+            }
+        }
+    }
+    let Ok(root) = Dir::open(Path::new("/")) else { return };
+    let mut scan = Scan { scope, excludes, cancel, totals: (0, 0) };
+    scan.visit(trie, &root, Path::new("/"));
+    progress.total(scan.totals.0, scan.totals.1);
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! Building a pack in a local staging file, so a 32 MiB pack costs no
 //! memory and a local repository receives it by a rename.
 
-use std::fs::{self, File};
+use std::ffi::OsString;
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
+
+use backstop_backend::{Dir, Links};
 
 use super::{BlobKind, PackEntry, seal_header};
 use crate::crypto::Sealer;
@@ -11,7 +15,9 @@ use crate::id::{BlobId, PackId};
 
 pub struct PackWriter {
     kind: BlobKind,
-    path: PathBuf,
+    /// The staging file: its directory and name (empty once finished).
+    dir: Arc<Dir>,
+    name: OsString,
     file: Option<BufWriter<File>>,
     hasher: blake3::Hasher,
     entries: Vec<(PackEntry, u32)>,
@@ -31,7 +37,9 @@ const WRITE_BEHIND_STEP: u64 = 4 << 20;
 pub struct FinishedPack {
     pub id: PackId,
     pub kind: BlobKind,
-    pub path: PathBuf,
+    /// The staging file, by directory handle and name.
+    pub dir: Arc<Dir>,
+    pub name: OsString,
     pub size: u64,
     /// Each blob with its offset in the pack.
     pub blobs: Vec<(PackEntry, u32)>,
@@ -39,18 +47,20 @@ pub struct FinishedPack {
 
 impl Drop for FinishedPack {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = self.dir.remove_at(&self.name);
     }
 }
 
 impl PackWriter {
-    pub fn create(dir: &Path, kind: BlobKind) -> io::Result<PackWriter> {
-        fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{}.pack.tmp", crate::id::SessionId::random().to_hex()));
-        let file = fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    /// A new staging file in `dir` (created, never through a link).
+    pub fn create(dir: &Arc<Dir>, kind: BlobKind) -> io::Result<PackWriter> {
+        let name = OsString::from(format!("{}.pack.tmp", crate::id::SessionId::random().to_hex()));
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let file = dir.open_file(Path::new(&name), flags, 0o600, Links::Refuse)?;
         Ok(PackWriter {
             kind,
-            path,
+            dir: dir.clone(),
+            name,
             file: Some(BufWriter::with_capacity(256 << 10, file)),
             hasher: blake3::Hasher::new(),
             entries: Vec::new(),
@@ -112,7 +122,8 @@ impl PackWriter {
         Ok(FinishedPack {
             id: PackId(*self.hasher.finalize().as_bytes()),
             kind: self.kind,
-            path: std::mem::take(&mut self.path),
+            dir: self.dir.clone(),
+            name: std::mem::take(&mut self.name),
             size,
             blobs: std::mem::take(&mut self.entries),
         })
@@ -121,9 +132,9 @@ impl PackWriter {
 
 impl Drop for PackWriter {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
+        if !self.name.is_empty() {
             self.file.take();
-            let _ = fs::remove_file(&self.path);
+            let _ = self.dir.remove_at(&self.name);
         }
     }
 }

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use backstop_catalog::queue::JobFilter;
@@ -18,10 +17,15 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::audit;
+use crate::handlers::{audit, idempotency_key, page_limit};
+
+/// Attempts a job may be given at most.
+const MAX_ATTEMPTS: u32 = backstop_catalog::queue::MAX_ATTEMPTS;
+use crate::extract::{Json, Query};
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub state: Option<String>,
     pub kind: Option<String>,
@@ -79,7 +83,7 @@ pub async fn list(
         plan,
         repository,
         cursor: q.cursor.clone(),
-        limit: q.limit.unwrap_or(100),
+        limit: page_limit(q.limit)? as u32,
     };
     let mut page = state.catalog.list_jobs(&scope, &filter).await?;
     explain(&state, &mut page.items).await;
@@ -91,19 +95,6 @@ pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<S
     let mut job = state.catalog.job(&caller.scope(), &id).await?;
     explain(&state, std::slice::from_mut(&mut job)).await;
     Ok(Json(job))
-}
-
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => {
-            let key = v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be text"))?.trim();
-            if key.is_empty() || key.len() > 200 {
-                return Err(ApiError::invalid("Idempotency-Key must be 1–200 characters"));
-            }
-            Ok(Some(key.to_string()))
-        }
-    }
 }
 
 /// Submit a job. With an `Idempotency-Key`, a repeated submission returns
@@ -121,7 +112,10 @@ pub async fn create(
     let (job, created) = if let (JobKind::Backup, Some(plan)) = (spec.kind, &spec.plan) {
         state.catalog.run_plan(&scope, plan, key, now).await?
     } else {
-        let new = job_from_spec(&state, &caller, &scope, &spec, key).await?;
+        let mut new = job_from_spec(&state, &caller, &scope, &spec, key).await?;
+        if new.idempotency_key.is_some() {
+            new.request_digest = Some(backstop_catalog::request_digest(&json!(spec)));
+        }
         state.catalog.enqueue(new, now).await?
     };
     if created {
@@ -168,6 +162,9 @@ async fn job_from_spec(
     if spec.deadline_seconds.is_some_and(|d| d == 0 || d > backstop_catalog::queue::MAX_DEADLINE_SECONDS) {
         return Err(ApiError::invalid("deadline_seconds must be between 1 and 2592000 (30 days)"));
     }
+    if spec.max_attempts.is_some_and(|n| !(1..=MAX_ATTEMPTS).contains(&n)) {
+        return Err(ApiError::invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS}")));
+    }
     if spec.kind == JobKind::Restore
         && let Some(to) = spec.params.get("to")
     {
@@ -186,24 +183,15 @@ async fn job_from_spec(
         backstop_source::validate_restore(kind, &config).map_err(|e| {
             ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
         })?;
-        if kind == "image"
-            && let Some(p) = config.get("path").and_then(|p| p.as_str())
-        {
-            caller.confine_path(state, p)?;
-        }
-        if kind == "command" {
-            caller.require_system_admin("a restore into a command")?;
-        }
-        // Without a token the workers' own kubeconfig (or service account) is used.
-        if kind == "kubernetes" {
-            caller.require_system_admin("a restore into a Kubernetes cluster with the workers' credentials")?;
-        }
+        let touches =
+            backstop_source::touches(kind, &config, true).map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
+        crate::reach::check(state, caller, tenant, &touches).await?;
     } else if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();
         if !target.starts_with('/') {
             return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));
         }
-        caller.confine_path(state, target)?;
+        crate::reach::check_path(state, tenant, target)?;
     }
     let mut params = if spec.params.is_null() { json!({}) } else { spec.params.clone() };
     if let Some(p) = &plan {
@@ -219,9 +207,10 @@ async fn job_from_spec(
         region: repository.region.clone(),
         repository: repository.id,
         params,
-        max_attempts: spec.max_attempts.unwrap_or(c.config.default_max_attempts).clamp(1, 100),
+        max_attempts: spec.max_attempts.unwrap_or(c.config.default_max_attempts),
         deadline_seconds: spec.deadline_seconds,
         idempotency_key: key.map(|k| format!("api:{k}")),
+        request_digest: None,
         parent: None,
         step: None,
         not_before_ms: None,
@@ -239,6 +228,7 @@ pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Pat
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     pub after: Option<i64>,
     pub limit: Option<u32>,
@@ -251,12 +241,95 @@ pub async fn events(
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Json<Vec<JobEvent>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.catalog.events(&caller.scope(), &id, q.after.unwrap_or(0), q.limit.unwrap_or(1000)).await?))
+    let limit = match q.limit {
+        None => 1000,
+        Some(n @ 1..=10_000) => n,
+        Some(_) => return Err(ApiError::invalid("limit must be between 1 and 10000")),
+    };
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("after is an event id (0 or more)"));
+    }
+    Ok(Json(state.catalog.events(&caller.scope(), &id, q.after.unwrap_or(0), limit).await?))
+}
+
+/// How long an idle stream waits before it looks again anyway: for a token
+/// revoked on another coordinator, and for the catalog's notices should one
+/// have been missed.
+const STREAM_RECHECK: Duration = Duration::from_secs(10);
+
+/// What a stream carries between its events.
+struct Follow {
+    state: AppState,
+    scope: Scope,
+    job: String,
+    token: String,
+    after: i64,
+    buffer: std::collections::VecDeque<JobEvent>,
+    done: bool,
+    bell: tokio::sync::watch::Receiver<u64>,
+    revocations: tokio::sync::watch::Receiver<u64>,
+    _slot: crate::state::StreamSlot,
+}
+
+impl Follow {
+    /// The next event to send, waiting for one; `None` at the end (the job
+    /// finished and everything was sent, or the token was revoked).
+    async fn next(&mut self) -> Option<JobEvent> {
+        loop {
+            if let Some(e) = self.buffer.pop_front() {
+                self.after = e.id;
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            match self.state.catalog.token_is_live(&self.token).await {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            // Seen from here on: a ring after this is for what we have not read.
+            self.bell.borrow_and_update();
+            self.revocations.borrow_and_update();
+            let finished = match self.state.catalog.job(&self.scope, &self.job).await {
+                Ok(job) => job.state.is_finished(),
+                // A catalog hiccup is not the end of the job: look again.
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(_) => return None,
+            };
+            match self.state.catalog.events(&self.scope, &self.job, self.after, 500).await {
+                Ok(events) => {
+                    // Send what is left, then end.
+                    self.done = finished && events.len() < 500;
+                    self.buffer = events.into();
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
+            if self.buffer.is_empty() && !self.done {
+                tokio::select! {
+                    _ = self.bell.changed() => {}
+                    _ = self.revocations.changed() => {}
+                    _ = tokio::time::sleep(STREAM_RECHECK) => {}
+                }
+            }
+        }
+    }
 }
 
 /// The job's events as Server-Sent Events: everything after `after` (or
-/// the `Last-Event-ID` header), then new ones as they come, until the job
-/// has finished and its last event was sent.
+/// the `Last-Event-ID` header), then new ones as the catalog announces
+/// them, until the job has finished and its last event was sent, or the
+/// token is revoked. A token holds at most
+/// [`MAX_STREAMS_PER_TOKEN`](crate::state::MAX_STREAMS_PER_TOKEN) at once.
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -267,56 +340,40 @@ pub async fn stream(
     caller.require(Role::Viewer)?;
     let scope = caller.scope();
     state.catalog.job(&scope, &id).await?;
+    let slot = state.open_stream(&caller.token.id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this token has {} event streams open already; close one, or read /api/v1/jobs/{id}/events",
+                crate::state::MAX_STREAMS_PER_TOKEN
+            ),
+        )
+    })?;
     let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let after = resume.or(q.after).unwrap_or(0);
-    let stream = futures::stream::unfold(
-        (state, scope, id, after, Vec::<JobEvent>::new(), false),
-        |(state, scope, id, mut after, mut buffer, mut done)| async move {
-            loop {
-                if let Some(e) = (!buffer.is_empty()).then(|| buffer.remove(0)) {
-                    after = e.id;
-                    let event = Event::default()
-                        .id(e.id.to_string())
-                        .event(match e.kind {
-                            backstop_types::EventKind::State => "state",
-                            backstop_types::EventKind::Progress => "progress",
-                            backstop_types::EventKind::Log => "log",
-                        })
-                        .data(serde_json::to_string(&e).unwrap_or_default());
-                    return Some((Ok(event), (state, scope, id, after, buffer, done)));
-                }
-                if done {
-                    return None;
-                }
-                let finished = match state.catalog.job(&scope, &id).await {
-                    Ok(job) => job.state.is_finished(),
-                    // A catalog hiccup is not the end of the job: look again.
-                    Err(e) if e.is_transient() => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                    Err(_) => return None,
-                };
-                buffer = match state.catalog.events(&scope, &id, after, 500).await {
-                    Ok(events) => events,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                if buffer.is_empty() {
-                    if finished {
-                        // Everything up to the end has been sent.
-                        done = true;
-                        continue;
-                    }
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                } else if finished {
-                    // Send what is left, then end.
-                    done = buffer.len() < 500;
-                }
-            }
-        },
-    );
+    let follow = Follow {
+        bell: state.catalog.subscribe_events(),
+        revocations: state.revocations.subscribe(),
+        state,
+        scope,
+        job: id,
+        token: caller.token.id.clone(),
+        after: resume.or(q.after).unwrap_or(0),
+        buffer: Default::default(),
+        done: false,
+        _slot: slot,
+    };
+    let stream = futures::stream::unfold(follow, |mut follow| async move {
+        let e = follow.next().await?;
+        let event = Event::default()
+            .id(e.id.to_string())
+            .event(match e.kind {
+                backstop_types::EventKind::State => "state",
+                backstop_types::EventKind::Progress => "progress",
+                backstop_types::EventKind::Log => "log",
+            })
+            .data(serde_json::to_string(&e).unwrap_or_default());
+        Some((Ok(event), follow))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

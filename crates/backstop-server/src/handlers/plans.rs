@@ -1,18 +1,19 @@
 //! `/api/v1/plans`: what to back up, where, when, how long to keep.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use backstop_catalog::now_ms;
 use backstop_types::{Job, Page, Plan, PlanSpec, Role};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, ApiResult};
-use crate::handlers::{PageQuery, audit, paginate};
+use crate::error::ApiResult;
+use crate::extract::{Json, Query};
+use crate::handlers::{PageQuery, audit, idempotency_key, paginate};
 use crate::state::AppState;
 
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only plans into this repository (name or id).
     pub repository: Option<String>,
@@ -42,7 +43,7 @@ pub async fn list(
         plans,
         |p| format!("{}/{}", p.name, p.id),
         &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
-    )))
+    )?))
 }
 
 pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Plan>> {
@@ -81,10 +82,7 @@ pub async fn run(
     headers: HeaderMap,
 ) -> ApiResult<(StatusCode, Json<Job>)> {
     caller.require(Role::Operator)?;
-    let key = match headers.get("idempotency-key") {
-        Some(v) => Some(v.to_str().map_err(|_| ApiError::invalid("Idempotency-Key must be text"))?.to_string()),
-        None => None,
-    };
+    let key = idempotency_key(&headers)?;
     let (job, created) = state.catalog.run_plan(&caller.scope(), &id, key, now_ms()).await?;
     if created {
         audit(&state, &caller, "plan.run", format!("plan/{id}"), json!({"job": job.id})).await?;

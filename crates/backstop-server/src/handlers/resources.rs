@@ -1,7 +1,6 @@
 //! Repositories, sources, snapshots, tokens, tenants and the audit trail.
 
-use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use backstop_catalog::now_ms;
 use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
@@ -14,12 +13,14 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{Json, Query};
 use crate::handlers::{PageQuery, audit, paginate};
 use crate::state::AppState;
 
 // ---- repositories ---------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RepositoryQuery {
     pub region: Option<String>,
     pub cursor: Option<String>,
@@ -43,7 +44,7 @@ pub async fn list_repositories(
         repos,
         |r| format!("{}/{}", r.name, r.id),
         &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
-    )))
+    )?))
 }
 
 pub async fn get_repository(
@@ -62,7 +63,8 @@ pub async fn create_repository(
     Json(spec): Json<RepositorySpec>,
 ) -> ApiResult<(StatusCode, Json<Repository>)> {
     caller.require(Role::Operator)?;
-    caller.confine_location(&state, &spec.location, &spec.options)?;
+    let tenant = caller.scope().tenant().to_string();
+    crate::reach::check_location(&state, &tenant, &spec.location, &spec.options).await?;
     if spec.init {
         let access = backstop_types::RepositoryAccess {
             id: String::new(),
@@ -70,9 +72,10 @@ pub async fn create_repository(
             password: spec.password.clone(),
             options: spec.options.clone(),
         };
-        tokio::task::spawn_blocking(move || init_or_open(&access))
+        let reach = state.reach_of(&tenant).await?;
+        tokio::task::spawn_blocking(move || init_or_open(&access, &reach))
             .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+            .map_err(|e| ApiError::internal(e.to_string()))??;
     }
     let repo = state.catalog.create_repository(&caller.scope(), &spec, now_ms()).await?;
     audit(
@@ -86,12 +89,14 @@ pub async fn create_repository(
     Ok((StatusCode::CREATED, Json(repo)))
 }
 
-/// Create the repository, or check that the one there opens with the password.
-fn init_or_open(access: &backstop_types::RepositoryAccess) -> ApiResult<()> {
-    match backstop_worker::run::open_repository(access) {
+/// Create the repository, or check that the one there opens with the
+/// password; reaching only what the tenant's `reach` allows (the request
+/// is the tenant's, though the coordinator makes it).
+fn init_or_open(access: &backstop_types::RepositoryAccess, reach: &backstop_types::Reach) -> ApiResult<()> {
+    match backstop_worker::run::open_repository(access, reach) {
         Ok(_) => Ok(()),
         Err(backstop_repo::Error::NoRepository { .. }) => {
-            let options = backstop_worker::run::backend_options(access, &Default::default())
+            let options = backstop_worker::run::backend_options(access, reach, &Default::default())
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
             let backend =
                 backstop_backend::open(&access.location, &options).map_err(|e| ApiError::invalid(e.to_string()))?;
@@ -122,6 +127,7 @@ pub async fn delete_repository(
 // ---- sources --------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SourceQuery {
     pub kind: Option<String>,
     pub host: Option<String>,
@@ -148,7 +154,7 @@ pub async fn list_sources(
         sources,
         |s| format!("{}/{}", s.name, s.id),
         &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
-    )))
+    )?))
 }
 
 pub async fn get_source(
@@ -166,54 +172,51 @@ pub async fn create_source(
     Json(spec): Json<SourceSpec>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     caller.require(Role::Operator)?;
-    if spec.kind == "fs"
-        && let Some(paths) = spec.config.get("paths").and_then(|p| p.as_array())
-    {
-        for p in paths.iter().filter_map(|p| p.as_str()) {
-            caller.confine_path(&state, p)?;
-        }
-    }
+    refuse_secrets_in_config(&spec)?;
     backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
-    if spec.config.get("hooks").is_some_and(|h| !h.is_null()) {
-        caller.require_system_admin("a source with hooks")?;
-    }
+    let mut config = spec.config.as_object().cloned().unwrap_or_default();
     if spec.kind != "fs" {
-        let mut config = spec.config.as_object().cloned().unwrap_or_default();
-        // Secrets are options too (a database password), stored apart, encrypted.
+        // Secrets are options too (a database password), stored apart, sealed.
         if let Some(secrets) = spec.secrets.as_object() {
             config.extend(secrets.clone());
         }
         backstop_source::validate(&spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
-        // Images are local paths on the workers' hosts, confined like fs paths.
-        for key in ["path", "cbt"] {
-            if spec.kind == "image"
-                && let Some(p) = config.get(key).and_then(|p| p.as_str())
-            {
-                caller.confine_path(&state, p)?;
-            }
-        }
-        if spec.kind == "image"
-            && backstop_source::image::ImageConfig::parse(&config).is_ok_and(|c| c.backing_outside)
-            && caller.scope() != Scope::All
-        {
-            return Err(ApiError::forbidden(
-                "backing_outside lets an image read files outside its directory; a tenant may not set it",
-            ));
-        }
-        if spec.kind == "command" {
-            caller.require_system_admin("a command source")?;
-        }
-        // A cluster reached with the workers' kubeconfig, service account or
-        // files is theirs, not a tenant's: a tenant gives server and token.
-        if spec.kind == "kubernetes" && (!config.contains_key("server") || config.contains_key("token_file")) {
-            caller.require_system_admin(
-                "a kubernetes source without server= and token= (the workers' own credentials)",
-            )?;
-        }
     }
+    // What it would reach on the workers' hosts, checked against the
+    // tenant's reach (and again by the worker when it runs).
+    let touches = match spec.kind.as_str() {
+        "fs" | "image" | "command" | "postgres" | "mysql" | "kubernetes" => {
+            backstop_source::touches(&spec.kind, &config, false).map_err(|e| ApiError::invalid(e.to_string()))?
+        }
+        _ => Default::default(),
+    };
+    crate::reach::check(&state, &caller, caller.scope().tenant(), &touches).await?;
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok((StatusCode::CREATED, Json(source)))
+}
+
+/// A source's `config` is stored and shown as it is: a password or token in
+/// it (or in a URL) belongs in `secrets`, which are sealed and never shown.
+fn refuse_secrets_in_config(spec: &SourceSpec) -> ApiResult<()> {
+    let config = spec.config.as_object();
+    let key =
+        ["password", "token", "secret_access_key"].into_iter().find(|k| config.is_some_and(|c| c.contains_key(*k)));
+    let url_password = config
+        .and_then(|c| c.get("url"))
+        .and_then(|u| u.as_str())
+        .is_some_and(|u| backstop_source::redact_spec(u) != u);
+    match (key, url_password) {
+        (Some(key), _) => Err(ApiError::invalid(format!(
+            "config.{key} is stored and shown as it is: give it in secrets instead (\"secrets\": {{\"{key}\": …}}), \
+             which are sealed and never shown"
+        ))),
+        (None, true) => Err(ApiError::invalid(
+            "the URL in config.url carries a password, and config is stored and shown as it is: take it out of \
+             the URL and give it in secrets instead (\"secrets\": {\"password\": …}), which are sealed and never shown",
+        )),
+        (None, false) => Ok(()),
+    }
 }
 
 pub async fn delete_source(
@@ -231,6 +234,7 @@ pub async fn delete_source(
 // ---- snapshots ------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
     pub repository: Option<String>,
     pub plan: Option<String>,
@@ -267,7 +271,7 @@ pub async fn list_snapshots(
         snaps,
         |s| format!("{:015}/{}", s.info.time.timestamp_millis(), s.info.id),
         &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
-    )))
+    )?))
 }
 
 /// Rebuild the catalog's snapshots from the repositories themselves.
@@ -277,8 +281,10 @@ pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> A
     let mut out = Vec::new();
     for repo in state.catalog.list_repositories(&scope).await? {
         let access = state.catalog.repository_access(&scope, &repo.id).await?;
+        // Each repository is opened as its own tenant's job would open it.
+        let reach = state.reach_of(&repo.tenant).await?;
         let listed = tokio::task::spawn_blocking(move || -> Result<Vec<backstop_types::SnapshotInfo>, String> {
-            let r = backstop_worker::run::open_repository(&access).map_err(|e| e.to_string())?;
+            let r = backstop_worker::run::open_repository(&access, &reach).map_err(|e| e.to_string())?;
             let snaps = r.snapshots().map_err(|e| e.to_string())?;
             Ok(snaps
                 .into_iter()
@@ -293,7 +299,7 @@ pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> A
                 .collect())
         })
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
         match listed {
             Ok(snaps) => {
                 let (added, removed) = state.catalog.reconcile_snapshots(&repo, &snaps).await?;
@@ -316,7 +322,7 @@ pub async fn list_tokens(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<Page<Token>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(paginate(state.catalog.list_tokens(&caller.scope()).await?, |t| t.id.clone(), &q)))
+    Ok(Json(paginate(state.catalog.list_tokens(&caller.scope()).await?, |t| t.id.clone(), &q)?))
 }
 
 pub async fn create_token(
@@ -351,6 +357,7 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     caller.require(Role::Admin)?;
     state.catalog.revoke_token(&caller.scope(), &id, now_ms()).await?;
+    state.revoked();
     audit(&state, &caller, "token.revoke", format!("token/{id}"), json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -363,9 +370,10 @@ pub async fn list_tenants(
     Query(q): Query<PageQuery>,
 ) -> ApiResult<Json<Page<Tenant>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(paginate(state.catalog.list_tenants(&caller.scope()).await?, |t| t.id.clone(), &q)))
+    Ok(Json(paginate(state.catalog.list_tenants(&caller.scope()).await?, |t| t.id.clone(), &q)?))
 }
 
+/// Create a tenant (201), or change its name and network grants (200).
 pub async fn create_tenant(
     State(state): State<AppState>,
     caller: Caller,
@@ -373,16 +381,22 @@ pub async fn create_tenant(
 ) -> ApiResult<(StatusCode, Json<Tenant>)> {
     caller.require(Role::Admin)?;
     if caller.scope() != Scope::All {
-        return Err(ApiError::forbidden("only administrators of the system tenant create tenants"));
+        return Err(ApiError::forbidden("only administrators of the system tenant create and change tenants"));
     }
-    let tenant = state.catalog.ensure_tenant(&spec.id, spec.name.as_deref().unwrap_or(&spec.id), now_ms()).await?;
-    audit(&state, &caller, "tenant.create", format!("tenant/{}", tenant.id), json!({})).await?;
-    Ok((StatusCode::CREATED, Json(tenant)))
+    if spec.id == SYSTEM_TENANT && spec.allow_net.is_some() {
+        return Err(ApiError::invalid("the system tenant's jobs reach anything; it takes no network grants"));
+    }
+    let existed = state.catalog.tenant(&Scope::All, &spec.id).await.is_ok();
+    let tenant = state.catalog.put_tenant(&spec.id, spec.name.as_deref(), spec.allow_net.as_deref(), now_ms()).await?;
+    let action = if existed { "tenant.update" } else { "tenant.create" };
+    audit(&state, &caller, action, format!("tenant/{}", tenant.id), json!({"allow_net": tenant.allow_net})).await?;
+    Ok((if existed { StatusCode::OK } else { StatusCode::CREATED }, Json(tenant)))
 }
 
 // ---- audit ----------------------------------------------------------------
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub cursor: Option<i64>,
     pub limit: Option<u32>,
@@ -394,5 +408,6 @@ pub async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Page<AuditEvent>>> {
     caller.require(Role::Admin)?;
-    Ok(Json(state.catalog.list_audit(&caller.scope(), q.cursor, q.limit.unwrap_or(100)).await?))
+    let limit = crate::handlers::page_limit(q.limit)? as u32;
+    Ok(Json(state.catalog.list_audit(&caller.scope(), q.cursor, limit).await?))
 }

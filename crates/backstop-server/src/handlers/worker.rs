@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -14,6 +13,7 @@ use backstop_types::{Claim, ClaimRequest, Completion, Heartbeat, HeartbeatReply,
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Json;
 use crate::state::AppState;
 
 /// Claim for `req`, waiting up to its `wait_seconds` (at most 60).
@@ -23,7 +23,16 @@ pub async fn claim_waiting(state: &AppState, req: &ClaimRequest) -> ApiResult<Op
         // Register interest before looking, so a wake between the look and
         // the wait is not lost.
         let notified = state.notify.notified();
-        if let Some(claim) = state.catalog.claim(&req.worker, &req.region, now_ms()).await? {
+        if let Some(mut claim) = state.catalog.claim(&req.worker, &req.region, now_ms()).await? {
+            match state.reach_of(&claim.job.tenant).await {
+                Ok(reach) => claim.reach = reach,
+                Err(e) => {
+                    // Without its reach the job cannot run as it should: give it back.
+                    let why = format!("the coordinator could not read the tenant's settings: {e}");
+                    let _ = state.catalog.release(&claim.job.id, claim.attempt, &why, now_ms()).await;
+                    return Err(e.into());
+                }
+            }
             state.metrics.claimed();
             return Ok(Some(claim));
         }
