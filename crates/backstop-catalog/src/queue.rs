@@ -28,11 +28,8 @@ use sqlx::{AnyConnection, Row, any::AnyRow};
 use crate::resources::Scope;
 use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
 
-/// The longest deadline a job may have.
-pub const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
-
-/// The most attempts a job or plan may be given.
-pub const MAX_ATTEMPTS: u32 = 100;
+/// The longest deadline and the most attempts a job may have.
+pub use backstop_types::{MAX_ATTEMPTS, MAX_DEADLINE_SECONDS};
 
 /// Queue behaviour; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]

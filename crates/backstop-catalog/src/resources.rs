@@ -48,45 +48,19 @@ pub const SYSTEM_TENANT: &str = "system";
 
 /// Names of tenants, repositories, sources, plans and tokens.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && !name.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{what} name {name:?} is invalid: use 1–128 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
-        )))
-    }
+    backstop_types::check::name(&format!("{what} name"), name).map_err(Error::Invalid)
 }
 
 /// Free text (a display name): 1 to `max` characters, none of them a
 /// control character (no newlines, no NULs).
 pub fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
-    if text.is_empty() || text.chars().count() > max || text.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!(
-            "{what} must be 1–{max} characters without control characters (newlines, NUL, …)"
-        )));
-    }
-    Ok(())
+    backstop_types::check::text(what, text, 1, max).map_err(Error::Invalid)
 }
 
 /// A host name as sources name their host: a DNS name or an IP address,
 /// at most 253 characters.
 pub fn check_host(host: &str) -> Result<()> {
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        && !host.starts_with(['.', '-']);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "host {:?} is not a host name: use 1–253 letters, digits, '.', '-', '_' or ':' (an IPv6 address)",
-            host.chars().take(80).collect::<String>()
-        )))
-    }
+    backstop_types::check::host(host).map_err(Error::Invalid)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(row: &AnyRow, col: &str) -> Result<T> {
@@ -403,17 +377,21 @@ impl Catalog {
     pub async fn create_repository(&self, scope: &Scope, spec: &RepositorySpec, now: i64) -> Result<Repository> {
         check_name("repository", &spec.name)?;
         check_name("region", &spec.region)?;
+        check_text("a repository's location", &spec.location, 4096)?;
         if spec.location.trim().is_empty() {
             return Err(Error::Invalid("a repository needs a location".into()));
         }
-        if spec.password.is_empty() {
-            return Err(Error::Invalid("a repository needs a non-empty password".into()));
+        if spec.password.is_empty() || spec.password.chars().count() > 4096 {
+            return Err(Error::Invalid("a repository needs a password of 1–4096 characters".into()));
+        }
+        if spec.max_concurrent.is_some_and(|n| !(1..=10_000).contains(&n)) {
+            return Err(Error::Invalid("max_concurrent must be between 1 and 10000".into()));
         }
         let id = new_id();
         let secret = RepositorySecret { password: spec.password.clone(), options: spec.options.clone() };
         let sealed = self.key.seal(&id, &serde_json::to_vec(&secret).expect("secrets serialise"));
         let names: Vec<&str> = spec.options.iter().map(|(k, _)| k.as_str()).collect();
-        let max = spec.max_concurrent.unwrap_or(4).clamp(1, 10_000);
+        let max = spec.max_concurrent.unwrap_or(4);
         let inserted = sqlx::query(&self.sql(
             "INSERT INTO repositories (id, tenant, name, location, region, secret, option_names, max_concurrent, \
              created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -602,6 +580,12 @@ impl Catalog {
                 None
             }
         };
+        if let Some(schedule) = &spec.schedule {
+            backstop_types::check::text("schedule", schedule, 0, 200).map_err(Error::Invalid)?;
+        }
+        if let Some(zone) = &spec.timezone {
+            backstop_types::check::text("timezone", zone, 0, 100).map_err(Error::Invalid)?;
+        }
         if spec.jitter_seconds > 24 * 3600 {
             return Err(Error::Invalid("jitter_seconds is at most a day (86400)".into()));
         }

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 /// Everything a job may reach: its local paths and its network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Reach {
     pub paths: PathScope,
     pub net: NetScope,

@@ -136,6 +136,22 @@ impl fmt::Display for NetGrant {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for NetGrant {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NetGrant".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "What a tenant's jobs may connect to: CIDR[:PORT] or IP[:PORT] (IPv6 in brackets when a port follows), HOST[:PORT], or unix:PATH",
+            "minLength": 1,
+            "maxLength": 300,
+        })
+    }
+}
+
 impl Serialize for NetGrant {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -222,6 +238,7 @@ impl std::error::Error for NetError {}
 
 /// The addresses a job may connect to on its worker's host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum NetScope {
     /// Anywhere: the system tenant.

@@ -16,6 +16,7 @@ use crate::dir::{Dir, Links};
 /// may lead from one place beneath the root to another, never out of it.
 /// The roots themselves are the administrator's and are opened as named.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "scope", rename_all = "snake_case")]
 pub enum PathScope {
     /// Any path, links and all: the system tenant's administrators.

@@ -1,355 +1,188 @@
 //! The OpenAPI 3.1 document (`/api/v1/openapi.json`), built from the route
-//! table and from example values of the API's types: each schema is the
-//! shape of a serialised example, so a field added to a type shows up
-//! here without anyone remembering to document it.
+//! table (`router.rs`): every route with its token, its query parameters,
+//! its body and its answers, and the JSON Schemas of the API's types as
+//! their serde derives define them (`schemars`), so the document is the
+//! contract the server keeps — `scripts/api-contract` holds it to that with
+//! schemathesis in CI.
 
-use backstop_types::*;
-use chrono::{DateTime, Utc};
+use schemars::generate::SchemaSettings;
 use serde_json::{Map, Value, json};
 
-use crate::router::routes;
+use crate::router::{Answer, Route, routes};
 
-fn t0() -> DateTime<Utc> {
-    DateTime::from_timestamp(1_780_000_000, 0).unwrap_or_default()
-}
-
-fn example_job() -> Job {
-    Job {
-        id: "01930c3e-0000-7000-8000-000000000000".into(),
-        tenant: "acme".into(),
-        kind: JobKind::Backup,
-        state: JobState::Queued,
-        wait_reason: Some("waiting for a worker of region default".into()),
-        plan: Some("01930c3e-0000-7000-8000-000000000001".into()),
-        source: Some("01930c3e-0000-7000-8000-000000000002".into()),
-        repository: "01930c3e-0000-7000-8000-000000000003".into(),
-        region: "default".into(),
-        host: Some("db1".into()),
-        params: json!({}),
-        attempt: 0,
-        max_attempts: 3,
-        lease_owner: Some("worker-1".into()),
-        lease_expires: Some(t0()),
-        not_before: t0(),
-        deadline_seconds: Some(3600),
-        idempotency_key: Some("api:req-1".into()),
-        parent: Some("01930c3e-0000-7000-8000-000000000004".into()),
-        step: Some("verify".into()),
-        cancel_requested: false,
-        created: t0(),
-        started: Some(t0()),
-        finished: Some(t0()),
-        progress: Some(JobProgress { eta_seconds: Some(1), ..Default::default() }),
-        result: Some(json!({})),
-        error: Some("".into()),
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No content",
+        400 => "The request is malformed: a field, a parameter or the body is wrong (the message says which)",
+        401 => "No token, or not a valid one",
+        403 => "The token may not do this",
+        404 => "No such object (or another tenant's)",
+        405 => "The endpoint does not take this method",
+        409 => "A conflict: the object exists, is in use, or the attempt lost its job",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "The Idempotency-Key was used for a different request",
+        429 => "Too many event streams for this token",
+        503 => "The catalog is busy or down; try again",
+        _ => "",
     }
 }
 
-fn example_plan_spec() -> PlanSpec {
-    PlanSpec {
-        name: "nightly".into(),
-        source: "home".into(),
-        repository: "local".into(),
-        schedule: Some("30 2 * * *".into()),
-        timezone: Some("Europe/Berlin".into()),
-        jitter_seconds: 300,
-        misfire: Misfire::RunOnce,
-        overlap: Overlap::Skip,
-        retention: Retention { keep_last: Some(7), keep_daily: Some(14), ..Default::default() },
-        chain: Chain { verify_percent: 5, retention: true },
-        tags: vec!["nightly".into()],
-        max_attempts: Some(3),
-        deadline_seconds: Some(7200),
-        enabled: true,
-    }
+/// A query struct's schema as OpenAPI parameters: one per property.
+fn query_parameters(schema: &Value) -> Vec<Value> {
+    let required: Vec<&str> =
+        schema["required"].as_array().map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let Some(props) = schema["properties"].as_object() else { return Vec::new() };
+    props
+        .iter()
+        .map(|(name, prop)| {
+            let mut prop = prop.clone();
+            // A query parameter is absent, never null.
+            if let Some(types) = prop.get("type").and_then(Value::as_array).cloned() {
+                let types: Vec<Value> = types.into_iter().filter(|t| t != "null").collect();
+                prop["type"] = if types.len() == 1 { types[0].clone() } else { Value::Array(types) };
+            }
+            if let Some(any) = prop.get("anyOf").and_then(Value::as_array).cloned() {
+                let kept: Vec<Value> = any.into_iter().filter(|s| s.get("type") != Some(&json!("null"))).collect();
+                prop = if kept.len() == 1 { kept[0].clone() } else { json!({"anyOf": kept}) };
+            }
+            let description = prop.as_object_mut().and_then(|p| p.remove("description"));
+            let mut p =
+                json!({"name": name, "in": "query", "required": required.contains(&name.as_str()), "schema": prop});
+            if let Some(d) = description {
+                p["description"] = d;
+            }
+            p
+        })
+        .collect()
 }
 
-fn example_plan() -> Plan {
-    let s = example_plan_spec();
-    Plan {
-        id: "01930c3e-0000-7000-8000-000000000001".into(),
-        tenant: "acme".into(),
-        name: s.name,
-        source: s.source,
-        repository: s.repository,
-        schedule: s.schedule,
-        timezone: "Europe/Berlin".into(),
-        jitter_seconds: 300,
-        misfire: s.misfire,
-        overlap: s.overlap,
-        retention: s.retention,
-        chain: s.chain,
-        tags: s.tags,
-        max_attempts: 3,
-        deadline_seconds: Some(7200),
-        enabled: true,
-        next_fire: Some(t0()),
-        created: t0(),
-    }
-}
-
-fn example_repository() -> Repository {
-    Repository {
-        id: "r".into(),
-        tenant: "acme".into(),
-        name: "local".into(),
-        location: "/var/lib/backstop/repository".into(),
-        region: "default".into(),
-        options: vec!["endpoint".into()],
-        max_concurrent: 4,
-        created: t0(),
-    }
-}
-
-fn example_source() -> Source {
-    Source {
-        id: "s".into(),
-        tenant: "acme".into(),
-        name: "home".into(),
-        kind: "fs".into(),
-        host: Some("db1".into()),
-        config: json!({"paths": ["/home"]}),
-        created: t0(),
-    }
-}
-
-fn example_snapshot() -> Snapshot {
-    Snapshot {
-        repository: "r".into(),
-        tenant: "acme".into(),
-        plan: Some("p".into()),
-        job: Some("j".into()),
-        info: SnapshotInfo {
-            id: "ab".into(),
-            time: t0(),
-            hostname: "db1".into(),
-            paths: vec!["/home".into()],
-            tags: vec!["nightly".into()],
-            summary: json!({}),
-        },
-    }
-}
-
-fn example_token() -> Token {
-    Token {
-        id: "t".into(),
-        tenant: "acme".into(),
-        name: "ci".into(),
-        role: Role::Operator,
-        created: t0(),
-        last_used: Some(t0()),
-    }
-}
-
-fn example_event() -> JobEvent {
-    JobEvent { id: 1, job: "j".into(), time: t0(), attempt: 1, kind: EventKind::Log, data: json!({}) }
-}
-
-fn example_claim() -> Claim {
-    Claim {
-        job: example_job(),
-        attempt: 1,
-        lease_seconds: 60,
-        repository: RepositoryAccess {
-            id: "r".into(),
-            location: "/repo".into(),
-            password: "…".into(),
-            options: vec![],
-        },
-        source: Some(SourceAccess {
-            id: "s".into(),
-            kind: "fs".into(),
-            host: Some("db1".into()),
-            config: json!({}),
-            secrets: json!({}),
-        }),
-        retention: Some(Retention::default()),
-        reach: Reach::any(),
-    }
-}
-
-fn examples() -> Vec<(&'static str, Value)> {
-    let v = |x: &dyn erased::Ser| x.value();
-    vec![
-        ("Job", v(&example_job())),
-        ("JobPage", v(&Page { items: vec![example_job()], next_cursor: Some("c".into()) })),
-        (
-            "JobSpec",
-            v(&JobSpec {
-                kind: JobKind::Backup,
-                plan: Some("nightly".into()),
-                repository: Some("local".into()),
-                source: Some("home".into()),
-                params: json!({}),
-                max_attempts: Some(3),
-                deadline_seconds: Some(3600),
-            }),
-        ),
-        ("JobEvents", v(&vec![example_event()])),
-        ("Plan", v(&example_plan())),
-        ("Plans", v(&Page { items: vec![example_plan()], next_cursor: Some("c".into()) })),
-        ("PlanSpec", v(&example_plan_spec())),
-        ("Repository", v(&example_repository())),
-        ("Repositories", v(&Page { items: vec![example_repository()], next_cursor: Some("c".into()) })),
-        (
-            "RepositorySpec",
-            v(&RepositorySpec {
-                name: "offsite".into(),
-                location: "s3://bucket/prefix".into(),
-                region: "eu".into(),
-                password: "…".into(),
-                options: vec![("endpoint".into(), "https://s3.example".into())],
-                max_concurrent: Some(4),
-                init: true,
-            }),
-        ),
-        ("Source", v(&example_source())),
-        ("Sources", v(&Page { items: vec![example_source()], next_cursor: Some("c".into()) })),
-        (
-            "SourceSpec",
-            v(&SourceSpec {
-                name: "home".into(),
-                kind: "fs".into(),
-                host: Some("db1".into()),
-                config: json!({"paths": ["/home"], "excludes": ["*.tmp"]}),
-                secrets: json!({}),
-            }),
-        ),
-        ("Snapshots", v(&Page { items: vec![example_snapshot()], next_cursor: Some("c".into()) })),
-        ("Tokens", v(&Page { items: vec![example_token()], next_cursor: Some("c".into()) })),
-        ("TokenSpec", v(&TokenSpec { name: "ci".into(), role: Role::Operator, tenant: Some("acme".into()) })),
-        ("NewToken", v(&NewToken { token: example_token(), secret: "bst_…".into() })),
-        (
-            "Tenants",
-            v(&Page {
-                items: vec![Tenant { id: "acme".into(), name: "Acme".into(), allow_net: vec![], created: t0() }],
-                next_cursor: Some("c".into()),
-            }),
-        ),
-        ("Tenant", v(&Tenant { id: "acme".into(), name: "Acme".into(), allow_net: vec![], created: t0() })),
-        ("TenantSpec", v(&TenantSpec { id: "acme".into(), name: Some("Acme".into()), allow_net: Some(vec![]) })),
-        (
-            "AuditPage",
-            v(&Page {
-                items: vec![AuditEvent {
-                    id: 1,
-                    time: t0(),
-                    tenant: "acme".into(),
-                    actor: "token/t".into(),
-                    action: "plan.put".into(),
-                    object: "plan/nightly".into(),
-                    detail: json!({}),
-                }],
-                next_cursor: Some("1".into()),
-            }),
-        ),
-        ("ClaimRequest", v(&ClaimRequest { worker: "w".into(), region: "default".into(), wait_seconds: 20 })),
-        ("Claim", v(&example_claim())),
-        (
-            "Heartbeat",
-            v(&Heartbeat {
-                attempt: 1,
-                progress: Some(JobProgress::default()),
-                logs: vec![LogLine { level: LogLevel::Info, message: "…".into() }],
-            }),
-        ),
-        ("HeartbeatReply", v(&HeartbeatReply { cancel: false, lease_expires: t0() })),
-        (
-            "Completion",
-            v(&Completion {
-                attempt: 1,
-                outcome: Outcome::Failed { error: "…".into(), retryable: true },
-                logs: vec![],
-            }),
-        ),
-        ("Error", v(&ErrorBody { error: ErrorDetail { code: "not_found".into(), message: "job x not found".into() } })),
-    ]
-}
-
-mod erased {
-    pub trait Ser {
-        fn value(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn value(&self) -> serde_json::Value {
-            serde_json::to_value(self).unwrap_or_default()
+fn operation(route: &Route, generator: &mut schemars::SchemaGenerator) -> Value {
+    let mut op = Map::new();
+    op.insert("summary".into(), json!(route.summary));
+    op.insert("operationId".into(), json!(format!("{} {}", route.method, route.path)));
+    match route.role {
+        Some(role) => {
+            op.insert("security".into(), json!([{"bearer": []}]));
+            op.insert("x-backstop-role".into(), json!(role.as_str()));
+        }
+        None => {
+            op.insert("security".into(), json!([]));
         }
     }
+    let mut params: Vec<Value> = route
+        .path
+        .split('/')
+        .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|name| {
+            json!({"name": name, "in": "path", "required": true, "description": "An id, or a name of the caller's tenant",
+                   "schema": {"type": "string", "minLength": 1}})
+        })
+        .collect();
+    if let Some(query) = route.query {
+        params.extend(query_parameters(&query(generator).to_value()));
+    }
+    if route.keyed {
+        params.push(json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Makes a repeated request return the first one's job (200) instead of a new one",
+            "schema": {"type": "string", "pattern": backstop_types::IDEMPOTENCY_KEY_PATTERN}
+        }));
+    }
+    if !params.is_empty() {
+        op.insert("parameters".into(), Value::Array(params));
+    }
+    if let Some(body) = route.body {
+        op.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": body(generator).to_value()}}}),
+        );
+    }
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}});
+    let mut responses = Map::new();
+    for status in route.statuses() {
+        let mut response = json!({"description": reason(status)});
+        if status >= 400 {
+            if route.path.starts_with("/api/") || status != 503 {
+                response["content"] = error.clone();
+            } else {
+                response["content"] = json!({"text/plain": {"schema": {"type": "string"}}});
+            }
+        } else if status == route.status || (status == 200 && route.also.contains(&200)) {
+            match route.answer {
+                Answer::Json(schema) => {
+                    response["content"] = json!({"application/json": {"schema": schema(generator).to_value()}});
+                }
+                Answer::Text => response["content"] = json!({"text/plain": {"schema": {"type": "string"}}}),
+                Answer::Events => response["content"] = json!({"text/event-stream": {"schema": {"type": "string"}}}),
+                Answer::Empty => {}
+            }
+        }
+        responses.insert(status.to_string(), response);
+    }
+    op.insert("responses".into(), Value::Object(responses));
+    Value::Object(op)
 }
 
-/// A JSON Schema describing the shape of `v`.
-fn schema_of(v: &Value) -> Value {
-    match v {
-        Value::Null => json!({}),
-        Value::Bool(_) => json!({"type": "boolean"}),
-        Value::Number(n) if n.is_i64() || n.is_u64() => json!({"type": "integer"}),
-        Value::Number(_) => json!({"type": "number"}),
-        Value::String(_) => json!({"type": "string"}),
-        Value::Array(items) => json!({"type": "array", "items": items.first().map(schema_of).unwrap_or(json!({}))}),
+/// The bounds an integer's format implies, written out: a client (or a
+/// fuzzer) reads `maximum`, not `format: uint32`.
+fn integer_bounds(value: &mut Value) {
+    match value {
         Value::Object(map) => {
-            let props: Map<String, Value> = map.iter().map(|(k, v)| (k.clone(), schema_of(v))).collect();
-            json!({"type": "object", "properties": props})
+            let bounds: Option<(i128, i128)> = match map.get("format").and_then(Value::as_str) {
+                Some("uint8") => Some((0, u8::MAX as i128)),
+                Some("uint16") => Some((0, u16::MAX as i128)),
+                Some("uint32") => Some((0, u32::MAX as i128)),
+                Some("uint64") => Some((0, u64::MAX as i128)),
+                Some("int32") => Some((i32::MIN as i128, i32::MAX as i128)),
+                Some("int64") => Some((i64::MIN as i128, i64::MAX as i128)),
+                _ => None,
+            };
+            if let Some((min, max)) = bounds {
+                let number = |n: i128| serde_json::from_str::<Value>(&n.to_string()).unwrap_or(Value::Null);
+                map.entry("minimum").or_insert_with(|| number(min));
+                map.entry("maximum").or_insert_with(|| number(max));
+            }
+            map.values_mut().for_each(integer_bounds);
         }
+        Value::Array(items) => items.iter_mut().for_each(integer_bounds),
+        _ => {}
     }
 }
 
 pub fn document() -> Value {
-    let schemas: Map<String, Value> = examples().iter().map(|(n, v)| (n.to_string(), schema_of(v))).collect();
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    settings.meta_schema = None;
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<backstop_types::ErrorBody>();
     let mut paths = Map::new();
     for (route, _) in routes() {
-        let mut op = Map::new();
-        op.insert("summary".into(), json!(route.summary));
-        if let Some(role) = route.role {
-            op.insert("security".into(), json!([{"bearer": []}]));
-            op.insert("x-backstop-role".into(), json!(role.as_str()));
-        }
-        let params: Vec<Value> = route
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        if !params.is_empty() {
-            op.insert("parameters".into(), json!(params));
-        }
-        if let Some(req) = route.request {
-            op.insert(
-                "requestBody".into(),
-                json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{req}")}}}}),
-            );
-        }
-        let mut responses = Map::new();
-        match route.response {
-            Some(resp) => {
-                responses.insert(
-                    "200".into(),
-                    json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{resp}")}}}}),
-                );
-            }
-            None => {
-                responses.insert("200".into(), json!({"description": "OK"}));
-            }
-        }
-        let error = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-        responses.insert("default".into(), error);
-        op.insert("responses".into(), Value::Object(responses));
+        let op = operation(&route, &mut generator);
         let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
-        entry[route.method] = Value::Object(op);
+        entry[route.method] = op;
     }
-    json!({
+    let schemas: Map<String, Value> =
+        generator.take_definitions(true).into_iter().map(|(name, schema)| (name, schema.clone())).collect();
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "Backstop",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The Backstop coordinator's API. Authenticate with `Authorization: Bearer <token>`. \
-                            Errors have the body {\"error\": {\"code\", \"message\"}}."
+                            Every error has the body {\"error\": {\"code\", \"message\"}}; request bodies with \
+                            unknown fields are refused."
         },
         "paths": paths,
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
         }
-    })
+    });
+    integer_bounds(&mut doc);
+    doc
 }
 
 #[cfg(test)]
@@ -357,16 +190,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_route_and_every_referenced_schema_is_in_the_document() {
+    fn every_route_is_in_the_document_with_its_schemas_resolved() {
         let doc = document();
+        let text = doc.to_string();
         for (route, _) in routes() {
-            assert!(doc["paths"][route.path][route.method].is_object(), "{} {}", route.method, route.path);
-            for name in route.request.into_iter().chain(route.response) {
-                assert!(doc["components"]["schemas"][name].is_object(), "schema {name}");
+            let op = &doc["paths"][route.path][route.method];
+            assert!(op.is_object(), "{} {}", route.method, route.path);
+            for status in route.statuses() {
+                assert!(op["responses"][status.to_string()].is_object(), "{} {} {status}", route.method, route.path);
             }
         }
-        // Fields of the types appear in the schemas.
-        assert!(doc["components"]["schemas"]["Job"]["properties"]["wait_reason"].is_object());
-        assert!(doc["components"]["schemas"]["PlanSpec"]["properties"]["misfire"].is_object());
+        // Every reference points at a schema that is there.
+        for part in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = part.split('"').next().unwrap();
+            assert!(doc["components"]["schemas"][name].is_object(), "schema {name}");
+        }
+        // Nullable fields say so; request bodies take no unknown fields.
+        let job = &doc["components"]["schemas"]["Job"]["properties"];
+        assert!(job["deadline_seconds"].to_string().contains("null"), "{}", job["deadline_seconds"]);
+        assert_eq!(doc["components"]["schemas"]["PlanSpec"]["additionalProperties"], json!(false));
+        let plans = &doc["paths"]["/api/v1/plans"]["get"]["parameters"];
+        assert!(plans.to_string().contains("\"maximum\":1000"), "{plans}");
     }
 }

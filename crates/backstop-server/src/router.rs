@@ -1,230 +1,349 @@
 //! Every route of the coordinator, in one table: the router is built from
 //! it, and so is the OpenAPI document (`openapi.rs`), so neither can
-//! forget one.
+//! forget one. Each route names the types of its query, body and answer,
+//! whose JSON Schemas the document shows, and the statuses it answers
+//! with.
 
 use axum::Router;
 use axum::routing::{MethodRouter, delete, get, post};
-use backstop_types::Role;
+use backstop_types::*;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use crate::handlers::{jobs, ops, plans, resources, worker};
 use crate::state::AppState;
 
+/// The JSON Schema of a type, as the document refers to it.
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    g.subschema_for::<T>()
+}
+
+/// The schema itself, not a reference to it (a query's, whose properties
+/// become parameters).
+fn inline<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
+    T::json_schema(g)
+}
+
+/// What a route answers with when it succeeds.
+#[derive(Clone, Copy)]
+pub enum Answer {
+    Json(SchemaFn),
+    /// `text/plain` (health, metrics).
+    Text,
+    /// `text/event-stream`.
+    Events,
+    /// No body (204).
+    Empty,
+}
+
 /// A documented route.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub summary: &'static str,
     /// The least role that may call it (`None`: no token needed).
     pub role: Option<Role>,
-    /// Schema names (see `openapi::schemas`) of the request and response bodies.
-    pub request: Option<&'static str>,
-    pub response: Option<&'static str>,
+    pub query: Option<SchemaFn>,
+    pub body: Option<SchemaFn>,
+    pub answer: Answer,
+    /// The status of success.
+    pub status: u16,
+    /// Other statuses it answers with, beyond those every route of its
+    /// shape has (see [`Route::statuses`]).
+    pub also: &'static [u16],
+    /// Takes an `Idempotency-Key` header.
+    pub keyed: bool,
 }
 
-const fn r(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    role: Option<Role>,
-    request: Option<&'static str>,
-    response: Option<&'static str>,
-) -> Route {
-    Route { method, path, summary, role, request, response }
+fn route(method: &'static str, path: &'static str, summary: &'static str) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        role: None,
+        query: None,
+        body: None,
+        answer: Answer::Text,
+        status: 200,
+        also: &[],
+        keyed: false,
+    }
 }
 
-const V: Option<Role> = Some(Role::Viewer);
-const O: Option<Role> = Some(Role::Operator);
-const A: Option<Role> = Some(Role::Admin);
-const W: Option<Role> = Some(Role::Worker);
+impl Route {
+    fn role(mut self, role: Role) -> Route {
+        self.role = Some(role);
+        self
+    }
+
+    fn query<T: JsonSchema>(mut self) -> Route {
+        self.query = Some(inline::<T>);
+        self
+    }
+
+    fn body<T: JsonSchema>(mut self) -> Route {
+        self.body = Some(schema::<T>);
+        self
+    }
+
+    fn json<T: JsonSchema>(mut self) -> Route {
+        self.answer = Answer::Json(schema::<T>);
+        self
+    }
+
+    fn answer(mut self, answer: Answer, status: u16) -> Route {
+        self.answer = answer;
+        self.status = status;
+        self
+    }
+
+    fn also(mut self, also: &'static [u16]) -> Route {
+        self.also = also;
+        self
+    }
+
+    fn keyed(mut self) -> Route {
+        self.keyed = true;
+        self
+    }
+
+    /// Every status this route answers with: its success, its `also`, and
+    /// what its shape brings — a token (401, 403), a body (400, 413, 415),
+    /// a query (400), a path parameter (404), the catalog being busy (503).
+    pub fn statuses(&self) -> Vec<u16> {
+        let mut out = vec![self.status];
+        out.extend(self.also);
+        if self.role.is_some() {
+            out.extend([401, 403, 503]);
+        }
+        if self.body.is_some() {
+            out.extend([400, 413, 415]);
+        }
+        if self.query.is_some() || self.keyed {
+            out.push(400);
+        }
+        if self.path.contains('{') {
+            out.push(404);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+const V: Role = Role::Viewer;
+const O: Role = Role::Operator;
+const A: Role = Role::Admin;
+const W: Role = Role::Worker;
 
 pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
+    use crate::handlers::PageQuery;
+    use Answer::{Empty, Events, Text};
     vec![
-        (r("get", "/healthz", "The process is up", None, None, None), get(ops::healthz)),
-        (r("get", "/readyz", "The catalog answers", None, None, None), get(ops::readyz)),
-        (r("get", "/metrics", "Prometheus metrics", None, None, None), get(ops::metrics)),
-        (r("get", "/api/v1/openapi.json", "This document", None, None, None), get(ops::openapi)),
+        (route("get", "/healthz", "The process is up"), get(ops::healthz)),
+        (route("get", "/readyz", "The catalog answers").also(&[503]), get(ops::readyz)),
         (
-            r(
-                "get",
-                "/api/v1/jobs",
-                "List jobs (filters: state, kind, plan, repository; cursor, limit)",
-                V,
-                None,
-                Some("JobPage"),
-            ),
+            route("get", "/metrics", "Prometheus metrics (a tenant's token: its own job counts)")
+                .role(V)
+                .answer(Text, 200),
+            get(ops::metrics),
+        ),
+        (
+            route("get", "/api/v1/openapi.json", "This document").json::<serde_json::Map<String, serde_json::Value>>(),
+            get(ops::openapi),
+        ),
+        (
+            route("get", "/api/v1/jobs", "List jobs, newest first (filters: state, kind, plan, repository)")
+                .role(V)
+                .query::<jobs::ListQuery>()
+                .json::<Page<Job>>()
+                .also(&[404]),
             get(jobs::list),
         ),
         (
-            r(
-                "post",
-                "/api/v1/jobs",
-                "Submit a job (Idempotency-Key header honoured)",
-                O,
-                Some("JobSpec"),
-                Some("Job"),
-            ),
+            route("post", "/api/v1/jobs", "Submit a job (201; 200: the job an Idempotency-Key made before)")
+                .role(O)
+                .body::<JobSpec>()
+                .answer(Answer::Json(schema::<Job>), 201)
+                .also(&[200, 404, 409, 422])
+                .keyed(),
             post(jobs::create),
         ),
-        (r("get", "/api/v1/jobs/{id}", "One job", V, None, Some("Job")), get(jobs::get)),
-        (r("post", "/api/v1/jobs/{id}/cancel", "Cancel a job", O, None, Some("Job")), post(jobs::cancel)),
+        (route("get", "/api/v1/jobs/{id}", "One job").role(V).json::<Job>(), get(jobs::get)),
         (
-            r("get", "/api/v1/jobs/{id}/events", "A job's events after `after`", V, None, Some("JobEvents")),
+            route("post", "/api/v1/jobs/{id}/cancel", "Cancel a job").role(O).json::<Job>().also(&[409]),
+            post(jobs::cancel),
+        ),
+        (
+            route("get", "/api/v1/jobs/{id}/events", "A job's events after `after`")
+                .role(V)
+                .query::<jobs::EventsQuery>()
+                .json::<Vec<JobEvent>>(),
             get(jobs::events),
         ),
         (
-            r("get", "/api/v1/jobs/{id}/events/stream", "A job's events as Server-Sent Events, live", V, None, None),
+            route("get", "/api/v1/jobs/{id}/events/stream", "A job's events as Server-Sent Events, live")
+                .role(V)
+                .query::<jobs::EventsQuery>()
+                .answer(Events, 200)
+                .also(&[429]),
             get(jobs::stream),
         ),
         (
-            r("get", "/api/v1/plans", "List plans (filter: repository; cursor, limit)", V, None, Some("Plans")),
+            route("get", "/api/v1/plans", "List plans (filter: repository)")
+                .role(V)
+                .query::<plans::ListQuery>()
+                .json::<Page<Plan>>()
+                .also(&[404]),
             get(plans::list),
         ),
         (
-            r("post", "/api/v1/plans", "Create or replace a plan (by name)", O, Some("PlanSpec"), Some("Plan")),
+            route("post", "/api/v1/plans", "Create or replace a plan (by name)")
+                .role(O)
+                .body::<PlanSpec>()
+                .json::<Plan>()
+                .also(&[404, 409]),
             post(plans::put),
         ),
-        (r("get", "/api/v1/plans/{id}", "One plan (id or name)", V, None, Some("Plan")), get(plans::get)),
-        (r("delete", "/api/v1/plans/{id}", "Delete a plan", O, None, None), delete(plans::delete)),
+        (route("get", "/api/v1/plans/{id}", "One plan (id or name)").role(V).json::<Plan>(), get(plans::get)),
         (
-            r(
-                "post",
-                "/api/v1/plans/{id}/run",
-                "Run the plan's backup now (Idempotency-Key honoured)",
-                O,
-                None,
-                Some("Job"),
-            ),
+            route("delete", "/api/v1/plans/{id}", "Delete a plan").role(O).answer(Empty, 204).also(&[409]),
+            delete(plans::delete),
+        ),
+        (
+            route("post", "/api/v1/plans/{id}/run", "Run the plan's backup now (201; 200: an Idempotency-Key's job)")
+                .role(O)
+                .answer(Answer::Json(schema::<Job>), 201)
+                .also(&[200, 422])
+                .keyed(),
             post(plans::run),
         ),
         (
-            r(
-                "get",
-                "/api/v1/repositories",
-                "List repositories (filter: region; cursor, limit)",
-                V,
-                None,
-                Some("Repositories"),
-            ),
+            route("get", "/api/v1/repositories", "List repositories (filter: region)")
+                .role(V)
+                .query::<resources::RepositoryQuery>()
+                .json::<Page<Repository>>(),
             get(resources::list_repositories),
         ),
         (
-            r(
-                "post",
-                "/api/v1/repositories",
-                "Register (and optionally create) a repository",
-                O,
-                Some("RepositorySpec"),
-                Some("Repository"),
-            ),
+            route("post", "/api/v1/repositories", "Register (and with init, create) a repository")
+                .role(O)
+                .body::<RepositorySpec>()
+                .answer(Answer::Json(schema::<Repository>), 201)
+                .also(&[409]),
             post(resources::create_repository),
         ),
         (
-            r("get", "/api/v1/repositories/{id}", "One repository", V, None, Some("Repository")),
+            route("get", "/api/v1/repositories/{id}", "One repository").role(V).json::<Repository>(),
             get(resources::get_repository),
         ),
         (
-            r("delete", "/api/v1/repositories/{id}", "Forget a repository (its data stays)", O, None, None),
+            route("delete", "/api/v1/repositories/{id}", "Forget a repository (its data stays)")
+                .role(O)
+                .answer(Empty, 204)
+                .also(&[409]),
             delete(resources::delete_repository),
         ),
         (
-            r("get", "/api/v1/sources", "List sources (filters: kind, host; cursor, limit)", V, None, Some("Sources")),
+            route("get", "/api/v1/sources", "List sources (filters: kind, host)")
+                .role(V)
+                .query::<resources::SourceQuery>()
+                .json::<Page<Source>>(),
             get(resources::list_sources),
         ),
         (
-            r("post", "/api/v1/sources", "Register a source", O, Some("SourceSpec"), Some("Source")),
+            route("post", "/api/v1/sources", "Register a source")
+                .role(O)
+                .body::<SourceSpec>()
+                .answer(Answer::Json(schema::<Source>), 201)
+                .also(&[409]),
             post(resources::create_source),
         ),
-        (r("get", "/api/v1/sources/{id}", "One source", V, None, Some("Source")), get(resources::get_source)),
-        (r("delete", "/api/v1/sources/{id}", "Delete a source", O, None, None), delete(resources::delete_source)),
+        (route("get", "/api/v1/sources/{id}", "One source").role(V).json::<Source>(), get(resources::get_source)),
         (
-            r(
+            route("delete", "/api/v1/sources/{id}", "Delete a source").role(O).answer(Empty, 204).also(&[409]),
+            delete(resources::delete_source),
+        ),
+        (
+            route(
                 "get",
                 "/api/v1/snapshots",
-                "Snapshots in the catalog, oldest first (filters: repository, plan, host; cursor, limit)",
-                V,
-                None,
-                Some("Snapshots"),
-            ),
+                "Snapshots in the catalog, oldest first (filters: repository, plan, host)",
+            )
+            .role(V)
+            .query::<resources::SnapshotQuery>()
+            .json::<Page<Snapshot>>()
+            .also(&[404]),
             get(resources::list_snapshots),
         ),
         (
-            r(
-                "post",
-                "/api/v1/catalog/rebuild",
-                "Rebuild the catalog's snapshots from the repositories",
-                O,
-                None,
-                None,
-            ),
+            route("post", "/api/v1/catalog/rebuild", "Rebuild the catalog's snapshots from the repositories")
+                .role(O)
+                .json::<CatalogRebuild>(),
             post(resources::rebuild_catalog),
         ),
         (
-            r("get", "/api/v1/tokens", "List tokens (cursor, limit)", A, None, Some("Tokens")),
+            route("get", "/api/v1/tokens", "List tokens").role(A).query::<PageQuery>().json::<Page<Token>>(),
             get(resources::list_tokens),
         ),
         (
-            r(
-                "post",
-                "/api/v1/tokens",
-                "Create a token (its secret is shown once)",
-                A,
-                Some("TokenSpec"),
-                Some("NewToken"),
-            ),
+            route("post", "/api/v1/tokens", "Create a token (its secret is shown once)")
+                .role(A)
+                .body::<TokenSpec>()
+                .answer(Answer::Json(schema::<NewToken>), 201)
+                .also(&[404]),
             post(resources::create_token),
         ),
-        (r("delete", "/api/v1/tokens/{id}", "Revoke a token", A, None, None), delete(resources::revoke_token)),
         (
-            r("get", "/api/v1/tenants", "List tenants (cursor, limit)", A, None, Some("Tenants")),
+            route("delete", "/api/v1/tokens/{id}", "Revoke a token (409: the system tenant's last admin token)")
+                .role(A)
+                .answer(Empty, 204)
+                .also(&[409]),
+            delete(resources::revoke_token),
+        ),
+        (
+            route("get", "/api/v1/tenants", "List tenants").role(A).query::<PageQuery>().json::<Page<Tenant>>(),
             get(resources::list_tenants),
         ),
         (
-            r(
-                "post",
-                "/api/v1/tenants",
-                "Create a tenant (system administrators)",
-                A,
-                Some("TenantSpec"),
-                Some("Tenant"),
-            ),
+            route("post", "/api/v1/tenants", "Create a tenant (201) or change one (200): system administrators")
+                .role(A)
+                .body::<TenantSpec>()
+                .answer(Answer::Json(schema::<Tenant>), 201)
+                .also(&[200]),
             post(resources::create_tenant),
         ),
         (
-            r("get", "/api/v1/audit", "The audit trail, newest first", A, None, Some("AuditPage")),
+            route("get", "/api/v1/audit", "The audit trail, newest first")
+                .role(A)
+                .query::<resources::AuditQuery>()
+                .json::<Page<AuditEvent>>(),
             get(resources::list_audit),
         ),
         (
-            r(
-                "post",
-                "/api/v1/worker/claim",
-                "Claim a job (long-poll; 204 when none)",
-                W,
-                Some("ClaimRequest"),
-                Some("Claim"),
-            ),
+            route("post", "/api/v1/worker/claim", "Claim a job (long-poll; 204 when none)")
+                .role(W)
+                .body::<ClaimRequest>()
+                .json::<Claim>()
+                .also(&[204]),
             post(worker::claim),
         ),
         (
-            r(
-                "post",
-                "/api/v1/worker/jobs/{id}/heartbeat",
-                "Extend a lease, report progress and log lines (409: stale attempt)",
-                W,
-                Some("Heartbeat"),
-                Some("HeartbeatReply"),
-            ),
+            route("post", "/api/v1/worker/jobs/{id}/heartbeat", "Extend a lease, report progress and log lines")
+                .role(W)
+                .body::<Heartbeat>()
+                .json::<HeartbeatReply>()
+                .also(&[409]),
             post(worker::heartbeat),
         ),
         (
-            r(
-                "post",
-                "/api/v1/worker/jobs/{id}/complete",
-                "Report how an attempt ended (409: stale attempt)",
-                W,
-                Some("Completion"),
-                Some("Job"),
-            ),
+            route("post", "/api/v1/worker/jobs/{id}/complete", "Report how an attempt ended")
+                .role(W)
+                .body::<Completion>()
+                .json::<Job>()
+                .also(&[409]),
             post(worker::complete),
         ),
     ]
@@ -235,8 +354,13 @@ pub fn router(state: AppState) -> Router {
     for (route, handler) in routes() {
         app = app.route(route.path, handler);
     }
-    app.fallback(|| async {
-        crate::error::ApiError::not_found("no such endpoint; see /api/v1/openapi.json for the API")
+    app.method_not_allowed_fallback(|| async {
+        crate::error::ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not take that method; see /api/v1/openapi.json",
+        )
     })
+    .fallback(|| async { crate::error::ApiError::not_found("no such endpoint; see /api/v1/openapi.json for the API") })
     .with_state(state)
 }

@@ -13,11 +13,74 @@ use std::fmt;
 
 pub use backstop_confine::{NetGrant, NetScope, PathScope, Reach};
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Names of tenants, repositories, sources, plans, tokens and regions: 1 to
+/// 128 letters, digits, `.`, `_` or `-`, not starting with `.` or `-`.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$";
+/// A name, or an object's id (ids fit the same pattern).
+pub const REF_PATTERN: &str = NAME_PATTERN;
+/// A host a source's data lives on: a DNS name or an IP address.
+pub const HOST_PATTERN: &str = r"^[A-Za-z0-9_:][A-Za-z0-9._:-]{0,252}$";
+/// Free text without control characters (newlines, NUL, …).
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// An `Idempotency-Key`: 1 to 200 visible ASCII characters.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[!-~]{1,200}$";
+/// The checks behind the patterns above, for the service to apply (the
+/// schemas only describe them). Each returns what is wrong, in words.
+pub mod check {
+    /// A name: [`NAME_PATTERN`](super::NAME_PATTERN).
+    pub fn name(what: &str, name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 128
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            && !name.starts_with(['.', '-']);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} {:?} is invalid: use 1–128 letters, digits, '.', '_' or '-', not starting with '.' or '-'",
+                name.chars().take(140).collect::<String>()
+            ))
+        }
+    }
+
+    /// A host: [`HOST_PATTERN`](super::HOST_PATTERN).
+    pub fn host(host: &str) -> Result<(), String> {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+            && !host.starts_with(['.', '-']);
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "host {:?} is not a host name: use 1–253 letters, digits, '.', '-', '_' or ':' (an IPv6 address)",
+                host.chars().take(80).collect::<String>()
+            ))
+        }
+    }
+
+    /// Free text of `min` to `max` characters without control characters
+    /// ([`TEXT_PATTERN`](super::TEXT_PATTERN)).
+    pub fn text(what: &str, text: &str, min: usize, max: usize) -> Result<(), String> {
+        let n = text.chars().count();
+        if n < min || n > max || text.chars().any(char::is_control) {
+            return Err(format!("{what} must be {min}–{max} characters without control characters (newlines, NUL, …)"));
+        }
+        Ok(())
+    }
+}
+
+/// The most attempts a job or a plan may be given.
+pub const MAX_ATTEMPTS: u32 = 100;
+/// The longest deadline of a job, in seconds (30 days).
+pub const MAX_DEADLINE_SECONDS: u64 = 30 * 24 * 3600;
+
 /// A job's kind: what the worker does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     /// Back up a source into a repository.
@@ -63,7 +126,7 @@ impl JobKind {
 /// A job's state. `queued → running → succeeded | failed | dead | cancelled`;
 /// a running job whose attempt fails with a retryable error, or whose lease
 /// expires, goes back to `queued` until `max_attempts` is reached (`dead`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -107,7 +170,7 @@ impl JobState {
 }
 
 /// Live progress of a running job, carried by heartbeats.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobProgress {
     pub files_done: u64,
@@ -123,7 +186,7 @@ pub struct JobProgress {
 }
 
 /// A job, as the API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Job {
     pub id: String,
     pub tenant: String,
@@ -164,28 +227,36 @@ pub struct Job {
 }
 
 /// A request to run a job now.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     pub kind: JobKind,
     /// Run on this plan's source and repository.
     #[serde(default)]
+    #[schemars(pattern(REF_PATTERN))]
     pub plan: Option<String>,
     /// Or name the repository (and, for backups, the source) directly.
     #[serde(default)]
+    #[schemars(pattern(REF_PATTERN))]
     pub repository: Option<String>,
     #[serde(default)]
+    #[schemars(pattern(REF_PATTERN))]
     pub source: Option<String>,
+    /// Kind-specific parameters (a restore's `snapshot`, `target` or `to`, a
+    /// check's `read_data`, a verify's `percent`, …).
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub params: Value,
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
     pub max_attempts: Option<u32>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_DEADLINE_SECONDS))]
     pub deadline_seconds: Option<u64>,
 }
 
 /// What a job's event stream carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// `{"state": …, "attempt": …, "error"?: …, "wait_reason"?: …}`
@@ -198,7 +269,7 @@ pub enum EventKind {
 
 /// One entry of a job's append-only event stream. `id` increases across
 /// all jobs, so a client resumes a stream from the last id it saw.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobEvent {
     pub id: i64,
     pub job: String,
@@ -208,7 +279,7 @@ pub struct JobEvent {
     pub data: Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogLevel {
     Info,
@@ -217,7 +288,7 @@ pub enum LogLevel {
 }
 
 /// A log line a worker reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogLine {
     pub level: LogLevel,
@@ -225,19 +296,22 @@ pub struct LogLine {
 }
 
 /// A worker asking for work.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// A stable name of the worker process (`host/pid` by default).
+    #[schemars(length(min = 1, max = 400), pattern(TEXT_PATTERN))]
     pub worker: String,
+    #[schemars(pattern(NAME_PATTERN))]
     pub region: String,
     /// Hold the request open up to this long when nothing is queued.
     #[serde(default)]
+    #[schemars(range(max = 60))]
     pub wait_seconds: u32,
 }
 
 /// A claimed job with what the worker needs to run it.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Claim {
     pub job: Job,
     /// The attempt this claim is; every heartbeat and the completion carry it.
@@ -267,7 +341,7 @@ impl fmt::Debug for Claim {
 }
 
 /// How a worker opens a repository. Carries the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RepositoryAccess {
     pub id: String,
     pub location: String,
@@ -289,7 +363,7 @@ impl fmt::Debug for RepositoryAccess {
 }
 
 /// What a worker backs up. Carries the source's secrets, if any.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SourceAccess {
     pub id: String,
     pub kind: String,
@@ -311,7 +385,7 @@ impl fmt::Debug for SourceAccess {
 }
 
 /// A worker's heartbeat: it still holds the lease of `attempt`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     pub attempt: u32,
@@ -321,7 +395,7 @@ pub struct Heartbeat {
     pub logs: Vec<LogLine>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HeartbeatReply {
     /// The job was cancelled: stop, then complete with [`Outcome::Cancelled`].
     pub cancel: bool,
@@ -329,7 +403,7 @@ pub struct HeartbeatReply {
 }
 
 /// How an attempt ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded {
@@ -348,7 +422,7 @@ pub enum Outcome {
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Completion {
     pub attempt: u32,
     #[serde(flatten)]
@@ -358,7 +432,7 @@ pub struct Completion {
 }
 
 /// A snapshot as the catalog knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotInfo {
     pub id: String,
     pub time: DateTime<Utc>,
@@ -370,7 +444,7 @@ pub struct SnapshotInfo {
 }
 
 /// A snapshot in the catalog, with where it lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Snapshot {
     pub repository: String,
     pub tenant: String,
@@ -381,19 +455,28 @@ pub struct Snapshot {
 }
 
 /// A repository to register.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySpec {
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
+    /// A directory (`/srv/repo`, `file:/srv/repo`) or `s3://bucket/prefix`.
+    #[schemars(length(min = 1, max = 4096), pattern(TEXT_PATTERN))]
     pub location: String,
     /// Workers of this region back up into it.
     #[serde(default = "default_region")]
+    #[schemars(pattern(NAME_PATTERN))]
     pub region: String,
+    #[schemars(length(min = 1, max = 4096))]
     pub password: String,
+    /// Backend settings as `[name, value]` pairs (S3: `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `session_token`, `allow_http`).
     #[serde(default)]
+    #[schemars(with = "Vec<(RepositoryOption, String)>")]
     pub options: Vec<(String, String)>,
     /// Jobs that may run on it at once (default 4).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_concurrent: Option<u32>,
     /// Create the repository if the location is empty.
     #[serde(default)]
@@ -411,12 +494,50 @@ impl fmt::Debug for RepositorySpec {
     }
 }
 
+/// The names a repository's backend options may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RepositoryOption {
+    Endpoint,
+    Region,
+    AccessKeyId,
+    SecretAccessKey,
+    SessionToken,
+    AllowHttp,
+}
+
+impl RepositoryOption {
+    pub const ALL: [RepositoryOption; 6] = [
+        RepositoryOption::Endpoint,
+        RepositoryOption::Region,
+        RepositoryOption::AccessKeyId,
+        RepositoryOption::SecretAccessKey,
+        RepositoryOption::SessionToken,
+        RepositoryOption::AllowHttp,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepositoryOption::Endpoint => "endpoint",
+            RepositoryOption::Region => "region",
+            RepositoryOption::AccessKeyId => "access_key_id",
+            RepositoryOption::SecretAccessKey => "secret_access_key",
+            RepositoryOption::SessionToken => "session_token",
+            RepositoryOption::AllowHttp => "allow_http",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RepositoryOption> {
+        RepositoryOption::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 pub fn default_region() -> String {
     "default".to_string()
 }
 
 /// A registered repository (no secrets).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Repository {
     pub id: String,
     pub tenant: String,
@@ -430,20 +551,50 @@ pub struct Repository {
 }
 
 /// A source to register: what to back up, on which host.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
-    /// `fs`, `image`, `command`, `postgres` or `mysql` (see `backstop_source`).
+    /// `fs`, `image`, `command`, `postgres`, `mysql` or `kubernetes` (see `backstop_source`).
+    #[schemars(with = "SourceKind")]
     pub kind: String,
     /// The host whose data this is (per-host limits); the worker's own by default.
     #[serde(default)]
+    #[schemars(pattern(HOST_PATTERN))]
     pub host: Option<String>,
     /// Kind-specific settings; for `fs`: `{"paths": [...], "excludes": [...]}`; for `image`: `{"path": ..., "cbt": ...}`; any kind may have `hooks`.
+    #[schemars(with = "serde_json::Map<String, Value>")]
     pub config: Value,
-    /// Credentials the kind needs; stored encrypted, never shown.
+    /// Credentials the kind needs (`password`, `token`); stored sealed, never shown.
     #[serde(default)]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub secrets: Value,
+}
+
+/// The kinds of sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Fs,
+    Image,
+    Command,
+    Postgres,
+    Mysql,
+    Kubernetes,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Fs => "fs",
+            SourceKind::Image => "image",
+            SourceKind::Command => "command",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mysql => "mysql",
+            SourceKind::Kubernetes => "kubernetes",
+        }
+    }
 }
 
 impl fmt::Debug for SourceSpec {
@@ -457,7 +608,7 @@ impl fmt::Debug for SourceSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Source {
     pub id: String,
     pub tenant: String,
@@ -469,7 +620,7 @@ pub struct Source {
 }
 
 /// How many snapshots a retention step keeps (as `backstop forget`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
     #[serde(default)]
@@ -494,11 +645,12 @@ impl Retention {
 
 /// What follows a plan's backup, each step created when the previous one
 /// succeeds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Chain {
     /// Read back this percentage of the new snapshot's data (0 = no verify step).
     #[serde(default)]
+    #[schemars(range(max = 100))]
     pub verify_percent: u32,
     /// Forget by the plan's retention and prune.
     #[serde(default)]
@@ -506,7 +658,7 @@ pub struct Chain {
 }
 
 /// What a schedule does when fires were missed (the coordinator was down).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Misfire {
     /// Forget missed fires; wait for the next one.
@@ -517,7 +669,7 @@ pub enum Misfire {
 }
 
 /// What a fire does when the previous run of the plan is still queued or running.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     #[default]
@@ -526,22 +678,28 @@ pub enum Overlap {
 }
 
 /// A plan to create or replace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// Source name (or id).
+    #[schemars(pattern(REF_PATTERN))]
     pub source: String,
     /// Repository name (or id).
+    #[schemars(pattern(REF_PATTERN))]
     pub repository: String,
     /// Cron expression (`min hour day month weekday`), or none for run-now only.
     #[serde(default)]
+    #[schemars(length(max = 200), pattern(TEXT_PATTERN))]
     pub schedule: Option<String>,
     /// IANA time zone of the schedule (default UTC).
     #[serde(default)]
+    #[schemars(length(max = 100), pattern(TEXT_PATTERN))]
     pub timezone: Option<String>,
     /// Start up to this many seconds after each fire, spread evenly.
     #[serde(default)]
+    #[schemars(range(max = 86_400))]
     pub jitter_seconds: u32,
     #[serde(default)]
     pub misfire: Misfire,
@@ -552,10 +710,13 @@ pub struct PlanSpec {
     #[serde(default)]
     pub chain: Chain,
     #[serde(default)]
+    #[schemars(inner(length(min = 1, max = 128), pattern(TEXT_PATTERN)))]
     pub tags: Vec<String>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
     pub max_attempts: Option<u32>,
     #[serde(default)]
+    #[schemars(range(min = 1, max = MAX_DEADLINE_SECONDS))]
     pub deadline_seconds: Option<u64>,
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -565,7 +726,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Plan {
     pub id: String,
     pub tenant: String,
@@ -588,7 +749,7 @@ pub struct Plan {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read everything of its tenant.
@@ -616,17 +777,19 @@ impl Role {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSpec {
+    #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     pub role: Role,
     /// Tenant of the new token (default: the caller's).
     #[serde(default)]
+    #[schemars(pattern(NAME_PATTERN))]
     pub tenant: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Token {
     pub id: String,
     pub tenant: String,
@@ -637,7 +800,7 @@ pub struct Token {
 }
 
 /// A token just created: the secret is shown this once.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NewToken {
     #[serde(flatten)]
     pub token: Token,
@@ -652,11 +815,13 @@ impl fmt::Debug for NewToken {
 
 /// A tenant to create, or to change (`name` and `allow_net` as given;
 /// what is left out stays as it was).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantSpec {
+    #[schemars(pattern(NAME_PATTERN))]
     pub id: String,
     #[serde(default)]
+    #[schemars(length(min = 1, max = 200), pattern(TEXT_PATTERN))]
     pub name: Option<String>,
     /// What the tenant's jobs may connect to (`CIDR[:PORT]`, `HOST[:PORT]`,
     /// `unix:PATH`); nothing by default. Loopback, link-local and the like
@@ -665,7 +830,7 @@ pub struct TenantSpec {
     pub allow_net: Option<Vec<NetGrant>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
@@ -675,20 +840,39 @@ pub struct Tenant {
 }
 
 /// A page of a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last one.
     pub next_cursor: Option<String>,
 }
 
+/// What `POST /api/v1/catalog/rebuild` did, per repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CatalogRebuild {
+    pub repositories: Vec<RebuiltRepository>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RebuiltRepository {
+    /// The repository's name.
+    pub repository: String,
+    /// Snapshots found in it, and how many the catalog gained and lost.
+    pub snapshots: Option<u64>,
+    pub added: Option<u32>,
+    pub removed: Option<u32>,
+    /// Why it could not be read.
+    pub error: Option<String>,
+}
+
 /// The body of every error response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `not_found`, `invalid`, `conflict`,
     /// `unauthorized`, `forbidden`, `stale_attempt`, `internal`.
@@ -697,7 +881,7 @@ pub struct ErrorDetail {
 }
 
 /// An entry of the audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AuditEvent {
     pub id: i64,
     pub time: DateTime<Utc>,

@@ -799,16 +799,19 @@ pub fn catalog(ctx: &Context, server: &ServerArgs, command: CatalogCommand) -> R
     let client = Client::new(server)?;
     match command {
         CatalogCommand::Rebuild => {
-            let report: Value = client.post("/api/v1/catalog/rebuild", &json!({}), None)?;
+            let report: backstop_types::CatalogRebuild = client.post("/api/v1/catalog/rebuild", &json!({}), None)?;
             if ctx.args.json {
                 print_json(&report);
             } else {
-                for r in report["repositories"].as_array().into_iter().flatten() {
-                    match r.get("error") {
-                        Some(e) => println!("{}: {e}", r["repository"]),
+                for r in &report.repositories {
+                    match &r.error {
+                        Some(e) => println!("{}: {e}", r.repository),
                         None => println!(
                             "{}: {} snapshots ({} added, {} removed)",
-                            r["repository"], r["snapshots"], r["added"], r["removed"]
+                            r.repository,
+                            r.snapshots.unwrap_or(0),
+                            r.added.unwrap_or(0),
+                            r.removed.unwrap_or(0)
                         ),
                     }
                 }

@@ -17,21 +17,27 @@ use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::handlers::{audit, idempotency_key, page_limit};
+use crate::handlers::{audit, check_ref, idempotency_key, page_limit};
 
 /// Attempts a job may be given at most.
 const MAX_ATTEMPTS: u32 = backstop_catalog::queue::MAX_ATTEMPTS;
 use crate::extract::{Json, Query};
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    pub state: Option<String>,
-    pub kind: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<JobKind>,
+    /// A plan's name or id.
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub plan: Option<String>,
+    /// A repository's name or id.
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub repository: Option<String>,
+    /// `next_cursor` of the page before.
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -66,9 +72,9 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Job>>> {
     caller.require(Role::Viewer)?;
+    check_ref("plan", &q.plan)?;
+    check_ref("repository", &q.repository)?;
     let scope = caller.scope();
-    let parse_state = |s: &str| JobState::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown job state {s:?}")));
-    let parse_kind = |s: &str| JobKind::parse(s).ok_or_else(|| ApiError::invalid(format!("unknown job kind {s:?}")));
     let plan = match &q.plan {
         Some(p) => Some(state.catalog.plan(&scope, p).await?.id),
         None => None,
@@ -78,8 +84,8 @@ pub async fn list(
         None => None,
     };
     let filter = JobFilter {
-        state: q.state.as_deref().map(parse_state).transpose()?,
-        kind: q.kind.as_deref().map(parse_kind).transpose()?,
+        state: q.state,
+        kind: q.kind,
         plan,
         repository,
         cursor: q.cursor.clone(),
@@ -227,10 +233,13 @@ pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Pat
     Ok(Json(job))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Events after this id (0: from the start).
+    #[schemars(range(min = 0))]
     pub after: Option<i64>,
+    #[schemars(range(min = 1, max = 10_000))]
     pub limit: Option<u32>,
 }
 

@@ -32,11 +32,29 @@ pub(crate) async fn audit(
 }
 
 /// `?cursor=…&limit=…` of a list.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
+    /// `next_cursor` of the page before.
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
+}
+
+/// A query's reference to an object (its name or id), if given.
+pub(crate) fn check_ref(what: &str, value: &Option<String>) -> ApiResult<()> {
+    match value {
+        Some(v) => backstop_types::check::name(what, v).map_err(ApiError::invalid),
+        None => Ok(()),
+    }
+}
+
+/// A query's host, if given.
+pub(crate) fn check_host(value: &Option<String>) -> ApiResult<()> {
+    match value {
+        Some(v) => backstop_types::check::host(v).map_err(ApiError::invalid),
+        None => Ok(()),
+    }
 }
 
 /// A page size: 100 unless asked, 1 to 1000.

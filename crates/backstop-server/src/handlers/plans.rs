@@ -9,15 +9,17 @@ use serde_json::json;
 use crate::auth::Caller;
 use crate::error::ApiResult;
 use crate::extract::{Json, Query};
-use crate::handlers::{PageQuery, audit, idempotency_key, paginate};
+use crate::handlers::{PageQuery, audit, check_ref, idempotency_key, paginate};
 use crate::state::AppState;
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only plans into this repository (name or id).
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub repository: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -27,6 +29,7 @@ pub async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Page<Plan>>> {
     caller.require(Role::Viewer)?;
+    check_ref("repository", &q.repository)?;
     let scope = caller.scope();
     let repo = match &q.repository {
         Some(r) => Some(state.catalog.repository(&scope, r).await?.id),

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use backstop_catalog::now_ms;
 use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
 use backstop_types::{
-    AuditEvent, NewToken, Page, Repository, RepositorySpec, Role, Snapshot, Source, SourceSpec, Tenant, TenantSpec,
-    Token, TokenSpec,
+    AuditEvent, CatalogRebuild, NewToken, Page, RebuiltRepository, Repository, RepositoryOption, RepositorySpec, Role,
+    Snapshot, Source, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -14,16 +14,18 @@ use serde_json::json;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
-use crate::handlers::{PageQuery, audit, paginate};
+use crate::handlers::{PageQuery, audit, check_host, check_ref, paginate};
 use crate::state::AppState;
 
 // ---- repositories ---------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryQuery {
+    #[schemars(pattern(backstop_types::NAME_PATTERN))]
     pub region: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -33,6 +35,7 @@ pub async fn list_repositories(
     Query(q): Query<RepositoryQuery>,
 ) -> ApiResult<Json<Page<Repository>>> {
     caller.require(Role::Viewer)?;
+    check_ref("region", &q.region)?;
     let repos: Vec<Repository> = state
         .catalog
         .list_repositories(&caller.scope())
@@ -63,6 +66,10 @@ pub async fn create_repository(
     Json(spec): Json<RepositorySpec>,
 ) -> ApiResult<(StatusCode, Json<Repository>)> {
     caller.require(Role::Operator)?;
+    if let Some((name, _)) = spec.options.iter().find(|(n, _)| RepositoryOption::parse(n).is_none()) {
+        let known: Vec<&str> = RepositoryOption::ALL.iter().map(|o| o.as_str()).collect();
+        return Err(ApiError::invalid(format!("unknown repository option {name:?} (known: {})", known.join(", "))));
+    }
     let tenant = caller.scope().tenant().to_string();
     crate::reach::check_location(&state, &tenant, &spec.location, &spec.options).await?;
     if spec.init {
@@ -126,12 +133,14 @@ pub async fn delete_repository(
 
 // ---- sources --------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceQuery {
-    pub kind: Option<String>,
+    pub kind: Option<backstop_types::SourceKind>,
+    #[schemars(pattern(backstop_types::HOST_PATTERN))]
     pub host: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -141,13 +150,14 @@ pub async fn list_sources(
     Query(q): Query<SourceQuery>,
 ) -> ApiResult<Json<Page<Source>>> {
     caller.require(Role::Viewer)?;
+    check_host(&q.host)?;
     let sources: Vec<Source> = state
         .catalog
         .list_sources(&caller.scope())
         .await?
         .into_iter()
         .filter(|s| {
-            q.kind.as_ref().is_none_or(|k| &s.kind == k) && q.host.as_ref().is_none_or(|h| s.host.as_ref() == Some(h))
+            q.kind.is_none_or(|k| k.as_str() == s.kind) && q.host.as_ref().is_none_or(|h| s.host.as_ref() == Some(h))
         })
         .collect();
     Ok(Json(paginate(
@@ -233,13 +243,17 @@ pub async fn delete_source(
 
 // ---- snapshots ------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotQuery {
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub repository: Option<String>,
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub plan: Option<String>,
+    #[schemars(pattern(backstop_types::HOST_PATTERN))]
     pub host: Option<String>,
     pub cursor: Option<String>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -250,6 +264,9 @@ pub async fn list_snapshots(
     Query(q): Query<SnapshotQuery>,
 ) -> ApiResult<Json<Page<Snapshot>>> {
     caller.require(Role::Viewer)?;
+    check_ref("repository", &q.repository)?;
+    check_ref("plan", &q.plan)?;
+    check_host(&q.host)?;
     let scope = caller.scope();
     let repo = match &q.repository {
         Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
@@ -275,7 +292,7 @@ pub async fn list_snapshots(
 }
 
 /// Rebuild the catalog's snapshots from the repositories themselves.
-pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
+pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<CatalogRebuild>> {
     caller.require(Role::Operator)?;
     let scope = caller.scope();
     let mut out = Vec::new();
@@ -300,18 +317,25 @@ pub async fn rebuild_catalog(State(state): State<AppState>, caller: Caller) -> A
         })
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-        match listed {
+        let entry = match listed {
             Ok(snaps) => {
                 let (added, removed) = state.catalog.reconcile_snapshots(&repo, &snaps).await?;
-                out.push(
-                    json!({"repository": repo.name, "snapshots": snaps.len(), "added": added, "removed": removed}),
-                );
+                RebuiltRepository {
+                    repository: repo.name,
+                    snapshots: Some(snaps.len() as u64),
+                    added: Some(added),
+                    removed: Some(removed),
+                    error: None,
+                }
             }
-            Err(e) => out.push(json!({"repository": repo.name, "error": e})),
-        }
+            Err(e) => {
+                RebuiltRepository { repository: repo.name, snapshots: None, added: None, removed: None, error: Some(e) }
+            }
+        };
+        out.push(entry);
     }
     audit(&state, &caller, "catalog.rebuild", "catalog".into(), json!({"repositories": out.len()})).await?;
-    Ok(Json(json!({"repositories": out})))
+    Ok(Json(CatalogRebuild { repositories: out }))
 }
 
 // ---- tokens ---------------------------------------------------------------
@@ -395,10 +419,13 @@ pub async fn create_tenant(
 
 // ---- audit ----------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
+    /// `next_cursor` of the page before (an event id).
+    #[schemars(range(min = 0))]
     pub cursor: Option<i64>,
+    #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
 }
 
@@ -408,6 +435,9 @@ pub async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Page<AuditEvent>>> {
     caller.require(Role::Admin)?;
+    if q.cursor.is_some_and(|c| c < 0) {
+        return Err(ApiError::invalid("cursor is an audit event id (0 or more)"));
+    }
     let limit = crate::handlers::page_limit(q.limit)? as u32;
     Ok(Json(state.catalog.list_audit(&caller.scope(), q.cursor, limit).await?))
 }

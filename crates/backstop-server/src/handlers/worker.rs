@@ -60,9 +60,8 @@ pub async fn claim(
     Json(req): Json<ClaimRequest>,
 ) -> ApiResult<Response> {
     require_worker(&caller)?;
-    if req.worker.is_empty() || req.region.is_empty() {
-        return Err(ApiError::invalid("a claim names its worker and region"));
-    }
+    backstop_types::check::text("a claim's worker", &req.worker, 1, 400).map_err(ApiError::invalid)?;
+    backstop_types::check::name("a claim's region", &req.region).map_err(ApiError::invalid)?;
     Ok(match claim_waiting(&state, &req).await? {
         Some(claim) => Json(claim).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
