@@ -200,9 +200,15 @@ impl LocalBackend {
         parent.sync().map_err(|e| Error::io(key, e))
     }
 
-    /// Open `key` for reading; a missing repository is a missing object.
+    /// Open `key` for reading; a missing repository is a missing object,
+    /// and only a regular file is one (a FIFO or a device planted in a
+    /// tenant's repository is not waited on, nor read without end).
     fn open_key(&self, key: &str) -> io::Result<File> {
-        self.dir(false)?.open_file(Path::new(key), libc::O_RDONLY, 0, Links::Refuse)
+        let file = self.dir(false)?.open_file(Path::new(key), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file (objects are)"));
+        }
+        Ok(file)
     }
 
     /// Whether `dir` is this backend's own staging directory.
@@ -418,6 +424,11 @@ mod tests {
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert!(backend.delete("index/secret").is_err() || outside.join("secret").exists());
         assert!(outside.join("secret").exists());
+        // A FIFO where an object should be is an error, not a wait.
+        let fifo = std::ffi::CString::new(repo.join("config").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: fifo is NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(backend.get("config").is_err());
     }
 
     #[test]

@@ -1,9 +1,6 @@
 //! The conformance suite against a real S3-protocol server over HTTP.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use backstop_backend::{Backend, ErrorKind, NetScope, PutMode, S3Backend, S3Options, conformance};
 use backstop_testkit::{ACCESS_KEY, REGION, S3Server, SECRET_KEY};
@@ -84,27 +81,10 @@ fn a_confined_repository_reaches_only_what_its_tenant_was_granted() {
     assert!(S3Backend::new("bucket", "", &no_keys, &scope).is_err());
 }
 
-/// An HTTP server that answers every request with `reply`, counting them.
-fn canned(reply: String) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    });
-    (port, hits)
-}
-
 #[test]
 fn errors_never_echo_what_a_server_sent_and_redirects_are_not_followed() {
     let body = "<Error><Code>AccessDenied</Code><Message>root:x:0:0 planted-remote-body</Message></Error>";
-    let (port, _) = canned(format!(
+    let (port, _) = backstop_testkit::canned_http(format!(
         "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     ));
@@ -115,8 +95,8 @@ fn errors_never_echo_what_a_server_sent_and_redirects_are_not_followed() {
     assert!(err.contains("403") && err.contains("AccessDenied"), "{err}");
     assert!(!err.contains("planted-remote-body") && !err.contains("root:x"), "{err}");
 
-    let (elsewhere, hits) = canned("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into());
-    let (redirecting, _) = canned(format!(
+    let (elsewhere, hits) = backstop_testkit::canned_http("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into());
+    let (redirecting, _) = backstop_testkit::canned_http(format!(
         "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{elsewhere}/bucket/config\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     ));
     opts = options_at(redirecting);

@@ -197,8 +197,10 @@ fn walk(root: RawFd, rel: &[&OsStr], flags: libc::c_int, mode: u32, links: Links
             }
             Err(e) => e,
         };
-        // Was it a link in the way?
-        if !fstatat(cur, &c).is_ok_and(|st| is_link(&st)) {
+        // Was it a link in the way? (Creating exclusively, an existing name
+        // is what it is, link or not: the kernel says EEXIST too.)
+        let exclusive = last && flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL;
+        if exclusive || !fstatat(cur, &c).is_ok_and(|st| is_link(&st)) {
             return Err(err);
         }
         if links == Links::Refuse || (last && flags & libc::O_NOFOLLOW != 0) {
@@ -297,7 +299,10 @@ impl Dir {
             let joined: PathBuf = if names.is_empty() { PathBuf::from(".") } else { names.iter().collect() };
             match openat2(self.raw(), &cstr(joined.as_os_str().as_bytes())?, flags, mode, links) {
                 Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                // Retried by the walk: a rename raced the kernel's lookup, or
+                // a seccomp filter answers EPERM for a call it does not know
+                // (a real EPERM, say for O_NOATIME, comes back from the walk).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EPERM)) => {}
                 other => return other,
             }
         }
@@ -456,26 +461,27 @@ impl Dir {
             return Err(errno(libc::ELOOP));
         }
         // An O_PATH descriptor takes no fchmod; its /proc name stands for the
-        // very inode it holds.
+        // very inode it holds. Without /proc there is no way that cannot be
+        // raced, so there is none.
         let proc = cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())?;
         // SAFETY: proc is NUL-terminated.
-        match check(unsafe { libc::chmod(proc.as_ptr(), (mode & 0o7777) as libc::mode_t) }) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                // No /proc: by name, which was just seen not to be a link.
-                // SAFETY: c is NUL-terminated.
-                check(unsafe { libc::fchmodat(self.raw(), c.as_ptr(), (mode & 0o7777) as libc::mode_t, 0) })
+        check(unsafe { libc::chmod(proc.as_ptr(), (mode & 0o7777) as libc::mode_t) }).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => no_proc(),
+                _ => e,
             }
-            other => other,
-        }
+        })
     }
 
     /// A path that names entry `name` of this very directory for the calls
-    /// that take only paths (extended attributes): through `/proc/self/fd`
-    /// where it is mounted, so nothing above the entry is resolved again.
+    /// that take only paths (extended attributes): through `/proc/self/fd`,
+    /// so nothing above the entry is resolved again (an error without /proc).
     pub fn entry_path(&self, name: &OsStr) -> io::Result<PathBuf> {
         single(name)?;
-        let proc = PathBuf::from(format!("/proc/self/fd/{}", self.raw()));
-        if proc.exists() { Ok(proc.join(name)) } else { Ok(self.path.join(name)) }
+        if !proc_mounted() {
+            return Err(no_proc());
+        }
+        Ok(PathBuf::from(format!("/proc/self/fd/{}", self.raw())).join(name))
     }
 
     /// The entries with their metadata (links not followed), sorted by
@@ -535,6 +541,19 @@ impl Dir {
         // SAFETY: the descriptor is open.
         check(unsafe { libc::fsync(self.raw()) })
     }
+}
+
+/// Whether /proc is there (looked at once).
+fn proc_mounted() -> bool {
+    static MOUNTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MOUNTED.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+fn no_proc() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "/proc is not mounted: permissions and extended attributes cannot be set without following a link",
+    )
 }
 
 fn timespec(ns: i64) -> libc::timespec {
@@ -626,6 +645,19 @@ mod tests {
             dir.create_dir_all(Path::new("inside/c"), 0o755, Links::Beneath).unwrap();
             assert!(dir.path().join("a/c").is_dir());
             assert!(dir.create_dir_all(Path::new("inside/d"), 0o755, Links::Refuse).is_err());
+        });
+    }
+
+    #[test]
+    fn creating_exclusively_over_a_link_is_eexist_in_both_resolvers() {
+        both(|| {
+            let (t, dir) = layout();
+            for links in [Links::Refuse, Links::Beneath] {
+                let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+                let e = dir.open_file(Path::new("up"), flags, 0o600, links).unwrap_err();
+                assert_eq!(e.raw_os_error(), Some(libc::EEXIST), "{links:?}: {e}");
+            }
+            assert!(!t.path().join("outside/up").exists());
         });
     }
 

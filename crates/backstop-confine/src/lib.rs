@@ -12,7 +12,7 @@
 //!   [`Links::Refuse`] no link is followed at all. Everything else a
 //!   restore or a repository does to a directory (create, rename, link,
 //!   set times) goes through a `Dir` and a single name, so no path is
-//!   resolved twice.
+//!   resolved except beneath a handle.
 //! - [`PathScope`] says which absolute paths a job may name — any (the
 //!   system tenant's administrators) or only those beneath a tenant's
 //!   roots — and opens them through a [`Dir`] of the root.

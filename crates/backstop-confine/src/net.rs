@@ -43,14 +43,18 @@ fn valid_host(name: &str) -> bool {
         })
 }
 
+/// `addr` with all but its first `prefix` bits cleared (a prefix longer
+/// than the family's keeps every bit).
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let bits = u32::from(a) & u32::MAX.checked_shl(32 - prefix as u32).unwrap_or(0);
+            let keep = 32u32.saturating_sub(prefix as u32);
+            let bits = u32::from(a) & u32::MAX.checked_shl(keep).unwrap_or(0);
             IpAddr::V4(Ipv4Addr::from(bits))
         }
         IpAddr::V6(a) => {
-            let bits = u128::from(a) & u128::MAX.checked_shl(128 - prefix as u32).unwrap_or(0);
+            let keep = 128u32.saturating_sub(prefix as u32);
+            let bits = u128::from(a) & u128::MAX.checked_shl(keep).unwrap_or(0);
             IpAddr::V6(Ipv6Addr::from(bits))
         }
     }
@@ -66,13 +70,21 @@ fn parse_net(text: &str, port: Option<u16>) -> Result<NetGrant, String> {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),
     };
-    let addr: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or network"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let written: IpAddr = addr.parse().map_err(|_| format!("{text:?} is not an address or network"))?;
+    let max = if written.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         None => max,
         Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?}: bad prefix length"))?,
     };
-    Ok(NetGrant::Net { addr: mask(addr.to_canonical(), prefix), prefix, port })
+    // An IPv4-mapped IPv6 network (`::ffff:192.0.2.0/120`) is the IPv4 one.
+    let addr = written.to_canonical();
+    let prefix = match (written, addr) {
+        (IpAddr::V6(_), IpAddr::V4(_)) => prefix
+            .checked_sub(96)
+            .ok_or_else(|| format!("{text:?}: an IPv4-mapped network needs a prefix of at least 96"))?,
+        _ => prefix,
+    };
+    Ok(NetGrant::Net { addr: mask(addr, prefix), prefix, port })
 }
 
 impl FromStr for NetGrant {
@@ -82,9 +94,7 @@ impl FromStr for NetGrant {
         let text = text.trim();
         if let Some(path) = text.strip_prefix("unix:") {
             let path = PathBuf::from(path);
-            let clean =
-                path.is_absolute() && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-            if !clean {
+            if !clean_path(&path) {
                 return Err(format!("{text:?}: a Unix socket grant is unix:/ABSOLUTE/PATH"));
             }
             return Ok(NetGrant::Unix { path });
@@ -165,10 +175,34 @@ impl<'de> Deserialize<'de> for NetGrant {
     }
 }
 
-/// Addresses no broad grant opens: the host itself, its link (the cloud
-/// metadata service lives at 169.254.169.254), "any", multicast. Returns
-/// what it is and the range it belongs to.
+/// An absolute path of plain names (no `.`, no `..`, no commas: a libpq
+/// host list would hide a network address among sockets).
+fn clean_path(path: &Path) -> bool {
+    path.is_absolute()
+        && path.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !path.as_os_str().as_encoded_bytes().contains(&b',')
+}
+
+/// This host's interface addresses, looked up once.
+fn this_host() -> &'static [IpAddr] {
+    static ADDRESSES: std::sync::OnceLock<Vec<IpAddr>> = std::sync::OnceLock::new();
+    ADDRESSES.get_or_init(NetScope::local_addresses)
+}
+
+/// Addresses no broad grant opens: the host itself (its loopback and every
+/// address of its interfaces), its link (the cloud metadata service lives
+/// at 169.254.169.254), "any", multicast, and other clouds' metadata
+/// addresses. Returns what it is and the range it belongs to.
 fn special(ip: IpAddr) -> Option<(&'static str, IpAddr, u8)> {
+    let ip = ip.to_canonical();
+    if let Some(found) = special_range(ip) {
+        return Some(found);
+    }
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    this_host().contains(&ip).then_some(("an address of the worker's own host", ip, max))
+}
+
+fn special_range(ip: IpAddr) -> Option<(&'static str, IpAddr, u8)> {
     const RANGES: &[(&str, IpAddr, u8)] = &[
         ("a loopback address", IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
         ("a link-local address (the cloud metadata service among them)", IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16),
@@ -179,8 +213,9 @@ fn special(ip: IpAddr) -> Option<(&'static str, IpAddr, u8)> {
         ("the unspecified address", IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
         ("a link-local address", IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10),
         ("a multicast address", IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
+        ("a cloud metadata address", IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)), 32),
+        ("a cloud metadata address", IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), 128),
     ];
-    let ip = ip.to_canonical();
     RANGES.iter().copied().find(|(_, net, prefix)| contains(*net, *prefix, ip))
 }
 
@@ -268,7 +303,12 @@ impl NetScope {
         let NetScope::Granted { grants, own } = self else { return Ok(()) };
         let ip = addr.ip().to_canonical();
         let addr = SocketAddr::new(ip, addr.port());
-        if own.iter().any(|o| o.port() == addr.port() && o.ip().to_canonical() == ip) {
+        // Listening on a loopback address answers on every one of them.
+        let same = |o: &SocketAddr| {
+            let own = o.ip().to_canonical();
+            own == ip || (own.is_loopback() && ip.is_loopback())
+        };
+        if own.iter().any(|o| o.port() == addr.port() && same(o)) {
             return Err(NetError::OwnAddress { addr });
         }
         let host = host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
@@ -340,7 +380,8 @@ impl NetScope {
     /// PostgreSQL `host=/run/postgresql`) may be used.
     pub fn check_unix(&self, path: &Path) -> Result<(), NetError> {
         let NetScope::Granted { grants, .. } = self else { return Ok(()) };
-        let ok = grants.iter().any(|g| matches!(g, NetGrant::Unix { path: p } if path.starts_with(p)));
+        let granted = grants.iter().any(|g| matches!(g, NetGrant::Unix { path: p } if path.starts_with(p)));
+        let ok = clean_path(path) && granted;
         if ok { Ok(()) } else { Err(NetError::Unix { path: path.to_path_buf() }) }
     }
 
@@ -410,6 +451,11 @@ mod tests {
             assert_eq!(g.to_string(), shown);
             assert_eq!(shown.parse::<NetGrant>().unwrap(), g);
         }
+        // An IPv4-mapped network is the IPv4 one.
+        assert_eq!("::ffff:192.0.2.10".parse::<NetGrant>().unwrap().to_string(), "192.0.2.10");
+        assert_eq!("[::ffff:192.0.2.0/120]:80".parse::<NetGrant>().unwrap().to_string(), "192.0.2.0/24:80");
+        assert!("::ffff:1.2.3.4/64".parse::<NetGrant>().is_err());
+        assert!("unix:/a,b".parse::<NetGrant>().is_err());
         for bad in ["", "10.0.0.0/33", "host:0", "host:99999", "-bad-", "a b", "unix:relative", "unix:/a/../b", "[::1"]
         {
             assert!(bad.parse::<NetGrant>().is_err(), "{bad}");
@@ -441,7 +487,14 @@ mod tests {
     fn the_service_itself_is_never_a_tenant_target() {
         let scope = NetScope::Granted { grants: vec!["127.0.0.0/8".parse().unwrap()], own: vec![at("127.0.0.1:8080")] };
         assert!(matches!(scope.check(None, at("127.0.0.1:8080")), Err(NetError::OwnAddress { .. })));
+        assert!(matches!(scope.check(None, at("127.0.0.2:8080")), Err(NetError::OwnAddress { .. })));
         assert!(scope.check(None, at("127.0.0.1:8081")).is_ok());
+        // The host's own interface addresses and other metadata services need a grant naming them.
+        let wide = grants(&["0.0.0.0/0", "::/0"]);
+        for ip in NetScope::local_addresses() {
+            assert!(wide.check(None, SocketAddr::new(ip, 5432)).is_err(), "{ip}");
+        }
+        assert!(wide.check(None, at("100.100.100.200:80")).is_err());
     }
 
     #[test]
@@ -461,6 +514,9 @@ mod tests {
         let scope = grants(&["unix:/run/postgresql"]);
         assert!(scope.check_unix(Path::new("/run/postgresql")).is_ok());
         assert!(scope.check_unix(Path::new("/run/postgresql/.s.PGSQL.5432")).is_ok());
+        for escape in ["/run/postgresql/../mysqld/mysqld.sock", "/run/postgresql/x,10.9.8.7"] {
+            assert!(scope.check_unix(Path::new(escape)).is_err(), "{escape}");
+        }
         assert!(scope.check_unix(Path::new("/run/mysqld/mysqld.sock")).is_err());
         assert!(NetScope::nowhere().check_unix(Path::new("/run/postgresql")).is_err());
     }

@@ -346,11 +346,11 @@ pub fn execute(
     }
     summary.dirs = plan.dirs.len() as u64;
 
-    let owners = sys::is_root();
+    let meta = Meta::for_target(&options.paths);
     // Files without data (empty, or all holes) are complete at once.
     for f in &plan.files {
         if f.remaining.load(Ordering::Relaxed) == 0 {
-            match create_file(&target, f).and_then(|file| apply_file_metadata(&file, &f.node, owners)) {
+            match create_file(&target, f).and_then(|file| apply_file_metadata(&file, &f.node, meta)) {
                 Ok(()) => progress.advance(1, f.size),
                 Err(e) => mark_failed(f, &format!("cannot create: {e}")),
             }
@@ -370,7 +370,7 @@ pub fn execute(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((pack_id, jobs)) = plan.packs.get(i) else { return };
-                    let out = Output { target: &target, owners, direct: &direct, bytes: &bytes };
+                    let out = Output { target: &target, meta, direct: &direct, bytes: &bytes };
                     if let Err(e) = restore_pack(repo, plan, pack_id, jobs, &out, &mut buffers, progress) {
                         if !matches!(e, Error::Corrupt { .. } | Error::Backend(_)) {
                             fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
@@ -409,8 +409,8 @@ pub fn execute(
     for late in &plan.late {
         let result = match late {
             Late::HardLink { path, to } => restore_hard_link(&target, path, to).map(|_| summary.files += 1),
-            Late::Symlink { path, node } => restore_symlink(&target, path, node, owners).map(|_| summary.links += 1),
-            Late::Special { path, node } => restore_special(&target, path, node, owners),
+            Late::Symlink { path, node } => restore_symlink(&target, path, node, meta).map(|_| summary.links += 1),
+            Late::Special { path, node } => restore_special(&target, path, node, meta),
         };
         if let Err(e) = result {
             let path = match late {
@@ -423,7 +423,7 @@ pub fn execute(
     // Deepest directories first, so a read-only parent is set after its children.
     for (path, node) in plan.dirs.iter().rev() {
         let dir = target.open_file(path, libc::O_RDONLY | libc::O_DIRECTORY, 0, Links::Refuse);
-        if let Err(e) = dir.and_then(|dir| apply_file_metadata(&dir, node, owners)) {
+        if let Err(e) = dir.and_then(|dir| apply_file_metadata(&dir, node, meta)) {
             report(path, &format!("cannot set metadata: {e}"));
         }
     }
@@ -506,14 +506,14 @@ fn open_for_write(target: &Dir, f: &PlannedFile) -> io::Result<File> {
             return Ok(file);
         }
     }
-    target.open_file(&f.path, libc::O_WRONLY, 0, Links::Refuse)
+    target.open_file(&f.path, libc::O_WRONLY | libc::O_NONBLOCK, 0, Links::Refuse)
 }
 
 /// How the restore threads write.
 struct Output<'a> {
     target: &'a Dir,
-    /// Set owners (running as root).
-    owners: bool,
+    /// What metadata goes back.
+    meta: Meta,
     /// Write large blobs with direct I/O (see [`write_blob`]); turned off
     /// for the rest of the restore when the file system refuses it.
     direct: &'a AtomicBool,
@@ -598,7 +598,7 @@ fn restore_pack(
                 if f.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     let ok = f.state.lock().unwrap_or_else(|e| e.into_inner()).failed.is_none();
                     if let (true, Some(file)) = (ok, &file)
-                        && let Err(e) = apply_file_metadata(file, &f.node, out.owners)
+                        && let Err(e) = apply_file_metadata(file, &f.node, out.meta)
                     {
                         progress.warning(&f.path, &format!("cannot set metadata: {e}"));
                     }
@@ -674,17 +674,48 @@ fn write_direct(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     sys::set_direct(file, false)
 }
 
+/// What of the snapshot's metadata a restore puts back.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    /// Owners (running as root).
+    owners: bool,
+    /// Into a confined tenant's tree, which others may use as themselves:
+    /// no owners (everything is the worker's), no setuid or setgid bits,
+    /// no device nodes, only `user.*` extended attributes (not
+    /// `security.capability`) — what a snapshot says is the tenant's to say.
+    confined: bool,
+}
+
+impl Meta {
+    fn for_target(paths: &PathScope) -> Meta {
+        let confined = !paths.is_any();
+        Meta { owners: sys::is_root() && !confined, confined }
+    }
+
+    fn mode(self, mode: u32) -> u32 {
+        if self.confined { mode & 0o1777 } else { mode & 0o7777 }
+    }
+
+    fn xattrs(self, all: &[(Vec<u8>, Vec<u8>)]) -> std::borrow::Cow<'_, [(Vec<u8>, Vec<u8>)]> {
+        if self.confined {
+            all.iter().filter(|(name, _)| name.starts_with(b"user.")).cloned().collect::<Vec<_>>().into()
+        } else {
+            all.into()
+        }
+    }
+}
+
 /// Owner (as root), mode, extended attributes and times of entry `name`
 /// of `dir`, in that order (chown clears setuid bits; times last because
 /// the others change ctime only), never through a link in its place.
-fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, owners: bool) -> io::Result<()> {
-    if owners {
+fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, meta: Meta) -> io::Result<()> {
+    if meta.owners {
         dir.chown_at(name, node.uid, node.gid)?;
     }
     if node.node_type != NodeType::Symlink {
-        dir.chmod_at(name, node.mode)?;
+        dir.chmod_at(name, meta.mode(node.mode))?;
         let path = dir.entry_path(name)?;
-        for (key, value) in &node.xattrs {
+        for (key, value) in meta.xattrs(&node.xattrs).iter() {
             if let Err(e) = sys::set_xattr(&path, key, value) {
                 // Unprivileged restores cannot set trusted.* or security.*;
                 // filesystems without xattrs refuse all. Neither loses data.
@@ -698,15 +729,16 @@ fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, owners: bool) -> io::Res
 }
 
 /// [`apply_metadata`] for a regular file or directory through its open handle.
-fn apply_file_metadata(file: &File, node: &Node, owners: bool) -> io::Result<()> {
-    let meta = sys::FileMeta {
-        owner: owners.then_some((node.uid, node.gid)),
-        mode: node.mode,
-        xattrs: &node.xattrs,
+fn apply_file_metadata(file: &File, node: &Node, meta: Meta) -> io::Result<()> {
+    let xattrs = meta.xattrs(&node.xattrs);
+    let file_meta = sys::FileMeta {
+        owner: meta.owners.then_some((node.uid, node.gid)),
+        mode: meta.mode(node.mode),
+        xattrs: &xattrs,
         atime_ns: node.atime_ns,
         mtime_ns: node.mtime_ns,
     };
-    sys::set_file_meta(file, &meta)
+    sys::set_file_meta(file, &file_meta)
 }
 
 fn restore_hard_link(target: &Dir, path: &Path, to: &Path) -> io::Result<()> {
@@ -716,22 +748,25 @@ fn restore_hard_link(target: &Dir, path: &Path, to: &Path) -> io::Result<()> {
     from_dir.hard_link_at(&from_name, &dir, &name)
 }
 
-fn restore_symlink(target: &Dir, path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+fn restore_symlink(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
     let NodeData::Symlink { target: link } = &node.data else { return Ok(()) };
     let (dir, name) = target.parent_of(path, Links::Refuse)?;
     remove_non_dir(&dir, &name)?;
     dir.symlink_at(link, &name)?;
-    if owners {
+    if meta.owners {
         dir.chown_at(&name, node.uid, node.gid)?;
     }
     dir.set_times_at(&name, node.atime_ns, node.mtime_ns)
 }
 
-fn restore_special(target: &Dir, path: &Path, node: &Node, owners: bool) -> io::Result<()> {
+fn restore_special(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
     let (kind, rdev) = match (&node.node_type, &node.data) {
         (NodeType::Fifo, _) => (libc::S_IFIFO, 0),
-        (NodeType::BlockDevice, NodeData::Device { rdev }) if owners => (libc::S_IFBLK, *rdev),
-        (NodeType::CharDevice, NodeData::Device { rdev }) if owners => (libc::S_IFCHR, *rdev),
+        (NodeType::BlockDevice | NodeType::CharDevice, _) if meta.confined => {
+            return Err(io::Error::other("device nodes are not restored into a tenant's directory"));
+        }
+        (NodeType::BlockDevice, NodeData::Device { rdev }) if meta.owners => (libc::S_IFBLK, *rdev),
+        (NodeType::CharDevice, NodeData::Device { rdev }) if meta.owners => (libc::S_IFCHR, *rdev),
         (NodeType::BlockDevice | NodeType::CharDevice, _) => {
             return Err(io::Error::other("device nodes can only be restored as root"));
         }
@@ -740,13 +775,17 @@ fn restore_special(target: &Dir, path: &Path, node: &Node, owners: bool) -> io::
     };
     let (dir, name) = target.parent_of(path, Links::Refuse)?;
     remove_non_dir(&dir, &name)?;
-    dir.mknod_at(&name, kind | node.mode, rdev)?;
-    apply_metadata(&dir, &name, node, owners)
+    dir.mknod_at(&name, kind | meta.mode(node.mode), rdev)?;
+    apply_metadata(&dir, &name, node, meta)
 }
 
 /// Read a restored file and compare it with the snapshot's content.
 fn verify_file(repo: &Repository, target: &Dir, f: &PlannedFile) -> std::result::Result<(), String> {
-    let file = target.open_file(&f.path, libc::O_RDONLY, 0, Links::Refuse).map_err(|e| e.to_string())?;
+    let file =
+        target.open_file(&f.path, libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse).map_err(|e| e.to_string())?;
+    if !file.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("is no longer a regular file".into());
+    }
     let len = file.metadata().map_err(|e| e.to_string())?.len();
     if len != f.size {
         return Err(format!("size is {len}, expected {}", f.size));

@@ -1,13 +1,14 @@
 //! Thin, safe wrappers over the Unix calls the archiver and restorer need and
-//! `std` does not offer: `fstatat` with nanosecond times, reads that do not
-//! touch access times, extended attributes, hole detection, and setting
-//! owners, times and device nodes on paths without following symlinks.
+//! neither `std` nor `backstop_confine::Dir` (every `*at` call beneath a
+//! directory handle) offers: `stat` with nanosecond times, reads that do
+//! not touch access times, extended attributes, hole detection, metadata
+//! through an open file, direct I/O.
 
-use std::ffi::{CStr, CString, OsStr, OsString};
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 fn cstr(bytes: &[u8]) -> io::Result<CString> {
@@ -78,14 +79,6 @@ impl Stat {
     }
 }
 
-pub fn lstat(path: &Path) -> io::Result<Stat> {
-    let c = cpath(path)?;
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: c is NUL-terminated; st is a valid out-pointer.
-    check(unsafe { libc::lstat(c.as_ptr(), &mut st) })?;
-    Ok(Stat::from_raw(&st))
-}
-
 pub fn fstat(file: &File) -> io::Result<Stat> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: the descriptor is open for the life of `file`.
@@ -119,82 +112,17 @@ pub fn open_read(path: &Path) -> io::Result<File> {
 }
 
 /// Open entry `name` of `dir` for reading, not following a link in its
-/// place, with `O_NOATIME` when permitted.
+/// place, with `O_NOATIME` when permitted; without waiting, should a FIFO
+/// or a device have taken the file's place (the caller checks what it got).
 pub fn open_read_at(dir: &backstop_backend::Dir, name: &OsStr) -> io::Result<File> {
     let rel = Path::new(name);
-    match dir.open_file(rel, libc::O_RDONLY | libc::O_NOATIME, 0, backstop_backend::Links::Refuse) {
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+    match dir.open_file(rel, flags | libc::O_NOATIME, 0, backstop_backend::Links::Refuse) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            dir.open_file(rel, libc::O_RDONLY, 0, backstop_backend::Links::Refuse)
+            dir.open_file(rel, flags, 0, backstop_backend::Links::Refuse)
         }
         other => other,
     }
-}
-
-/// One entry of a directory, with its metadata.
-#[derive(Debug, Clone)]
-pub struct DirEntry {
-    pub name: OsString,
-    pub stat: Stat,
-}
-
-/// Read a directory's entries and `lstat` each, sorted by name. Entries that
-/// vanish between the listing and the stat are skipped.
-pub fn read_dir(path: &Path) -> io::Result<Vec<DirEntry>> {
-    let fd = open_noatime(path, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    let raw = fd.as_raw_fd();
-    // SAFETY: fdopendir takes ownership of a valid directory descriptor; we
-    // release ours with into_raw_fd semantics by forgetting it.
-    let dir = unsafe { libc::fdopendir(raw) };
-    if dir.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(fd);
-    struct Dir(*mut libc::DIR);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            // SAFETY: the pointer came from fdopendir and is closed once.
-            unsafe { libc::closedir(self.0) };
-        }
-    }
-    let dir = Dir(dir);
-    let mut entries = Vec::new();
-    loop {
-        // readdir signals errors only through errno.
-        // SAFETY: errno location is thread-local and always valid.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: dir.0 is a valid DIR stream.
-        let ent = unsafe { libc::readdir64(dir.0) };
-        if ent.is_null() {
-            let errno = unsafe { *libc::__errno_location() };
-            if errno != 0 {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            break;
-        }
-        // SAFETY: d_name is NUL-terminated within the dirent.
-        let name = unsafe { CStr::from_ptr((*ent).d_name.as_ptr()) };
-        let bytes = name.to_bytes();
-        if bytes == b"." || bytes == b".." {
-            continue;
-        }
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: the directory descriptor is valid; name is NUL-terminated.
-        let rc = unsafe { libc::fstatat(libc::dirfd(dir.0), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-        if rc < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::NotFound {
-                continue;
-            }
-            return Err(err);
-        }
-        entries.push(DirEntry { name: OsString::from_vec(bytes.to_vec()), stat: Stat::from_raw(&st) });
-    }
-    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-    Ok(entries)
-}
-
-pub fn read_link(path: &Path) -> io::Result<Vec<u8>> {
-    Ok(std::fs::read_link(path)?.into_os_string().into_vec())
 }
 
 /// Extended attributes of `path` (not following symlinks). Filesystems
@@ -396,27 +324,6 @@ pub fn local_disk_fs_of(_fd: &impl std::os::fd::AsFd) -> bool {
     false
 }
 
-/// Set access and modification times without following a symlink.
-pub fn set_times(path: &Path, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
-    let c = cpath(path)?;
-    let ts = |ns: i64| libc::timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) };
-    let times = [ts(atime_ns), ts(mtime_ns)];
-    // SAFETY: c is NUL-terminated; times has two entries.
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-}
-
-pub fn lchown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: c is NUL-terminated.
-    check(unsafe { libc::lchown(c.as_ptr(), uid, gid) })
-}
-
-pub fn mknod(path: &Path, mode: u32, rdev: u64) -> io::Result<()> {
-    let c = cpath(path)?;
-    // SAFETY: c is NUL-terminated.
-    check(unsafe { libc::mknod(c.as_ptr(), mode, rdev) })
-}
-
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -446,21 +353,7 @@ mod tests {
         assert!(extents.iter().any(|&(a, b)| a <= 4 << 20 && b >= (4 << 20) + 65536), "{extents:?}");
         // tmpfs and ext4 report the hole; a filesystem without SEEK_HOLE reports all data.
         assert!(data == 16 << 20 || data < 1 << 20, "{extents:?}");
-        assert!(lstat(&path).unwrap().is_sparse() || data == 16 << 20);
-    }
-
-    #[test]
-    fn read_dir_sorts_and_stats_without_following_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("b"), b"x").unwrap();
-        std::os::unix::fs::symlink("/nonexistent", dir.path().join("a")).unwrap();
-        std::fs::create_dir(dir.path().join("c")).unwrap();
-        let entries = read_dir(dir.path()).unwrap();
-        let names: Vec<_> = entries.iter().map(|e| e.name.to_str().unwrap()).collect();
-        assert_eq!(names, ["a", "b", "c"]);
-        assert_eq!(entries[0].stat.file_type(), libc::S_IFLNK);
-        assert!(entries[1].stat.is_file() && entries[1].stat.size == 1);
-        assert!(entries[2].stat.is_dir());
+        assert!(fstat(&File::open(&path).unwrap()).unwrap().is_sparse() || data == 16 << 20);
     }
 
     #[test]

@@ -479,3 +479,58 @@ fn a_link_in_a_restore_target_is_replaced_never_written_through() {
     assert!(!std::fs::symlink_metadata(inner.join("d")).unwrap().file_type().is_symlink());
     assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing went through the links");
 }
+
+#[test]
+fn a_confined_restore_gives_a_tenant_no_setuid_files_device_nodes_or_privileged_attributes() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("suid"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(src.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    let dev = std::ffi::CString::new(src.join("disk").as_os_str().as_bytes()).unwrap();
+    // SAFETY: dev is NUL-terminated.
+    let rc = unsafe { libc::mknod(dev.as_ptr(), libc::S_IFBLK | 0o666, libc::makedev(7, 0)) };
+    assert_eq!(rc, 0, "this test makes a device node and needs root: {}", std::io::Error::last_os_error());
+    backstop_repo::sys::set_xattr(&src.join("suid"), b"trusted.backstop", b"privileged").unwrap();
+    backstop_repo::sys::set_xattr(&src.join("suid"), b"user.backstop", b"plain").unwrap();
+    let out = t.backup(&[&src]);
+    let (_, snap) = t.repo.find_snapshot(&out.id.to_string()).unwrap();
+
+    let root = t.dir.path().join("tenants/tb");
+    fs::create_dir_all(&root).unwrap();
+    let mut options = RestoreOptions::new(root.join("r"));
+    options.paths = PathScope::Beneath { roots: vec![root.clone()] };
+    let summary = restore::run(&t.repo, &snap, &options, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(summary.errors, 1, "the device node is refused, by name: {summary:?}");
+    let restored = root.join("r").join(src.strip_prefix("/").unwrap());
+    let mode = fs::metadata(restored.join("suid")).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "no setuid bit in a tenant's tree");
+    assert!(fs::symlink_metadata(restored.join("disk")).is_err(), "no device node");
+    let names: Vec<Vec<u8>> =
+        backstop_repo::sys::xattrs(&restored.join("suid")).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec![b"user.backstop".to_vec()], "only user.* attributes");
+
+    // The system tenant's restore keeps all of it.
+    let target = t.dir.path().join("admin");
+    t.restore(&out.id.to_string(), &target);
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::metadata(restored.join("suid")).unwrap().permissions().mode() & 0o7777, 0o4755);
+    assert!(std::os::unix::fs::FileTypeExt::is_block_device(
+        &fs::symlink_metadata(restored.join("disk")).unwrap().file_type()
+    ));
+}
+
+#[test]
+fn a_fifo_named_like_a_cache_tag_does_not_stop_the_walk() {
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("cache/data"), b"x").unwrap();
+    let fifo = std::ffi::CString::new(src.join("cache/CACHEDIR.TAG").as_os_str().as_bytes()).unwrap();
+    // SAFETY: fifo is NUL-terminated.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    let options = BackupOptions { exclude_caches: true, ..Default::default() };
+    let out = t.backup_with(&[&src], &options);
+    assert_eq!(out.snapshot.summary.files_new, 1, "the directory is no cache, its file is kept");
+}

@@ -704,6 +704,19 @@ async fn packaged_sources_run_as_plans_and_restore_into_systems() {
     let done = wait_job(&api, &admin, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&disk).unwrap());
+    // Or into a source: where it points, with the restore's own options.
+    let copy = dir.path().join("copy.raw");
+    let target = json!({"name": "vm1-copy", "kind": "image", "config": {"path": copy}});
+    api.ok("post", "/api/v1/sources", &admin, Some(target)).await;
+    let restore = json!({"kind": "restore", "repository": "local", "source": "vm1-copy",
+                         "params": {"snapshot": "latest", "options": {"entry": "vm1.raw"}}});
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(restore)).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&disk).unwrap());
+    let both = json!({"kind": "restore", "repository": "local", "source": "vm1-copy",
+                      "params": {"to": {"kind": "image", "config": {"path": out}}}});
+    assert_eq!(api.call("post", "/api/v1/jobs", Some(&admin), Some(both)).await.0, StatusCode::BAD_REQUEST);
 
     // A command whose dump fails fails its job, with the tool's words, and adds no snapshot.
     let before = api.ok("get", "/api/v1/snapshots", &admin, None).await["items"].as_array().unwrap().len();

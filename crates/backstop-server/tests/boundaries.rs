@@ -3,10 +3,8 @@
 //! server with in-process workers. Every attack here worked once.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use backstop_server::Running;
 use backstop_types::*;
@@ -210,23 +208,6 @@ async fn a_link_in_a_tenants_tree_leads_nowhere_outside_it() {
     site.running.shutdown().await;
 }
 
-/// An HTTP server that answers every request with `reply`, counting them.
-fn canned(reply: String) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for mut conn in listener.incoming().flatten() {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf);
-            let _ = conn.write_all(reply.as_bytes());
-        }
-    });
-    (port, hits)
-}
-
 fn s3_repo(name: &str, endpoint: &str) -> Value {
     json!({"name": name, "location": "s3://bucket/x", "password": "pw", "init": true,
            "options": [["endpoint", endpoint], ["access_key_id", "id"], ["secret_access_key", "key"], ["region", "r"]]})
@@ -236,8 +217,10 @@ fn s3_repo(name: &str, endpoint: &str) -> Value {
 async fn a_tenants_network_reach_is_granted_not_assumed() {
     let site = Site::start().await;
     let body = "<Error><Code>AccessDenied</Code><Message>planted-remote-body</Message></Error>";
-    let (port, hits) =
-        canned(format!("HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+    let (port, hits) = backstop_testkit::canned_http(format!(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
     let endpoint = format!("http://127.0.0.1:{port}");
     let repo = json!({"name": "own", "location": site.root().join("repo"), "password": "pw", "init": true});
     assert_eq!(site.tb("post", "/api/v1/repositories", repo).await.0, StatusCode::CREATED);

@@ -103,6 +103,10 @@ impl DbConfig {
         let mut sslmode = None;
         for (k, v) in url.query_pairs() {
             match (engine, k.as_ref()) {
+                // One socket: a libpq host list would hide other hosts behind it.
+                (Engine::Postgres, "host") | (Engine::Mysql, "socket") if v.contains(',') => {
+                    return Err(Error::Invalid(format!("{kind} url: {k} names one socket (no commas)")));
+                }
                 (Engine::Postgres, "host") | (Engine::Mysql, "socket") => socket = Some(v.into_owned()),
                 (Engine::Postgres, "sslmode") => sslmode = Some(v.into_owned()),
                 (_, other) => return Err(Error::Invalid(format!("unknown {kind} url parameter {other:?}"))),
@@ -191,6 +195,10 @@ impl DbConfig {
                 // Must come first.
                 c.arg("--no-defaults");
             }
+        }
+        if self.engine == Engine::Mysql && program != Self::program(&["mariadb-dump", "mysqldump"]) {
+            // A server must not read the worker's files through the client.
+            c.arg("--local-infile=0");
         }
         let pinned = self.confined.as_ref().and_then(|c| c.addr);
         match self.engine {
@@ -338,6 +346,19 @@ pub fn tree(config: &DbConfig) -> Result<SourceTree> {
     })
 }
 
+/// Whether `client` takes `--sandbox` (no shell commands or file access
+/// from the SQL it reads), asked once.
+fn client_has_sandbox(client: &str) -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        Command::new(client)
+            .arg("--help")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--sandbox"))
+    })
+}
+
 /// Create `database` on the server unless it exists.
 fn ensure_database(config: &DbConfig, database: &str) -> Result<()> {
     match config.engine {
@@ -373,6 +394,17 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
     db_config.remove("entry");
     db_config.remove("clean");
     let target = DbConfig::parse(engine, &db_config)?.confined(net)?;
+    let confined = !net.is_any();
+    // A tenant's restore feeds a database only what a backup of that kind
+    // made, never a file of its own choosing from another snapshot.
+    let made_by = ctx.snapshot.source.as_ref().map(|s| s.kind.as_str());
+    if confined && made_by != Some(engine.kind()) {
+        return Err(Error::Invalid(format!(
+            "the snapshot is not a {} backup (it holds {}); a tenant restores a database from its own dumps",
+            engine.kind(),
+            made_by.unwrap_or("files")
+        )));
+    }
     let ext = format!(".{}", target.extension());
     let dumps: Vec<&(String, _)> =
         ctx.entries.iter().filter(|(p, _)| p.starts_with("databases/") && p.ends_with(&ext)).collect();
@@ -394,7 +426,11 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
             plan.push((entry, db.clone()));
         }
         None => {
-            if engine == Engine::Postgres && ctx.entries.iter().any(|(p, _)| p == "globals.sql") {
+            if engine == Engine::Postgres && ctx.entries.iter().any(|(p, _)| p == "globals.sql") && confined {
+                // Roles and tablespaces are the server's, and psql would run
+                // whatever meta-commands (\!) the script holds.
+                ctx.progress.info("globals.sql (roles, tablespaces) is not restored for a tenant");
+            } else if engine == Engine::Postgres && ctx.entries.iter().any(|(p, _)| p == "globals.sql") {
                 // Roles that exist already only warn: psql goes on.
                 let c = target.tool("psql", Some("postgres"));
                 let mut c = c;
@@ -427,6 +463,19 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
             }
             Engine::Mysql => {
                 let mut c = target.tool(target.client(), None);
+                // The dump is SQL text, and the client would run the shell
+                // commands (\!, system) and file reads (source, tee) in it.
+                if client_has_sandbox(target.client()) {
+                    c.arg("--sandbox");
+                } else if confined {
+                    return Err(Error::Invalid(format!(
+                        "{} has no --sandbox (MariaDB 10.5.25, 10.6.18, 10.11.8 or later): a tenant's SQL is not \
+                         fed to a client that would run its shell commands",
+                        target.client()
+                    )));
+                } else {
+                    ctx.progress.info("the mysql client has no --sandbox: the dump's client commands are not disabled");
+                }
                 c.arg("--").arg(&db);
                 c
             }

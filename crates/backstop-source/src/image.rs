@@ -168,6 +168,7 @@ fn device_allowed(scope: &PathScope, file: &File, path: &Path) -> Result<()> {
 /// `file` is open; `dir` is the directory it is in (for backing files).
 fn disk(
     config: &ImageConfig,
+    scope: &PathScope,
     file: File,
     path: &Path,
     dir: (&Dir, &Path),
@@ -186,8 +187,11 @@ fn disk(
         return Err(Error::Invalid(format!("{} is not a qcow2 image (give format=raw)", path.display())));
     }
     if qcow2 {
-        let backing =
-            if config.backing_outside { Backing::Anywhere } else { Backing::Within { dir: dir.0, path: dir.1 } };
+        let backing = if config.backing_outside {
+            Backing::Anywhere
+        } else {
+            Backing::Within { dir: dir.0, path: dir.1, devices: scope.is_any() }
+        };
         let image = Qcow2Image::from_file(file, path, backing)
             .map_err(io)?
             .with_changes(map)
@@ -260,16 +264,13 @@ pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
                 let file_name = name.to_string_lossy().into_owned();
                 if is_disk(&name, &file) {
                     let map = map_in_dir(maps.as_ref(), &file_name)?;
-                    let (entry, image) = disk(config, file, &path, (&dir, &config.path), map)?;
+                    let (entry, image) = disk(config, scope, file, &path, (&dir, &config.path), map)?;
                     entries.push(SourceEntry { path: entry, mode: 0o600, data: EntryData::Image(image) });
                 } else {
-                    // Kept with the mode it has; read later through the same directory handle.
+                    // Kept with the mode it has; read later from the file
+                    // opened and looked at here, not from its name again.
                     let mode = st.st_mode & 0o7777;
-                    let (dir, name) = (dir.clone(), name.clone());
-                    let open = move || {
-                        let f = dir.open_file(Path::new(&name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)?;
-                        Ok(Box::new(f) as Box<dyn std::io::Read + Send>)
-                    };
+                    let open = move || Ok(Box::new(file) as Box<dyn std::io::Read + Send>);
                     entries.push(SourceEntry { path: file_name, mode, data: EntryData::Stream(Box::new(open)) });
                 }
             }
@@ -296,7 +297,7 @@ pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
             };
             let (parent, _) = scope.parent_of(&config.path).map_err(cannot)?;
             let parent_path = config.path.parent().unwrap_or(Path::new("/"));
-            let (name, image) = disk(config, file, &config.path, (&parent, parent_path), map)?;
+            let (name, image) = disk(config, scope, file, &config.path, (&parent, parent_path), map)?;
             entries.push(SourceEntry { path: name, mode: 0o600, data: EntryData::Image(image) });
         }
     }
@@ -345,8 +346,10 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
             let leaf = leaf.ok_or_else(|| Error::Invalid(format!("{path:?} is not a file name")))?;
             let out = target.join(path);
             write_raw(ctx, path, &sub, leaf, &out, scope)?;
-            // The mode the snapshot recorded for it.
-            sub.chmod_at(leaf, node.mode & 0o7777).map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
+            // The mode the snapshot recorded for it (for a tenant, without
+            // setuid and setgid bits: the file is the worker's).
+            let mode = if scope.is_any() { node.mode & 0o7777 } else { node.mode & 0o1777 };
+            sub.chmod_at(leaf, mode).map_err(|e| Error::Invalid(format!("{}: {e}", out.display())))?;
             report.restored.push((path.clone(), out.display().to_string()));
         }
         return Ok(report);
@@ -426,8 +429,8 @@ fn write_raw(ctx: &RestoreContext, path: &str, dir: &Dir, name: &OsStr, out: &Pa
     let flags = if device {
         libc::O_WRONLY
     } else {
-        // Never through a symlink planted at the target.
-        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW
+        // Never through a symlink planted at the target, never waiting on a FIFO.
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK
     };
     let file = dir.open_file(Path::new(name), flags, 0o600, Links::Refuse).map_err(io)?;
     dump_into(ctx, path, &file, !device, out)

@@ -80,7 +80,7 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-const CONNECTION_KEYS: &[&str] = &[
+pub(crate) const CONNECTION_KEYS: &[&str] = &[
     "context",
     "kubeconfig",
     "server",

@@ -206,6 +206,33 @@ pub fn touches(kind: &str, config: &Config, restore: bool) -> Result<Touches> {
     Ok(out)
 }
 
+/// The configuration of a restore into the system a source of `kind`
+/// reaches (`config`, with its `secrets`: a database's password, a
+/// cluster's token), with a restore's own `options` (`entry`, `clean`,
+/// `namespace_map`, …): what a service's restore job "into source S" runs.
+/// Only what says where and who is taken from the source.
+pub fn restore_into_source(kind: &str, config: &Config, secrets: &Config, options: &Config) -> Result<Config> {
+    let connection: &[&str] = match kind {
+        "postgres" | "mysql" => &["url", "password"],
+        "image" => &["path", "format"],
+        #[cfg(feature = "kubernetes")]
+        "kubernetes" => kubernetes::CONNECTION_KEYS,
+        _ => {
+            return Err(Error::Invalid(format!(
+                "a restore goes into a source of kind postgres, mysql, image or kubernetes, not {kind}"
+            )));
+        }
+    };
+    if let Some(key) = options.keys().find(|k| !RESTORE_KEYS.contains(&k.as_str())) {
+        return Err(Error::Invalid(format!("params.options takes only {} (not {key:?})", RESTORE_KEYS.join(", "))));
+    }
+    let mut out: Config =
+        config.iter().filter(|(k, _)| connection.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    out.extend(secrets.iter().filter(|(k, _)| connection.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())));
+    out.extend(options.clone());
+    Ok(out)
+}
+
 /// Check the configuration of a restore into a system (`--to`, a restore
 /// job's `params.to`) without running anything.
 pub fn validate_restore(kind: &str, config: &Config) -> Result<()> {

@@ -168,23 +168,28 @@ pub fn run(command: Command) -> Result<String, Error> {
 /// resolves no path of its own.
 pub(crate) fn pass_fds(command: &mut Command, files: &[&std::fs::File]) {
     use std::os::fd::AsRawFd;
-    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: between fork and exec the closure only calls dup2 and fcntl,
-    // which are async-signal-safe, on descriptors that stay open in the
-    // parent for the whole call.
+    const MOST: usize = 8;
+    assert!(files.len() <= MOST, "pass_fds takes at most {MOST} files");
+    let mut fds = [-1i32; MOST];
+    for (slot, f) in fds.iter_mut().zip(files) {
+        *slot = f.as_raw_fd();
+    }
+    let n = files.len();
+    // SAFETY: between fork and exec the closure only calls fcntl and dup2,
+    // which are async-signal-safe, and allocates nothing; the descriptors
+    // stay open in the parent for the whole call.
     unsafe {
         command.pre_exec(move || {
-            // Moved out of the way first, so no target number is overwritten
-            // before it is read.
-            let mut moved = Vec::with_capacity(fds.len());
-            for &fd in &fds {
-                let high = libc::fcntl(fd, libc::F_DUPFD, 100);
-                if high < 0 {
+            // Moved out of the way first (close-on-exec copies), so no target
+            // number is overwritten before it is read.
+            let mut moved = [-1i32; MOST];
+            for i in 0..n {
+                moved[i] = libc::fcntl(fds[i], libc::F_DUPFD_CLOEXEC, 100);
+                if moved[i] < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                moved.push(high);
             }
-            for (i, &fd) in moved.iter().enumerate() {
+            for (i, &fd) in moved.iter().enumerate().take(n) {
                 // dup2 clears close-on-exec on the new descriptor.
                 if libc::dup2(fd, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());

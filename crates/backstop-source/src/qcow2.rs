@@ -48,7 +48,9 @@ pub enum Backing<'a> {
     /// its name as given (absolute backing names are taken relative to it),
     /// so that an image cannot make a backup read files its owner may not
     /// name. Links are followed only while they stay beneath it.
-    Within { dir: &'a Dir, path: &'a Path },
+    /// `devices`: whether a backing file may be a block device (not for a
+    /// tenant's image: a node it made could name any disk of the host).
+    Within { dir: &'a Dir, path: &'a Path, devices: bool },
     /// Anywhere, as named (`backing_outside=true`, for the system tenant's
     /// administrators).
     Anywhere,
@@ -68,7 +70,7 @@ impl Backing<'_> {
                     File::open(&name).map_err(|e| invalid(image, format!("backing file {}: {e}", name.display())))?;
                 Ok((f, name))
             }
-            Backing::Within { dir, path } => {
+            Backing::Within { dir, path, devices } => {
                 let outside = || {
                     invalid(
                         image,
@@ -87,8 +89,12 @@ impl Backing<'_> {
                         .or_else(|| real.as_deref().and_then(|r| name.strip_prefix(r).ok()));
                     rel.ok_or_else(outside)?.to_path_buf()
                 } else {
-                    name.to_path_buf()
+                    // Relative to the image that names it, which may lie in a
+                    // subdirectory of the top image's.
+                    let from = image.strip_prefix(path).ok().and_then(Path::parent).unwrap_or(Path::new(""));
+                    from.join(name)
                 };
+                let rel = lexical(&rel).ok_or_else(outside)?;
                 let f =
                     dir.open_file(&rel, libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Beneath).map_err(|e| {
                         match e.raw_os_error() {
@@ -97,10 +103,33 @@ impl Backing<'_> {
                             _ => invalid(image, format!("backing file {}: {e}", name.display())),
                         }
                     })?;
+                let is_device =
+                    f.metadata().is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+                if is_device && !devices {
+                    return Err(invalid(image, format!("its backing file {} is a block device", name.display())));
+                }
                 Ok((f, path.join(rel)))
             }
         }
     }
+}
+
+/// `rel` with `.` and `..` taken out, or `None` if `..` climbs above it.
+fn lexical(rel: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in rel.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> std::io::Error {

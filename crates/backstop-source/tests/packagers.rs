@@ -1052,3 +1052,28 @@ fn a_tenant_database_is_reached_only_at_granted_addresses() {
         assert!(text.contains("may not") || text.contains("names no host"), "{u}: {text}");
     }
 }
+
+#[test]
+fn a_dumps_client_commands_never_run_and_a_tenant_restores_only_its_own_dumps() {
+    let f = fixture();
+    let my = Mysql::get();
+    let db = my.fresh_database();
+    // "SQL" with the client's shell escape in it, backed up as a plain file.
+    let marker = f.path("pwned");
+    let tree = f.path("tree");
+    fs::create_dir_all(&tree).unwrap();
+    fs::write(tree.join("evil.sql"), format!("\\! touch {}\nSELECT 1;\n", marker.display())).unwrap();
+    let source = BackupSource::Paths(vec![tree.clone()]);
+    let out = backup::run(&f.repo, source, &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    let entry = tree.join("evil.sql").strip_prefix("/").unwrap().display().to_string();
+    let to = config(json!({"url": my.url(&db), "entry": entry}));
+    let err = f.restore(&out, "mysql", &to).unwrap_err();
+    assert!(err.to_string().contains("sandbox"), "the client refused the command: {err}");
+    assert!(!marker.exists(), "the client ran the dump's shell command");
+    // A tenant feeds a database only the dumps of a backup of that kind.
+    let (root, _) = tenant_tree(&f);
+    let port = my.url(&db).rsplit(':').next().unwrap().split('/').next().unwrap().to_string();
+    let reach = tenant(&root, &[&format!("127.0.0.1/32:{port}")]);
+    let err = f.restore_in(&out, "mysql", &to, &reach).unwrap_err();
+    assert!(err.to_string().contains("not a mysql backup"), "{err}");
+}

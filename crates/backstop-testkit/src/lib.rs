@@ -23,6 +23,27 @@ use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
+/// An HTTP server on 127.0.0.1 that answers every request with `reply`
+/// (a whole response, status line to body), for tests of what a client
+/// does with an answer. Returns its port and a count of the connections it
+/// took.
+pub fn canned_http(reply: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = listener.local_addr().expect("local address").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(reply.as_bytes());
+        }
+    });
+    (port, hits)
+}
+
 pub const ACCESS_KEY: &str = "backstop-test-key";
 pub const SECRET_KEY: &str = "backstop-test-secret";
 pub const REGION: &str = "us-east-1";

@@ -242,8 +242,10 @@ pub struct JobSpec {
     #[serde(default)]
     #[schemars(pattern(REF_PATTERN))]
     pub source: Option<String>,
-    /// Kind-specific parameters (a restore's `snapshot`, `target` or `to`, a
-    /// check's `read_data`, a verify's `percent`, …).
+    /// Kind-specific parameters: a restore's `snapshot` and `target` (a
+    /// directory), or `to` (`{"kind", "config"}`: a system), or with
+    /// `source` set its `options` (`entry`, `clean`, `namespace_map`, …); a
+    /// check's `read_data`; a verify's `percent`.
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub params: Value,

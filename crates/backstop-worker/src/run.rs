@@ -293,13 +293,31 @@ fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<O
 
 fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let params = &claim.job.params;
-    if let Some(to) = params.get("to") {
+    let into_system = match (params.get("to"), &claim.source) {
         // Into a system: {"to": {"kind": "postgres", "config": {...}}}.
-        let kind = to.get("kind").and_then(Value::as_str).ok_or_else(|| permanent("params.to needs a kind"))?;
-        let config = to.get("config").and_then(Value::as_object).cloned().unwrap_or_default();
+        (Some(to), _) => {
+            let kind = to.get("kind").and_then(Value::as_str).ok_or_else(|| permanent("params.to needs a kind"))?;
+            Some((kind.to_string(), to.get("config").and_then(Value::as_object).cloned().unwrap_or_default()))
+        }
+        // Into the system a source reaches, with its sealed secrets (a
+        // database's password) and `params.options`.
+        (None, Some(source)) if source.kind != "fs" => {
+            let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
+            let options = params.get("options").map(object).unwrap_or_default();
+            let config = backstop_source::restore_into_source(
+                &source.kind,
+                &object(&source.config),
+                &object(&source.secrets),
+                &options,
+            )?;
+            Some((source.kind.clone(), config))
+        }
+        _ => None,
+    };
+    if let Some((kind, config)) = into_system {
         let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
         let (_, snap) = repo.find_snapshot(snapshot)?;
-        let report = backstop_source::restore(repo, &snap, kind, &config, &claim.reach, tracker, &tracker.cancel)?;
+        let report = backstop_source::restore(repo, &snap, &kind, &config, &claim.reach, tracker, &tracker.cancel)?;
         for (entry, to) in &report.restored {
             tracker.log(LogLevel::Info, format!("{entry} restored to {to}"));
         }

@@ -27,7 +27,7 @@ pub mod source;
 mod walker;
 
 use std::io::Read;
-use std::path::{Component, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -138,6 +138,30 @@ pub struct BackupOutcome {
     pub resumed: Option<SnapshotId>,
 }
 
+/// Whether a selected path is there, found the way the walk will find it:
+/// an administrator's as named, a confined tenant's beneath its root with
+/// no symbolic link on the way (the walk follows none there either, so a
+/// path through one would back up nothing).
+fn selected_exists(scope: &PathScope, path: &Path) -> std::io::Result<()> {
+    match scope.locate(path)? {
+        None if path.parent().is_none() => scope.open_dir(path).map(drop),
+        None => scope.parent_of(path).and_then(|(dir, name)| dir.stat_at(&name).map(drop)),
+        Some((root, rel)) => {
+            let found = backstop_backend::Dir::open(root)
+                .and_then(|r| r.parent_of(&rel, backstop_backend::Links::Refuse))
+                .and_then(|(dir, name)| dir.stat_at(&name).map(drop));
+            found.map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP | libc::ENOTDIR | libc::EXDEV) => std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "a symbolic link (or a file) is on the way: a tenant's file tree is named by its real \
+                     directories, and a link that leads outside its root is never followed",
+                ),
+                _ => e,
+            })
+        }
+    }
+}
+
 /// Make paths absolute and lexically normal (no `.`/`..`), without
 /// resolving symlinks, so the snapshot records what the user named.
 pub fn absolute_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -183,12 +207,7 @@ pub fn run(
             }
             let abs = absolute_paths(paths)?;
             for p in &abs {
-                // Resolved the way the walk will: a confined path beneath its root.
-                let found = match p.parent() {
-                    None => options.paths.open_dir(p).map(drop),
-                    Some(_) => options.paths.parent_of(p).and_then(|(dir, name)| dir.stat_at(&name).map(drop)),
-                };
-                if let Err(e) = found {
+                if let Err(e) = selected_exists(&options.paths, p) {
                     return Err(Error::Invalid(format!("cannot back up {}: {e}", p.display())));
                 }
             }

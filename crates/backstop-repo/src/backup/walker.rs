@@ -109,7 +109,8 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 /// Whether `dir` holds a valid CACHEDIR.TAG.
 fn is_cache_dir(dir: &Dir) -> bool {
     let mut head = [0u8; 43];
-    dir.open_file(Path::new("CACHEDIR.TAG"), libc::O_RDONLY, 0, Links::Refuse)
+    // Non-blocking: a FIFO by that name must not stop the walk.
+    dir.open_file(Path::new("CACHEDIR.TAG"), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
         .is_ok_and(|()| head == CACHEDIR_SIGNATURE)
 }

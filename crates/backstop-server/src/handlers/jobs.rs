@@ -182,15 +182,32 @@ async fn job_from_spec(
             config.get("url").and_then(|u| u.as_str()).is_some_and(|u| backstop_source::redact_spec(u) != u);
         if config.contains_key("password") || config.contains_key("token") || url_password {
             return Err(ApiError::invalid(
-                "params.to must not carry a password or token (job parameters are stored and shown in clear); \
-                 give the workers the target's credentials in their environment (PGPASSWORD, MYSQL_PWD, ~/.pgpass, a kubeconfig)",
+                "params.to must not carry a password or token (job parameters are stored and shown in clear): \
+                 register the target as a source with its credentials among its secrets and restore into it \
+                 (\"source\": NAME, options in params.options)",
             ));
+        }
+        if spec.source.is_some() {
+            return Err(ApiError::invalid("a restore goes to params.to or into a source, not both"));
         }
         backstop_source::validate_restore(kind, &config).map_err(|e| {
             ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
         })?;
         let touches =
             backstop_source::touches(kind, &config, true).map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
+        crate::reach::check(state, caller, tenant, &touches).await?;
+    } else if let (JobKind::Restore, Some(source)) = (spec.kind, source.as_ref().filter(|s| s.kind != "fs")) {
+        // Into the system a source reaches: checked as that source was, with
+        // the restore's own options.
+        let options = match spec.params.get("options") {
+            None => Default::default(),
+            Some(o) => o.as_object().cloned().ok_or_else(|| ApiError::invalid("params.options is an object"))?,
+        };
+        let config = source.config.as_object().cloned().unwrap_or_default();
+        let target = backstop_source::restore_into_source(&source.kind, &config, &Default::default(), &options)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let touches = backstop_source::touches(&source.kind, &target, true)
+            .map_err(|e| ApiError::invalid(format!("the restore into source {}: {e}", source.name)))?;
         crate::reach::check(state, caller, tenant, &touches).await?;
     } else if spec.kind == JobKind::Restore {
         let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();

@@ -100,22 +100,33 @@ pub async fn create_repository(
 /// password; reaching only what the tenant's `reach` allows (the request
 /// is the tenant's, though the coordinator makes it).
 fn init_or_open(access: &backstop_types::RepositoryAccess, reach: &backstop_types::Reach) -> ApiResult<()> {
+    // A refusal of the tenant's reach is a 403; anything else about the
+    // location is the request's (400).
+    let refused = |e: &backstop_repo::Error| match e {
+        backstop_repo::Error::Backend(b) => b.kind() == backstop_backend::ErrorKind::PermissionDenied,
+        backstop_repo::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+        _ => false,
+    };
+    let answer = |what: String, e: backstop_repo::Error| {
+        let message = format!("{what}: {e}");
+        if refused(&e) { ApiError::forbidden(message) } else { ApiError::invalid(message) }
+    };
     match backstop_worker::run::open_repository(access, reach) {
         Ok(_) => Ok(()),
         Err(backstop_repo::Error::NoRepository { .. }) => {
             let options = backstop_worker::run::backend_options(access, reach, &Default::default())
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
-            let backend =
-                backstop_backend::open(&access.location, &options).map_err(|e| ApiError::invalid(e.to_string()))?;
+            let backend = backstop_backend::open(&access.location, &options)
+                .map_err(|e| answer("cannot open the repository".into(), e.into()))?;
             backstop_repo::Repository::init(
                 backend,
                 &backstop_repo::Password::new(&access.password),
                 backstop_repo::InitOptions::default(),
             )
             .map(|_| ())
-            .map_err(|e| ApiError::invalid(format!("cannot create the repository: {e}")))
+            .map_err(|e| answer("cannot create the repository".into(), e))
         }
-        Err(e) => Err(ApiError::invalid(format!("the repository at {} cannot be used: {e}", access.location))),
+        Err(e) => Err(answer(format!("the repository at {} cannot be used", access.location), e)),
     }
 }
 
