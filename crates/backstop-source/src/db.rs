@@ -350,13 +350,14 @@ pub fn tree(config: &DbConfig) -> Result<SourceTree> {
 /// from the SQL it reads), asked once.
 fn client_has_sandbox(client: &str) -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| {
-        Command::new(client)
-            .arg("--help")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--sandbox"))
-    })
+    if let Some(has) = HAS.get() {
+        return *has;
+    }
+    let Ok(out) = Command::new(client).arg("--help").stdin(std::process::Stdio::null()).output() else {
+        return false; // not known yet: asked again next time
+    };
+    let has = String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some("--sandbox"));
+    *HAS.get_or_init(|| has)
 }
 
 /// Create `database` on the server unless it exists.
@@ -444,8 +445,25 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
             }
         }
     }
+    // A target that names its databases (a source's `databases=`) takes only those.
+    if !target.databases.is_empty() {
+        plan.retain(|(_, db)| target.databases.contains(db));
+    }
     if plan.is_empty() {
-        return Err(Error::Invalid("the snapshot holds no database dumps".into()));
+        return Err(Error::Invalid("the snapshot holds no database dumps (for the databases the target names)".into()));
+    }
+    // The dump is SQL text, and the client would run what client commands
+    // it holds: shell escapes (\!, system), an editor (\e), files (source,
+    // tee), connections to other servers (\r). --binary-mode turns all of
+    // them off but DELIMITER; --sandbox refuses the file and shell ones
+    // even so. Decided before anything is created.
+    let sandbox = engine == Engine::Mysql && client_has_sandbox(target.client());
+    if engine == Engine::Mysql && !sandbox && confined {
+        return Err(Error::Invalid(format!(
+            "{} has no --sandbox (MariaDB 10.5.25, 10.6.18, 10.11.8 or later): a tenant's SQL is not fed to a \
+             client that could run its shell commands",
+            target.client()
+        )));
     }
     for (entry, db) in plan {
         if !valid_db_name(&db) {
@@ -463,18 +481,11 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
             }
             Engine::Mysql => {
                 let mut c = target.tool(target.client(), None);
-                // The dump is SQL text, and the client would run the shell
-                // commands (\!, system) and file reads (source, tee) in it.
-                if client_has_sandbox(target.client()) {
+                c.arg("--binary-mode").env("EDITOR", "false").env("VISUAL", "false");
+                if sandbox {
                     c.arg("--sandbox");
-                } else if confined {
-                    return Err(Error::Invalid(format!(
-                        "{} has no --sandbox (MariaDB 10.5.25, 10.6.18, 10.11.8 or later): a tenant's SQL is not \
-                         fed to a client that would run its shell commands",
-                        target.client()
-                    )));
                 } else {
-                    ctx.progress.info("the mysql client has no --sandbox: the dump's client commands are not disabled");
+                    ctx.progress.info("the mysql client has no --sandbox: only --binary-mode holds its commands back");
                 }
                 c.arg("--").arg(&db);
                 c

@@ -151,6 +151,18 @@ fn is_disk(name: &OsStr, file: &File) -> bool {
         || std::os::unix::fs::MetadataExt::blocks(&meta).saturating_mul(512) + (64 << 10) < meta.len()
 }
 
+/// Entry `name` of `dir`, opened without waiting and checked to be what the
+/// listing said (`st`): the same file, a regular file or a block device.
+fn open_as_listed(dir: &Dir, name: &OsStr, st: &libc::stat) -> std::io::Result<File> {
+    let file = dir.open_file(Path::new(name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)?;
+    let now = file.metadata()?;
+    let (ino, kind) = (std::os::unix::fs::MetadataExt::ino(&now), std::os::unix::fs::MetadataExt::mode(&now));
+    if ino != st.st_ino || kind & libc::S_IFMT != st.st_mode & libc::S_IFMT {
+        return Err(std::io::Error::other("was replaced while the backup ran"));
+    }
+    Ok(file)
+}
+
 /// A block device in a confined tenant's tree is a device node it made on
 /// its own storage: it may name any disk of the host, so it is refused.
 fn device_allowed(scope: &PathScope, file: &File, path: &Path) -> Result<()> {
@@ -257,8 +269,7 @@ pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
                 if kind != libc::S_IFREG && kind != libc::S_IFBLK {
                     continue;
                 }
-                let file = dir
-                    .open_file(Path::new(&name), libc::O_RDONLY | libc::O_NONBLOCK, 0, Links::Refuse)
+                let file = open_as_listed(&dir, &name, &st)
                     .map_err(|e| Error::Invalid(format!("cannot open {}: {e}", path.display())))?;
                 device_allowed(scope, &file, &path)?;
                 let file_name = name.to_string_lossy().into_owned();
@@ -267,10 +278,16 @@ pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
                     let (entry, image) = disk(config, scope, file, &path, (&dir, &config.path), map)?;
                     entries.push(SourceEntry { path: entry, mode: 0o600, data: EntryData::Image(image) });
                 } else {
-                    // Kept with the mode it has; read later from the file
-                    // opened and looked at here, not from its name again.
+                    // Kept with the mode it has; read later (an export may
+                    // hold thousands of files: not all held open), and only
+                    // if it is still the file it was.
+                    drop(file);
                     let mode = st.st_mode & 0o7777;
-                    let open = move || Ok(Box::new(file) as Box<dyn std::io::Read + Send>);
+                    let (dir, name) = (dir.clone(), name.clone());
+                    let open = move || {
+                        let f = open_as_listed(&dir, &name, &st)?;
+                        Ok(Box::new(f) as Box<dyn std::io::Read + Send>)
+                    };
                     entries.push(SourceEntry { path: file_name, mode, data: EntryData::Stream(Box::new(open)) });
                 }
             }
@@ -433,6 +450,16 @@ fn write_raw(ctx: &RestoreContext, path: &str, dir: &Dir, name: &OsStr, out: &Pa
         libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK
     };
     let file = dir.open_file(Path::new(name), flags, 0o600, Links::Refuse).map_err(io)?;
+    // What was opened, not what was there a moment before: a device swapped
+    // in for a regular file is not written to.
+    let opened = file.metadata().map_err(io)?.file_type();
+    let is_device = std::os::unix::fs::FileTypeExt::is_block_device(&opened);
+    if is_device != device || (!device && !opened.is_file()) {
+        return Err(Error::Invalid(format!(
+            "{} changed while it was restored into; nothing was written",
+            out.display()
+        )));
+    }
     dump_into(ctx, path, &file, !device, out)
 }
 

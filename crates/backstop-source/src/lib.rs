@@ -213,7 +213,7 @@ pub fn touches(kind: &str, config: &Config, restore: bool) -> Result<Touches> {
 /// Only what says where and who is taken from the source.
 pub fn restore_into_source(kind: &str, config: &Config, secrets: &Config, options: &Config) -> Result<Config> {
     let connection: &[&str] = match kind {
-        "postgres" | "mysql" => &["url", "password"],
+        "postgres" | "mysql" => &["url", "password", "databases"],
         "image" => &["path", "format"],
         #[cfg(feature = "kubernetes")]
         "kubernetes" => kubernetes::CONNECTION_KEYS,

@@ -1068,7 +1068,13 @@ fn a_dumps_client_commands_never_run_and_a_tenant_restores_only_its_own_dumps() 
     let entry = tree.join("evil.sql").strip_prefix("/").unwrap().display().to_string();
     let to = config(json!({"url": my.url(&db), "entry": entry}));
     let err = f.restore(&out, "mysql", &to).unwrap_err();
-    assert!(err.to_string().contains("sandbox"), "the client refused the command: {err}");
+    // Binary mode takes `\!` as an unknown command; an older client without it
+    // still stops at the sandbox.
+    let refused = err.to_string();
+    assert!(
+        refused.contains("Unknown command") || refused.contains("sandbox"),
+        "the client refused the command: {refused}"
+    );
     assert!(!marker.exists(), "the client ran the dump's shell command");
     // A tenant feeds a database only the dumps of a backup of that kind.
     let (root, _) = tenant_tree(&f);

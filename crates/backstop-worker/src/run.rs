@@ -300,8 +300,10 @@ fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Out
             Some((kind.to_string(), to.get("config").and_then(Value::as_object).cloned().unwrap_or_default()))
         }
         // Into the system a source reaches, with its sealed secrets (a
-        // database's password) and `params.options`.
-        (None, Some(source)) if source.kind != "fs" => {
+        // database's password) and `params.options`: only when no target
+        // directory is named (a restore with a source and a target is one
+        // into the directory, run where the source's host limits say).
+        (None, Some(source)) if source.kind != "fs" && params.get("target").is_none() => {
             let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
             let options = params.get("options").map(object).unwrap_or_default();
             let config = backstop_source::restore_into_source(

@@ -196,7 +196,9 @@ async fn job_from_spec(
         let touches =
             backstop_source::touches(kind, &config, true).map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
         crate::reach::check(state, caller, tenant, &touches).await?;
-    } else if let (JobKind::Restore, Some(source)) = (spec.kind, source.as_ref().filter(|s| s.kind != "fs")) {
+    } else if let (JobKind::Restore, Some(source), None) =
+        (spec.kind, source.as_ref().filter(|s| s.kind != "fs"), spec.params.get("target"))
+    {
         // Into the system a source reaches: checked as that source was, with
         // the restore's own options.
         let options = match spec.params.get("options") {
