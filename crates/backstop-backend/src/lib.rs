@@ -25,6 +25,7 @@ use std::time::SystemTime;
 
 pub use backstop_confine::{Dir, Links, NetScope, PathScope};
 
+mod cancel;
 mod error;
 mod limit;
 mod local;
@@ -35,13 +36,14 @@ mod throttle;
 
 pub mod conformance;
 
-pub use error::{Error, ErrorKind, Result};
+pub use cancel::{CANCEL_GRACE, CancelToken};
+pub use error::{Error, ErrorKind, Result, STORAGE_FULL_HINT, is_storage_full, is_transient_io};
 pub use limit::LimitBackend;
 pub use local::LocalBackend;
 pub use memory::MemoryBackend;
 pub use retry::{RetryBackend, RetryPolicy};
 pub use s3::{S3Backend, S3Options};
-pub use throttle::ThrottleBackend;
+pub use throttle::{Bandwidth, ThrottleBackend};
 
 /// What `put` does when the object already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,14 +202,16 @@ pub struct OpenOptions {
     /// Maximum concurrent backend operations.
     pub connections: usize,
     pub retry: RetryPolicy,
-    /// Upload limit in bytes per second.
-    pub upload_limit: Option<u64>,
-    /// Download limit in bytes per second.
-    pub download_limit: Option<u64>,
+    /// Upload and download limits, shared by every backend opened with a
+    /// clone of these options (a worker's jobs together keep to them).
+    pub bandwidth: Bandwidth,
     /// Where a local repository may be (a confined tenant's: beneath its root).
     pub paths: PathScope,
     /// What an S3 endpoint may resolve to (a confined tenant's: what it was granted).
     pub net: NetScope,
+    /// The job this backend serves: once it is cancelled, throttled
+    /// transfers and retries stop waiting (see [`CANCEL_GRACE`]).
+    pub cancel: Option<CancelToken>,
 }
 
 impl Default for OpenOptions {
@@ -216,10 +220,10 @@ impl Default for OpenOptions {
             s3: S3Options::default(),
             connections: 8,
             retry: RetryPolicy::default(),
-            upload_limit: None,
-            download_limit: None,
+            bandwidth: Bandwidth::default(),
             paths: PathScope::Any,
             net: NetScope::Any,
+            cancel: None,
         }
     }
 }
@@ -247,8 +251,9 @@ pub fn open(location: &str, options: &OpenOptions) -> Result<Arc<dyn Backend>> {
         }
         Arc::new(LocalBackend::confined(Path::new(path), &options.paths)?)
     };
-    let retried = RetryBackend::new(inner, options.retry.clone());
-    let throttled = ThrottleBackend::new(retried, options.upload_limit, options.download_limit);
+    let cancel = options.cancel.clone().unwrap_or_default();
+    let retried = RetryBackend::new(inner, options.retry.clone()).with_cancel(cancel.clone());
+    let throttled = ThrottleBackend::sharing(retried, &options.bandwidth).with_cancel(cancel);
     Ok(Arc::new(LimitBackend::new(throttled, options.connections.max(1))))
 }
 

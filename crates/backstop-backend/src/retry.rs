@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backstop_confine::Dir;
 
-use crate::{Backend, ObjectMeta, PutMode, Result};
+use crate::{Backend, CancelToken, ObjectMeta, PutMode, Result};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -30,11 +30,18 @@ impl Default for RetryPolicy {
 pub struct RetryBackend<B> {
     inner: B,
     policy: RetryPolicy,
+    cancel: CancelToken,
 }
 
 impl<B: Backend> RetryBackend<B> {
     pub fn new(inner: B, policy: RetryPolicy) -> RetryBackend<B> {
-        RetryBackend { inner, policy }
+        RetryBackend { inner, policy, cancel: CancelToken::default() }
+    }
+
+    /// Stop retrying once `cancel` is cancelled (past its grace).
+    pub fn with_cancel(mut self, cancel: CancelToken) -> RetryBackend<B> {
+        self.cancel = cancel;
+        self
     }
 
     fn retry<T>(&self, mut op: impl FnMut() -> Result<T>) -> Result<T> {
@@ -42,8 +49,10 @@ impl<B: Backend> RetryBackend<B> {
         let mut attempt = 1;
         loop {
             match op() {
-                Err(e) if e.is_transient() && attempt < self.policy.max_attempts => {
-                    std::thread::sleep(delay);
+                Err(e) if e.is_transient() && attempt < self.policy.max_attempts && !self.cancel.is_overdue() => {
+                    if !self.cancel.sleep(delay) {
+                        return Err(e);
+                    }
                     delay = (delay * 2).min(self.policy.max_delay);
                     attempt += 1;
                 }

@@ -317,6 +317,11 @@ fn map_err(key: &str, err: object_store::Error) -> Error {
                 ErrorKind::PermissionDenied
             } else if text.contains("NoSuchBucket") {
                 ErrorKind::InvalidConfig
+            } else if ["QuotaExceeded", "XMinioStorageFull", "InsufficientStorage", "507 Insufficient Storage"]
+                .iter()
+                .any(|m| text.contains(m))
+            {
+                return Error::storage_full(format!("S3 request failed: {}", describe(&err))).with_key(key);
             } else if describe(&err).starts_with("this tenant may not") {
                 ErrorKind::PermissionDenied
             } else {

@@ -8,7 +8,26 @@ use std::time::{Duration, Instant};
 
 use backstop_confine::Dir;
 
-use crate::{Backend, ObjectMeta, PutMode, Result};
+use crate::{Backend, CancelToken, Error, ErrorKind, ObjectMeta, PutMode, Result};
+
+/// A process's bandwidth limits: every backend opened with (a clone of)
+/// the same `Bandwidth` shares its schedules, so the jobs a worker runs at
+/// once add up to at most the limits.
+#[derive(Debug, Clone, Default)]
+pub struct Bandwidth {
+    upload: Option<Arc<Rate>>,
+    download: Option<Arc<Rate>>,
+}
+
+impl Bandwidth {
+    /// Limits in bytes per second (either may be unlimited).
+    pub fn new(upload_bytes_per_sec: Option<u64>, download_bytes_per_sec: Option<u64>) -> Bandwidth {
+        Bandwidth {
+            upload: upload_bytes_per_sec.map(|r| Arc::new(Rate::new(r))),
+            download: download_bytes_per_sec.map(|r| Arc::new(Rate::new(r))),
+        }
+    }
+}
 
 /// A shared schedule: each transfer books the time its bytes take at the
 /// rate and waits until its booking ends, so concurrent transfers add up
@@ -24,7 +43,14 @@ impl Rate {
         Rate { bytes_per_sec: bytes_per_sec.max(1), next_free: Mutex::new(Instant::now()) }
     }
 
-    fn take(&self, bytes: u64) {
+    /// Wait for `bytes`' turn. A cancelled job's transfer waits no longer
+    /// than the grace ([`CANCEL_GRACE`](crate::CANCEL_GRACE)) and then fails;
+    /// one that starts after the grace is not held back (what a cancelled
+    /// job still writes is the little that keeps the repository consistent).
+    fn take(&self, bytes: u64, cancel: &CancelToken) -> Result<()> {
+        if cancel.is_overdue() {
+            return Ok(());
+        }
         let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
         let until = {
             let mut next = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
@@ -33,9 +59,10 @@ impl Rate {
             *next
         };
         let now = Instant::now();
-        if until > now {
-            std::thread::sleep(until - now);
+        if until > now && !cancel.sleep(until - now) {
+            return Err(Error::new(ErrorKind::Cancelled, "cancelled while waiting for bandwidth"));
         }
+        Ok(())
     }
 }
 
@@ -44,23 +71,45 @@ impl Rate {
 #[derive(Debug)]
 pub struct ThrottleBackend<B> {
     inner: B,
-    upload: Option<Rate>,
-    download: Option<Rate>,
+    upload: Option<Arc<Rate>>,
+    download: Option<Arc<Rate>>,
+    cancel: CancelToken,
 }
 
 impl<B: Backend> ThrottleBackend<B> {
     pub fn new(inner: B, upload_bytes_per_sec: Option<u64>, download_bytes_per_sec: Option<u64>) -> ThrottleBackend<B> {
+        ThrottleBackend::sharing(inner, &Bandwidth::new(upload_bytes_per_sec, download_bytes_per_sec))
+    }
+
+    /// Keep to `bandwidth`'s schedules, shared with every backend given it.
+    pub fn sharing(inner: B, bandwidth: &Bandwidth) -> ThrottleBackend<B> {
         ThrottleBackend {
             inner,
-            upload: upload_bytes_per_sec.map(Rate::new),
-            download: download_bytes_per_sec.map(Rate::new),
+            upload: bandwidth.upload.clone(),
+            download: bandwidth.download.clone(),
+            cancel: CancelToken::default(),
+        }
+    }
+
+    /// Stop waiting once `cancel` is cancelled.
+    pub fn with_cancel(mut self, cancel: CancelToken) -> ThrottleBackend<B> {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Wait until `bytes` more may be uploaded.
+    fn uploading(&self, bytes: u64) -> Result<()> {
+        match &self.upload {
+            Some(rate) => rate.take(bytes, &self.cancel),
+            None => Ok(()),
         }
     }
 
     /// Wait until `bytes` more may be downloaded.
-    fn downloaded(&self, bytes: usize) {
-        if let Some(rate) = &self.download {
-            rate.take(bytes as u64);
+    fn downloaded(&self, bytes: usize) -> Result<()> {
+        match &self.download {
+            Some(rate) => rate.take(bytes as u64, &self.cancel),
+            None => Ok(()),
         }
     }
 }
@@ -70,31 +119,26 @@ impl<B: Backend> Backend for ThrottleBackend<B> {
         self.inner.location()
     }
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
-        if let Some(rate) = &self.upload {
-            rate.take(data.len() as u64);
-        }
+        self.uploading(data.len() as u64).map_err(|e| e.with_key(key))?;
         self.inner.put(key, data, mode)
     }
     fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
-        if let Some(rate) = &self.upload {
-            rate.take(staging.stat_at(name).map(|st| st.st_size as u64).unwrap_or(0));
-        }
+        self.uploading(staging.stat_at(name).map(|st| st.st_size as u64).unwrap_or(0)).map_err(|e| e.with_key(key))?;
         self.inner.put_file(key, staging, name, mode)
     }
     fn get(&self, key: &str) -> Result<Vec<u8>> {
         let data = self.inner.get(key)?;
-        self.downloaded(data.len());
+        self.downloaded(data.len()).map_err(|e| e.with_key(key))?;
         Ok(data)
     }
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         let data = self.inner.get_range(key, range)?;
-        self.downloaded(data.len());
+        self.downloaded(data.len()).map_err(|e| e.with_key(key))?;
         Ok(data)
     }
     fn get_range_into(&self, key: &str, range: Range<u64>, buf: &mut Vec<u8>) -> Result<()> {
         self.inner.get_range_into(key, range, buf)?;
-        self.downloaded(buf.len());
-        Ok(())
+        self.downloaded(buf.len()).map_err(|e| e.with_key(key))
     }
     fn head(&self, key: &str) -> Result<ObjectMeta> {
         self.inner.head(key)
@@ -132,6 +176,46 @@ mod tests {
         }
         let down = start.elapsed();
         assert!(down >= Duration::from_millis(450), "{down:?}");
+    }
+
+    #[test]
+    fn backends_sharing_a_bandwidth_share_its_rate() {
+        let bandwidth = Bandwidth::new(Some(1 << 20), None);
+        let (a, b) = (
+            ThrottleBackend::sharing(MemoryBackend::new(), &bandwidth),
+            ThrottleBackend::sharing(MemoryBackend::new(), &bandwidth),
+        );
+        let data = vec![7u8; 256 << 10];
+        let start = Instant::now();
+        for i in 0..2 {
+            a.put(&format!("k{i}"), &data, PutMode::Overwrite).unwrap();
+            b.put(&format!("k{i}"), &data, PutMode::Overwrite).unwrap();
+        }
+        // 1 MiB through two backends at 1 MiB/s between them.
+        let took = start.elapsed();
+        assert!(took >= Duration::from_millis(700), "{took:?}");
+    }
+
+    #[test]
+    fn a_cancelled_upload_stops_waiting_after_the_grace() {
+        let cancel = CancelToken::new();
+        let b = Arc::new(ThrottleBackend::new(MemoryBackend::new(), Some(64 << 10), None).with_cancel(cancel.clone()));
+        // 1 MiB at 64 KiB/s books 16 s.
+        let put = {
+            let b = b.clone();
+            std::thread::spawn(move || b.put("big", &vec![1u8; 1 << 20], PutMode::Overwrite))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        cancel.cancel();
+        let err = put.join().unwrap().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+        assert!(start.elapsed() < crate::CANCEL_GRACE + Duration::from_secs(1), "{:?}", start.elapsed());
+        assert!(b.head("big").is_err(), "nothing was written");
+        // After the grace, what the job still writes is not held back.
+        let start = Instant::now();
+        b.put("index", &vec![2u8; 256 << 10], PutMode::Overwrite).unwrap();
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
     }
 
     #[test]

@@ -993,6 +993,48 @@ impl Catalog {
         job_from_row(&row)
     }
 
+    /// The workers that hold a running job's lease.
+    pub async fn lease_owners(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            &self.sql("SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL"),
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get::<String, _>("lease_owner")?)).collect()
+    }
+
+    /// End the running attempts of `owner`, a worker known to be gone (a
+    /// restarted coordinator's own in-process worker), as if their leases
+    /// had expired now: requeued at once (the attempt counts), `dead` after
+    /// the last, cancelled if that was asked. Returns the jobs reclaimed.
+    pub async fn reclaim(&self, owner: &str, now: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs WHERE state = 'running' AND lease_owner = ?",
+        ))
+        .bind(owner)
+        .fetch_all(self.pool())
+        .await?;
+        let mut reclaimed = Vec::new();
+        for row in &rows {
+            let id: String = row.try_get("id")?;
+            let attempt = row.try_get::<i64, _>("attempt")? as u32;
+            let max = row.try_get::<i64, _>("max_attempts")? as u32;
+            let cancel = row.try_get::<i64, _>("cancel_requested")? != 0;
+            let error = format!("the coordinator restarted: attempt {attempt}'s in-process worker {owner} is gone");
+            let (state, not_before, wait) = if cancel {
+                (JobState::Cancelled, None, None)
+            } else if attempt < max {
+                (JobState::Queued, Some(now), Some(format!("{error}; retrying (attempt {} of {max})", attempt + 1)))
+            } else {
+                (JobState::Dead, None, None)
+            };
+            if self.end_attempt(&id, attempt, state, &error, not_before, wait, None, now).await? {
+                reclaimed.push(id);
+            }
+        }
+        Ok(reclaimed)
+    }
+
     /// Requeue jobs whose worker stopped heartbeating (with backoff, or
     /// `dead` after the last attempt) and stop jobs past their deadline.
     pub async fn reap(&self, now: i64) -> Result<ReapReport> {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use backstop_backend::{Backend, OpenOptions, S3Options};
+use backstop_backend::{Backend, Bandwidth, OpenOptions, S3Options};
 use backstop_repo::crypto::keyslot::KdfParams;
 use backstop_repo::{CancelToken, Password, Repository};
 
@@ -89,8 +89,10 @@ impl Context {
                 ..S3Options::default()
             },
             connections: self.args.connections,
-            upload_limit: self.args.limit_upload.map(|k| k.saturating_mul(1024)),
-            download_limit: self.args.limit_download.map(|k| k.saturating_mul(1024)),
+            bandwidth: Bandwidth::new(
+                self.args.limit_upload.map(|k| k.saturating_mul(1024)),
+                self.args.limit_download.map(|k| k.saturating_mul(1024)),
+            ),
             ..OpenOptions::default()
         }
     }

@@ -58,6 +58,13 @@ fn kill_9_during_backup_at_many_points_leaves_a_sound_repository() {
     assert!(interrupted >= 4, "only {interrupted} of 8 kills hit a running backup");
     let last = cli.backup(&[&src]);
     assert!(last["snapshot_id"].is_string());
+    // The killed processes' session markers are still there; prune sees
+    // their processes are gone and removes them.
+    let markers = || fs::read_dir(cli.repo_dir().join("sessions")).map(|d| d.count()).unwrap_or(0);
+    assert!(markers() > 0, "kill -9 leaves session markers behind");
+    let pruned = cli.json(&["prune"]);
+    assert!(pruned["sessions_removed"].as_u64().unwrap_or(0) > 0, "{pruned}");
+    assert_eq!(markers(), 0, "prune removed the dead sessions' markers: {pruned}");
     cli.check_clean(true);
     let target = cli.path("restore");
     cli.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);

@@ -74,6 +74,38 @@ fn a_flipped_byte_in_a_pack_is_named_by_check_and_the_rest_restores() {
 }
 
 #[test]
+fn a_damaged_pack_heals_the_next_backup_and_repair_packs_removes_it() {
+    let (cli, a, _) = damaged_fixture();
+    let first = cli.json(&["snapshots"])[0]["id"].as_str().unwrap().to_string();
+    let packs = files_under(&cli.repo_dir().join("data"));
+    let victim = packs.iter().max_by_key(|p| fs::metadata(p).unwrap().len()).unwrap().clone();
+    let mut bytes = fs::read(&victim).unwrap();
+    for b in &mut bytes[1000..1016] {
+        *b ^= 0x40;
+    }
+    fs::write(&victim, bytes).unwrap();
+
+    // Check names the pack, the blob and the snapshot that needs it.
+    let out = cli.run(&["check", "--read-data"]);
+    assert_eq!(code(&out), 1);
+    let report = output_text(&out);
+    assert!(report.contains(&format!("snapshot {}", &first[..8])), "check names the affected snapshot:\n{report}");
+
+    // The next backup of the same data stores a fresh copy and restores.
+    let again = cli.backup(&[&a]);
+    assert!(again["summary"]["data_blobs_added"].as_u64().unwrap() > 0, "{again}");
+    assert_eq!(restore_what_survives(&cli, "latest", &a), 6);
+
+    // Repair removes the damaged pack; every snapshot is whole again.
+    let repaired = cli.json(&["repair", "packs"]);
+    assert_eq!(repaired["packs_removed"].as_array().unwrap().len(), 1, "{repaired}");
+    assert_eq!(repaired["affected_snapshots"].as_array().unwrap().len(), 0, "{repaired}");
+    assert!(!victim.exists());
+    cli.check_clean(true);
+    assert_eq!(restore_what_survives(&cli, &first, &a), 6);
+}
+
+#[test]
 fn a_missing_pack_is_named_by_check_and_the_rest_restores() {
     let (cli, a, b) = damaged_fixture();
     let packs = files_under(&cli.repo_dir().join("data"));

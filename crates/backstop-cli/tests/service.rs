@@ -289,6 +289,160 @@ fn two_coordinators_on_one_postgresql_serve_one_queue_and_never_hand_a_job_out_t
     verify_repository(&repo, &src, dir.path());
 }
 
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn finished(j: &Value) -> bool {
+    !["queued", "running"].contains(&j["state"].as_str().unwrap_or(""))
+}
+
+fn snapshot_files(repo: &Path) -> usize {
+    std::fs::read_dir(repo.join("snapshots")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn serve_limits_its_own_workers_and_a_cancelled_running_backup_stops_without_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The in-process worker keeps to --limit-upload: 2 MiB at 128 KiB/s
+    // would take 16 s, so the cancel finds the backup uploading.
+    let args = strings(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--lease-seconds",
+        "6",
+        "--limit-upload",
+        "128",
+    ]);
+    let (serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let (repo, _src, _) = setup(&server, &admin, dir.path(), 2);
+    let id = run_plan(&server, &admin);
+    wait_for(&server, &admin, &id, "running with progress", |j| {
+        j["state"] == "running" && j["progress"]["bytes_done"].as_u64().unwrap_or(0) > 0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let running = job(&server, &admin, &id);
+    assert_eq!(running["state"], "running", "the upload limit holds the backup back: {running}");
+
+    let asked = Instant::now();
+    client(&server, &admin, &["jobs", "cancel", &id]);
+    let done = wait_for(&server, &admin, &id, "finished", finished);
+    // The cancel reaches the worker with its next heartbeat (every 2 s
+    // here); the engine then stops within 5 s.
+    let took = asked.elapsed();
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert!(took < Duration::from_secs(9), "the backup stopped {took:?} after the cancel");
+    assert_eq!(snapshot_files(&repo), 0, "a cancelled backup writes no snapshot");
+    let logs = client(&server, &admin, &["jobs", "logs", &id]).to_string();
+    assert!(!logs.contains("saved"), "{logs}");
+}
+
+#[test]
+fn a_restarted_coordinator_requeues_its_killed_workers_jobs_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A lease far longer than the test: the job must not wait it out.
+    let args = strings(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--lease-seconds",
+        "120",
+        "--backoff-seconds",
+        "60",
+        "--limit-upload",
+        "512",
+    ]);
+    let (mut serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let (repo, src, _) = setup(&server, &admin, dir.path(), 2);
+    let id = run_plan(&server, &admin);
+    wait_for(&server, &admin, &id, "running", |j| j["state"] == "running");
+    serve.restart();
+    let done = wait_for(&server, &admin, &id, "finished", finished);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempt"], 2, "the killed attempt was given out again: {done}");
+    let logs = client(&server, &admin, &["jobs", "logs", &id]).to_string();
+    assert!(logs.contains("coordinator restarted"), "the log says why: {logs}");
+    assert_eq!(snapshot_files(&repo), 1);
+    verify_repository(&repo, &src, dir.path());
+}
+
+#[test]
+fn a_coordinator_killed_around_the_commit_leaves_one_snapshot_per_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Slow uploads stretch the moments between the manifest and the
+    // report (the job log is written between them).
+    let args = strings(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--lease-seconds",
+        "30",
+        "--backoff-seconds",
+        "1",
+        "--limit-upload",
+        "32",
+    ]);
+    let (mut serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("seed"), noise(16 << 10, 0)).unwrap();
+    let (repo, _, _) = setup(&server, &admin, dir.path(), 0);
+    let mut retried = 0;
+    let rounds = 4u64;
+    for round in 0..rounds {
+        std::fs::write(src.join(format!("f{round}")), noise(8 << 10, round + 1)).unwrap();
+        let before = snapshot_files(&repo);
+        let id = run_plan(&server, &admin);
+        // Kill the moment the manifest appears, later each round.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while snapshot_files(&repo) == before {
+            assert!(Instant::now() < deadline, "round {round}: no manifest appeared");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(15 * round));
+        serve.restart();
+        let done = wait_for(&server, &admin, &id, "finished", finished);
+        assert_eq!(done["state"], "succeeded", "round {round}: {done}");
+        if done["attempt"] == 2 {
+            retried += 1;
+        }
+    }
+    assert!(retried > 0, "no kill landed between the manifest and the report");
+    let catalog = client(&server, &admin, &["snapshots", "--server", &server]);
+    assert_eq!(catalog.as_array().unwrap().len() as u64, rounds, "{catalog}");
+    assert_eq!(snapshot_files(&repo) as u64, rounds, "the repository and the catalog agree: one snapshot per job");
+}
+
+#[test]
+fn an_idle_worker_stops_at_once_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (serve, admin) = Serve::start(free_port(), &strings(&["--data-dir", data.to_str().unwrap(), "--workers", "0"]));
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let token = client(&server, &admin, &["tokens", "create", "w", "--role", "worker"]);
+    let mut w = worker(&server, token["secret"].as_str().unwrap(), None);
+    // Well into its first long poll for work.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(w.try_wait().unwrap().is_none());
+    let asked = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    let status = w.wait().unwrap();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(took < Duration::from_secs(2), "an idle worker took {took:?} to stop");
+}
+
 #[test]
 fn the_client_explains_itself_when_it_cannot_connect_or_authenticate() {
     let out = bin().args(["jobs", "list"]).env_remove("BACKSTOP_SERVER").output().unwrap();

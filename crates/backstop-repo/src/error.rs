@@ -34,8 +34,13 @@ pub enum Error {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 
+    /// The repository's storage (or the staging disk) has no room left:
+    /// permanent until space is freed. The message ends with what to do.
+    #[error("{0}")]
+    StorageFull(String),
+
     #[error(transparent)]
-    Backend(#[from] backstop_backend::Error),
+    Backend(backstop_backend::Error),
 
     /// A packaged source (a dump, a command, an image) failed; the backup
     /// is abandoned rather than saved without it.
@@ -51,20 +56,54 @@ impl Error {
         Error::Corrupt { object: object.into(), reason: reason.to_string() }
     }
 
+    /// An I/O error on `path`; a full disk becomes [`Error::StorageFull`].
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { path: path.into(), source }
+        let path = path.into();
+        if backstop_backend::is_storage_full(&source) {
+            let hint = backstop_backend::STORAGE_FULL_HINT;
+            return Error::StorageFull(format!("{}: {source}: {hint}", path.display()));
+        }
+        Error::Io { path, source }
     }
 
     pub fn not_found(what: impl Into<String>) -> Error {
         Error::NotFound { what: what.into() }
     }
 
-    /// Whether retrying the whole operation later may succeed.
+    /// An error of the same class, for a second caller of something that
+    /// failed once (an upload several threads wait on): a full disk stays
+    /// a full disk, a transient failure stays transient.
+    pub fn echo(&self, context: &str) -> Error {
+        match self {
+            Error::StorageFull(m) => Error::StorageFull(format!("{context}: {m}")),
+            Error::Cancelled => Error::Cancelled,
+            e if e.is_transient() => Error::Backend(backstop_backend::Error::new(
+                backstop_backend::ErrorKind::Transient,
+                format!("{context}: {e}"),
+            )),
+            e => Error::Invalid(format!("{context}: {e}")),
+        }
+    }
+
+    /// Whether retrying the whole operation later may succeed: a backend's
+    /// transient failure, an I/O error of a passing kind, a repository busy
+    /// with maintenance. The classes are written down in `docs/errors.md`.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Backend(e) => e.is_transient(),
+            Error::Io { source, .. } => backstop_backend::is_transient_io(source),
             Error::Busy(_) => true,
             _ => false,
+        }
+    }
+}
+
+impl From<backstop_backend::Error> for Error {
+    fn from(e: backstop_backend::Error) -> Error {
+        match e.kind() {
+            backstop_backend::ErrorKind::Cancelled => Error::Cancelled,
+            backstop_backend::ErrorKind::StorageFull => Error::StorageFull(e.to_string()),
+            _ => Error::Backend(e),
         }
     }
 }

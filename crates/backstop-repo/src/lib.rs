@@ -17,6 +17,7 @@ pub mod backup;
 pub mod chunker;
 pub mod config;
 pub mod crypto;
+pub mod damage;
 pub mod error;
 pub mod filter;
 pub mod id;

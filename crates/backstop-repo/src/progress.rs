@@ -2,8 +2,6 @@
 //! that the CLI draws bars and the service streams events from the same code.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Receives progress from an operation. Called from several threads; keep
 /// implementations cheap (count, and draw on a timer).
@@ -29,22 +27,5 @@ pub struct NoProgress;
 
 impl Progress for NoProgress {}
 
-/// A cooperative cancellation flag. Operations check it between units of
-/// work and return [`Error::Cancelled`](crate::Error::Cancelled) after
-/// leaving the repository consistent (a backup writes a checkpoint first).
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    pub fn new() -> CancelToken {
-        CancelToken::default()
-    }
-
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
+/// A cooperative cancellation flag, shared with the backend decorators.
+pub use backstop_backend::CancelToken;

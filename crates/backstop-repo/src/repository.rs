@@ -52,6 +52,14 @@ impl std::fmt::Debug for Repository {
 /// Index files with their ids.
 pub type IndexFiles = Vec<(IndexId, IndexFile)>;
 
+/// Space a local repository keeps on its own file system, so that prune
+/// and check can start when the disk is full: they release it to write
+/// their session marker, plan and index, and prune writes it again once it
+/// has freed space.
+pub const RESERVE_KEY: &str = "reserve";
+/// Enough for a prune's plan and the compacted index of about 150,000 blobs.
+pub const RESERVE_BYTES: usize = 8 << 20;
+
 /// Manifests with their ids, oldest first.
 pub type Manifests = Vec<(SnapshotId, Snapshot)>;
 
@@ -88,7 +96,9 @@ impl Repository {
             }
             return Err(e.into());
         }
-        Ok(Repository::assemble(backend, key, key_id, options.config))
+        let repo = Repository::assemble(backend, key, key_id, options.config);
+        repo.ensure_reserve();
+        Ok(repo)
     }
 
     /// Open an existing repository with a password.
@@ -208,11 +218,55 @@ impl Repository {
         crypto::open(self.key(), kind, None, &bytes, None).map_err(|e| Error::corrupt(key, e))
     }
 
+    /// Write the reserve (`docs/format.md` §1) if the repository is on a
+    /// local file system and has none. A full disk leaves it for later.
+    pub fn ensure_reserve(&self) {
+        if self.backend().staging_dir().is_none() {
+            return; // object stores have no disk of ours to fill
+        }
+        if self.backend().head(RESERVE_KEY).is_ok_and(|m| m.size == RESERVE_BYTES as u64) {
+            return;
+        }
+        // Random bytes: a file system that compresses or deduplicates
+        // zeros would keep no room for them.
+        let mut bytes = vec![0u8; RESERVE_BYTES];
+        if getrandom::fill(&mut bytes).is_ok() {
+            let _ = self.backend().put(RESERVE_KEY, &bytes, PutMode::Overwrite);
+        }
+    }
+
+    /// Delete the reserve, to make room on a full disk; whether there was one.
+    pub fn release_reserve(&self) -> Result<bool> {
+        match self.backend().delete(RESERVE_KEY) {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every pack on the backend, with its size.
+    pub fn present_packs(&self) -> Result<std::collections::HashMap<crate::id::PackId, u64>> {
+        Ok(self
+            .backend()
+            .list("data/")?
+            .into_iter()
+            .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()).map(|id| (id, m.size)))
+            .collect())
+    }
+
     // ------------------------------------------------------------------ index
 
-    /// Every readable index file (superseded ones included), and the files
-    /// that could not be read.
+    /// Every readable index file (superseded ones included), without the
+    /// blob copies recorded as damaged (`damage`), and the files that could
+    /// not be read.
     pub fn load_index_files(&self) -> Result<(IndexFiles, Vec<Damage>)> {
+        let (records, _) = self.damage_records()?;
+        let (mut files, damage) = self.load_index_files_as_stored()?;
+        crate::damage::without_damaged(&mut files, &crate::damage::damaged_set(&records));
+        Ok((files, damage))
+    }
+
+    fn load_index_files_as_stored(&self) -> Result<(IndexFiles, Vec<Damage>)> {
         for attempt in 0..3 {
             let metas = self.backend().list("index/")?;
             let ids: Vec<IndexId> =

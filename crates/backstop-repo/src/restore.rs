@@ -28,6 +28,7 @@ use backstop_backend::{Dir, Links, PathScope};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
+use crate::damage::DamagedBlob;
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
 use crate::id::{BlobId, PackId};
@@ -360,6 +361,7 @@ pub fn execute(
     let next = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    let damaged = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..options.threads.max(1) {
             s.spawn(|| {
@@ -370,7 +372,7 @@ pub fn execute(
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some((pack_id, jobs)) = plan.packs.get(i) else { return };
-                    let out = Output { target: &target, meta, direct: &direct, bytes: &bytes };
+                    let out = Output { target: &target, meta, direct: &direct, bytes: &bytes, damaged: &damaged };
                     if let Err(e) = restore_pack(repo, plan, pack_id, jobs, &out, &mut buffers, progress) {
                         if !matches!(e, Error::Corrupt { .. } | Error::Backend(_)) {
                             fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
@@ -378,6 +380,10 @@ pub fn execute(
                         }
                         // A damaged or missing pack fails only the files that need it.
                         let message = e.to_string();
+                        if matches!(e, Error::Corrupt { .. }) {
+                            let lost = jobs.iter().map(|j| DamagedBlob { kind: j.loc.kind, id: j.id, pack: *pack_id });
+                            damaged.lock().unwrap_or_else(|e| e.into_inner()).extend(lost);
+                        }
                         for job in jobs {
                             for (file, _) in &job.targets {
                                 mark_failed(&plan.files[*file], &message);
@@ -393,6 +399,17 @@ pub fn execute(
     }
     if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
+    }
+    // What did not open is written down: the next backup of the same data
+    // stores fresh copies instead of deduplicating against it.
+    let damaged = damaged.into_inner().unwrap_or_else(|e| e.into_inner());
+    if !damaged.is_empty() {
+        match repo.record_damage("restore", &damaged) {
+            Ok(n) if n > 0 => progress
+                .info(&format!("{n} damaged blob(s) recorded: the next backup of the same data stores fresh copies")),
+            Ok(_) => {}
+            Err(e) => progress.info(&format!("the damaged blobs could not be recorded: {e}")),
+        }
     }
 
     // Files whose data could not be restored are removed, not left wrong.
@@ -519,6 +536,8 @@ struct Output<'a> {
     direct: &'a AtomicBool,
     /// Bytes written so far.
     bytes: &'a AtomicU64,
+    /// Blob copies that did not open, or whose pack is gone.
+    damaged: &'a Mutex<Vec<DamagedBlob>>,
 }
 
 /// A restore thread's buffers, used again for every pack: fresh memory
@@ -576,6 +595,11 @@ fn restore_pack(
                 match pack::reader::open_blob_in_place(repo.key(), &job.loc, &job.id, sealed, &mut buffers.plain) {
                     Ok(plain) => plain,
                     Err(e) => {
+                        out.damaged.lock().unwrap_or_else(|e| e.into_inner()).push(DamagedBlob {
+                            kind: job.loc.kind,
+                            id: job.id,
+                            pack: *pack_id,
+                        });
                         for (file, _) in &job.targets {
                             mark_failed(&plan.files[*file], &e.to_string());
                         }

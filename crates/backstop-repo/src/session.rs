@@ -118,6 +118,26 @@ impl Session {
         Ok(Session { repo: repo.clone(), sealer, info, heartbeat, thread: Some(thread) })
     }
 
+    /// Start a maintenance session (prune, check) even on a full disk:
+    /// when the marker cannot be written for lack of space, the
+    /// repository's reserve is released and the marker written in its room.
+    /// Returns the session and whether the disk was full.
+    pub fn start_on_full_disk(
+        repo: &Repository,
+        kind: &str,
+        progress: &dyn crate::Progress,
+    ) -> Result<(Session, bool)> {
+        match Session::start(repo, kind) {
+            Err(Error::StorageFull(why)) if repo.release_reserve()? => {
+                progress.info(&format!(
+                    "the disk is full ({why}); the repository's reserve was released so that {kind} can run"
+                ));
+                Ok((Session::start(repo, kind)?, true))
+            }
+            other => other.map(|s| (s, false)),
+        }
+    }
+
     pub fn id(&self) -> SessionId {
         self.info.id
     }
@@ -206,7 +226,7 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<LiveSession>> {
         };
         let (info, stale) = match info {
             Some(info) => {
-                let dead = info.hostname == this_host && !process_alive(info.pid);
+                let dead = info.hostname == this_host && !crate::util::process_alive(info.pid);
                 (info, stale || dead)
             }
             None => (
@@ -223,17 +243,4 @@ pub fn list_sessions(repo: &Repository) -> Result<Vec<LiveSession>> {
         out.push(LiveSession { info, last_modified: meta.last_modified, stale });
     }
     Ok(out)
-}
-
-/// Whether a process with this pid exists on this machine. A reused pid
-/// counts as alive, which errs on the safe side (the marker then goes stale
-/// by age).
-fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks that the process exists.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -77,6 +77,11 @@ pub struct Snapshot {
     pub summary: Summary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceRecord>,
+    /// The service job (its id) that wrote this snapshot: a retried job
+    /// adopts the snapshot an earlier attempt wrote instead of writing a
+    /// second one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 impl Snapshot {

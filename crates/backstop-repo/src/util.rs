@@ -37,6 +37,19 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// Whether a process with this pid exists on this machine. A reused pid
+/// counts as alive, which errs on the safe side (what it held then waits
+/// for its timeout).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 pub fn username() -> String {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };

@@ -309,7 +309,7 @@ fn a_flush_covers_every_blob_saved_before_it_while_other_threads_keep_saving() {
     let t = TestRepo::new();
     let index = Arc::new(WriteIndex::new(Arc::new(t.repo.load_index().unwrap())));
     let sealer = Arc::new(Sealer::new(t.repo.key(), backstop_repo::SessionId::random()));
-    let saver = Saver::start(&t.repo, sealer, index, 2).unwrap();
+    let saver = Saver::start(&t.repo, sealer, index, 2, &CancelToken::new()).unwrap();
     let saved = Mutex::new(Vec::new());
     let stop = AtomicBool::new(false);
     let mut uploaded = HashSet::new();

@@ -192,6 +192,8 @@ fn a_dead_sessions_marker_stops_blocking_prune_once_stale() {
     let report = prune::run(&repo, &PruneOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
     assert_eq!(report.plans_pending, 0, "{report:?}");
     assert!(report.packs_deleted > 0);
+    assert_eq!(report.sessions_removed, 1, "the stale marker is removed: {report:?}");
+    assert!(repo.backend().list("sessions/").unwrap().is_empty());
 }
 
 #[test]

@@ -19,6 +19,35 @@ impl InProcess {
     }
 }
 
+/// What a coordinator calls its in-process workers: `host/pid/serve`
+/// (each slot claims as `…#slot`).
+pub fn pool_name() -> String {
+    format!("{}/{}/serve", backstop_repo::util::hostname(), std::process::id())
+}
+
+/// Whether a lease owner is a slot of an in-process pool of a coordinator
+/// on this host that is no longer running (an earlier incarnation of this
+/// one, killed): its jobs need not wait out their leases. Remote workers,
+/// and pools of other hosts or of live processes, are never taken for dead.
+pub fn is_dead_local_pool(owner: &str) -> bool {
+    let Some((name, _slot)) = owner.rsplit_once('#') else { return false };
+    let Some((host, pid)) = name.strip_suffix("/serve").and_then(|n| n.rsplit_once('/')) else { return false };
+    let Ok(pid) = pid.parse::<u32>() else { return false };
+    host == backstop_repo::util::hostname() && pid != std::process::id() && !backstop_repo::util::process_alive(pid)
+}
+
+/// Requeue at once the jobs a killed earlier incarnation of this
+/// coordinator was running in its own workers.
+pub async fn reclaim_dead_pools(catalog: &backstop_catalog::Catalog) -> Result<Vec<String>, backstop_catalog::Error> {
+    let mut reclaimed = Vec::new();
+    for owner in catalog.lease_owners().await? {
+        if is_dead_local_pool(&owner) {
+            reclaimed.extend(catalog.reclaim(&owner, now_ms()).await?);
+        }
+    }
+    Ok(reclaimed)
+}
+
 fn call_error(e: crate::error::ApiError) -> CallError {
     match e.code {
         "stale_attempt" | "not_found" => CallError::Stale(e.message),
@@ -58,5 +87,25 @@ impl Coordinator for InProcess {
         let done = self.state.catalog.complete(job, c, now_ms()).await.map_err(|e| call_error(e.into()))?;
         self.state.finished(&done);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pools_of_dead_processes_on_this_host_are_taken_for_dead() {
+        let host = backstop_repo::util::hostname();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        assert!(is_dead_local_pool(&format!("{host}/{dead}/serve#0")));
+        // This process, a remote worker of a dead pid, another host, nonsense.
+        assert!(!is_dead_local_pool(&format!("{}#1", pool_name())));
+        assert!(!is_dead_local_pool(&format!("{host}/{dead}#0")));
+        assert!(!is_dead_local_pool(&format!("elsewhere-{host}/{dead}/serve#0")));
+        assert!(!is_dead_local_pool("serve#0"));
+        assert!(!is_dead_local_pool(&format!("{host}/x/serve#0")));
     }
 }

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// In-process workers (0: only remote ones).
     pub workers: usize,
+    /// Backend settings of the in-process workers (bandwidth limits,
+    /// connections, S3 defaults), as `backstop worker` takes them.
+    pub worker_open_options: backstop_backend::OpenOptions,
     /// Region of the in-process workers and of the default repository.
     pub region: String,
     pub queue: QueueConfig,
@@ -81,6 +84,7 @@ impl ServerConfig {
             server_key_file: None,
             tls: None,
             workers: 2,
+            worker_open_options: backstop_backend::OpenOptions::default(),
             region: "default".into(),
             queue: QueueConfig::default(),
             webhooks: Vec::new(),
@@ -266,6 +270,17 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             .await?;
     }
 
+    // Jobs an earlier, killed incarnation was running in its own workers
+    // are given out again now, not after their leases.
+    let reclaimed = inproc::reclaim_dead_pools(&catalog).await?;
+    if !reclaimed.is_empty() {
+        eprintln!(
+            "backstop serve: {} job(s) of this coordinator's killed predecessor requeued at once: {}",
+            reclaimed.len(),
+            reclaimed.join(", ")
+        );
+    }
+
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(io(format!("listening on {}", config.listen)))?;
     let addr = listener.local_addr().map_err(io("reading the listening address"))?;
@@ -283,8 +298,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
     if config.workers > 0 {
         let coordinator = Arc::new(inproc::InProcess::new(state.clone(), stop.clone()));
         let mut wc = backstop_worker::WorkerConfig::new(&config.region, config.workers);
-        wc.name = format!("{}/serve", wc.name);
+        wc.name = inproc::pool_name();
         wc.poll_wait = Duration::from_secs(5);
+        wc.open_options = config.worker_open_options.clone();
         tasks.push(tokio::spawn(backstop_worker::run(coordinator, wc, stop.clone())));
     }
     Ok(Running { addr, admin_token, state, stop, tasks })

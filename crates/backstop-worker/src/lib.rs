@@ -221,7 +221,14 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
             };
             let mut backoff = Duration::from_millis(500);
             while !stop.is_cancelled() {
-                match coordinator.claim(&req).await {
+                // A stop does not wait out the claim's long poll. A job the
+                // coordinator handed out just then waits for its lease to
+                // expire, as a killed worker's would.
+                let claimed = tokio::select! {
+                    claimed = coordinator.claim(&req) => claimed,
+                    () = stopped(&stop) => break,
+                };
+                match claimed {
                     Ok(Some(mut claim)) => {
                         backoff = Duration::from_millis(500);
                         if let backstop_types::NetScope::Granted { own, .. } = &mut claim.reach.net {
@@ -236,7 +243,10 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
                             req.worker,
                             backoff.as_secs_f32()
                         );
-                        tokio::time::sleep(backoff).await;
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = stopped(&stop) => break,
+                        }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
                 }
@@ -245,6 +255,13 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
     }
     for s in slots {
         let _ = s.await;
+    }
+}
+
+/// Returns once `stop` is cancelled (looking every 100 ms).
+async fn stopped(stop: &CancelToken) {
+    while !stop.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -9,7 +9,7 @@ use backstop_repo::ops::check::{self, CheckOptions, ReadData};
 use backstop_repo::ops::forget::{self, KeepPolicy};
 use backstop_repo::ops::prune::{self, PruneOptions};
 use backstop_repo::restore::{self, RestoreOptions};
-use backstop_repo::{Password, Repository};
+use backstop_repo::{Password, Repository, Snapshot, SnapshotId};
 use backstop_types::{Claim, JobKind, LogLevel, Outcome, Reach, RepositoryAccess, SnapshotInfo};
 use serde_json::{Value, json};
 
@@ -28,13 +28,10 @@ impl std::fmt::Display for Failure {
 }
 
 impl From<backstop_repo::Error> for Failure {
+    /// Retried: what `is_transient` says may pass (`docs/errors.md`); a
+    /// full disk, a refusal or damage are not cured by trying again.
     fn from(e: backstop_repo::Error) -> Failure {
-        use backstop_repo::Error as E;
-        // A refusal (a path that leads outside a tenant's root, a
-        // permission) is not cured by trying again.
-        let refused = matches!(&e, E::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
-        let retryable = e.is_transient() || (matches!(e, E::Io { .. }) && !refused);
-        Failure { error: e.to_string(), retryable }
+        Failure { retryable: e.is_transient(), error: e.to_string() }
     }
 }
 
@@ -55,7 +52,9 @@ fn permanent(error: impl Into<String>) -> Failure {
 
 /// Run `claim` to its end, reaching only what `claim.reach` allows.
 pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outcome {
-    let result = match open_repository_with(&claim.repository, &claim.reach, open) {
+    // The backend stops waiting (for bandwidth, for a retry) once the job is cancelled.
+    let open = OpenOptions { cancel: Some(tracker.cancel.clone()), ..open.clone() };
+    let result = match open_repository_with(&claim.repository, &claim.reach, &open) {
         Err(e) => Err(Failure::from(e)),
         Ok(repo) => match claim.job.kind {
             JobKind::Backup => backup(&repo, claim, tracker),
@@ -128,6 +127,13 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 
 fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
+    if let Some((id, snapshot)) = earlier_attempts_snapshot(repo, claim)? {
+        tracker.log(
+            LogLevel::Info,
+            format!("snapshot {} was written by an earlier attempt of this job; adopting it", id.short()),
+        );
+        return Ok(saved(repo, claim, tracker, &id, &snapshot));
+    }
     let hooks = backstop_source::hooks::Hooks::parse(source.config.get("hooks")).map_err(Failure::from)?;
     if !claim.reach.is_any() && source.config.get("hooks").is_some_and(|h| !h.is_null()) {
         return Err(permanent("hooks run commands on the workers; a confined tenant's source has none"));
@@ -143,6 +149,7 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
         one_file_system: source.config.get("one_file_system").and_then(Value::as_bool).unwrap_or(false),
         exclude_caches: source.config.get("exclude_caches").and_then(Value::as_bool).unwrap_or(false),
         paths: claim.reach.paths.clone(),
+        job: Some(claim.job.id.clone()),
         ..BackupOptions::default()
     };
     let env = vec![
@@ -184,23 +191,39 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
             s.bytes_added
         ),
     );
-    let summary = serde_json::to_value(&out.snapshot.summary).unwrap_or(Value::Null);
+    Ok(saved(repo, claim, tracker, &out.id, &out.snapshot))
+}
+
+/// The snapshot an earlier attempt of this job wrote, if one did: the
+/// attempt died after its manifest and before its report (`docs/format.md`
+/// §8, `job`).
+fn earlier_attempts_snapshot(repo: &Repository, claim: &Claim) -> Result<Option<(SnapshotId, Snapshot)>, Failure> {
+    if claim.attempt <= 1 {
+        return Ok(None);
+    }
+    let mine = |s: &Snapshot| s.job.as_deref() == Some(claim.job.id.as_str());
+    Ok(repo.snapshots()?.into_iter().find(|(_, s)| mine(s)))
+}
+
+/// A backup job's success: its snapshot, with the job's log stored beside it.
+fn saved(repo: &Repository, claim: &Claim, tracker: &JobTracker, id: &SnapshotId, snapshot: &Snapshot) -> Outcome {
+    let summary = serde_json::to_value(&snapshot.summary).unwrap_or(Value::Null);
     // The job's log lives beside its snapshot, so it outlives the catalog.
-    if let Err(e) = repo.put_job_log(&out.id, &claim.job.id, tracker.log_text().as_bytes()) {
+    if let Err(e) = repo.put_job_log(id, &claim.job.id, tracker.log_text().as_bytes()) {
         tracker.log(LogLevel::Warning, format!("cannot store the job log in the repository: {e}"));
     }
     let info = SnapshotInfo {
-        id: out.id.to_string(),
-        time: out.snapshot.time,
-        hostname: out.snapshot.hostname.clone(),
-        paths: out.snapshot.paths.clone(),
-        tags: out.snapshot.tags.clone(),
+        id: id.to_string(),
+        time: snapshot.time,
+        hostname: snapshot.hostname.clone(),
+        paths: snapshot.paths.clone(),
+        tags: snapshot.tags.clone(),
         summary: summary.clone(),
     };
-    Ok(Outcome::Succeeded {
-        result: json!({"snapshot_id": out.id.to_string(), "parent": out.parent.map(|p| p.to_string()), "summary": summary}),
+    Outcome::Succeeded {
+        result: json!({"snapshot_id": id.to_string(), "parent": snapshot.parent.map(|p| p.to_string()), "summary": summary}),
         snapshot: Some(info),
-    })
+    }
 }
 
 fn verify(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {

@@ -218,6 +218,9 @@ fn run_prune(ctx: &Context, repo: &Repository, flags: &PruneFlags, dry_run: bool
             r.checkpoints_removed
         );
         println!("deleted {} packs ({})", r.packs_deleted, bytes(r.bytes_deleted));
+        if r.sessions_removed > 0 {
+            println!("removed {} session marker(s) of processes that are gone", r.sessions_removed);
+        }
         if r.plans_pending > 0 {
             println!(
                 "{} deletion plan(s) wait for running backups or the grace period; the next prune finishes them",
@@ -283,7 +286,13 @@ pub fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
 #[derive(clap::Subcommand)]
 pub enum RepairCommand {
     /// Rebuild the index from the pack headers (after a lost or damaged index file).
+    /// Blob copies recorded as damaged stay out of it.
     Index,
+    /// Remove the packs that check, verify or restore found damaged: their
+    /// intact blobs are copied into new packs first; then say which
+    /// snapshots still need a lost blob (a later backup of the same data
+    /// stores fresh copies and makes them whole). Runs alone.
+    Packs,
 }
 
 pub fn repair(ctx: &Context, command: RepairCommand) -> Result<u8> {
@@ -304,6 +313,29 @@ pub fn repair(ctx: &Context, command: RepairCommand) -> Result<u8> {
                 for p in &report.unreadable {
                     println!("unreadable pack left out: {p} (prune removes it)");
                 }
+            }
+        }
+        RepairCommand::Packs => {
+            let reporter = ctx.reporter(true);
+            let report = repair::repair_packs(&repo, &reporter, &ctx.cancel);
+            reporter.finish();
+            let report = report?;
+            if ctx.args.json {
+                print_json(&report);
+            } else if !ctx.args.quiet {
+                for p in &report.packs_removed {
+                    println!("removed damaged pack {p}");
+                }
+                println!(
+                    "{} intact blobs copied out; {} lost, of which {} a later backup stored again",
+                    report.blobs_salvaged, report.blobs_lost, report.blobs_resupplied
+                );
+                for s in &report.affected_snapshots {
+                    println!("{s} still needs a lost blob: back the same data up again, or forget it");
+                }
+            }
+            if !report.affected_snapshots.is_empty() {
+                return Ok(exit::ERROR);
             }
         }
     }

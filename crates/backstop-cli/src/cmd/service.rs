@@ -44,7 +44,9 @@ pub struct ServeArgs {
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<PathBuf>,
 
-    /// In-process workers (0: only remote `backstop worker`s run jobs).
+    /// In-process workers (0: only remote `backstop worker`s run jobs). They
+    /// keep to --limit-upload, --limit-download and --connections, as
+    /// `backstop worker` does (the limits are shared by all their jobs).
     #[arg(long, default_value_t = 2, value_name = "N")]
     workers: usize,
 
@@ -118,6 +120,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
     config.server_key_file = args.server_key_file.clone();
     config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
     config.workers = args.workers;
+    config.worker_open_options = ctx.open_options();
     config.region = args.region.clone();
     config.webhooks = args.webhooks.clone();
     config.metrics_public = args.metrics_public;

@@ -105,6 +105,8 @@ pub struct BackupOptions {
     /// Where the paths of a file-tree backup may be: a confined tenant's
     /// lie beneath its roots and are read without following a link out.
     pub paths: PathScope,
+    /// The service job this backup runs for, recorded in the manifest.
+    pub job: Option<String>,
 }
 
 impl Default for BackupOptions {
@@ -125,6 +127,7 @@ impl Default for BackupOptions {
             workers: cores,
             uploaders: 2,
             paths: PathScope::Any,
+            job: None,
         }
     }
 }
@@ -280,6 +283,7 @@ pub fn run(
         program_version: concat!("backstop ", env!("CARGO_PKG_VERSION")).to_string(),
         summary: Summary::default(),
         source: source_record,
+        job: options.job.clone(),
     };
 
     // Parents: the latest snapshot of the same source, and a newer
@@ -324,7 +328,7 @@ pub fn run(
     }
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
-    let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders)?;
+    let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders, cancel)?;
     let warnings = AtomicU64::new(0);
     let bytes_read = AtomicU64::new(0);
     let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
@@ -417,15 +421,23 @@ pub fn run(
         assembler.join().expect("the assembler thread panicked")
     });
 
+    // Cancellation is checked at every step of the commit, up to the
+    // manifest: a cancelled backup never writes its snapshot.
     let (root, mut summary) = match result {
-        Ok(r) => r,
+        Ok(r) if !cancel.is_cancelled() => r,
+        Ok(_) => return Err(stop_cancelled(saver, session, progress)),
+        Err(_) if cancel.is_cancelled() => return Err(stop_cancelled(saver, session, progress)),
         Err(e) => {
             drop(saver);
             let _ = session.end();
             return Err(e);
         }
     };
-    saver.flush()?;
+    match saver.flush() {
+        Ok(()) if !cancel.is_cancelled() => {}
+        Err(e) if !cancel.is_cancelled() => return Err(e),
+        _ => return Err(stop_cancelled(saver, session, progress)),
+    }
     saver.write_index(Vec::new())?;
 
     // If our heartbeat lapsed, a prune may have counted us as dead and
@@ -433,6 +445,9 @@ pub fn run(
     if session.may_have_lapsed() {
         session.refresh()?;
         verify_packs_exist(repo, &saver)?;
+    }
+    if cancel.is_cancelled() {
+        return Err(stop_cancelled(saver, session, progress));
     }
 
     summary.warnings += warnings.load(Ordering::Relaxed);
@@ -453,6 +468,24 @@ pub fn run(
     }
     session.end()?;
     Ok(BackupOutcome { id, snapshot, parent: parent_id, resumed: resumed.map(|(id, _)| id) })
+}
+
+/// End a cancelled backup: let the uploads under way end (past the grace,
+/// queued packs are dropped and a throttled transfer stops waiting), keep
+/// what was uploaded by writing its index, so the next run stores none of
+/// it again, and end the session. No snapshot is written.
+fn stop_cancelled(saver: Saver, session: Session, progress: &dyn Progress) -> Error {
+    let _ = saver.settle();
+    match saver.write_index(Vec::new()) {
+        Ok(Some(id)) => {
+            progress.info(&format!("cancelled: the packs already uploaded are kept (index {})", id.short()))
+        }
+        Ok(None) => {}
+        Err(e) => progress.info(&format!("cancelled: the packs already uploaded could not be indexed: {e}")),
+    }
+    drop(saver);
+    let _ = session.end();
+    Error::Cancelled
 }
 
 /// Every pack this session relies on through the index it loaded must

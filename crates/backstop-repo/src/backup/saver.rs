@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::index::{Claim, IndexFile, IndexPack, WriteIndex};
 use crate::pack::{BlobKind, FinishedPack, PackWriter, pack_key};
+use crate::progress::CancelToken;
 use crate::repository::Repository;
 use crate::tree::{ContentRef, LIST_FANOUT, encode_list};
 
@@ -45,6 +46,8 @@ struct Uploads {
 /// State shared with the upload threads.
 struct Shared {
     repo: Repository,
+    /// Past its grace, packs not yet uploaded are not uploaded.
+    cancel: CancelToken,
     index: Arc<WriteIndex>,
     uploads: Mutex<Uploads>,
     uploads_changed: Condvar,
@@ -65,7 +68,14 @@ impl Shared {
     }
 
     fn upload(&self, ticket: u64, pack: FinishedPack) {
-        let result = self.repo.backend().put_file(&pack_key(&pack.id), &pack.dir, &pack.name, PutMode::Overwrite);
+        let result = if self.cancel.is_overdue() {
+            Err(Error::Cancelled)
+        } else {
+            self.repo
+                .backend()
+                .put_file(&pack_key(&pack.id), &pack.dir, &pack.name, PutMode::Overwrite)
+                .map_err(Error::from)
+        };
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
@@ -75,7 +85,7 @@ impl Shared {
             }
             Err(e) => {
                 if uploads.error.is_none() {
-                    uploads.error = Some(e.into());
+                    uploads.error = Some(e);
                 }
             }
         }
@@ -108,8 +118,15 @@ pub struct Saver {
 }
 
 impl Saver {
-    /// Start a saver with `uploaders` upload threads.
-    pub fn start(repo: &Repository, sealer: Arc<Sealer>, index: Arc<WriteIndex>, uploaders: usize) -> Result<Saver> {
+    /// Start a saver with `uploaders` upload threads. Once `cancel` is
+    /// past its grace, packs still waiting are dropped, not uploaded.
+    pub fn start(
+        repo: &Repository,
+        sealer: Arc<Sealer>,
+        index: Arc<WriteIndex>,
+        uploaders: usize,
+        cancel: &CancelToken,
+    ) -> Result<Saver> {
         let backend_staging = repo.backend().staging_dir();
         let write_behind = backend_staging.is_some();
         let (staging, private_staging) = match backend_staging {
@@ -121,6 +138,7 @@ impl Saver {
         };
         let shared = Arc::new(Shared {
             repo: repo.clone(),
+            cancel: cancel.clone(),
             index,
             uploads: Mutex::new(Uploads { next_ticket: 0, pending: BTreeSet::new(), done: Vec::new(), error: None }),
             uploads_changed: Condvar::new(),
@@ -205,8 +223,9 @@ impl Saver {
         }
     }
 
-    fn first_error(&self) -> Option<String> {
-        self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner()).error.as_ref().map(|e| e.to_string())
+    fn first_error(&self) -> Option<Error> {
+        let uploads = self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        uploads.error.as_ref().map(|e| e.echo("an earlier upload failed"))
     }
 
     /// Store `data` as a blob unless the repository has it. Returns its id
@@ -263,7 +282,7 @@ impl Saver {
 
     fn add_to_pack(&self, kind: BlobKind, id: BlobId, sealed: &[u8], raw_len: usize) -> Result<()> {
         if let Some(error) = self.first_error() {
-            return Err(Error::Invalid(format!("an earlier upload failed: {error}")));
+            return Err(error);
         }
         let raw_len = u32::try_from(raw_len).map_err(|_| Error::Invalid("blob larger than 4 GiB".into()))?;
         let finished = {
@@ -325,6 +344,19 @@ impl Saver {
         let mut uploads = self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner());
         let target = uploads.next_ticket;
         while uploads.pending.range(..target).next().is_some() {
+            uploads = self.shared.uploads_changed.wait(uploads).unwrap_or_else(|e| e.into_inner());
+        }
+        match uploads.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait until no upload is under way (after a cancellation: the packs
+    /// still queued are dropped), and return the first upload error.
+    pub fn settle(&self) -> Result<()> {
+        let mut uploads = self.shared.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        while !uploads.pending.is_empty() {
             uploads = self.shared.uploads_changed.wait(uploads).unwrap_or_else(|e| e.into_inner());
         }
         match uploads.error.take() {

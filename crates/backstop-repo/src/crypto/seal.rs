@@ -33,6 +33,7 @@ pub enum ObjectKind {
     Session = 7,
     Plan = 8,
     JobLog = 9,
+    Damage = 10,
 }
 
 impl ObjectKind {
@@ -47,6 +48,7 @@ impl ObjectKind {
             7 => ObjectKind::Session,
             8 => ObjectKind::Plan,
             9 => ObjectKind::JobLog,
+            10 => ObjectKind::Damage,
             _ => return None,
         })
     }

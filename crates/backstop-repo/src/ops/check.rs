@@ -9,7 +9,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::used::collect_used;
+use super::used::{collect_used, snapshots_missing_blobs};
+use crate::damage::DamagedBlob;
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::Index;
@@ -77,6 +78,12 @@ pub struct CheckReport {
     pub packs: usize,
     pub packs_read: usize,
     pub blobs_read: u64,
+    /// Damaged or lost blob copies this check wrote down (`damage`): no
+    /// backup deduplicates against them any more.
+    pub damage_recorded: usize,
+    /// Snapshots that need a blob no intact copy of which is stored (their
+    /// restores fail for the files that hold it).
+    pub affected_snapshots: Vec<String>,
 }
 
 impl CheckReport {
@@ -99,7 +106,21 @@ pub fn run(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<CheckReport> {
-    let _session = crate::session::Session::start(repo, "check")?;
+    let (session, full) = crate::session::Session::start_on_full_disk(repo, "check", progress)?;
+    let report = check_in_session(repo, options, progress, cancel);
+    let _ = session.end();
+    if full {
+        repo.ensure_reserve(); // the room it took is free again
+    }
+    report
+}
+
+fn check_in_session(
+    repo: &Repository,
+    options: &CheckOptions,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
     let threads = options.threads.max(1);
     let mut report = CheckReport::default();
 
@@ -112,12 +133,7 @@ pub fn run(
 
     // Packs: listed in the index ⇔ present, with plausible sizes.
     progress.info("checking packs");
-    let present: HashMap<PackId, u64> = repo
-        .backend()
-        .list("data/")?
-        .into_iter()
-        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()).map(|id| (id, m.size)))
-        .collect();
+    let present: HashMap<PackId, u64> = repo.present_packs()?;
     report.packs = present.len();
     let mut expected_min: HashMap<PackId, u64> = HashMap::new();
     for (_, loc) in index.iter() {
@@ -126,9 +142,15 @@ pub fn run(
         *e = (*e).max(end);
     }
     let live_writers = crate::session::list_sessions(repo)?.into_iter().any(|s| !s.stale && s.info.kind == "backup");
+    let by_pack = blobs_by_pack(&index);
+    // Copies that are damaged or gone, to be written down.
+    let mut lost: Vec<DamagedBlob> = Vec::new();
     for pack in index.packs() {
         match present.get(pack) {
-            None => report.error(pack::pack_key(pack), "is listed in the index but missing"),
+            None => {
+                report.error(pack::pack_key(pack), "is listed in the index but missing");
+                lost.extend(by_pack[pack].iter().map(|(id, loc)| DamagedBlob { kind: loc.kind, id: *id, pack: *pack }));
+            }
             Some(size) if *size < expected_min.get(pack).copied().unwrap_or(0) => {
                 report.error(pack::pack_key(pack), format!("is truncated ({size} bytes; the index needs more)"))
             }
@@ -146,7 +168,6 @@ pub fn run(
     }
 
     // Headers agree with the index.
-    let by_pack = blobs_by_pack(&index);
     let packs: Vec<(PackId, u64)> =
         index.packs().iter().filter_map(|p| present.get(p).map(|size| (*p, *size))).collect();
     let header_findings = parallel_map(&packs, threads, |(pack, size)| {
@@ -222,7 +243,7 @@ pub fn run(
         progress.total(selected.len() as u64, total);
         let results = parallel_map(&selected, threads, |(pack, size)| {
             if cancel.is_cancelled() {
-                return (0, vec![]);
+                return (0, vec![], vec![]);
             }
             let r = read_pack(repo, pack, *size, &by_pack[pack]);
             progress.advance(1, *size);
@@ -232,9 +253,35 @@ pub fn run(
             return Err(Error::Cancelled);
         }
         report.packs_read = selected.len();
-        for (blobs, findings) in results {
+        for (blobs, findings, damaged) in results {
             report.blobs_read += blobs;
             report.errors.extend(findings);
+            lost.extend(damaged);
+        }
+    }
+
+    // What was found damaged is written down, so that the next backup
+    // stores fresh copies instead of deduplicating against it.
+    if !lost.is_empty() {
+        match repo.record_damage("check", &lost) {
+            Ok(n) => report.damage_recorded = n,
+            Err(e) => report.note("damaged/", format!("the damaged blobs could not be recorded: {e}")),
+        }
+    }
+    if !report.errors.is_empty() {
+        // Named against the index without the damaged copies: a snapshot
+        // whose lost blobs a later backup stored again is whole.
+        let index = repo.load_index()?;
+        for (label, missing) in snapshots_missing_blobs(repo, &index, &roots) {
+            report.error(
+                label.clone(),
+                format!(
+                    "needs {missing} blob(s) of which no intact copy is stored: restoring it fails for the files \
+                     that hold them. Back the same data up again to store fresh copies (`backstop repair packs` \
+                     then reports it whole), or forget it"
+                ),
+            );
+            report.affected_snapshots.push(label);
         }
     }
     Ok(report)
@@ -249,17 +296,24 @@ fn blobs_by_pack(index: &Index) -> HashMap<PackId, Vec<(crate::id::BlobId, BlobL
 }
 
 /// Read a whole pack: its hash, its header, and every blob the index lists.
+/// Returns the blobs read, the findings, and the copies that are damaged.
 fn read_pack(
     repo: &Repository,
     pack: &PackId,
     size: u64,
     blobs: &[(crate::id::BlobId, BlobLocation)],
-) -> (u64, Vec<Finding>) {
+) -> (u64, Vec<Finding>, Vec<DamagedBlob>) {
     let key = pack::pack_key(pack);
     let mut findings = Vec::new();
+    let mut damaged = Vec::new();
     let bytes = match repo.backend().get(&key) {
         Ok(b) => b,
-        Err(e) => return (0, vec![Finding { object: key, problem: format!("cannot be read: {e}") }]),
+        Err(e) => {
+            if e.is_not_found() {
+                damaged.extend(blobs.iter().map(|(id, loc)| DamagedBlob { kind: loc.kind, id: *id, pack: *pack }));
+            }
+            return (0, vec![Finding { object: key, problem: format!("cannot be read: {e}") }], damaged);
+        }
     };
     if *blake3::hash(&bytes).as_bytes() != pack.0 {
         findings.push(Finding { object: key.clone(), problem: "content does not match its name (damaged)".into() });
@@ -275,15 +329,17 @@ fn read_pack(
                 object: format!("{} blob {}", loc.kind, id.short()),
                 problem: format!("lies beyond the end of {key}"),
             });
+            damaged.push(DamagedBlob { kind: loc.kind, id: *id, pack: *pack });
             continue;
         };
         if let Err(e) = pack::reader::open_blob(repo.key(), loc, id, sealed) {
             findings
                 .push(Finding { object: format!("{} blob {} in {key}", loc.kind, id.short()), problem: e.to_string() });
+            damaged.push(DamagedBlob { kind: loc.kind, id: *id, pack: *pack });
         }
         read += 1;
     }
-    (read, findings)
+    (read, findings, damaged)
 }
 
 #[cfg(test)]

@@ -149,6 +149,7 @@ mod tests {
                 program_version: String::new(),
                 summary: Summary::default(),
                 source: None,
+                job: None,
             },
         )
     }

@@ -59,6 +59,9 @@ pub struct PruneReport {
     /// Bytes of the packs marked for deletion.
     pub bytes_marked: u64,
     pub checkpoints_removed: usize,
+    /// Markers of sessions whose processes are gone (killed, or silent past
+    /// the stale age), removed.
+    pub sessions_removed: usize,
     /// The plan written by this run.
     pub plan: Option<PlanId>,
     /// Packs deleted by this run (from any plan).
@@ -89,9 +92,19 @@ pub fn run(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<PruneReport> {
-    let session = Session::start(repo, "prune")?;
+    let (session, full) = Session::start_on_full_disk(repo, "prune", progress)?;
+    // On a full disk there is no room for repacked copies: only packs
+    // nothing uses are deleted; the next prune repacks.
+    let options = if full { &PruneOptions { max_unused: f64::INFINITY, ..options.clone() } } else { options };
+    if full {
+        progress.info("only packs nothing uses are deleted this time; run prune again to repack the rest");
+    }
     let result = run_in_session(repo, &session, options, progress, cancel);
     let _ = session.end();
+    // Room for the next full disk's prune, if this one made some.
+    if !options.dry_run {
+        repo.ensure_reserve();
+    }
     result
 }
 
@@ -102,8 +115,8 @@ fn run_in_session(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<PruneReport> {
-    ensure_exclusive(repo, session)?;
     let mut report = PruneReport { dry_run: options.dry_run, ..Default::default() };
+    ensure_exclusive(repo, session, (!options.dry_run).then_some(&mut report))?;
     let already_planned =
         if options.dry_run { HashSet::new() } else { finish_pending(repo, session, progress, &mut report)? };
     if cancel.is_cancelled() {
@@ -116,15 +129,33 @@ fn run_in_session(
             report.plans_pending -= 1;
         }
     }
+    if report.packs_deleted > 0 {
+        // Damage records of packs that are gone name nothing any more.
+        let present = repo.present_packs()?.into_keys().collect();
+        repo.forget_damage_of_deleted_packs(&present)?;
+    }
     Ok(report)
 }
 
 /// One prune at a time: of several live prune sessions the oldest proceeds.
-fn ensure_exclusive(repo: &Repository, session: &Session) -> Result<()> {
+/// With a `report`, the markers of stale sessions are removed as they are
+/// seen (they count for nothing already; a process that was only cut off
+/// writes its marker again and checks its packs before it commits).
+fn ensure_exclusive(repo: &Repository, session: &Session, mut report: Option<&mut PruneReport>) -> Result<()> {
     let me = session.info();
     for other in list_sessions(repo)? {
         let o = &other.info;
-        if other.stale || o.kind != "prune" || o.id == me.id {
+        if other.stale && o.id != me.id {
+            if let Some(report) = report.as_deref_mut() {
+                match repo.backend().delete(&crate::session::session_key(&o.id)) {
+                    Ok(()) => report.sessions_removed += 1,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            continue;
+        }
+        if o.kind != "prune" || o.id == me.id {
             continue;
         }
         if (o.started, o.id) < (me.started, me.id) {
@@ -179,15 +210,6 @@ fn manifest_keys(repo: &Repository) -> Result<Vec<String>> {
     keys.extend(repo.backend().list("checkpoints/")?.into_iter().map(|m| m.key));
     keys.sort();
     Ok(keys)
-}
-
-fn present_packs(repo: &Repository) -> Result<HashMap<PackId, u64>> {
-    Ok(repo
-        .backend()
-        .list("data/")?
-        .into_iter()
-        .filter_map(|m| m.key.rsplit('/').next().and_then(|n| n.parse().ok()).map(|id| (id, m.size)))
-        .collect())
 }
 
 /// The mark phase. Returns the plan it wrote, if there is anything to delete.
@@ -252,7 +274,7 @@ fn mark(
     }
 
     // Account per pack, from the index files that are in force.
-    let present = present_packs(repo)?;
+    let present = repo.present_packs()?;
     let mut packs: HashMap<PackId, Vec<IndexBlob>> = HashMap::new();
     for (id, file) in &files {
         if superseded.contains(id) {
@@ -313,8 +335,13 @@ fn mark(
     let mut new_packs = Vec::new();
     if !repack.is_empty() {
         progress.info(&format!("repacking {} packs", repack.len()));
-        let saver =
-            Saver::start(repo, session.sealer().clone(), Arc::new(WriteIndex::new(Arc::new(Index::default()))), 2)?;
+        let saver = Saver::start(
+            repo,
+            session.sealer().clone(),
+            Arc::new(WriteIndex::new(Arc::new(Index::default()))),
+            2,
+            cancel,
+        )?;
         for (pack, blobs) in &repack {
             if cancel.is_cancelled() {
                 return Err(Error::Cancelled);
@@ -405,7 +432,7 @@ fn finish_plan(
         return Ok(false);
     }
     let indexed: HashSet<PackId> = files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| p.id)).collect();
-    let present = present_packs(repo)?;
+    let present = repo.present_packs()?;
     let candidates: Vec<PackId> =
         plan.packs.iter().filter(|p| !indexed.contains(p) && present.contains_key(p)).copied().collect();
     report.packs_kept += plan.packs.iter().filter(|p| indexed.contains(p)).count();

@@ -1,7 +1,7 @@
 //! Which blobs the snapshots use: a walk over every tree reachable from a
 //! set of roots, each tree loaded once, several at a time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::id::BlobId;
 use crate::index::Index;
@@ -108,4 +108,66 @@ pub fn collect_used(repo: &Repository, index: &Index, roots: &[(String, BlobId)]
         }
     }
     used
+}
+
+/// For each `(label, root)` that needs blobs no index entry leads to (lost,
+/// or stored only in copies recorded as damaged): its label and how many
+/// such blobs it needs. Every tree is read once, however many roots share it.
+pub fn snapshots_missing_blobs(repo: &Repository, index: &Index, roots: &[(String, BlobId)]) -> Vec<(String, usize)> {
+    let mut memo: HashMap<BlobId, Vec<BlobId>> = HashMap::new();
+    roots
+        .iter()
+        .filter_map(|(label, root)| {
+            let n = missing_under(repo, index, *root, &mut memo).len();
+            (n > 0).then(|| (label.clone(), n))
+        })
+        .collect()
+}
+
+/// The blobs under tree (or chunk list) `id` that the index cannot supply,
+/// `id` itself if it cannot be read.
+fn missing_under(repo: &Repository, index: &Index, id: BlobId, memo: &mut HashMap<BlobId, Vec<BlobId>>) -> Vec<BlobId> {
+    if let Some(known) = memo.get(&id) {
+        return known.clone();
+    }
+    // Ids are hashes of contents, so no tree holds itself; this only stops
+    // a forged cycle.
+    memo.insert(id, Vec::new());
+    let mut missing = Vec::new();
+    // Directory trees and chunk lists are both tree blobs, told apart by
+    // their first byte.
+    let refs = match repo.read_blob(index, BlobKind::Tree, &id) {
+        Err(_) => None,
+        Ok(plain) => match plain.first() {
+            Some(1) => crate::tree::Tree::decode(&plain).ok().map(|tree| {
+                let mut refs = Vec::new();
+                for node in tree.nodes {
+                    match node.data {
+                        NodeData::Dir { subtree } => refs.push(ContentRef::List { id: subtree, len: 0 }),
+                        NodeData::File { content, .. } => refs.extend(content),
+                        _ => {}
+                    }
+                }
+                refs
+            }),
+            _ => decode_list(&plain).ok(),
+        },
+    };
+    match refs {
+        None => missing.push(id),
+        Some(refs) => {
+            for r in refs {
+                match r {
+                    ContentRef::Data { id, .. } if !index.contains(BlobKind::Data, &id) => missing.push(id),
+                    // A subtree or a chunk list: another tree blob.
+                    ContentRef::List { id, .. } => missing.extend(missing_under(repo, index, id, memo)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    memo.insert(id, missing.clone());
+    missing
 }
