@@ -93,6 +93,9 @@ impl Context {
                 self.args.limit_upload.map(|k| k.saturating_mul(1024)),
                 self.args.limit_download.map(|k| k.saturating_mul(1024)),
             ),
+            // Ctrl-C stops throttled transfers and retries too (a worker
+            // puts each job's own token here).
+            cancel: Some(self.cancel.clone()),
             ..OpenOptions::default()
         }
     }

@@ -103,6 +103,7 @@ fn a_damaged_pack_heals_the_next_backup_and_repair_packs_removes_it() {
     assert!(!victim.exists());
     cli.check_clean(true);
     assert_eq!(restore_what_survives(&cli, &first, &a), 6);
+    assert!(cli.ok(&["repair", "snapshots"]).contains("every snapshot has all it needs"));
 }
 
 #[test]

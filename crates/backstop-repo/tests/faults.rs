@@ -353,6 +353,19 @@ fn damage_found_by_a_restore_is_recorded_and_repair_reports_what_stays_lost() {
     let found = check_all(&t.repo);
     assert_eq!(found.affected_snapshots, vec![format!("snapshot {}", first.id.short())], "{found:?}");
 
+    // A copy without the lost file can be made; prune refuses while the
+    // original needs a lost blob, and runs once it is forgotten.
+    let keep = t.repo.snapshots().unwrap();
+    let repaired = repair::repair_snapshots(&t.repo, false, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(repaired.repaired.len(), 1, "{repaired:?}");
+    assert!(repaired.repaired[0].removed.iter().any(|p| p.ends_with("/a")), "{repaired:?}");
+    let prune = || backstop_repo::ops::prune::run(&t.repo, &Default::default(), &NoProgress, &CancelToken::new());
+    assert!(prune().is_err(), "prune refuses while a snapshot needs a lost blob");
+    let copy: backstop_repo::SnapshotId = repaired.repaired[0].new.parse().unwrap();
+    assert!(t.repo.load_snapshot(&copy).unwrap().tags.contains(&"repaired".to_string()));
+    t.repo.delete_snapshot(&copy).unwrap();
+    assert_eq!(t.repo.snapshots().unwrap().len(), keep.len());
+
     // A backup of the same data makes it whole.
     let second = t.backup(&[&src]);
     assert!(second.snapshot.summary.data_blobs_added > 0);
@@ -361,6 +374,40 @@ fn damage_found_by_a_restore_is_recorded_and_repair_reports_what_stays_lost() {
     let target = t.dir.path().join("healed");
     assert_eq!(t.restore(&first.id.to_string(), &target).errors, 0);
     assert_same_tree(&src, &restored_path(&target, &src));
+    prune().unwrap();
+}
+
+#[test]
+fn repair_snapshots_forgets_what_cannot_be_restored_and_prune_runs_again() {
+    use backstop_repo::ops::repair;
+    let t = TestRepo::new();
+    let src = t.dir.path().join("src");
+    build(&src, &[Entry::File("big", noise(3 << 20, 31)), Entry::File("small", text(10_000, 32))]);
+    t.backup(&[&src]);
+    damage_a_pack(&t);
+    check_all(&t.repo);
+    repair::repair_packs(&t.repo, &NoProgress, &CancelToken::new()).unwrap();
+
+    let report = repair::repair_snapshots(&t.repo, true, &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(report.forgotten, 1);
+    assert_eq!(report.repaired[0].removed.len(), 1, "{report:?}");
+    let snapshots = t.repo.snapshots().unwrap();
+    assert_eq!(snapshots.len(), 1);
+    let clean = check_all(&t.repo);
+    assert!(clean.is_clean(), "{:?}", clean.errors);
+    backstop_repo::ops::prune::run(&t.repo, &Default::default(), &NoProgress, &CancelToken::new()).unwrap();
+    // What survived restores; what was lost is left out.
+    let target = t.dir.path().join("survivors");
+    t.restore("latest", &target);
+    for name in ["big", "small"] {
+        let file = src.join(name);
+        let restored = restored_path(&target, &file);
+        if report.repaired[0].removed.contains(&file.display().to_string()) {
+            assert!(!restored.exists(), "{name} was left out");
+        } else {
+            assert_eq!(std::fs::read(restored).unwrap(), std::fs::read(&file).unwrap(), "{name} survives");
+        }
+    }
 }
 
 /// A small file system: a tmpfs, where this process may mount one.

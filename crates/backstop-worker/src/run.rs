@@ -369,3 +369,25 @@ fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Out
     }
     Ok(Outcome::Succeeded { result: serde_json::to_value(&summary).unwrap_or(Value::Null), snapshot: None })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_errors_are_retried() {
+        use backstop_repo::Error as E;
+        use std::io::Error as Io;
+        let retried = |e: E| Failure::from(e).retryable;
+        assert!(!retried(E::io("/staging", Io::from_raw_os_error(libc::ENOSPC))), "a full disk");
+        assert!(!retried(E::io("/staging", Io::from_raw_os_error(libc::EDQUOT))), "a quota");
+        assert!(!retried(E::io("/src", Io::from_raw_os_error(libc::EACCES))), "a refusal");
+        assert!(!retried(E::io("/src", Io::from_raw_os_error(libc::EINVAL))), "anything else");
+        assert!(!retried(E::corrupt("data/ab", "authentication failed")), "damage");
+        assert!(retried(E::io("/nfs", Io::from_raw_os_error(libc::EIO))), "an NFS server's trouble");
+        assert!(retried(E::io("/nfs", Io::from_raw_os_error(libc::ETIMEDOUT))), "a timeout");
+        assert!(retried(E::Busy("another prune".into())), "a busy repository");
+        let full = Failure::from(E::io("/staging", Io::from_raw_os_error(libc::ENOSPC)));
+        assert!(full.error.contains("the repository's disk is full: run prune or free space"), "{}", full.error);
+    }
+}

@@ -293,6 +293,16 @@ pub enum RepairCommand {
     /// snapshots still need a lost blob (a later backup of the same data
     /// stores fresh copies and makes them whole). Runs alone.
     Packs,
+    /// Write a copy of each snapshot that needs a lost blob, without what
+    /// cannot be restored (files whose data is lost; directories whose tree
+    /// is lost become empty), tagged `repaired`. Back the data up again
+    /// first if it still exists: that heals a snapshot without losing anything.
+    Snapshots {
+        /// Forget each original once its copy is written (prune refuses to
+        /// run while a snapshot needs a lost blob).
+        #[arg(long)]
+        forget: bool,
+    },
 }
 
 pub fn repair(ctx: &Context, command: RepairCommand) -> Result<u8> {
@@ -330,12 +340,36 @@ pub fn repair(ctx: &Context, command: RepairCommand) -> Result<u8> {
                     "{} intact blobs copied out; {} lost, of which {} a later backup stored again",
                     report.blobs_salvaged, report.blobs_lost, report.blobs_resupplied
                 );
+                for l in report.lost.iter().filter(|l| !l.resupplied) {
+                    println!("lost: {} (was in {})", l.blob, l.pack);
+                }
                 for s in &report.affected_snapshots {
                     println!("{s} still needs a lost blob: back the same data up again, or forget it");
                 }
             }
             if !report.affected_snapshots.is_empty() {
                 return Ok(exit::ERROR);
+            }
+        }
+        RepairCommand::Snapshots { forget } => {
+            let reporter = ctx.reporter(true);
+            let report = repair::repair_snapshots(&repo, forget, &reporter, &ctx.cancel);
+            reporter.finish();
+            let report = report?;
+            if ctx.args.json {
+                print_json(&report);
+            } else if !ctx.args.quiet {
+                for r in &report.repaired {
+                    println!("snapshot {} repaired as {}", &r.old[..8], &r.new[..8]);
+                    for path in &r.removed {
+                        println!("  left out: {path}");
+                    }
+                }
+                if report.repaired.is_empty() {
+                    println!("every snapshot has all it needs");
+                } else if report.forgotten > 0 {
+                    println!("{} original(s) forgotten; prune frees what only they used", report.forgotten);
+                }
             }
         }
     }

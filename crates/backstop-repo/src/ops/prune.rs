@@ -265,7 +265,9 @@ fn mark(
     let used = collect_used(repo, &index, &roots);
     if let Some(d) = used.damage.first() {
         return Err(Error::Invalid(format!(
-            "{} is damaged or missing ({}); prune refuses to run on a damaged repository. Run `backstop check`",
+            "{} is damaged or missing ({}); prune refuses to run on a damaged repository. Run `backstop check`; \
+             back the data up again if it still exists, else `backstop repair packs` and `backstop repair \
+             snapshots --forget`",
             d.object, d.problem
         )));
     }

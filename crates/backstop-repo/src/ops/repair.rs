@@ -91,9 +91,20 @@ pub struct PackRepairReport {
     pub blobs_lost: usize,
     /// Of those, the ones a later backup stored again: nothing needs them from the damaged pack.
     pub blobs_resupplied: usize,
+    /// Each lost blob, and whether a later backup stored it again.
+    pub lost: Vec<LostBlob>,
     /// Snapshots that still need a blob no intact copy of which is stored.
     pub affected_snapshots: Vec<String>,
     pub records_removed: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LostBlob {
+    pub blob: String,
+    /// The damaged (or missing) pack it was in.
+    pub pack: String,
+    /// A later backup stored an intact copy: the snapshots that need it are whole.
+    pub resupplied: bool,
 }
 
 /// Repair the packs that damage records name: copy each one's intact blobs
@@ -195,9 +206,16 @@ fn repair_packs_in(
 
     lost.sort_by_key(|b| (b.kind, b.id));
     lost.dedup_by_key(|b| (b.kind, b.id));
-    report.blobs_lost = lost.len();
-    report.blobs_resupplied =
-        lost.iter().filter(|b| index.lookup(b.kind, &b.id).is_some_and(|l| !damaged_packs.contains(&l.pack))).count();
+    report.lost = lost
+        .iter()
+        .map(|b| LostBlob {
+            blob: format!("{} blob {}", b.kind, b.id),
+            pack: pack::pack_key(&b.pack),
+            resupplied: index.lookup(b.kind, &b.id).is_some_and(|l| !damaged_packs.contains(&l.pack)),
+        })
+        .collect();
+    report.blobs_lost = report.lost.len();
+    report.blobs_resupplied = report.lost.iter().filter(|l| l.resupplied).count();
 
     // The index without the damaged packs, with the copies made.
     let mut kept: Vec<IndexPack> = packs
@@ -226,4 +244,146 @@ fn repair_packs_in(
     report.affected_snapshots =
         snapshots_missing_blobs(repo, &index, &roots).into_iter().map(|(label, _)| label).collect();
     Ok(report)
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotRepairReport {
+    pub repaired: Vec<RepairedSnapshot>,
+    /// Originals forgotten once their repaired copy was written.
+    pub forgotten: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RepairedSnapshot {
+    pub old: String,
+    pub new: String,
+    /// Files left out (their data is lost) and directories emptied (their
+    /// tree is lost), by path.
+    pub removed: Vec<String>,
+}
+
+/// Tag of a snapshot written by `repair snapshots`.
+pub const REPAIRED_TAG: &str = "repaired";
+
+/// For every snapshot that needs a blob no intact copy of which is stored,
+/// write a copy without what cannot be restored: files whose data is lost
+/// are left out, directories whose tree is lost become empty. The copy
+/// keeps the original's time, host and paths, with the tag `repaired`;
+/// with `forget`, the original is forgotten once the copy is written (and
+/// prune can run again). Run `repair packs` first, and back the data up
+/// again if it still exists: a blob stored again heals a snapshot without
+/// losing anything.
+pub fn repair_snapshots(
+    repo: &Repository,
+    forget: bool,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<SnapshotRepairReport> {
+    let session = Session::start(repo, "repair")?;
+    let result = repair_snapshots_in(repo, &session, forget, progress, cancel);
+    let _ = session.end();
+    result
+}
+
+fn repair_snapshots_in(
+    repo: &Repository,
+    session: &Session,
+    forget: bool,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<SnapshotRepairReport> {
+    use crate::tree::Tree;
+    let index = Arc::new(repo.load_index()?);
+    let snapshots = repo.snapshots()?;
+    let roots: Vec<(String, crate::id::BlobId)> = snapshots.iter().map(|(id, s)| (id.to_string(), s.tree)).collect();
+    let broken: HashSet<String> =
+        snapshots_missing_blobs(repo, &index, &roots).into_iter().map(|(label, _)| label).collect();
+    let mut report = SnapshotRepairReport::default();
+    if broken.is_empty() {
+        progress.info("every snapshot has all it needs");
+        return Ok(report);
+    }
+    let saver = Saver::start(repo, session.sealer().clone(), Arc::new(WriteIndex::new(index.clone())), 2, cancel)?;
+    let mut memo = HashMap::new();
+    let mut copies = Vec::new();
+    for (id, snapshot) in snapshots.iter().filter(|(id, _)| broken.contains(&id.to_string())) {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let mut removed = Vec::new();
+        let tree = rewrite_tree(repo, &index, &saver, snapshot.tree, "", &mut removed, &mut memo)?
+            .unwrap_or(saver.save(crate::pack::BlobKind::Tree, &Tree { nodes: Vec::new() }.encode())?.0);
+        let mut copy = snapshot.clone();
+        copy.tree = tree;
+        if !copy.tags.iter().any(|t| t == REPAIRED_TAG) {
+            copy.tags.push(REPAIRED_TAG.to_string());
+        }
+        copies.push((*id, copy, removed));
+    }
+    // Trees first, then the manifests that need them (format §12).
+    saver.flush()?;
+    saver.write_index(Vec::new())?;
+    drop(saver);
+    for (old, copy, removed) in copies {
+        let new = repo.save_manifest(session.sealer(), &copy, false)?;
+        progress.info(&format!(
+            "snapshot {} repaired as {}: {} entries left out",
+            old.short(),
+            new.short(),
+            removed.len()
+        ));
+        if forget {
+            repo.delete_snapshot(&old)?;
+            report.forgotten += 1;
+        }
+        report.repaired.push(RepairedSnapshot { old: old.to_string(), new: new.to_string(), removed });
+    }
+    Ok(report)
+}
+
+/// Tree `id` (at `path`) without what cannot be restored; `None` if the
+/// tree itself is lost. Trees that need no change keep their id.
+fn rewrite_tree(
+    repo: &Repository,
+    index: &Index,
+    saver: &Saver,
+    id: crate::id::BlobId,
+    path: &str,
+    removed: &mut Vec<String>,
+    memo: &mut HashMap<crate::id::BlobId, Vec<crate::id::BlobId>>,
+) -> Result<Option<crate::id::BlobId>> {
+    use crate::tree::{ContentRef, NodeData, Tree};
+    if super::used::missing_under(repo, index, id, memo).is_empty() {
+        return Ok(Some(id));
+    }
+    let Ok(mut tree) = repo.load_tree(index, &id) else { return Ok(None) };
+    let mut nodes = Vec::with_capacity(tree.nodes.len());
+    for mut node in std::mem::take(&mut tree.nodes) {
+        let name = String::from_utf8_lossy(&node.name).into_owned();
+        let at = format!("{path}/{name}");
+        match &mut node.data {
+            NodeData::Dir { subtree } => match rewrite_tree(repo, index, saver, *subtree, &at, removed, memo)? {
+                Some(new) => *subtree = new,
+                None => {
+                    removed.push(format!("{at}/ (emptied: its directory tree is lost)"));
+                    *subtree = saver.save(crate::pack::BlobKind::Tree, &Tree { nodes: Vec::new() }.encode())?.0;
+                }
+            },
+            NodeData::File { content, .. } => {
+                let lost = content.iter().any(|c| match c {
+                    ContentRef::Data { id, .. } => !index.contains(crate::pack::BlobKind::Data, id),
+                    ContentRef::List { id, .. } => !super::used::missing_under(repo, index, *id, memo).is_empty(),
+                    ContentRef::Zero { .. } => false,
+                });
+                if lost {
+                    removed.push(at);
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        nodes.push(node);
+    }
+    tree.nodes = nodes;
+    Ok(Some(saver.save(crate::pack::BlobKind::Tree, &tree.encode())?.0))
 }

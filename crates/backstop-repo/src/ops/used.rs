@@ -126,7 +126,12 @@ pub fn snapshots_missing_blobs(repo: &Repository, index: &Index, roots: &[(Strin
 
 /// The blobs under tree (or chunk list) `id` that the index cannot supply,
 /// `id` itself if it cannot be read.
-fn missing_under(repo: &Repository, index: &Index, id: BlobId, memo: &mut HashMap<BlobId, Vec<BlobId>>) -> Vec<BlobId> {
+pub(crate) fn missing_under(
+    repo: &Repository,
+    index: &Index,
+    id: BlobId,
+    memo: &mut HashMap<BlobId, Vec<BlobId>>,
+) -> Vec<BlobId> {
     if let Some(known) = memo.get(&id) {
         return known.clone();
     }
