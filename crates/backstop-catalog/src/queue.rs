@@ -1016,20 +1016,12 @@ impl Catalog {
         .await?;
         let mut reclaimed = Vec::new();
         for row in &rows {
-            let id: String = row.try_get("id")?;
-            let attempt = row.try_get::<i64, _>("attempt")? as u32;
-            let max = row.try_get::<i64, _>("max_attempts")? as u32;
-            let cancel = row.try_get::<i64, _>("cancel_requested")? != 0;
-            let error = format!("the coordinator restarted: attempt {attempt}'s in-process worker {owner} is gone");
-            let (state, not_before, wait) = if cancel {
-                (JobState::Cancelled, None, None)
-            } else if attempt < max {
-                (JobState::Queued, Some(now), Some(format!("{error}; retrying (attempt {} of {max})", attempt + 1)))
-            } else {
-                (JobState::Dead, None, None)
-            };
-            if self.end_attempt(&id, attempt, state, &error, not_before, wait, None, now).await? {
-                reclaimed.push(id);
+            let lost = LostAttempt::from_row(row)?;
+            let error =
+                format!("the coordinator restarted: attempt {}'s in-process worker {owner} is gone", lost.attempt);
+            let (state, not_before, wait) = lost.next(&error, now);
+            if self.end_attempt(&lost.id, lost.attempt, state, &error, not_before, wait, None, now).await? {
+                reclaimed.push(lost.id);
             }
         }
         Ok(reclaimed)
@@ -1047,23 +1039,16 @@ impl Catalog {
         .fetch_all(self.pool())
         .await?;
         for row in &expired {
-            let id: String = row.try_get("id")?;
-            let attempt = row.try_get::<i64, _>("attempt")? as u32;
-            let max = row.try_get::<i64, _>("max_attempts")? as u32;
-            let cancel = row.try_get::<i64, _>("cancel_requested")? != 0;
-            let error = format!("the worker stopped reporting: attempt {attempt}'s lease expired");
-            let (state, not_before, wait) = if cancel {
-                report.cancelled += 1;
-                (JobState::Cancelled, None, None)
-            } else if attempt < max {
-                report.requeued += 1;
-                let at = now + self.config.backoff(attempt).as_millis() as i64;
-                (JobState::Queued, Some(at), Some(format!("{error}; retrying (attempt {} of {max})", attempt + 1)))
-            } else {
-                report.dead += 1;
-                (JobState::Dead, None, None)
-            };
-            self.end_attempt(&id, attempt, state, &error, not_before, wait, Some(now), now).await?;
+            let lost = LostAttempt::from_row(row)?;
+            let error = format!("the worker stopped reporting: attempt {}'s lease expired", lost.attempt);
+            let (state, not_before, wait) =
+                lost.next(&error, now + self.config.backoff(lost.attempt).as_millis() as i64);
+            match state {
+                JobState::Cancelled => report.cancelled += 1,
+                JobState::Queued => report.requeued += 1,
+                _ => report.dead += 1,
+            }
+            self.end_attempt(&lost.id, lost.attempt, state, &error, not_before, wait, Some(now), now).await?;
         }
         let overdue = sqlx::query(&self.sql(
             "SELECT id, attempt, deadline_s FROM jobs WHERE state = 'running' AND deadline_s IS NOT NULL \
@@ -1179,4 +1164,37 @@ pub(crate) struct RepositorySecret {
 fn region_lock_key(region: &str) -> i64 {
     let h = blake3::hash(format!("backstop-claim:{region}").as_bytes());
     i64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// A running attempt whose worker is gone (its lease expired, or its
+/// coordinator restarted without it).
+struct LostAttempt {
+    id: String,
+    attempt: u32,
+    max_attempts: u32,
+    cancel_requested: bool,
+}
+
+impl LostAttempt {
+    fn from_row(row: &AnyRow) -> Result<LostAttempt> {
+        Ok(LostAttempt {
+            id: row.try_get("id")?,
+            attempt: row.try_get::<i64, _>("attempt")? as u32,
+            max_attempts: row.try_get::<i64, _>("max_attempts")? as u32,
+            cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        })
+    }
+
+    /// What the job becomes: cancelled if that was asked, queued again (not
+    /// before `retry_at`) while attempts remain, else dead.
+    fn next(&self, error: &str, retry_at: i64) -> (JobState, Option<i64>, Option<String>) {
+        let (attempt, max) = (self.attempt, self.max_attempts);
+        if self.cancel_requested {
+            (JobState::Cancelled, None, None)
+        } else if attempt < max {
+            (JobState::Queued, Some(retry_at), Some(format!("{error}; retrying (attempt {} of {max})", attempt + 1)))
+        } else {
+            (JobState::Dead, None, None)
+        }
+    }
 }

@@ -293,6 +293,14 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// `serve` with one in-process worker: `lease` and `backoff` seconds,
+/// uploads at `limit` KiB/s.
+fn one_worker(data: &Path, lease: &str, backoff: &str, limit: &str) -> Vec<String> {
+    let data = data.to_str().unwrap();
+    let args = ["--data-dir", data, "--workers", "1", "--lease-seconds", lease, "--backoff-seconds", backoff];
+    strings(&[&args[..], &["--limit-upload", limit]].concat())
+}
+
 fn finished(j: &Value) -> bool {
     !["queued", "running"].contains(&j["state"].as_str().unwrap_or(""))
 }
@@ -307,16 +315,7 @@ fn serve_limits_its_own_workers_and_a_cancelled_running_backup_stops_without_a_s
     let data = dir.path().join("data");
     // The in-process worker keeps to --limit-upload: 2 MiB at 128 KiB/s
     // would take 16 s, so the cancel finds the backup uploading.
-    let args = strings(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--lease-seconds",
-        "6",
-        "--limit-upload",
-        "128",
-    ]);
+    let args = one_worker(&data, "6", "15", "128");
     let (serve, admin) = Serve::start(free_port(), &args);
     let (server, admin) = (serve.url(), admin.unwrap());
     let (repo, _src, _) = setup(&server, &admin, dir.path(), 2);
@@ -346,18 +345,7 @@ fn a_restarted_coordinator_requeues_its_killed_workers_jobs_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // A lease far longer than the test: the job must not wait it out.
-    let args = strings(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--lease-seconds",
-        "120",
-        "--backoff-seconds",
-        "60",
-        "--limit-upload",
-        "512",
-    ]);
+    let args = one_worker(&data, "120", "60", "512");
     let (mut serve, admin) = Serve::start(free_port(), &args);
     let (server, admin) = (serve.url(), admin.unwrap());
     let (repo, src, _) = setup(&server, &admin, dir.path(), 2);
@@ -379,18 +367,7 @@ fn a_coordinator_killed_around_the_commit_leaves_one_snapshot_per_job() {
     let data = dir.path().join("data");
     // Slow uploads stretch the moments between the manifest and the
     // report (the job log is written between them).
-    let args = strings(&[
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--workers",
-        "1",
-        "--lease-seconds",
-        "30",
-        "--backoff-seconds",
-        "1",
-        "--limit-upload",
-        "32",
-    ]);
+    let args = one_worker(&data, "30", "1", "32");
     let (mut serve, admin) = Serve::start(free_port(), &args);
     let (server, admin) = (serve.url(), admin.unwrap());
     let src = dir.path().join("src");

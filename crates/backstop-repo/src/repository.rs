@@ -298,6 +298,27 @@ impl Repository {
         unreachable!("the loop returns on its last attempt")
     }
 
+    /// Write one index of `packs` and `new_packs` that supersedes
+    /// `replaced`, then delete those files (prune's compaction, repair).
+    pub(crate) fn replace_index(
+        &self,
+        sealer: &Sealer,
+        packs: impl IntoIterator<Item = (crate::id::PackId, Vec<crate::index::IndexBlob>)>,
+        new_packs: Vec<crate::index::IndexPack>,
+        replaced: &[IndexId],
+    ) -> Result<()> {
+        let mut kept: Vec<crate::index::IndexPack> =
+            packs.into_iter().map(|(id, blobs)| crate::index::IndexPack { id, blobs }).collect();
+        kept.sort_by_key(|p| p.id);
+        kept.extend(new_packs);
+        let file = IndexFile { supersedes: replaced.to_vec(), packs: kept };
+        self.put_sealed(sealer, "index", ObjectKind::Index, &file.encode())?;
+        for id in replaced {
+            self.backend().delete(&format!("index/{id}"))?;
+        }
+        Ok(())
+    }
+
     /// Load and merge every index file. Unreadable files are skipped and
     /// reported; their packs then look unindexed (`check` says so and
     /// `repair index` rebuilds them).

@@ -16,6 +16,33 @@ use backstop_repo::backup::{self, BackupOptions, BackupSource};
 use backstop_repo::{CancelToken, Error, NoProgress, Password, Progress, Repository};
 use common::*;
 
+/// The read side of a test decorator: everything but writes goes to `self.inner`.
+macro_rules! reads_from_inner {
+    () => {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn get(&self, key: &str) -> backstop_backend::Result<Vec<u8>> {
+            self.inner.get(key)
+        }
+        fn get_range(&self, key: &str, range: Range<u64>) -> backstop_backend::Result<Vec<u8>> {
+            self.inner.get_range(key, range)
+        }
+        fn head(&self, key: &str) -> backstop_backend::Result<ObjectMeta> {
+            self.inner.head(key)
+        }
+        fn list(&self, prefix: &str) -> backstop_backend::Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        fn delete(&self, key: &str) -> backstop_backend::Result<()> {
+            self.inner.delete(key)
+        }
+        fn staging_dir(&self) -> Option<Arc<Dir>> {
+            self.inner.staging_dir()
+        }
+    };
+}
+
 /// Where a test cancels the backup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -77,9 +104,7 @@ impl Watch {
 }
 
 impl Backend for Watch {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    reads_from_inner!();
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> backstop_backend::Result<()> {
         self.saw(key);
         self.inner.put(key, data, mode)
@@ -87,24 +112,6 @@ impl Backend for Watch {
     fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> backstop_backend::Result<()> {
         self.saw(key);
         self.inner.put_file(key, staging, name, mode)
-    }
-    fn get(&self, key: &str) -> backstop_backend::Result<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, range: Range<u64>) -> backstop_backend::Result<Vec<u8>> {
-        self.inner.get_range(key, range)
-    }
-    fn head(&self, key: &str) -> backstop_backend::Result<ObjectMeta> {
-        self.inner.head(key)
-    }
-    fn list(&self, prefix: &str) -> backstop_backend::Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> backstop_backend::Result<()> {
-        self.inner.delete(key)
-    }
-    fn staging_dir(&self) -> Option<Arc<Dir>> {
-        self.inner.staging_dir()
     }
 }
 
@@ -189,34 +196,19 @@ fn a_backup_cancelled_at_its_index_writes_no_snapshot() {
     assert_eq!(out.snapshot.summary.data_blobs_added, 0, "{:?}", out.snapshot.summary);
 }
 
-/// A backend whose disk is full: every write fails with `ENOSPC`.
+/// A backend whose disk is full: every write fails with `ENOSPC` (or `EDQUOT`).
 #[derive(Debug)]
-struct Full(Arc<dyn Backend>);
+struct Full {
+    inner: Arc<dyn Backend>,
+}
 
 impl Backend for Full {
-    fn location(&self) -> String {
-        self.0.location()
-    }
+    reads_from_inner!();
     fn put(&self, key: &str, _: &[u8], _: PutMode) -> backstop_backend::Result<()> {
         Err(backstop_backend::Error::io(key, std::io::Error::from_raw_os_error(libc::ENOSPC)))
     }
     fn put_file(&self, key: &str, _: &Dir, _: &OsStr, _: PutMode) -> backstop_backend::Result<()> {
         Err(backstop_backend::Error::io(key, std::io::Error::from_raw_os_error(libc::EDQUOT)))
-    }
-    fn get(&self, key: &str) -> backstop_backend::Result<Vec<u8>> {
-        self.0.get(key)
-    }
-    fn get_range(&self, key: &str, range: Range<u64>) -> backstop_backend::Result<Vec<u8>> {
-        self.0.get_range(key, range)
-    }
-    fn head(&self, key: &str) -> backstop_backend::Result<ObjectMeta> {
-        self.0.head(key)
-    }
-    fn list(&self, prefix: &str) -> backstop_backend::Result<Vec<ObjectMeta>> {
-        self.0.list(prefix)
-    }
-    fn delete(&self, key: &str) -> backstop_backend::Result<()> {
-        self.0.delete(key)
     }
 }
 
@@ -225,7 +217,7 @@ fn a_full_disk_is_a_permanent_failure_that_says_what_to_do() {
     let t = TestRepo::new();
     let src = t.dir.path().join("src");
     build(&src, &[Entry::File("f", noise(1 << 20, 9))]);
-    let backend: Arc<dyn Backend> = Arc::new(Full(t.repo.backend().clone()));
+    let backend: Arc<dyn Backend> = Arc::new(Full { inner: t.repo.backend().clone() });
     let repo = Repository::open(backend, &Password::new(PASSWORD)).unwrap();
     let err =
         backup::run(&repo, BackupSource::Paths(vec![src]), &BackupOptions::default(), &NoProgress, &CancelToken::new())
@@ -460,9 +452,7 @@ impl Quota {
 }
 
 impl Backend for Quota {
-    fn location(&self) -> String {
-        self.inner.location()
-    }
+    reads_from_inner!();
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> backstop_backend::Result<()> {
         self.room(key, data.len() as u64)?;
         self.inner.put(key, data, mode)
@@ -471,24 +461,6 @@ impl Backend for Quota {
         let size = staging.stat_at(name).map(|st| st.st_size as u64).unwrap_or(0);
         self.room(key, size)?;
         self.inner.put_file(key, staging, name, mode)
-    }
-    fn get(&self, key: &str) -> backstop_backend::Result<Vec<u8>> {
-        self.inner.get(key)
-    }
-    fn get_range(&self, key: &str, range: Range<u64>) -> backstop_backend::Result<Vec<u8>> {
-        self.inner.get_range(key, range)
-    }
-    fn head(&self, key: &str) -> backstop_backend::Result<ObjectMeta> {
-        self.inner.head(key)
-    }
-    fn list(&self, prefix: &str) -> backstop_backend::Result<Vec<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-    fn delete(&self, key: &str) -> backstop_backend::Result<()> {
-        self.inner.delete(key)
-    }
-    fn staging_dir(&self) -> Option<Arc<Dir>> {
-        self.inner.staging_dir()
     }
 }
 

@@ -136,6 +136,24 @@ impl Index {
     }
 }
 
+/// The blobs of every pack the index files in force list (files another
+/// one supersedes are skipped), merged per pack: a pack may be in several.
+pub fn packs_in_force(files: &[(IndexId, IndexFile)]) -> HashMap<PackId, Vec<IndexBlob>> {
+    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
+    let mut packs: HashMap<PackId, Vec<IndexBlob>> = HashMap::new();
+    for (_, file) in files.iter().filter(|(id, _)| !superseded.contains(id)) {
+        for p in &file.packs {
+            let blobs = packs.entry(p.id).or_default();
+            for b in &p.blobs {
+                if !blobs.iter().any(|x| x.kind == b.kind && x.id == b.id) {
+                    blobs.push(*b);
+                }
+            }
+        }
+    }
+    packs
+}
+
 /// Interpolation search on ids, which are uniformly distributed hashes, with
 /// a fall-back to bisection so that a skewed (forged) index stays O(log n).
 fn find(entries: &[Entry], id: &BlobId) -> Option<usize> {

@@ -278,7 +278,8 @@ fn check_in_session(
                 format!(
                     "needs {missing} blob(s) of which no intact copy is stored: restoring it fails for the files \
                      that hold them. Back the same data up again to store fresh copies (`backstop repair packs` \
-                     then reports it whole), or forget it"
+                     then reports it whole); if it is gone, `backstop repair packs` and `backstop repair \
+                     snapshots --forget` keep what can be restored"
                 ),
             );
             report.affected_snapshots.push(label);

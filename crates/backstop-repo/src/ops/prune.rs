@@ -9,7 +9,7 @@
 //! rest are deleted. A `prune` run finishes any plan that is ready, marks,
 //! and deletes at once when nothing else was running.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,7 +230,6 @@ fn mark(
             d.object, d.problem
         )));
     }
-    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
     let all_index_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let index = Index::from_files(files.clone());
 
@@ -277,20 +276,7 @@ fn mark(
 
     // Account per pack, from the index files that are in force.
     let present = repo.present_packs()?;
-    let mut packs: HashMap<PackId, Vec<IndexBlob>> = HashMap::new();
-    for (id, file) in &files {
-        if superseded.contains(id) {
-            continue;
-        }
-        for p in &file.packs {
-            let blobs = packs.entry(p.id).or_default();
-            for b in &p.blobs {
-                if !blobs.iter().any(|x| x.kind == b.kind && x.id == b.id) {
-                    blobs.push(*b);
-                }
-            }
-        }
-    }
+    let packs = crate::index::packs_in_force(&files);
     let canonical =
         |kind: BlobKind, id: &BlobId, pack: &PackId| index.lookup(kind, id).is_some_and(|l| l.pack == *pack);
     report.packs = present.len();
@@ -374,18 +360,8 @@ fn mark(
     // The compacted index: every pack in force that is not doomed, plus the
     // new ones; it supersedes every index file we read.
     let doomed_set: HashSet<PackId> = doomed.iter().copied().collect();
-    let mut kept: Vec<IndexPack> = packs
-        .into_iter()
-        .filter(|(id, _)| !doomed_set.contains(id) && present.contains_key(id))
-        .map(|(id, blobs)| IndexPack { id, blobs })
-        .collect();
-    kept.sort_by_key(|p| p.id);
-    kept.extend(new_packs);
-    let compacted = IndexFile { supersedes: all_index_ids.clone(), packs: kept };
-    repo.put_sealed(session.sealer(), "index", ObjectKind::Index, &compacted.encode())?;
-    for id in &all_index_ids {
-        repo.backend().delete(&format!("index/{id}"))?;
-    }
+    let kept = packs.into_iter().filter(|(id, _)| !doomed_set.contains(id) && present.contains_key(id));
+    repo.replace_index(session.sealer(), kept, new_packs, &all_index_ids)?;
 
     // Sessions that may have loaded the old index are live now, or ended.
     let sessions: Vec<SessionId> =

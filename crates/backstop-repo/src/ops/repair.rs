@@ -147,23 +147,9 @@ fn repair_packs_in(
         )));
     }
     let all_index_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
-    let superseded: HashSet<IndexId> = files.iter().flat_map(|(_, f)| f.supersedes.iter().copied()).collect();
-    let in_force: Vec<(IndexId, IndexFile)> = files.into_iter().filter(|(id, _)| !superseded.contains(id)).collect();
-    let index = Index::from_files(in_force.clone());
+    let packs = crate::index::packs_in_force(&files);
+    let index = Index::from_files(files);
     let present = repo.present_packs()?;
-
-    // The packs in force, merged per pack (a pack may be in several files).
-    let mut packs: HashMap<PackId, Vec<IndexBlob>> = HashMap::new();
-    for (_, file) in &in_force {
-        for p in &file.packs {
-            let blobs = packs.entry(p.id).or_default();
-            for b in &p.blobs {
-                if !blobs.iter().any(|x| x.kind == b.kind && x.id == b.id) {
-                    blobs.push(*b);
-                }
-            }
-        }
-    }
     // Stored intact somewhere other than the damaged packs.
     let elsewhere = |b: &IndexBlob| index.lookup(b.kind, &b.id).is_some_and(|l| !damaged_packs.contains(&l.pack));
 
@@ -218,18 +204,8 @@ fn repair_packs_in(
     report.blobs_resupplied = report.lost.iter().filter(|l| l.resupplied).count();
 
     // The index without the damaged packs, with the copies made.
-    let mut kept: Vec<IndexPack> = packs
-        .into_iter()
-        .filter(|(id, _)| !damaged_packs.contains(id))
-        .map(|(id, blobs)| IndexPack { id, blobs })
-        .collect();
-    kept.sort_by_key(|p| p.id);
-    kept.extend(new_packs);
-    let file = IndexFile { supersedes: all_index_ids.clone(), packs: kept };
-    repo.put_sealed(session.sealer(), "index", ObjectKind::Index, &file.encode())?;
-    for id in &all_index_ids {
-        repo.backend().delete(&format!("index/{id}"))?;
-    }
+    let kept = packs.into_iter().filter(|(id, _)| !damaged_packs.contains(id));
+    repo.replace_index(session.sealer(), kept, new_packs, &all_index_ids)?;
     for pack in &damaged_packs {
         if present.contains_key(pack) {
             repo.backend().delete(&pack::pack_key(pack))?;
