@@ -315,7 +315,7 @@ fn serve_limits_its_own_workers_and_a_cancelled_running_backup_stops_without_a_s
     let data = dir.path().join("data");
     // The in-process worker keeps to --limit-upload: 2 MiB at 128 KiB/s
     // would take 16 s, so the cancel finds the backup uploading.
-    let args = one_worker(&data, "6", "15", "128");
+    let args = one_worker(&data, "60", "15", "128");
     let (serve, admin) = Serve::start(free_port(), &args);
     let (server, admin) = (serve.url(), admin.unwrap());
     let (repo, _src, _) = setup(&server, &admin, dir.path(), 2);
@@ -330,11 +330,13 @@ fn serve_limits_its_own_workers_and_a_cancelled_running_backup_stops_without_a_s
     let asked = Instant::now();
     client(&server, &admin, &["jobs", "cancel", &id]);
     let done = wait_for(&server, &admin, &id, "finished", finished);
-    // The cancel reaches the worker with its next heartbeat (every 2 s
-    // here); the engine then stops within 5 s.
+    // The cancel reaches the worker with its next heartbeat (within 2 s);
+    // the engine stops within its 2 s grace; the poll above adds a client
+    // call per 100 ms.
     let took = asked.elapsed();
     assert_eq!(done["state"], "cancelled", "{done}");
-    assert!(took < Duration::from_secs(9), "the backup stopped {took:?} after the cancel");
+    assert!(took < Duration::from_secs(6), "the backup stopped {took:?} after the cancel");
+    eprintln!("cancelled after {took:?}");
     assert_eq!(snapshot_files(&repo), 0, "a cancelled backup writes no snapshot");
     let logs = client(&server, &admin, &["jobs", "logs", &id]).to_string();
     assert!(!logs.contains("saved"), "{logs}");

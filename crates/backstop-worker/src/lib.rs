@@ -6,7 +6,7 @@
 //! in-process pool), through the same fenced calls.
 //!
 //! A job runs on a blocking thread ([`run::execute`]); a heartbeat task
-//! beside it extends the lease every few seconds (a third of the lease at most). When the coordinator
+//! beside it extends the lease every 2 s (a third of the lease at most). When the coordinator
 //! says the job was cancelled, or refuses the heartbeat because the
 //! attempt lost its lease, the job's [`CancelToken`] stops the engine;
 //! a lost attempt reports nothing (a newer one owns the job).
@@ -258,6 +258,9 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
     }
 }
 
+/// The longest time between a running job's heartbeats.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
+
 /// Returns once `stop` is cancelled (looking every 100 ms).
 async fn stopped(stop: &CancelToken) {
     while !stop.is_cancelled() {
@@ -270,10 +273,11 @@ pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backs
     let tracker = Arc::new(JobTracker::default());
     let job_id = claim.job.id.clone();
     let attempt = claim.attempt;
-    // Every few seconds (cancellation arrives with the reply), and at
-    // least three times per lease.
-    let interval = Duration::from_millis(claim.lease_seconds.max(1) * 1000 / 3)
-        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+    // At least three times per lease, and every 2 s at most: cancellation
+    // arrives with the reply, and with the engine's grace
+    // (`backstop_backend::CANCEL_GRACE`) a cancelled job stops within 5 s.
+    let interval =
+        Duration::from_millis(claim.lease_seconds.max(1) * 1000 / 3).clamp(Duration::from_millis(200), HEARTBEAT_EVERY);
     let lease = Duration::from_secs(claim.lease_seconds.max(1));
     tracker
         .log(LogLevel::Info, format!("attempt {attempt} of {} on {}", claim.job.kind.as_str(), claim.job.repository));
