@@ -347,14 +347,8 @@ fn files_from_exclude_caches_and_one_file_system() {
         bin = bin.to_string_lossy(),
         src = src.display()
     );
-    let mut unshare = std::process::Command::new("unshare");
-    unshare.args(["--mount", "--map-root-user", "sh", "-c", &script]);
-    for (k, v) in cli.command(&[]).get_envs() {
-        if let Some(v) = v {
-            unshare.env(k, v);
-        }
-    }
-    let out = unshare.output().expect("unshare (util-linux) runs this test");
+    let envs: Vec<_> = cli.command(&[]).get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
+    let out = in_mount_namespace(&script, &envs);
     assert!(out.status.success(), "{}", output_text(&out));
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("/mnt"), "the mount point is recorded: {listing}");

@@ -141,3 +141,38 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Run `script` with `sh` in a mount namespace of its own, so that it may
+/// mount file systems that no other process sees. As root that needs only
+/// `unshare --mount`; otherwise an unprivileged user namespace maps us to
+/// root in it. Where neither is allowed (a chroot, Docker's default
+/// seccomp profile, `kernel.unprivileged_userns_clone=0`), this fails and
+/// says what the host lacks: the test is never skipped.
+pub fn in_mount_namespace(script: &str, envs: &[(std::ffi::OsString, std::ffi::OsString)]) -> Output {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ways: &[&[&str]] =
+        if root { &[&["--mount"], &["--mount", "--map-root-user"]] } else { &[&["--mount", "--map-root-user"]] };
+    let mut refusals = Vec::new();
+    for way in ways {
+        // Can this way make a namespace at all? (The script itself may fail for its own reasons.)
+        let probe =
+            Command::new("unshare").args(*way).arg("true").output().expect("unshare (util-linux) runs this test");
+        if !probe.status.success() {
+            refusals.push(format!("unshare {}: {}", way.join(" "), String::from_utf8_lossy(&probe.stderr).trim()));
+            continue;
+        }
+        let mut cmd = Command::new("unshare");
+        cmd.args(*way).args(["sh", "-c", script]);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        return cmd.output().unwrap();
+    }
+    panic!(
+        "this test needs a mount namespace of its own, and this host gives none ({}). Run the suite as root with \
+         CAP_SYS_ADMIN (in Docker: --cap-add SYS_ADMIN, or --privileged), or where unprivileged user namespaces \
+         are allowed (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)",
+        refusals.join("; ")
+    )
+}
