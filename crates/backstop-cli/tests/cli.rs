@@ -338,17 +338,18 @@ fn files_from_exclude_caches_and_one_file_system() {
     assert!(listing.contains("cache/CACHEDIR.TAG"), "the tag is kept: {listing}");
     assert!(!listing.contains("cache/blob"), "the cache's contents are not: {listing}");
 
-    // A mount below the path (a tmpfs, in a mount namespace of our own) is
-    // recorded but not entered with --one-file-system.
+    // A mount below the path (a tmpfs) is recorded but not entered with
+    // --one-file-system.
     let bin = cli.command(&[]).get_program().to_owned();
+    let mnt = src.join("mnt");
     let script = format!(
-        "mount -t tmpfs none {mnt} && echo inside > {mnt}/other-fs.txt && {bin} backup --one-file-system {src} && {bin} ls latest",
-        mnt = src.join("mnt").display(),
+        "echo inside > {mnt}/other-fs.txt && {bin} backup --one-file-system {src} && {bin} ls latest",
+        mnt = mnt.display(),
         bin = bin.to_string_lossy(),
         src = src.display()
     );
     let envs: Vec<_> = cli.command(&[]).get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))).collect();
-    let out = in_mount_namespace(&script, &envs);
+    let out = with_tmpfs_at(&mnt, &script, &envs);
     assert!(out.status.success(), "{}", output_text(&out));
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("/mnt"), "the mount point is recorded: {listing}");

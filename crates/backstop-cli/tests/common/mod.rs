@@ -142,37 +142,54 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Run `script` with `sh` in a mount namespace of its own, so that it may
-/// mount file systems that no other process sees. As root that needs only
-/// `unshare --mount`; otherwise an unprivileged user namespace maps us to
-/// root in it. Where neither is allowed (a chroot, Docker's default
-/// seccomp profile, `kernel.unprivileged_userns_clone=0`), this fails and
-/// says what the host lacks: the test is never skipped.
-pub fn in_mount_namespace(script: &str, envs: &[(std::ffi::OsString, std::ffi::OsString)]) -> Output {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ways: &[&[&str]] =
-        if root { &[&["--mount"], &["--mount", "--map-root-user"]] } else { &[&["--mount", "--map-root-user"]] };
+/// Run `script` with `sh` while a fresh tmpfs is mounted at `mnt`, seen by
+/// the script only or unmounted after it. As root (with `CAP_SYS_ADMIN`: in
+/// a chroot too) the tmpfs is mounted here and unmounted after; otherwise
+/// the script runs in a mount namespace of its own, as root of an
+/// unprivileged user namespace. Where neither is allowed (Docker's default
+/// capabilities and seccomp profile, `kernel.unprivileged_userns_clone=0`),
+/// this fails and says what the host lacks: the test is never skipped.
+pub fn with_tmpfs_at(mnt: &Path, script: &str, envs: &[(std::ffi::OsString, std::ffi::OsString)]) -> Output {
+    // `sh -c script`, behind `wrapper` (a command and its arguments).
+    let sh = |wrapper: &[&str], script: &str| {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("sh");
+                cmd
+            }
+            None => Command::new("sh"),
+        };
+        cmd.args(["-c", script]).envs(envs.iter().map(|(k, v)| (k, v)));
+        cmd.output().unwrap()
+    };
     let mut refusals = Vec::new();
-    for way in ways {
-        // Can this way make a namespace at all? (The script itself may fail for its own reasons.)
-        let probe =
-            Command::new("unshare").args(*way).arg("true").output().expect("unshare (util-linux) runs this test");
-        if !probe.status.success() {
-            refusals.push(format!("unshare {}: {}", way.join(" "), String::from_utf8_lossy(&probe.stderr).trim()));
-            continue;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mount = Command::new("mount").args(["-t", "tmpfs", "none"]).arg(mnt).output().unwrap();
+        if mount.status.success() {
+            let out = sh(&[], script);
+            let umount = Command::new("umount").arg(mnt).output().unwrap();
+            assert!(umount.status.success(), "umount {}: {}", mnt.display(), output_text(&umount));
+            return out;
         }
-        let mut cmd = Command::new("unshare");
-        cmd.args(*way).args(["sh", "-c", script]);
-        for (k, v) in envs {
-            cmd.env(k, v);
+        refusals.push(format!("mount as root: {}", String::from_utf8_lossy(&mount.stderr).trim()));
+    }
+    match Command::new("unshare").args(["--mount", "--map-root-user", "true"]).output() {
+        Ok(p) if p.status.success() => {
+            let inner = format!("mount -t tmpfs none {} && {script}", mnt.display());
+            return sh(&["unshare", "--mount", "--map-root-user"], &inner);
         }
-        return cmd.output().unwrap();
+        Ok(p) => {
+            refusals.push(format!("unshare --mount --map-root-user: {}", String::from_utf8_lossy(&p.stderr).trim()))
+        }
+        Err(e) => refusals.push(format!("unshare (util-linux): {e}")),
     }
     panic!(
-        "this test needs a mount namespace of its own, and this host gives none ({}). Run the suite as root with \
-         CAP_SYS_ADMIN (in Docker: --cap-add SYS_ADMIN, or --privileged), or where unprivileged user namespaces \
-         are allowed (sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)",
+        "this test needs a file system mounted below the backed-up path, and this host allows no mount ({}). \
+         Run the suite as root with CAP_SYS_ADMIN (in Docker: --cap-add SYS_ADMIN, or --privileged), or where \
+         unprivileged user namespaces are allowed (sysctl kernel.unprivileged_userns_clone=1, \
+         user.max_user_namespaces > 0; none are allowed in a chroot)",
         refusals.join("; ")
     )
 }
