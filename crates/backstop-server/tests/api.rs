@@ -815,3 +815,93 @@ async fn kubernetes_sources_back_up_through_plans_and_restore_into_a_mapped_name
     assert_eq!(cluster.get("configmaps", Some("shop-restored"), "web").unwrap()["data"]["port"], "8080");
     running.shutdown().await;
 }
+
+/// The repository's data packs, by key.
+fn data_packs(repo: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for dir in std::fs::read_dir(repo.join("data")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            let key = f.path().strip_prefix(repo).unwrap().display().to_string();
+            out.insert(key, f.metadata().unwrap().len());
+        }
+    }
+    out
+}
+
+/// Flip 16 bytes inside the first blob of the biggest of `packs`; its key.
+fn damage_biggest(repo: &std::path::Path, packs: &std::collections::BTreeMap<String, u64>) -> String {
+    let (key, _) = packs.iter().max_by_key(|(_, size)| **size).unwrap();
+    let path = repo.join(key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    for b in &mut bytes[100..116] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    key.clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chained_verify_reads_the_snapshot_its_backup_wrote_and_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let repo = dir.path().join("data/repository");
+    let plan = |name: &str, seed: u64, chain: Value| {
+        let src = dir.path().join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("data.bin"), backstop_testkit::fixture::noise(2 << 20, seed)).unwrap();
+        let source = json!({"name": name, "kind": "fs", "config": {"paths": [src.display().to_string()]}});
+        let plan = json!({"name": name, "source": name, "repository": "local", "chain": chain});
+        (source, plan)
+    };
+    let run = async |name: &str, seed: u64, chain: Value| -> Job {
+        let (source, plan) = plan(name, seed, chain);
+        api.ok("post", "/api/v1/sources", &admin, Some(source)).await;
+        api.ok("post", "/api/v1/plans", &admin, Some(plan)).await;
+        let job: Job =
+            serde_json::from_value(api.ok("post", &format!("/api/v1/plans/{name}/run"), &admin, None).await).unwrap();
+        wait_job(&api, &admin, &job.id).await
+    };
+
+    // An older snapshot whose only pack is then damaged.
+    let old = run("old", 1, json!({})).await;
+    assert_eq!(old.state, JobState::Succeeded, "{old:?}");
+    let old_packs = data_packs(&repo);
+    damage_biggest(&repo, &old_packs);
+
+    // The new backup's chained verify reads the new snapshot in full, and
+    // nothing of the old one: it passes.
+    let new = run("new", 2, json!({"verify_percent": 100})).await;
+    assert_eq!(new.state, JobState::Succeeded, "{new:?}");
+    let snapshot = new.result.as_ref().unwrap()["snapshot_id"].as_str().unwrap().to_string();
+    let verify = loop {
+        let page: Page<Job> =
+            serde_json::from_value(api.ok("get", "/api/v1/jobs?kind=verify", &admin, None).await).unwrap();
+        if let Some(v) = page.items.into_iter().find(|j| j.parent.as_deref() == Some(new.id.as_str())) {
+            break wait_job(&api, &admin, &v.id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(verify.state, JobState::Succeeded, "the damage is in a pack the new snapshot does not use: {verify:?}");
+    assert_eq!(verify.result.as_ref().unwrap()["snapshots"], 1, "{verify:?}");
+    // A check that reads every pack finds the old damage.
+    let spec = json!({"kind": "check", "repository": "local", "params": {"read_data": "all"}});
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(spec)).await).unwrap();
+    assert_eq!(wait_job(&api, &admin, &job.id).await.state, JobState::Failed);
+
+    // Damage in the new snapshot's own pack: a verify of it fails and names the pack.
+    let new_packs: std::collections::BTreeMap<String, u64> =
+        data_packs(&repo).into_iter().filter(|(k, _)| !old_packs.contains_key(k)).collect();
+    let damaged = damage_biggest(&repo, &new_packs);
+    let spec = json!({"kind": "verify", "repository": "local", "params": {"snapshot": snapshot, "percent": 100}});
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(spec)).await).unwrap();
+    let failed = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(failed.state, JobState::Failed, "{failed:?}");
+    let events: Vec<JobEvent> =
+        serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}/events", job.id), &admin, None).await).unwrap();
+    let log: Vec<String> = events.iter().filter_map(|e| e.data["message"].as_str().map(str::to_string)).collect();
+    assert!(log.iter().any(|m| m.contains(&damaged)), "the verify names {damaged}: {log:?}");
+    running.shutdown().await;
+}

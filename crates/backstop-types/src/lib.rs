@@ -245,7 +245,9 @@ pub struct JobSpec {
     /// Kind-specific parameters: a restore's `snapshot` and `target` (a
     /// directory), or `to` (`{"kind", "config"}`: a system), or with
     /// `source` set its `options` (`entry`, `clean`, `namespace_map`, …); a
-    /// check's `read_data`; a verify's `percent`.
+    /// check's `read_data`; a verify's `percent` and `snapshot` (then only
+    /// that snapshot's trees and that share of its data are read; without
+    /// it, that share of every pack).
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub params: Value,

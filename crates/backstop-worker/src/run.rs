@@ -228,6 +228,17 @@ fn saved(repo: &Repository, claim: &Claim, tracker: &JobTracker, id: &SnapshotId
 
 fn verify(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let percent = claim.job.params.get("percent").and_then(Value::as_u64).unwrap_or(10).clamp(1, 100);
+    // A plan's chained verify names the snapshot its backup wrote: that
+    // snapshot's trees and a share of its data are read, nothing else.
+    if let Some(snapshot) = claim.job.params.get("snapshot").and_then(Value::as_str) {
+        // A full id is read directly; a prefix or `latest` needs the list.
+        let id = match snapshot.parse::<SnapshotId>() {
+            Ok(id) => id,
+            Err(_) => repo.find_snapshot(snapshot)?.0,
+        };
+        let report = check::verify_snapshot(repo, &id, percent as f64 / 100.0, 2, tracker, &tracker.cancel)?;
+        return report_check(&report, tracker);
+    }
     let options = CheckOptions { read_data: ReadData::Fraction(percent as f64 / 100.0), threads: 2 };
     let report = check::run(repo, &options, tracker, &tracker.cancel)?;
     report_check(&report, tracker)

@@ -288,6 +288,93 @@ fn check_in_session(
     Ok(report)
 }
 
+/// Verify one snapshot: every tree it references is read and opened (the
+/// walk does), and `fraction` of its data blobs, chosen at random (all of
+/// them at 1.0), are read and checked against their ids. The cost is that
+/// of the snapshot, not of the repository. Damage is named, recorded as
+/// `check` records it, and the snapshot is named as affected.
+pub fn verify_snapshot(
+    repo: &Repository,
+    id: &crate::id::SnapshotId,
+    fraction: f64,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
+    let (session, full) = crate::session::Session::start_on_full_disk(repo, "check", progress)?;
+    let report = verify_snapshot_in_session(repo, id, fraction, threads.max(1), progress, cancel);
+    let _ = session.end();
+    if full {
+        repo.ensure_reserve();
+    }
+    report
+}
+
+fn verify_snapshot_in_session(
+    repo: &Repository,
+    id: &crate::id::SnapshotId,
+    fraction: f64,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<CheckReport> {
+    let mut report = CheckReport { snapshots: 1, ..CheckReport::default() };
+    let snapshot = repo.load_snapshot(id)?;
+    let index = repo.load_index()?;
+    let label = format!("snapshot {}", id.short());
+    progress.info(&format!("reading the trees of {label}"));
+    let used = collect_used(repo, &index, &[(label.clone(), snapshot.tree)]);
+    for d in used.damage {
+        report.error(d.object, d.problem);
+    }
+    // A random share of the data blobs: keyed hashes of their ids under a fresh key.
+    let key = crate::id::BlobId::random().0;
+    let mut data: Vec<crate::id::BlobId> =
+        used.data.into_iter().filter(|b| index.contains(crate::pack::BlobKind::Data, b)).collect();
+    data.sort_by_key(|b| *blake3::keyed_hash(&key, &b.0).as_bytes());
+    data.truncate(((data.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).min(data.len()));
+    // In pack order, so that reads of one pack follow one another.
+    let mut selected: Vec<(crate::id::BlobId, BlobLocation)> =
+        data.iter().filter_map(|b| index.lookup(crate::pack::BlobKind::Data, b).map(|l| (*b, l))).collect();
+    selected.sort_by_key(|(_, l)| (l.pack, l.offset));
+    progress.info(&format!("reading {} of its data blobs", selected.len()));
+    progress.total(selected.len() as u64, selected.iter().map(|(_, l)| l.stored_len as u64).sum());
+    let results = parallel_map(&selected, threads, |(blob, loc)| {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let r = pack::reader::load_blob(repo.backend().as_ref(), repo.key(), loc, blob);
+        progress.advance(1, loc.stored_len as u64);
+        Some(r.err())
+    });
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    let mut lost = Vec::new();
+    for ((blob, loc), result) in selected.iter().zip(results) {
+        match result.flatten() {
+            None => {}
+            Some(e @ Error::Corrupt { .. }) => {
+                report.error(format!("data blob {} in {}", blob.short(), pack::pack_key(&loc.pack)), e.to_string());
+                lost.push(DamagedBlob { kind: loc.kind, id: *blob, pack: loc.pack });
+            }
+            Some(e) => return Err(e),
+        }
+    }
+    report.blobs_read = selected.len() as u64;
+    report.packs_read = selected.iter().map(|(_, l)| l.pack).collect::<HashSet<_>>().len();
+    if !lost.is_empty() {
+        match repo.record_damage("check", &lost) {
+            Ok(n) => report.damage_recorded = n,
+            Err(e) => report.note("damaged/", format!("the damaged blobs could not be recorded: {e}")),
+        }
+    }
+    if !report.errors.is_empty() {
+        report.affected_snapshots.push(label);
+    }
+    Ok(report)
+}
+
 fn blobs_by_pack(index: &Index) -> HashMap<PackId, Vec<(crate::id::BlobId, BlobLocation)>> {
     let mut out: HashMap<PackId, Vec<_>> = index.packs().iter().map(|p| (*p, Vec::new())).collect();
     for (id, loc) in index.iter() {
