@@ -100,27 +100,54 @@ impl CheckReport {
     }
 }
 
+/// A check's session, started even on a full disk; when it ends, the room
+/// it took from the repository's reserve is given back.
+struct CheckSession {
+    session: Option<crate::session::Session>,
+    repo: Repository,
+    full: bool,
+}
+
+impl CheckSession {
+    fn start(repo: &Repository, progress: &dyn Progress) -> Result<CheckSession> {
+        let (session, full) = crate::session::Session::start_on_full_disk(repo, "check", progress)?;
+        Ok(CheckSession { session: Some(session), repo: repo.clone(), full })
+    }
+}
+
+impl Drop for CheckSession {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _ = session.end();
+        }
+        if self.full {
+            self.repo.ensure_reserve();
+        }
+    }
+}
+
+impl CheckReport {
+    /// Write down the damaged copies found, so that the next backup stores
+    /// fresh copies instead of deduplicating against them.
+    fn record(&mut self, repo: &Repository, lost: &[DamagedBlob]) {
+        if lost.is_empty() {
+            return;
+        }
+        match repo.record_damage("check", lost) {
+            Ok(n) => self.damage_recorded = n,
+            Err(e) => self.note("damaged/", format!("the damaged blobs could not be recorded: {e}")),
+        }
+    }
+}
+
 pub fn run(
     repo: &Repository,
     options: &CheckOptions,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<CheckReport> {
-    let (session, full) = crate::session::Session::start_on_full_disk(repo, "check", progress)?;
-    let report = check_in_session(repo, options, progress, cancel);
-    let _ = session.end();
-    if full {
-        repo.ensure_reserve(); // the room it took is free again
-    }
-    report
-}
+    let _session = CheckSession::start(repo, progress)?;
 
-fn check_in_session(
-    repo: &Repository,
-    options: &CheckOptions,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<CheckReport> {
     let threads = options.threads.max(1);
     let mut report = CheckReport::default();
 
@@ -260,14 +287,7 @@ fn check_in_session(
         }
     }
 
-    // What was found damaged is written down, so that the next backup
-    // stores fresh copies instead of deduplicating against it.
-    if !lost.is_empty() {
-        match repo.record_damage("check", &lost) {
-            Ok(n) => report.damage_recorded = n,
-            Err(e) => report.note("damaged/", format!("the damaged blobs could not be recorded: {e}")),
-        }
-    }
+    report.record(repo, &lost);
     if !report.errors.is_empty() {
         // Named against the index without the damaged copies: a snapshot
         // whose lost blobs a later backup stored again is whole.
@@ -301,23 +321,8 @@ pub fn verify_snapshot(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<CheckReport> {
-    let (session, full) = crate::session::Session::start_on_full_disk(repo, "check", progress)?;
-    let report = verify_snapshot_in_session(repo, id, fraction, threads.max(1), progress, cancel);
-    let _ = session.end();
-    if full {
-        repo.ensure_reserve();
-    }
-    report
-}
-
-fn verify_snapshot_in_session(
-    repo: &Repository,
-    id: &crate::id::SnapshotId,
-    fraction: f64,
-    threads: usize,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<CheckReport> {
+    let _session = CheckSession::start(repo, progress)?;
+    let threads = threads.max(1);
     let mut report = CheckReport { snapshots: 1, ..CheckReport::default() };
     let snapshot = repo.load_snapshot(id)?;
     let index = repo.load_index()?;
@@ -363,12 +368,7 @@ fn verify_snapshot_in_session(
     }
     report.blobs_read = selected.len() as u64;
     report.packs_read = selected.iter().map(|(_, l)| l.pack).collect::<HashSet<_>>().len();
-    if !lost.is_empty() {
-        match repo.record_damage("check", &lost) {
-            Ok(n) => report.damage_recorded = n,
-            Err(e) => report.note("damaged/", format!("the damaged blobs could not be recorded: {e}")),
-        }
-    }
+    report.record(repo, &lost);
     if !report.errors.is_empty() {
         report.affected_snapshots.push(label);
     }
