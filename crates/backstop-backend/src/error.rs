@@ -67,9 +67,9 @@ impl Error {
             _ if is_transient_io(&err) => ErrorKind::Transient,
             _ => match err.raw_os_error() {
                 // A link in the way of a local repository's object: refused,
-                // never followed (a repository holds no links).
-                Some(libc::ELOOP | libc::EXDEV) => ErrorKind::PermissionDenied,
-                Some(libc::EROFS) => ErrorKind::PermissionDenied,
+                // never followed (a repository holds no links); a read-only
+                // file system refuses too.
+                Some(libc::ELOOP | libc::EXDEV | libc::EROFS) => ErrorKind::PermissionDenied,
                 _ => ErrorKind::Other,
             },
         };

@@ -151,7 +151,9 @@ fn repair_packs_in(
     let index = Index::from_files(files);
     let present = repo.present_packs()?;
     // Stored intact somewhere other than the damaged packs.
-    let elsewhere = |b: &IndexBlob| index.lookup(b.kind, &b.id).is_some_and(|l| !damaged_packs.contains(&l.pack));
+    let elsewhere = |kind: crate::pack::BlobKind, id: &crate::id::BlobId| {
+        index.lookup(kind, id).is_some_and(|l| !damaged_packs.contains(&l.pack))
+    };
 
     let saver =
         Saver::start(repo, session.sealer().clone(), Arc::new(WriteIndex::new(Arc::new(Index::default()))), 2, cancel)?;
@@ -164,7 +166,7 @@ fn repair_packs_in(
         let key = pack::pack_key(pack);
         let bytes = if present.contains_key(pack) { repo.backend().get(&key).ok() } else { None };
         for b in blobs {
-            if elsewhere(b) {
+            if elsewhere(b.kind, &b.id) {
                 continue;
             }
             let loc = BlobLocation {
@@ -197,7 +199,7 @@ fn repair_packs_in(
         .map(|b| LostBlob {
             blob: format!("{} blob {}", b.kind, b.id),
             pack: pack::pack_key(&b.pack),
-            resupplied: index.lookup(b.kind, &b.id).is_some_and(|l| !damaged_packs.contains(&l.pack)),
+            resupplied: elsewhere(b.kind, &b.id),
         })
         .collect();
     report.blobs_lost = report.lost.len();
