@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use backstop_types::params::{RetentionParams, VerifyParams};
 use backstop_types::{
-    Claim, Completion, EventKind, Heartbeat, HeartbeatReply, Job, JobEvent, JobKind, JobProgress, JobState, LogLevel,
-    LogLine, Outcome, Page, RepositoryAccess, Retention, SourceAccess,
+    BackupResult, Claim, Completion, EventKind, Heartbeat, HeartbeatReply, Job, JobEvent, JobKind, JobParams,
+    JobProgress, JobState, LogLevel, LogLine, Outcome, Page, RepositoryAccess, Retention, SourceAccess,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -76,13 +77,13 @@ impl QueueConfig {
 #[derive(Debug, Clone)]
 pub struct NewJob {
     pub tenant: String,
-    pub kind: JobKind,
+    /// What the job does, and with what: its kind is the parameters' kind.
+    pub params: JobParams,
     pub plan: Option<String>,
     pub source: Option<String>,
     pub repository: String,
     pub region: String,
     pub host: Option<String>,
-    pub params: Value,
     pub max_attempts: u32,
     pub deadline_seconds: Option<u64>,
     /// Two inserts with one key (per tenant) make one job.
@@ -221,13 +222,13 @@ impl Catalog {
         ))
         .bind(&id)
         .bind(&job.tenant)
-        .bind(job.kind.as_str())
+        .bind(job.params.kind().as_str())
         .bind(&job.plan)
         .bind(&job.source)
         .bind(&job.repository)
         .bind(&job.region)
         .bind(&job.host)
-        .bind(job.params.to_string())
+        .bind(job.params.to_value().to_string())
         .bind(&wait)
         .bind(job.max_attempts as i64)
         .bind(job.not_before_ms.unwrap_or(now).max(now))
@@ -888,24 +889,23 @@ impl Catalog {
         let Some((kind, step)) = next else { return Ok(()) };
         // The plan's name goes along: retention applies the plan's policy
         // to the plan's own snapshots only (tagged `plan:<name>`).
-        let plan_name = job.params.get("plan").cloned().unwrap_or(Value::Null);
+        let plan_name = JobParams::of(job).ok().and_then(|p| p.plan().map(str::to_string));
         let params = match kind {
-            JobKind::Verify => json!({
-                "snapshot": job.result.as_ref().and_then(|r| r.get("snapshot_id")).cloned().unwrap_or(Value::Null),
-                "percent": chain.verify_percent,
-                "plan": plan_name,
+            JobKind::Verify => JobParams::Verify(VerifyParams {
+                snapshot: BackupResult::of(job).map(|r| r.snapshot_id),
+                percent: Some(chain.verify_percent),
+                plan: plan_name,
             }),
-            _ => json!({"plan": plan_name}),
+            _ => JobParams::Retention(RetentionParams { plan: plan_name }),
         };
         let new = NewJob {
             tenant: job.tenant.clone(),
-            kind,
+            params,
             plan: Some(plan.clone()),
             source: None,
             repository: job.repository.clone(),
             region: job.region.clone(),
             host: None,
-            params,
             max_attempts: job.max_attempts,
             deadline_seconds: None,
             idempotency_key: Some(format!("chain:{}:{step}", job.id)),

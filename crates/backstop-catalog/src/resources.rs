@@ -5,8 +5,9 @@
 //! tenant's object (for system administrators, the system tenant's), an id
 //! any object the scope may see.
 
+use backstop_types::params::BackupParams;
 use backstop_types::{
-    AuditEvent, JobKind, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot,
+    AuditEvent, JobParams, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot,
     SnapshotInfo, Source, SourceSpec, Tenant, Token,
 };
 use serde_json::{Value, json};
@@ -715,13 +716,12 @@ impl Catalog {
         let host = host.ok_or_else(|| Error::NotFound(format!("source {} of plan {}", plan.source, plan.name)))?;
         Ok(NewJob {
             tenant: plan.tenant.clone(),
-            kind: JobKind::Backup,
+            params: JobParams::Backup(BackupParams { plan: Some(plan.name.clone()), tags: plan.tags.clone() }),
             plan: Some(plan.id.clone()),
             source: Some(plan.source.clone()),
             repository: plan.repository.clone(),
             region,
             host,
-            params: json!({"tags": plan.tags, "plan": plan.name}),
             max_attempts: plan.max_attempts,
             deadline_seconds: plan.deadline_seconds,
             idempotency_key,

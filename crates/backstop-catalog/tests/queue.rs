@@ -9,8 +9,8 @@ use backstop_catalog::schedule::FireOutcome;
 use backstop_catalog::{Catalog, Error, NewJob, QueueConfig, SecretKey};
 use backstop_testkit::postgres::Postgres;
 use backstop_types::{
-    Chain, Completion, Heartbeat, JobKind, JobProgress, JobState, Misfire, Outcome, Overlap, PlanSpec, RepositorySpec,
-    Retention, SnapshotInfo, SourceSpec,
+    Chain, Completion, Heartbeat, JobKind, JobParams, JobProgress, JobState, Misfire, Outcome, Overlap, PlanSpec,
+    RepositorySpec, Retention, SnapshotInfo, SourceSpec,
 };
 use serde_json::json;
 
@@ -125,13 +125,12 @@ async fn setup(c: &Catalog, tenant: &str, max: u32, host: &str, chain: Chain) ->
 fn job(s: &Setup, kind: JobKind, host: &str) -> NewJob {
     NewJob {
         tenant: s.scope.tenant().to_string(),
-        kind,
+        params: JobParams::parse(kind, &json!({})).unwrap(),
         plan: None,
         source: Some(s.source.clone()),
         repository: s.repo.clone(),
         region: "eu".into(),
         host: Some(host.into()),
-        params: json!({}),
         max_attempts: 3,
         deadline_seconds: None,
         idempotency_key: None,

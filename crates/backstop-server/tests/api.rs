@@ -126,6 +126,35 @@ async fn errors_have_one_shape_and_bad_input_gets_4xx() {
     assert!(v["error"]["message"].as_str().unwrap().contains("openapi.json"));
     let (s, v) = api.call("get", "/api/v1/jobs?state=bogus", Some(&admin), None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // A job's parameters are its kind's: a key it does not take, a value
+    // of the wrong type or out of range is refused, naming it.
+    // (`local` is the repository every coordinator starts with.)
+    for (params, says) in [
+        (json!({"read-data": "all"}), "params.read-data: unknown field `read-data`"),
+        (json!({"read_data": "half"}), "params.read_data: \"half\" is not a subset"),
+        (json!({"read_data": 5}), "params.read_data: invalid type: integer `5`"),
+    ] {
+        let job = json!({"kind": "check", "repository": "local", "params": params});
+        let (s, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(job)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(says), "{v}");
+    }
+    for (params, says) in [
+        (json!({"percent": 0}), "params.percent must be between 1 and 100"),
+        (json!({"percent": "all"}), "params.percent: invalid type: string"),
+    ] {
+        let job = json!({"kind": "verify", "repository": "local", "params": params});
+        let (s, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(job)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with(says), "{v}");
+    }
+    let job = json!({"kind": "restore", "repository": "local", "params": {"target": "/r", "to": {"kind": "postgres"}, "verify": "yes"}});
+    let (s, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(job)).await;
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("params.verify: invalid type"), "{s} {v}");
+    let job = json!({"kind": "check", "repository": "local", "params": {"read_data": "1/5"}});
+    let created = api.ok("post", "/api/v1/jobs", &admin, Some(job)).await;
+    assert_eq!(created["params"], json!({"read_data": "1/5"}));
     running.shutdown().await;
 }
 

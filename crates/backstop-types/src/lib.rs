@@ -11,8 +11,11 @@
 
 use std::fmt;
 
+pub mod params;
+
 pub use backstop_confine::{NetGrant, NetScope, PathScope, Reach};
 use chrono::{DateTime, Utc};
+pub use params::{BackupResult, JobParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -200,7 +203,8 @@ pub struct Job {
     pub region: String,
     /// The host the source lives on, for per-host limits.
     pub host: Option<String>,
-    /// Kind-specific parameters (restore target, verify sample, …).
+    /// Kind-specific parameters (restore target, verify sample, …): the
+    /// kind's type in [`params`], read with [`JobParams::of`].
     pub params: Value,
     /// Claims so far; each claim is a new attempt.
     pub attempt: u32,
@@ -242,12 +246,14 @@ pub struct JobSpec {
     #[serde(default)]
     #[schemars(pattern(REF_PATTERN))]
     pub source: Option<String>,
-    /// Kind-specific parameters: a restore's `snapshot` and `target` (a
+    /// Kind-specific parameters (the kind's type in [`params`]; a key it
+    /// does not take is refused): a restore's `snapshot` and `target` (a
     /// directory), or `to` (`{"kind", "config"}`: a system), or with
-    /// `source` set its `options` (`entry`, `clean`, `namespace_map`, …); a
-    /// check's `read_data`; a verify's `percent` and `snapshot` (then only
-    /// that snapshot's trees and that share of its data are read; without
-    /// it, that share of every pack).
+    /// `source` set its `options` (`entry`, `clean`, `namespace_map`, …),
+    /// and `include`, `exclude`, `verify`; a check's `read_data`; a
+    /// verify's `percent` and `snapshot` (then only that snapshot's trees
+    /// and that share of its data are read; without it, that share of
+    /// every pack); a backup's `tags`.
     #[serde(default)]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub params: Value,

@@ -10,7 +10,8 @@ use backstop_repo::ops::forget::{self, KeepPolicy};
 use backstop_repo::ops::prune::{self, PruneOptions};
 use backstop_repo::restore::{self, RestoreOptions};
 use backstop_repo::{Password, Repository, Snapshot, SnapshotId};
-use backstop_types::{Claim, JobKind, LogLevel, Outcome, Reach, RepositoryAccess, SnapshotInfo};
+use backstop_types::params::{BackupParams, CheckParams, RestoreParams, RetentionParams, VerifyParams};
+use backstop_types::{BackupResult, Claim, JobParams, LogLevel, Outcome, Reach, RepositoryAccess, SnapshotInfo};
 use serde_json::{Value, json};
 
 use crate::JobTracker;
@@ -56,13 +57,14 @@ pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outco
     let open = OpenOptions { cancel: Some(tracker.cancel.clone()), ..open.clone() };
     let result = match open_repository_with(&claim.repository, &claim.reach, &open) {
         Err(e) => Err(Failure::from(e)),
-        Ok(repo) => match claim.job.kind {
-            JobKind::Backup => backup(&repo, claim, tracker),
-            JobKind::Verify => verify(&repo, claim, tracker),
-            JobKind::Check => check(&repo, claim, tracker),
-            JobKind::Prune => prune(&repo, tracker),
-            JobKind::Retention => retention(&repo, claim, tracker),
-            JobKind::Restore => restore(&repo, claim, tracker),
+        Ok(repo) => match JobParams::of(&claim.job) {
+            Err(e) => Err(permanent(e)),
+            Ok(JobParams::Backup(p)) => backup(&repo, claim, &p, tracker),
+            Ok(JobParams::Verify(p)) => verify(&repo, &p, tracker),
+            Ok(JobParams::Check(p)) => check(&repo, &p, tracker),
+            Ok(JobParams::Prune(_)) => prune(&repo, tracker),
+            Ok(JobParams::Retention(p)) => retention(&repo, claim, &p, tracker),
+            Ok(JobParams::Restore(p)) => restore(&repo, claim, &p, tracker),
         },
     };
     match result {
@@ -125,7 +127,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn backup(repo: &Repository, claim: &Claim, params: &BackupParams, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let source = claim.source.as_ref().ok_or_else(|| permanent("a backup job needs a source"))?;
     if let Some((id, snapshot)) = earlier_attempts_snapshot(repo, claim)? {
         tracker.log(
@@ -138,8 +140,8 @@ fn backup(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outc
     if !claim.reach.is_any() && source.config.get("hooks").is_some_and(|h| !h.is_null()) {
         return Err(permanent("hooks run commands on the workers; a confined tenant's source has none"));
     }
-    let mut tags = strings(claim.job.params.get("tags"));
-    if let Some(plan) = claim.job.params.get("plan").and_then(Value::as_str) {
+    let mut tags = params.tags.clone();
+    if let Some(plan) = &params.plan {
         tags.push(format!("plan:{plan}"));
     }
     let options = BackupOptions {
@@ -220,32 +222,30 @@ fn saved(repo: &Repository, claim: &Claim, tracker: &JobTracker, id: &SnapshotId
         tags: snapshot.tags.clone(),
         summary: summary.clone(),
     };
-    Outcome::Succeeded {
-        result: json!({"snapshot_id": id.to_string(), "parent": snapshot.parent.map(|p| p.to_string()), "summary": summary}),
-        snapshot: Some(info),
-    }
+    let result = BackupResult { snapshot_id: id.to_string(), parent: snapshot.parent.map(|p| p.to_string()), summary };
+    Outcome::Succeeded { result: serde_json::to_value(result).unwrap_or(Value::Null), snapshot: Some(info) }
 }
 
-fn verify(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
-    let percent = claim.job.params.get("percent").and_then(Value::as_u64).unwrap_or(10).clamp(1, 100);
+fn verify(repo: &Repository, params: &VerifyParams, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let share = params.fraction();
     // A plan's chained verify names the snapshot its backup wrote: that
     // snapshot's trees and a share of its data are read, nothing else.
-    if let Some(snapshot) = claim.job.params.get("snapshot").and_then(Value::as_str) {
+    if let Some(snapshot) = &params.snapshot {
         // A full id is read directly; a prefix or `latest` needs the list.
         let id = match snapshot.parse::<SnapshotId>() {
             Ok(id) => id,
             Err(_) => repo.find_snapshot(snapshot)?.0,
         };
-        let report = check::verify_snapshot(repo, &id, percent as f64 / 100.0, 2, tracker, &tracker.cancel)?;
+        let report = check::verify_snapshot(repo, &id, share, 2, tracker, &tracker.cancel)?;
         return report_check(&report, tracker);
     }
-    let options = CheckOptions { read_data: ReadData::Fraction(percent as f64 / 100.0), threads: 2 };
+    let options = CheckOptions { read_data: ReadData::Fraction(share), threads: 2 };
     let report = check::run(repo, &options, tracker, &tracker.cancel)?;
     report_check(&report, tracker)
 }
 
-fn check(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
-    let read_data = match claim.job.params.get("read_data").and_then(Value::as_str) {
+fn check(repo: &Repository, params: &CheckParams, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let read_data = match params.read_data.as_deref() {
         None | Some("none") => ReadData::default(),
         Some("all") => ReadData::All,
         Some(subset) => subset.parse().map_err(permanent)?,
@@ -285,14 +285,18 @@ fn prune(repo: &Repository, tracker: &JobTracker) -> Result<Outcome, Failure> {
     })
 }
 
-fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
+fn retention(
+    repo: &Repository,
+    claim: &Claim,
+    params: &RetentionParams,
+    tracker: &JobTracker,
+) -> Result<Outcome, Failure> {
     let policy = claim.retention.as_ref().ok_or_else(|| permanent("a retention job needs the plan's policy"))?;
     if policy.is_empty() {
         return Err(permanent("the plan's retention policy keeps nothing; refusing to forget every snapshot"));
     }
-    let plan = claim.job.params.get("plan").and_then(Value::as_str).map(str::to_string);
     // Without its plan, a policy would apply to every snapshot in the repository.
-    let Some(plan) = plan else {
+    let Some(plan) = &params.plan else {
         return Err(permanent("a retention job needs its plan's name (params.plan)"));
     };
     let keep = KeepPolicy {
@@ -325,51 +329,43 @@ fn retention(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<O
     })
 }
 
-fn restore(repo: &Repository, claim: &Claim, tracker: &JobTracker) -> Result<Outcome, Failure> {
-    let params = &claim.job.params;
-    let into_system = match (params.get("to"), &claim.source) {
+fn restore(repo: &Repository, claim: &Claim, params: &RestoreParams, tracker: &JobTracker) -> Result<Outcome, Failure> {
+    let into_system = match (&params.to, &claim.source) {
         // Into a system: {"to": {"kind": "postgres", "config": {...}}}.
-        (Some(to), _) => {
-            let kind = to.get("kind").and_then(Value::as_str).ok_or_else(|| permanent("params.to needs a kind"))?;
-            Some((kind.to_string(), to.get("config").and_then(Value::as_object).cloned().unwrap_or_default()))
-        }
+        (Some(to), _) => Some((to.kind.clone(), to.config.clone())),
         // Into the system a source reaches, with its sealed secrets (a
         // database's password) and `params.options`: only when no target
         // directory is named (a restore with a source and a target is one
         // into the directory, run where the source's host limits say).
-        (None, Some(source)) if source.kind != "fs" && params.get("target").is_none() => {
+        (None, Some(source)) if source.kind != "fs" && params.target.is_none() => {
             let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
-            let options = params.get("options").map(object).unwrap_or_default();
             let config = backstop_source::restore_into_source(
                 &source.kind,
                 &object(&source.config),
                 &object(&source.secrets),
-                &options,
+                &params.options.clone().unwrap_or_default(),
             )?;
             Some((source.kind.clone(), config))
         }
         _ => None,
     };
     if let Some((kind, config)) = into_system {
-        let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
-        let (_, snap) = repo.find_snapshot(snapshot)?;
+        let (_, snap) = repo.find_snapshot(params.snapshot())?;
         let report = backstop_source::restore(repo, &snap, &kind, &config, &claim.reach, tracker, &tracker.cancel)?;
         for (entry, to) in &report.restored {
             tracker.log(LogLevel::Info, format!("{entry} restored to {to}"));
         }
         return Ok(Outcome::Succeeded { result: json!({"restored": report.restored}), snapshot: None });
     }
-    let target =
-        params.get("target").and_then(Value::as_str).ok_or_else(|| permanent("a restore needs params.target"))?;
+    let target = params.target.as_deref().ok_or_else(|| permanent("a restore needs params.target"))?;
     if !target.starts_with('/') {
         return Err(permanent(format!("the restore target {target:?} is not an absolute path")));
     }
-    let snapshot = params.get("snapshot").and_then(Value::as_str).unwrap_or("latest");
-    let (_, snap) = repo.find_snapshot(snapshot)?;
+    let (_, snap) = repo.find_snapshot(params.snapshot())?;
     let mut options = RestoreOptions::new(target);
-    options.include = strings(params.get("include"));
-    options.exclude = strings(params.get("exclude"));
-    options.verify = params.get("verify").and_then(Value::as_bool).unwrap_or(false);
+    options.include = params.include.clone();
+    options.exclude = params.exclude.clone();
+    options.verify = params.verify;
     options.paths = claim.reach.paths.clone();
     let summary = restore::run(repo, &snap, &options, tracker, &tracker.cancel)?;
     if summary.errors > 0 {

@@ -10,7 +10,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use backstop_catalog::queue::JobFilter;
 use backstop_catalog::resources::Scope;
 use backstop_catalog::{NewJob, now_ms};
-use backstop_types::{Job, JobEvent, JobKind, JobSpec, JobState, Page, Role};
+use backstop_types::params::{CheckParams, RestoreParams};
+use backstop_types::{Job, JobEvent, JobKind, JobParams, JobSpec, JobState, Page, Role, Source};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -116,6 +117,8 @@ pub async fn create(
     let key = idempotency_key(&headers)?;
     let now = now_ms();
     let (job, created) = if let (JobKind::Backup, Some(plan)) = (spec.kind, &spec.plan) {
+        // A plan's backup runs with the plan's parameters; the request's are still checked.
+        JobParams::parse(spec.kind, &spec.params).map_err(ApiError::invalid)?;
         state.catalog.run_plan(&scope, plan, key, now).await?
     } else {
         let mut new = job_from_spec(&state, &caller, &scope, &spec, key).await?;
@@ -171,67 +174,29 @@ async fn job_from_spec(
     if spec.max_attempts.is_some_and(|n| !(1..=MAX_ATTEMPTS).contains(&n)) {
         return Err(ApiError::invalid(format!("max_attempts must be between 1 and {MAX_ATTEMPTS}")));
     }
-    if spec.kind == JobKind::Restore
-        && let Some(to) = spec.params.get("to")
-    {
-        // Into a system: {"kind": …, "config": {…}}, checked like a source.
-        let kind = to.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-        let config = to.get("config").and_then(|c| c.as_object()).cloned().unwrap_or_default();
-        // Job parameters are stored and shown as they are: no passwords in them.
-        let url_password =
-            config.get("url").and_then(|u| u.as_str()).is_some_and(|u| backstop_source::redact_spec(u) != u);
-        if config.contains_key("password") || config.contains_key("token") || url_password {
-            return Err(ApiError::invalid(
-                "params.to must not carry a password or token (job parameters are stored and shown in clear): \
-                 register the target as a source with its credentials among its secrets and restore into it \
-                 (\"source\": NAME, options in params.options)",
-            ));
+    let mut params = JobParams::parse(spec.kind, &spec.params).map_err(ApiError::invalid)?;
+    match &params {
+        JobParams::Restore(restore) => check_restore(state, caller, tenant, source.as_ref(), restore).await?,
+        JobParams::Check(CheckParams { read_data: Some(read_data), .. })
+            if !matches!(read_data.as_str(), "none" | "all") =>
+        {
+            read_data
+                .parse::<backstop_repo::ops::check::ReadData>()
+                .map_err(|e| ApiError::invalid(format!("params.read_data: {e} (or none, or all)")))?;
         }
-        if spec.source.is_some() {
-            return Err(ApiError::invalid("a restore goes to params.to or into a source, not both"));
-        }
-        backstop_source::validate_restore(kind, &config).map_err(|e| {
-            ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
-        })?;
-        let touches =
-            backstop_source::touches(kind, &config, true).map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
-        crate::reach::check(state, caller, tenant, &touches).await?;
-    } else if let (JobKind::Restore, Some(source), None) =
-        (spec.kind, source.as_ref().filter(|s| s.kind != "fs"), spec.params.get("target"))
-    {
-        // Into the system a source reaches: checked as that source was, with
-        // the restore's own options.
-        let options = match spec.params.get("options") {
-            None => Default::default(),
-            Some(o) => o.as_object().cloned().ok_or_else(|| ApiError::invalid("params.options is an object"))?,
-        };
-        let config = source.config.as_object().cloned().unwrap_or_default();
-        let target = backstop_source::restore_into_source(&source.kind, &config, &Default::default(), &options)
-            .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let touches = backstop_source::touches(&source.kind, &target, true)
-            .map_err(|e| ApiError::invalid(format!("the restore into source {}: {e}", source.name)))?;
-        crate::reach::check(state, caller, tenant, &touches).await?;
-    } else if spec.kind == JobKind::Restore {
-        let target = spec.params.get("target").and_then(|t| t.as_str()).unwrap_or_default();
-        if !target.starts_with('/') {
-            return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));
-        }
-        crate::reach::check_path(state, tenant, target)?;
+        _ => {}
     }
-    let mut params = if spec.params.is_null() { json!({}) } else { spec.params.clone() };
     if let Some(p) = &plan {
-        params["plan"] = json!(p.name);
-        params["tags"] = json!(p.tags);
+        params.set_plan(&p.name, &p.tags);
     }
     Ok(NewJob {
         tenant: repository.tenant.clone(),
-        kind: spec.kind,
+        params,
         plan: plan.as_ref().map(|p| p.id.clone()),
         source: source.as_ref().map(|s| s.id.clone()),
         host: source.as_ref().and_then(|s| s.host.clone()),
         region: repository.region.clone(),
         repository: repository.id,
-        params,
         max_attempts: spec.max_attempts.unwrap_or(c.config.default_max_attempts),
         deadline_seconds: spec.deadline_seconds,
         idempotency_key: key.map(|k| format!("api:{k}")),
@@ -240,6 +205,55 @@ async fn job_from_spec(
         step: None,
         not_before_ms: None,
     })
+}
+
+/// Whether a restore may go where its parameters say: into a system
+/// (`to`, checked like a source of its kind, and carrying no credentials),
+/// into the system its source reaches, or into a directory.
+async fn check_restore(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    source: Option<&Source>,
+    restore: &RestoreParams,
+) -> ApiResult<()> {
+    if let Some(to) = &restore.to {
+        // Job parameters are stored and shown as they are: no passwords in them.
+        let url_password =
+            to.config.get("url").and_then(|u| u.as_str()).is_some_and(|u| backstop_source::redact_spec(u) != u);
+        if to.config.contains_key("password") || to.config.contains_key("token") || url_password {
+            return Err(ApiError::invalid(
+                "params.to must not carry a password or token (job parameters are stored and shown in clear): \
+                 register the target as a source with its credentials among its secrets and restore into it \
+                 (\"source\": NAME, options in params.options)",
+            ));
+        }
+        if source.is_some() {
+            return Err(ApiError::invalid("a restore goes to params.to or into a source, not both"));
+        }
+        backstop_source::validate_restore(&to.kind, &to.config).map_err(|e| {
+            ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
+        })?;
+        let touches = backstop_source::touches(&to.kind, &to.config, true)
+            .map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
+        return crate::reach::check(state, caller, tenant, &touches).await;
+    }
+    if let (Some(source), None) = (source.filter(|s| s.kind != "fs"), &restore.target) {
+        // Into the system a source reaches: checked as that source was, with
+        // the restore's own options.
+        let options = restore.options.clone().unwrap_or_default();
+        let config = source.config.as_object().cloned().unwrap_or_default();
+        let target = backstop_source::restore_into_source(&source.kind, &config, &Default::default(), &options)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+        let touches = backstop_source::touches(&source.kind, &target, true)
+            .map_err(|e| ApiError::invalid(format!("the restore into source {}: {e}", source.name)))?;
+        return crate::reach::check(state, caller, tenant, &touches).await;
+    }
+    let target = restore.target.as_deref().unwrap_or_default();
+    if !target.starts_with('/') {
+        return Err(ApiError::invalid("a restore needs params.target, an absolute directory on the worker's host"));
+    }
+    crate::reach::check_path(state, tenant, target)
 }
 
 pub async fn cancel(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Job>> {
