@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backstop_confine::{NetError, NetScope};
+use backstop_secret::Secret;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::client::{HttpClient, HttpConnector};
@@ -24,28 +25,14 @@ use crate::{Backend, Error, ErrorKind, ObjectMeta, PutMode, Result, validate_key
 /// variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
 /// `AWS_REGION` / `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL` / `AWS_ENDPOINT`,
 /// `AWS_ALLOW_HTTP`.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct S3Options {
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
+    pub secret_access_key: Option<Secret<String>>,
+    pub session_token: Option<Secret<String>>,
     pub allow_http: Option<bool>,
-}
-
-impl fmt::Debug for S3Options {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |s: &Option<String>| s.as_ref().map(|_| "<redacted>");
-        f.debug_struct("S3Options")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field("secret_access_key", &redacted(&self.secret_access_key))
-            .field("session_token", &redacted(&self.session_token))
-            .field("allow_http", &self.allow_http)
-            .finish()
-    }
 }
 
 /// `S3Options` with the environment's defaults filled in.
@@ -67,7 +54,8 @@ impl Settings {
             .or_else(|| env(&["AWS_ALLOW_HTTP"]).map(|v| v == "true" || v == "1"))
             .unwrap_or_else(|| endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
         let key_id = options.access_key_id.clone().or_else(|| env(&["AWS_ACCESS_KEY_ID"]));
-        let secret = options.secret_access_key.clone().or_else(|| env(&["AWS_SECRET_ACCESS_KEY"]));
+        let secret =
+            options.secret_access_key.clone().map(Secret::into_exposed).or_else(|| env(&["AWS_SECRET_ACCESS_KEY"]));
         let credentials = match (key_id, secret) {
             (Some(id), Some(secret)) => Some((id, secret)),
             (None, None) => None,
@@ -83,7 +71,11 @@ impl Settings {
             region: region.unwrap_or_else(|| "us-east-1".to_string()),
             allow_http,
             credentials,
-            session_token: options.session_token.clone().or_else(|| env(&["AWS_SESSION_TOKEN"])),
+            session_token: options
+                .session_token
+                .clone()
+                .map(Secret::into_exposed)
+                .or_else(|| env(&["AWS_SESSION_TOKEN"])),
         })
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use backstop_types::params::{RetentionParams, VerifyParams};
 use backstop_types::{
     BackupResult, Claim, Completion, EventKind, Heartbeat, HeartbeatReply, Job, JobEvent, JobKind, JobParams,
-    JobProgress, JobState, LogLevel, LogLine, Outcome, Page, RepositoryAccess, Retention, SourceAccess,
+    JobProgress, JobState, LogLevel, LogLine, Outcome, Page, RepositoryAccess, Retention, Secret, SourceAccess,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
@@ -714,7 +714,7 @@ impl Catalog {
                     .await?
                     .ok_or_else(|| Error::NotFound(format!("source {id} of job {}", job.id)))?;
                 let sid: String = row.try_get("id")?;
-                let secrets: Value = self.open_json(&sid, &row.try_get::<String, _>("secret")?)?;
+                let secrets: Secret<Value> = self.open_json(&sid, &row.try_get::<String, _>("secret")?)?;
                 Some(SourceAccess {
                     kind: row.try_get("kind")?,
                     host: row.try_get("host")?,
@@ -1156,8 +1156,11 @@ fn result_value(outcome: &Outcome) -> Value {
 /// The secret part of a repository: its password and backend options.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct RepositorySecret {
-    pub password: String,
-    pub options: Vec<(String, String)>,
+    // Revealed to be sealed (`secrets.rs`), and nowhere else.
+    #[serde(serialize_with = "backstop_secret::reveal")]
+    pub password: Secret<String>,
+    #[serde(serialize_with = "backstop_secret::reveal_pairs")]
+    pub options: Vec<(String, Secret<String>)>,
 }
 
 /// The advisory lock key of a region's claims (stable across processes).

@@ -276,7 +276,7 @@ impl Catalog {
         .execute(self.pool())
         .await?;
         let token = Token { id, tenant: tenant.into(), name: name.into(), role, created: time(now), last_used: None };
-        Ok(NewToken { token, secret })
+        Ok(NewToken { token, secret: secret.into() })
     }
 
     /// The live token with this secret, if any.
@@ -382,7 +382,8 @@ impl Catalog {
         if spec.location.trim().is_empty() {
             return Err(Error::Invalid("a repository needs a location".into()));
         }
-        if spec.password.is_empty() || spec.password.chars().count() > 4096 {
+        let password = spec.password.expose();
+        if password.is_empty() || password.chars().count() > 4096 {
             return Err(Error::Invalid("a repository needs a password of 1–4096 characters".into()));
         }
         if spec.max_concurrent.is_some_and(|n| !(1..=10_000).contains(&n)) {
@@ -488,7 +489,7 @@ impl Catalog {
         }
         validate_source(spec)?;
         let id = new_id();
-        let sealed = self.key.seal(&id, spec.secrets.to_string().as_bytes());
+        let sealed = self.key.seal(&id, spec.secrets.expose().to_string().as_bytes());
         let inserted = sqlx::query(&self.sql(
             "INSERT INTO sources (id, tenant, name, kind, host, config, secret, created_ms) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -5,30 +5,26 @@
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
+use backstop_secret::Secret;
+
 use crate::{Error, Result};
 
 const PREFIX: &str = "v1:";
 
 /// The server's key for secrets at rest. Every coordinator on one catalog
 /// must use the same key.
-#[derive(Clone)]
-pub struct SecretKey([u8; 32]);
-
-impl std::fmt::Debug for SecretKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SecretKey(<redacted>)")
-    }
-}
+#[derive(Clone, Debug)]
+pub struct SecretKey(Secret<[u8; 32]>);
 
 impl SecretKey {
     pub fn from_bytes(bytes: [u8; 32]) -> SecretKey {
-        SecretKey(bytes)
+        SecretKey(Secret::new(bytes))
     }
 
     pub fn generate() -> SecretKey {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the OS random number generator works");
-        SecretKey(bytes)
+        SecretKey(Secret::new(bytes))
     }
 
     /// Parse the 64 hex digits of a key file.
@@ -38,15 +34,15 @@ impl SecretKey {
             .ok_or_else(|| Error::Invalid("a server key is 64 hexadecimal digits".into()))?;
         let mut key = [0u8; 32];
         key.copy_from_slice(&bytes);
-        Ok(SecretKey(key))
+        Ok(SecretKey(Secret::new(key)))
     }
 
     pub fn to_hex(&self) -> String {
-        hex_encode(&self.0)
+        hex_encode(self.0.expose())
     }
 
     fn aead(&self) -> LessSafeKey {
-        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32 bytes is an AES-256 key"))
+        LessSafeKey::new(UnboundKey::new(&AES_256_GCM, self.0.expose()).expect("32 bytes is an AES-256 key"))
     }
 
     /// Seal `plain` for the row `owner`.

@@ -90,7 +90,7 @@ async fn setup(c: &Catalog, tenant: &str, max: u32, host: &str, chain: Chain) ->
                 kind: "fs".into(),
                 host: Some(host.into()),
                 config: json!({"paths": ["/home"]}),
-                secrets: json!({}),
+                secrets: json!({}).into(),
             },
             T0,
         )
@@ -163,7 +163,7 @@ async fn a_job_runs_queued_running_succeeded_and_its_events_tell_the_story() {
         let claim = c.claim("w1", "eu", T0).await.unwrap().expect("claimed");
         assert_eq!(claim.job.id, queued.id);
         assert_eq!((claim.attempt, claim.job.state), (1, JobState::Running));
-        assert_eq!(claim.repository.password, "repo-password-123", "the worker gets the password");
+        assert_eq!(claim.repository.password.expose(), "repo-password-123", "the worker gets the password");
         assert_eq!(claim.source.as_ref().unwrap().config, json!({"paths": ["/home"]}));
         assert!(c.claim("w2", "eu", T0).await.unwrap().is_none(), "{}: claimed once", db.name);
 
@@ -626,7 +626,7 @@ async fn secrets_are_stored_sealed_and_a_wrong_server_key_cannot_open_them() {
         let s = setup(c, "acme", 4, "h1", Chain::default()).await;
         let raw: String = sqlx::query_scalar("SELECT secret FROM repositories").fetch_one(c.pool()).await.unwrap();
         assert!(!raw.contains("repo-password-123"), "{}: {raw}", db.name);
-        assert_eq!(c.repository_access(&s.scope, &s.repo).await.unwrap().password, "repo-password-123");
+        assert_eq!(c.repository_access(&s.scope, &s.repo).await.unwrap().password.expose(), "repo-password-123");
 
         let other_key = Catalog::connect(&db.url, SecretKey::generate(), config()).await.unwrap();
         let err = other_key.repository_access(&s.scope, &s.repo).await.unwrap_err();
@@ -648,7 +648,7 @@ async fn bad_input_is_refused_with_a_reason() {
         kind: "fs".into(),
         host: None,
         config: json!({"paths": ["relative/path"]}),
-        secrets: json!({}),
+        secrets: json!({}).into(),
     };
     let err = c.create_source(&s.scope, &bad_source, T0).await.unwrap_err();
     assert!(err.to_string().contains("not an absolute path"), "{err}");

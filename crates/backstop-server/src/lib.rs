@@ -214,7 +214,8 @@ async fn create_admin_token(catalog: &Catalog, why: serde_json::Value) -> Result
         d.extend(w.clone());
     }
     catalog.audit(SYSTEM_TENANT, "system", "token.create", &format!("token/{}", token.token.id), detail, now).await?;
-    Ok(token.secret)
+    // Printed once, to whoever starts the service.
+    Ok(token.secret.into_exposed())
 }
 
 /// `backstop serve --new-admin-token`: a fresh admin token for whoever owns
@@ -252,7 +253,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
             name: "local".into(),
             location: location.display().to_string(),
             region: config.region.clone(),
-            password,
+            password: password.into(),
             options: vec![],
             max_concurrent: None,
             init: false,

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use backstop_confine::{NetError, NetScope};
 use backstop_source::Touches;
+use backstop_types::Secret;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -65,14 +66,20 @@ pub async fn check_location(
     state: &AppState,
     tenant: &str,
     location: &str,
-    options: &[(String, String)],
+    options: &[(String, Secret<String>)],
 ) -> ApiResult<()> {
     let reach = state.reach_of(tenant).await?;
     if reach.net.is_any() && reach.paths.is_any() {
         return Ok(());
     }
     if location.starts_with("s3://") {
-        let get = |k: &str| options.iter().find(|(n, v)| n == k && !v.is_empty()).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            options
+                .iter()
+                .map(|(n, v)| (n, v.expose()))
+                .find(|(n, v)| *n == k && !v.is_empty())
+                .map(|(_, v)| v.as_str())
+        };
         let (Some(endpoint), Some(_), Some(_)) = (get("endpoint"), get("access_key_id"), get("secret_access_key"))
         else {
             return Err(ApiError::forbidden(

@@ -11,21 +11,15 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use backstop_types::{Job, JobState};
+use backstop_types::{Job, JobState, Secret};
 
 /// The key webhook posts are signed with. Never shown.
-#[derive(Clone)]
-pub struct WebhookSecret(pub Vec<u8>);
-
-impl std::fmt::Debug for WebhookSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("WebhookSecret(<redacted>)")
-    }
-}
+#[derive(Clone, Debug)]
+pub struct WebhookSecret(pub Secret<Vec<u8>>);
 
 /// The signature header's value for `body` sent at `unix` seconds.
 pub fn signature(secret: &WebhookSecret, unix: u64, body: &[u8]) -> String {
-    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret.0);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.0.expose());
     let mut ctx = ring::hmac::Context::with_key(&key);
     ctx.update(unix.to_string().as_bytes());
     ctx.update(b".");

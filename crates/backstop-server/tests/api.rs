@@ -191,12 +191,17 @@ async fn an_idempotency_key_makes_one_job_and_a_viewer_cannot_run_anything() {
         api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "v", "role": "viewer"}))).await,
     )
     .unwrap();
-    let (s, _) = api.call("post", "/api/v1/plans/nightly/run", Some(&viewer.secret), None).await;
+    let (s, _) = api.call("post", "/api/v1/plans/nightly/run", Some(viewer.secret.expose()), None).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _) = api.call("get", "/api/v1/jobs", Some(&viewer.secret), None).await;
+    let (s, _) = api.call("get", "/api/v1/jobs", Some(viewer.secret.expose()), None).await;
     assert_eq!(s, StatusCode::OK);
     let (s, _) = api
-        .call("post", "/api/v1/worker/claim", Some(&viewer.secret), Some(json!({"worker": "w", "region": "default"})))
+        .call(
+            "post",
+            "/api/v1/worker/claim",
+            Some(viewer.secret.expose()),
+            Some(json!({"worker": "w", "region": "default"})),
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "only worker tokens claim");
     running.shutdown().await;
@@ -218,7 +223,8 @@ async fn a_worker_paused_past_its_lease_is_refused_with_409_and_changes_nothing(
     let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
     let claim = json!({"worker": "paused", "region": "default", "wait_seconds": 5});
     let first: Claim =
-        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", &worker.secret, Some(claim)).await).unwrap();
+        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", worker.secret.expose(), Some(claim)).await)
+            .unwrap();
     assert_eq!(first.attempt, 1);
     assert_eq!(first.repository.location, dir.path().join("data/repository").display().to_string());
 
@@ -226,24 +232,26 @@ async fn a_worker_paused_past_its_lease_is_refused_with_409_and_changes_nothing(
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let claim = json!({"worker": "healthy", "region": "default", "wait_seconds": 10});
     let second: Claim =
-        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", &worker.secret, Some(claim)).await).unwrap();
+        serde_json::from_value(api.ok("post", "/api/v1/worker/claim", worker.secret.expose(), Some(claim)).await)
+            .unwrap();
     assert_eq!((second.job.id.as_str(), second.attempt), (job.id.as_str(), 2));
 
     let path = format!("/api/v1/worker/jobs/{}/complete", job.id);
     let stale = json!({"attempt": 1, "outcome": "succeeded", "result": {"snapshot_id": "bogus"}});
-    let (s, v) = api.call("post", &path, Some(&worker.secret), Some(stale)).await;
+    let (s, v) = api.call("post", &path, Some(worker.secret.expose()), Some(stale)).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert_eq!(v["error"]["code"], "stale_attempt");
     let hb = json!({"attempt": 1});
-    let (s, _) =
-        api.call("post", &format!("/api/v1/worker/jobs/{}/heartbeat", job.id), Some(&worker.secret), Some(hb)).await;
+    let (s, _) = api
+        .call("post", &format!("/api/v1/worker/jobs/{}/heartbeat", job.id), Some(worker.secret.expose()), Some(hb))
+        .await;
     assert_eq!(s, StatusCode::CONFLICT);
     let now: Job =
         serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}", job.id), &admin, None).await).unwrap();
     assert_eq!((now.state, now.attempt, now.result.clone()), (JobState::Running, 2, None), "nothing changed");
 
     let fresh = json!({"attempt": 2, "outcome": "failed", "error": "disk full", "retryable": false});
-    api.ok("post", &path, &worker.secret, Some(fresh)).await;
+    api.ok("post", &path, worker.secret.expose(), Some(fresh)).await;
     let now: Job =
         serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}", job.id), &admin, None).await).unwrap();
     assert_eq!(now.state, JobState::Failed);
@@ -253,7 +261,7 @@ async fn a_worker_paused_past_its_lease_is_refused_with_409_and_changes_nothing(
         .call(
             "post",
             "/api/v1/worker/claim",
-            Some(&worker.secret),
+            Some(worker.secret.expose()),
             Some(json!({"worker": "w", "region": "default", "wait_seconds": 1})),
         )
         .await;
@@ -369,7 +377,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         api.ok(
             "post",
             "/api/v1/repositories",
-            &a.secret,
+            a.secret.expose(),
             Some(json!({"name": "main", "location": repo_dir.display().to_string(), "password": "pw-a", "init": true})),
         )
         .await,
@@ -380,7 +388,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         api.ok(
             "post",
             "/api/v1/sources",
-            &a.secret,
+            a.secret.expose(),
             Some(json!({"name": "files", "kind": "fs", "config": {"paths": [src]}})),
         )
         .await,
@@ -390,13 +398,14 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         api.ok(
             "post",
             "/api/v1/plans",
-            &a.secret,
+            a.secret.expose(),
             Some(json!({"name": "nightly", "source": "files", "repository": "main"})),
         )
         .await,
     )
     .unwrap();
-    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &a.secret, None).await).unwrap();
+    let job: Job =
+        serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", a.secret.expose(), None).await).unwrap();
     let a_reader = token("tenant-a", "viewer").await;
 
     // Walk every route that names an object: tenant B gets 404 for A's.
@@ -420,7 +429,7 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         };
         let path = route.path.replace("{id}", &id);
         let body = (route.method == "post").then(|| json!({}));
-        let (status, v) = api.call(route.method, &path, Some(&b.secret), body).await;
+        let (status, v) = api.call(route.method, &path, Some(b.secret.expose()), body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{} {path} as tenant B: {v}", route.method);
         checked += 1;
     }
@@ -436,27 +445,27 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         "/api/v1/audit",
         "/api/v1/tenants",
     ] {
-        let v = api.ok("get", path, &b.secret, None).await;
+        let v = api.ok("get", path, b.secret.expose(), None).await;
         let text = v.to_string();
         assert!(!text.contains("tenant-a") && !text.contains(&job.id) && !text.contains(&repo.id), "{path}: {text}");
     }
     // And tenant A still sees its job; by name, too.
-    api.ok("get", &format!("/api/v1/jobs/{}", job.id), &a_reader.secret, None).await;
-    api.ok("get", "/api/v1/plans/nightly", &a_reader.secret, None).await;
+    api.ok("get", &format!("/api/v1/jobs/{}", job.id), a_reader.secret.expose(), None).await;
+    api.ok("get", "/api/v1/plans/nightly", a_reader.secret.expose(), None).await;
     // A tenant admin cannot create tokens for another tenant or tenants at all.
     let (s, _) = api
         .call(
             "post",
             "/api/v1/tokens",
-            Some(&b.secret),
+            Some(b.secret.expose()),
             Some(json!({"name": "x", "role": "viewer", "tenant": "tenant-a"})),
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _) = api.call("post", "/api/v1/tenants", Some(&b.secret), Some(json!({"id": "tenant-c"}))).await;
+    let (s, _) = api.call("post", "/api/v1/tenants", Some(b.secret.expose()), Some(json!({"id": "tenant-c"}))).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Secrets never come back.
-    let all = api.ok("get", "/api/v1/repositories", &a.secret, None).await.to_string();
+    let all = api.ok("get", "/api/v1/repositories", a.secret.expose(), None).await.to_string();
     assert!(!all.contains("pw-a"), "{all}");
     running.shutdown().await;
 }
@@ -504,7 +513,7 @@ async fn a_failed_job_is_posted_to_the_webhooks() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.webhooks = vec![hook_url];
-    let secret = backstop_server::webhooks::WebhookSecret(b"a webhook secret of the admin".to_vec());
+    let secret = backstop_server::webhooks::WebhookSecret(b"a webhook secret of the admin".to_vec().into());
     c.webhook_secret = Some(secret.clone());
     let running = backstop_server::start(c).await.unwrap();
     let admin = running.admin_token.clone().unwrap();
@@ -596,7 +605,7 @@ async fn a_tenant_may_use_local_paths_only_under_its_tenant_root() {
         ("/etc".to_string(), false),
     ] {
         let body = json!({"name": format!("s{}", path.len()), "kind": "fs", "config": {"paths": [path]}});
-        let (status, v) = api.call("post", "/api/v1/sources", Some(&op.secret), Some(body)).await;
+        let (status, v) = api.call("post", "/api/v1/sources", Some(op.secret.expose()), Some(body)).await;
         assert_eq!(status.is_success(), ok, "{path}: {status} {v}");
         if !ok {
             assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {v}");
@@ -604,14 +613,26 @@ async fn a_tenant_may_use_local_paths_only_under_its_tenant_root() {
     }
     // Repositories: local ones under the root; S3 only with the tenant's own credentials.
     let repo = json!({"name": "r1", "location": data_dir, "password": "p"});
-    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(repo)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("post", "/api/v1/repositories", Some(op.secret.expose()), Some(repo)).await.0,
+        StatusCode::FORBIDDEN
+    );
     let s3 = json!({"name": "r2", "location": "s3://bucket/x", "password": "p"});
-    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(s3)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("post", "/api/v1/repositories", Some(op.secret.expose()), Some(s3)).await.0,
+        StatusCode::FORBIDDEN
+    );
     let repo = json!({"name": "r3", "location": dir.path().join("tenants/acme/repo").display().to_string(), "password": "p", "init": true});
-    assert_eq!(api.call("post", "/api/v1/repositories", Some(&op.secret), Some(repo)).await.0, StatusCode::CREATED);
+    assert_eq!(
+        api.call("post", "/api/v1/repositories", Some(op.secret.expose()), Some(repo)).await.0,
+        StatusCode::CREATED
+    );
     // A restore target outside the root is refused.
     let restore = json!({"kind": "restore", "repository": "r3", "params": {"target": "/root/x"}});
-    assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(restore)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("post", "/api/v1/jobs", Some(op.secret.expose()), Some(restore)).await.0,
+        StatusCode::FORBIDDEN
+    );
     running.shutdown().await;
 }
 
@@ -776,17 +797,20 @@ async fn packaged_sources_run_as_plans_and_restore_into_systems() {
     )
     .unwrap();
     let cmd = json!({"name": "c2", "kind": "command", "config": {"command": "id"}});
-    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(cmd)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(api.call("post", "/api/v1/sources", Some(op.secret.expose()), Some(cmd)).await.0, StatusCode::FORBIDDEN);
     let hooked =
         json!({"name": "h", "kind": "fs", "config": {"paths": ["/tmp"], "hooks": {"pre": [{"command": "id"}]}}});
-    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(hooked)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        api.call("post", "/api/v1/sources", Some(op.secret.expose()), Some(hooked)).await.0,
+        StatusCode::FORBIDDEN
+    );
     let with_password = json!({"kind": "restore", "repository": "local",
                                "params": {"to": {"kind": "postgres", "config": {"url": "postgres://u:pw@h/db"}}}});
     let (status, v) = api.call("post", "/api/v1/jobs", Some(&admin), Some(with_password)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert!(v.to_string().contains("must not carry a password"), "{v}");
     let to_cmd = json!({"kind": "restore", "repository": "local", "params": {"to": {"kind": "command", "config": {"command": "cat"}}}});
-    assert_eq!(api.call("post", "/api/v1/jobs", Some(&op.secret), Some(to_cmd)).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(api.call("post", "/api/v1/jobs", Some(op.secret.expose()), Some(to_cmd)).await.0, StatusCode::FORBIDDEN);
     running.shutdown().await;
 }
 
@@ -812,17 +836,26 @@ async fn kubernetes_sources_back_up_through_plans_and_restore_into_a_mapped_name
 
     let workers_own =
         json!({"name": "k1", "kind": "kubernetes", "config": {"kubeconfig": kubeconfig, "context": "fake"}});
-    let (status, v) = api.call("post", "/api/v1/sources", Some(&op.secret), Some(workers_own)).await;
+    let (status, v) = api.call("post", "/api/v1/sources", Some(op.secret.expose()), Some(workers_own)).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
     let bad = json!({"name": "k2", "kind": "kubernetes", "config": {"server": cluster.url(), "selector": "app in (x"}});
-    assert_eq!(api.call("post", "/api/v1/sources", Some(&op.secret), Some(bad)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.call("post", "/api/v1/sources", Some(op.secret.expose()), Some(bad)).await.0,
+        StatusCode::BAD_REQUEST
+    );
     let source = json!({"name": "shop", "kind": "kubernetes", "config": {"server": cluster.url(), "namespaces": "shop"},
                         "secrets": {"token": cluster.token()}});
-    let created = api.ok("post", "/api/v1/sources", &op.secret, Some(source)).await;
+    let created = api.ok("post", "/api/v1/sources", op.secret.expose(), Some(source)).await;
     assert!(!created.to_string().contains(cluster.token()), "secrets are not shown: {created}");
-    api.ok("post", "/api/v1/plans", &op.secret, Some(json!({"name": "shop", "source": "shop", "repository": "local"})))
-        .await;
-    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/shop/run", &op.secret, None).await).unwrap();
+    api.ok(
+        "post",
+        "/api/v1/plans",
+        op.secret.expose(),
+        Some(json!({"name": "shop", "source": "shop", "repository": "local"})),
+    )
+    .await;
+    let job: Job =
+        serde_json::from_value(api.ok("post", "/api/v1/plans/shop/run", op.secret.expose(), None).await).unwrap();
     let done = wait_job(&api, &admin, &job.id).await;
     assert_eq!(done.state, JobState::Succeeded, "{done:?}");
 
@@ -830,7 +863,7 @@ async fn kubernetes_sources_back_up_through_plans_and_restore_into_a_mapped_name
     let restore = |config: Value| json!({"kind": "restore", "repository": "local", "params": {"snapshot": "latest", "to": {"kind": "kubernetes", "config": config}}});
     let to = json!({"kubeconfig": kubeconfig, "context": "fake", "namespace_map": "shop:shop-restored"});
     assert_eq!(
-        api.call("post", "/api/v1/jobs", Some(&op.secret), Some(restore(to.clone()))).await.0,
+        api.call("post", "/api/v1/jobs", Some(op.secret.expose()), Some(restore(to.clone()))).await.0,
         StatusCode::FORBIDDEN
     );
     let with_token = restore(json!({"server": cluster.url(), "token": cluster.token()}));

@@ -39,7 +39,7 @@ impl Site {
         )
         .unwrap();
         std::fs::create_dir_all(dir.path().join("tenants/tb")).unwrap();
-        Site { dir, running, api, admin, tb: token.secret }
+        Site { dir, running, api, admin, tb: token.secret.into_exposed() }
     }
 
     fn root(&self) -> PathBuf {
@@ -327,9 +327,10 @@ async fn the_last_admin_token_cannot_be_revoked_and_the_data_directorys_owner_ca
         api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "admin2", "role": "admin"}))).await,
     )
     .unwrap();
-    let (s, _) = api.call("delete", &format!("/api/v1/tokens/{first}"), Some(&second.secret), None).await;
+    let (s, _) = api.call("delete", &format!("/api/v1/tokens/{first}"), Some(second.secret.expose()), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT, "with another admin, it can go");
-    let (s, _) = api.call("delete", &format!("/api/v1/tokens/{}", second.token.id), Some(&second.secret), None).await;
+    let (s, _) =
+        api.call("delete", &format!("/api/v1/tokens/{}", second.token.id), Some(second.secret.expose()), None).await;
     assert_eq!(s, StatusCode::CONFLICT);
     running.shutdown().await;
 
@@ -418,11 +419,11 @@ async fn event_streams_are_capped_per_token_fed_by_notices_and_end_with_their_to
     };
     let mut streams = Vec::new();
     for _ in 0..backstop_server::state::MAX_STREAMS_PER_TOKEN {
-        let r = open(viewer.secret.clone()).await;
+        let r = open(viewer.secret.expose().clone()).await;
         assert_eq!(r.status(), StatusCode::OK);
         streams.push(r);
     }
-    let over = open(viewer.secret.clone()).await;
+    let over = open(viewer.secret.expose().clone()).await;
     assert_eq!(over.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(over.json::<Value>().await.unwrap()["error"]["code"], "too_many_streams");
     // Another token is not held back by this one's.
@@ -451,7 +452,7 @@ async fn event_streams_are_capped_per_token_fed_by_notices_and_end_with_their_to
     let mut live = api
         .http
         .get(format!("{}/api/v1/jobs/{}/events/stream", api.base, other.id))
-        .bearer_auth(&viewer.secret)
+        .bearer_auth(viewer.secret.expose())
         .send()
         .await
         .unwrap();

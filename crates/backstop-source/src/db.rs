@@ -15,6 +15,7 @@ use std::process::Command;
 
 use backstop_confine::NetScope;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
+use backstop_secret::Secret;
 use url::Url;
 
 use crate::process::{ChildStream, run, run_with_input};
@@ -36,13 +37,13 @@ impl Engine {
 }
 
 /// Where the server is and what to dump.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DbConfig {
     pub engine: Engine,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub user: Option<String>,
-    password: Option<String>,
+    password: Option<Secret<String>>,
     /// From the URL's path: one database.
     pub database: Option<String>,
     /// `databases=a,b`: these databases (no globals).
@@ -60,16 +61,6 @@ pub struct DbConfig {
 struct Confined {
     /// `None` for a granted Unix socket.
     addr: Option<SocketAddr>,
-}
-
-impl std::fmt::Debug for DbConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbConfig")
-            .field("engine", &self.engine)
-            .field("label", &self.label())
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
 }
 
 /// Names Backstop passes to the tools: letters, digits, `_`, `-`, `.`, `$`
@@ -130,7 +121,7 @@ impl DbConfig {
             host: url.host_str().filter(|h| !h.is_empty()).map(str::to_string),
             port: url.port(),
             user: Some(url.username()).filter(|u| !u.is_empty()).and_then(decode),
-            password,
+            password: password.map(Secret::new),
             database,
             databases,
             socket,
@@ -208,7 +199,7 @@ impl DbConfig {
                     ("PGHOSTADDR", pinned.map(|a| a.ip().to_string())),
                     ("PGPORT", pinned.map(|a| a.port()).or(self.port).map(|p| p.to_string())),
                     ("PGUSER", self.user.clone()),
-                    ("PGPASSWORD", self.password.clone()),
+                    ("PGPASSWORD", self.password.as_ref().map(|p| p.expose().clone())),
                     ("PGSSLMODE", self.sslmode.clone()),
                     ("PGDATABASE", database.map(str::to_string)),
                 ] {
@@ -234,7 +225,7 @@ impl DbConfig {
                     c.arg(format!("--user={user}"));
                 }
                 if let Some(password) = &self.password {
-                    c.env("MYSQL_PWD", password);
+                    c.env("MYSQL_PWD", password.expose());
                 }
             }
         }

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use backstop_confine::NetScope;
 use backstop_repo::CancelToken;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
+use backstop_secret::Secret;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{GroupVersion, GroupVersionKind};
@@ -39,7 +40,7 @@ use serde_json::{Value, json};
 use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_list, opt_str};
 
 /// Where the cluster is and who we are there.
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Connection {
     /// A kubeconfig context; none: the current one.
     pub context: Option<String>,
@@ -55,29 +56,11 @@ pub struct Connection {
     pub insecure_skip_tls_verify: bool,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 enum Token {
-    Inline(String),
+    Inline(Secret<String>),
     /// Read when the source runs, not when it is checked.
     File(PathBuf),
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("context", &self.context)
-            .field("kubeconfig", &self.kubeconfig)
-            .field("server", &self.server)
-            .field(
-                "token",
-                &self.token.as_ref().map(|t| match t {
-                    Token::Inline(_) => "<redacted>".to_string(),
-                    Token::File(path) => format!("from {}", path.display()),
-                }),
-            )
-            .field("insecure_skip_tls_verify", &self.insecure_skip_tls_verify)
-            .finish()
-    }
 }
 
 pub(crate) const CONNECTION_KEYS: &[&str] = &[
@@ -121,7 +104,7 @@ impl Connection {
         }
         let token = match (token, token_file) {
             (Some(_), Some(_)) => return Err(Error::Invalid("give token or token_file, not both".into())),
-            (Some(t), None) => Some(Token::Inline(t)),
+            (Some(t), None) => Some(Token::Inline(t.into())),
             (None, Some(f)) => Some(Token::File(PathBuf::from(f))),
             (None, None) => None,
         };
@@ -189,7 +172,7 @@ impl Connection {
                         .map_err(|e| Error::Invalid(format!("cannot read token_file {}: {e}", path.display())))?;
                     Some(token.trim().to_string())
                 }
-                Some(Token::Inline(token)) => Some(token.clone()),
+                Some(Token::Inline(token)) => Some(token.expose().clone()),
                 None => None,
             };
             let kubeconfig: Kubeconfig = serde_json::from_value(json!({

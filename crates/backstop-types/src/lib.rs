@@ -6,14 +6,15 @@
 //! Resources come in pairs: a `*Spec` is what a client sends to create or
 //! replace one, the bare name is what the API returns (with ids, times and
 //! without secrets). Secrets travel only inward, in specs, and outward
-//! only to a worker that claimed a job ([`Claim`]); their `Debug` output
-//! is redacted.
-
-use std::fmt;
+//! only to a worker that claimed a job ([`Claim`]). Each is a [`Secret`]:
+//! its `Debug` and `Serialize` show `<redacted>`, except in the fields
+//! that say `serialize_with = "backstop_secret::reveal"` (the specs a
+//! client sends, the claim, a token shown once).
 
 pub mod params;
 
 pub use backstop_confine::{NetGrant, NetScope, PathScope, Reach};
+pub use backstop_secret::Secret;
 use chrono::{DateTime, Utc};
 pub use params::{BackupResult, JobParams};
 use schemars::JsonSchema;
@@ -320,8 +321,10 @@ pub struct ClaimRequest {
     pub wait_seconds: u32,
 }
 
-/// A claimed job with what the worker needs to run it.
-#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A claimed job with what the worker needs to run it. The one message
+/// that carries a repository's and a source's secrets outward, in clear,
+/// to the worker that claimed the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Claim {
     pub job: Job,
     /// The attempt this claim is; every heartbeat and the completion carry it.
@@ -338,60 +341,28 @@ pub struct Claim {
     pub reach: Reach,
 }
 
-impl fmt::Debug for Claim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Claim")
-            .field("job", &self.job.id)
-            .field("attempt", &self.attempt)
-            .field("repository", &self.repository)
-            .field("source", &self.source)
-            .field("reach", &self.reach)
-            .finish_non_exhaustive()
-    }
-}
-
 /// How a worker opens a repository. Carries the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RepositoryAccess {
     pub id: String,
     pub location: String,
-    pub password: String,
+    #[serde(serialize_with = "backstop_secret::reveal")]
+    pub password: Secret<String>,
     /// Backend settings (S3 endpoint, region, credentials, …) as
     /// `name = value` pairs of the CLI's `--s3-*` options.
-    #[serde(default)]
-    pub options: Vec<(String, String)>,
-}
-
-impl fmt::Debug for RepositoryAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RepositoryAccess")
-            .field("id", &self.id)
-            .field("location", &self.location)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+    #[serde(default, serialize_with = "backstop_secret::reveal_pairs")]
+    pub options: Vec<(String, Secret<String>)>,
 }
 
 /// What a worker backs up. Carries the source's secrets, if any.
-#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SourceAccess {
     pub id: String,
     pub kind: String,
     pub host: Option<String>,
     pub config: Value,
-    #[serde(default)]
-    pub secrets: Value,
-}
-
-impl fmt::Debug for SourceAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceAccess")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("config", &self.config)
-            .field("secrets", &"<redacted>")
-            .finish()
-    }
+    #[serde(default, serialize_with = "backstop_secret::reveal")]
+    pub secrets: Secret<Value>,
 }
 
 /// A worker's heartbeat: it still holds the lease of `attempt`.
@@ -464,8 +435,8 @@ pub struct Snapshot {
     pub info: SnapshotInfo,
 }
 
-/// A repository to register.
-#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A repository to register. Its password and options travel inward in clear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositorySpec {
     #[schemars(pattern(NAME_PATTERN))]
@@ -477,13 +448,14 @@ pub struct RepositorySpec {
     #[serde(default = "default_region")]
     #[schemars(pattern(NAME_PATTERN))]
     pub region: String,
+    #[serde(serialize_with = "backstop_secret::reveal")]
     #[schemars(length(min = 1, max = 4096))]
-    pub password: String,
+    pub password: Secret<String>,
     /// Backend settings as `[name, value]` pairs (S3: `endpoint`, `region`,
     /// `access_key_id`, `secret_access_key`, `session_token`, `allow_http`).
-    #[serde(default)]
+    #[serde(default, serialize_with = "backstop_secret::reveal_pairs")]
     #[schemars(with = "Vec<(RepositoryOption, String)>")]
-    pub options: Vec<(String, String)>,
+    pub options: Vec<(String, Secret<String>)>,
     /// Jobs that may run on it at once (default 4).
     #[serde(default)]
     #[schemars(range(min = 1, max = 10_000))]
@@ -491,17 +463,6 @@ pub struct RepositorySpec {
     /// Create the repository if the location is empty.
     #[serde(default)]
     pub init: bool,
-}
-
-impl fmt::Debug for RepositorySpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RepositorySpec")
-            .field("name", &self.name)
-            .field("location", &self.location)
-            .field("region", &self.region)
-            .field("password", &"<redacted>")
-            .finish_non_exhaustive()
-    }
 }
 
 /// The names a repository's backend options may have.
@@ -560,8 +521,8 @@ pub struct Repository {
     pub created: DateTime<Utc>,
 }
 
-/// A source to register: what to back up, on which host.
-#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A source to register: what to back up, on which host. Its secrets travel inward in clear.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSpec {
     #[schemars(pattern(NAME_PATTERN))]
@@ -577,9 +538,9 @@ pub struct SourceSpec {
     #[schemars(with = "serde_json::Map<String, Value>")]
     pub config: Value,
     /// Credentials the kind needs (`password`, `token`); stored sealed, never shown.
-    #[serde(default)]
+    #[serde(default, serialize_with = "backstop_secret::reveal")]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
-    pub secrets: Value,
+    pub secrets: Secret<Value>,
 }
 
 /// The kinds of sources.
@@ -604,17 +565,6 @@ impl SourceKind {
             SourceKind::Mysql => "mysql",
             SourceKind::Kubernetes => "kubernetes",
         }
-    }
-}
-
-impl fmt::Debug for SourceSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SourceSpec")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("config", &self.config)
-            .field("secrets", &"<redacted>")
-            .finish_non_exhaustive()
     }
 }
 
@@ -810,17 +760,12 @@ pub struct Token {
 }
 
 /// A token just created: the secret is shown this once.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NewToken {
     #[serde(flatten)]
     pub token: Token,
-    pub secret: String,
-}
-
-impl fmt::Debug for NewToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewToken").field("token", &self.token).field("secret", &"<redacted>").finish()
-    }
+    #[serde(serialize_with = "backstop_secret::reveal")]
+    pub secret: Secret<String>,
 }
 
 /// A tenant to create, or to change (`name` and `allow_net` as given;
@@ -929,11 +874,30 @@ mod tests {
             kind: "fs".into(),
             host: None,
             config: serde_json::json!({}),
-            secrets: serde_json::json!({"password": "hunter2"}),
+            secrets: serde_json::json!({"password": "hunter2"}).into(),
         };
-        for text in [format!("{repo:?}"), format!("{spec:?}"), format!("{source:?}")] {
+        let token = NewToken {
+            token: Token {
+                id: "t".into(),
+                tenant: "system".into(),
+                name: "ci".into(),
+                role: Role::Operator,
+                created: Utc::now(),
+                last_used: None,
+            },
+            secret: "bst_hunter2".into(),
+        };
+        for text in [format!("{repo:?}"), format!("{spec:?}"), format!("{source:?}"), format!("{token:?}")] {
             assert!(!text.contains("hunter2") && !text.contains("AKIA-SECRET"), "{text}");
         }
+        // Where a secret must travel, the field says so and it does.
+        let wire = serde_json::to_value(&repo).unwrap();
+        assert_eq!((wire["password"].as_str(), wire["options"][0][1].as_str()), (Some("hunter2"), Some("AKIA-SECRET")));
+        assert_eq!(serde_json::to_value(&source).unwrap()["secrets"]["password"], "hunter2");
+        assert_eq!(serde_json::to_value(&spec).unwrap()["password"], "hunter2");
+        assert_eq!(serde_json::to_value(&token).unwrap()["secret"], "bst_hunter2");
+        let back: RepositoryAccess = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, repo);
     }
 
     #[test]

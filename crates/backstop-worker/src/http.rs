@@ -2,23 +2,18 @@
 
 use std::time::Duration;
 
-use backstop_types::{Claim, ClaimRequest, Completion, ErrorBody, Heartbeat, HeartbeatReply};
+use backstop_types::{Claim, ClaimRequest, Completion, ErrorBody, Heartbeat, HeartbeatReply, Secret};
 use reqwest::StatusCode;
 
 use crate::{CallError, Coordinator};
 
 /// A coordinator at `base` (`https://backstop.example:8080`), authenticated
 /// with a worker token.
+#[derive(Debug)]
 pub struct HttpCoordinator {
     base: String,
-    token: String,
+    token: Secret<String>,
     client: reqwest::Client,
-}
-
-impl std::fmt::Debug for HttpCoordinator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpCoordinator").field("base", &self.base).field("token", &"<redacted>").finish()
-    }
 }
 
 impl HttpCoordinator {
@@ -27,7 +22,7 @@ impl HttpCoordinator {
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| CallError::Refused(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HttpCoordinator { base: base.trim_end_matches('/').to_string(), token: token.to_string(), client })
+        Ok(HttpCoordinator { base: base.trim_end_matches('/').to_string(), token: token.into(), client })
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -39,7 +34,7 @@ impl HttpCoordinator {
         let response = self
             .client
             .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose())
             .timeout(timeout)
             .json(body)
             .send()

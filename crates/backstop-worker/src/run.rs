@@ -11,7 +11,9 @@ use backstop_repo::ops::prune::{self, PruneOptions};
 use backstop_repo::restore::{self, RestoreOptions};
 use backstop_repo::{Password, Repository, Snapshot, SnapshotId};
 use backstop_types::params::{BackupParams, CheckParams, RestoreParams, RetentionParams, VerifyParams};
-use backstop_types::{BackupResult, Claim, JobParams, LogLevel, Outcome, Reach, RepositoryAccess, SnapshotInfo};
+use backstop_types::{
+    BackupResult, Claim, JobParams, LogLevel, Outcome, Reach, RepositoryAccess, RepositoryOption, SnapshotInfo,
+};
 use serde_json::{Value, json};
 
 use crate::JobTracker;
@@ -90,7 +92,7 @@ pub fn open_repository_with(
 ) -> Result<Repository, backstop_repo::Error> {
     let options = backend_options(access, reach, base)?;
     let backend: Arc<dyn Backend> = backstop_backend::open(&access.location, &options)?;
-    Repository::open(backend, &Password::new(&access.password))
+    Repository::open(backend, &Password::new(access.password.expose()))
 }
 
 /// `base` with the repository's own options (S3 endpoint, credentials)
@@ -102,18 +104,20 @@ pub fn backend_options(
     base: &OpenOptions,
 ) -> Result<OpenOptions, backstop_repo::Error> {
     let mut s3 = if reach.net.is_any() { base.s3.clone() } else { Default::default() };
-    for (name, value) in &access.options {
-        match name.as_str() {
-            "endpoint" => s3.endpoint = Some(value.clone()),
-            "region" => s3.region = Some(value.clone()),
-            "access_key_id" => s3.access_key_id = Some(value.clone()),
-            "secret_access_key" => s3.secret_access_key = Some(value.clone()),
-            "session_token" => s3.session_token = Some(value.clone()),
-            "allow_http" => s3.allow_http = Some(value == "true"),
-            other => {
+    for (name, secret) in &access.options {
+        let value = secret.expose().clone();
+        match RepositoryOption::parse(name) {
+            Some(RepositoryOption::Endpoint) => s3.endpoint = Some(value),
+            Some(RepositoryOption::Region) => s3.region = Some(value),
+            Some(RepositoryOption::AccessKeyId) => s3.access_key_id = Some(value),
+            Some(RepositoryOption::SecretAccessKey) => s3.secret_access_key = Some(secret.clone()),
+            Some(RepositoryOption::SessionToken) => s3.session_token = Some(secret.clone()),
+            Some(RepositoryOption::AllowHttp) => s3.allow_http = Some(value == "true"),
+            None => {
+                let known: Vec<&str> = RepositoryOption::ALL.iter().map(|o| o.as_str()).collect();
                 return Err(backstop_repo::Error::Invalid(format!(
-                    "unknown repository option {other:?} (known: endpoint, region, access_key_id, \
-                     secret_access_key, session_token, allow_http)"
+                    "unknown repository option {name:?} (known: {})",
+                    known.join(", ")
                 )));
             }
         }
@@ -172,7 +176,7 @@ fn backup(repo: &Repository, claim: &Claim, params: &BackupParams, tracker: &Job
         } else {
             // Secrets (a database password) were kept apart, encrypted; the packager sees them as options.
             let mut config = source.config.as_object().cloned().unwrap_or_default();
-            if let Some(secrets) = source.secrets.as_object() {
+            if let Some(secrets) = source.secrets.expose().as_object() {
                 config.extend(secrets.clone());
             }
             BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config, &claim.reach)?)
@@ -342,7 +346,7 @@ fn restore(repo: &Repository, claim: &Claim, params: &RestoreParams, tracker: &J
             let config = backstop_source::restore_into_source(
                 &source.kind,
                 &object(&source.config),
-                &object(&source.secrets),
+                &object(source.secrets.expose()),
                 &params.options.clone().unwrap_or_default(),
             )?;
             Some((source.kind.clone(), config))

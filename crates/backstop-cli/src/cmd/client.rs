@@ -573,7 +573,7 @@ pub fn repos(ctx: &Context, server: &ServerArgs, command: ReposCommand) -> Resul
                 name,
                 location,
                 region,
-                password: password.expose().to_string(),
+                password: password.expose().into(),
                 options: vec![],
                 max_concurrent,
                 init,
@@ -636,7 +636,7 @@ pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> R
                 kind: "fs".into(),
                 host,
                 config: json!({"paths": paths, "excludes": excludes}),
-                secrets: json!({}),
+                secrets: json!({}).into(),
             };
             let source: Source = client.post("/api/v1/sources", &spec, None)?;
             if ctx.args.json { print_json(&source) } else { println!("source {} registered", source.name) }
@@ -720,7 +720,7 @@ pub fn tokens(ctx: &Context, server: &ServerArgs, command: TokensCommand) -> Res
             if ctx.args.json {
                 print_json(&token);
             } else {
-                println!("{}", token.secret);
+                println!("{}", token.secret.expose());
                 eprintln!(
                     "token {} ({}, tenant {}): the secret above is shown only now",
                     token.token.id,

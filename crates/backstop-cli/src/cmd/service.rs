@@ -131,7 +131,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
         if secret.len() < 16 {
             bail!("the webhook secret in {} is shorter than 16 bytes; use a long random one", file.display());
         }
-        config.webhook_secret = Some(backstop_server::webhooks::WebhookSecret(secret));
+        config.webhook_secret = Some(backstop_server::webhooks::WebhookSecret(secret.into()));
     }
     config.default_repository = !args.no_default_repository;
     config.queue.lease = Duration::from_secs(args.lease_seconds.max(3));

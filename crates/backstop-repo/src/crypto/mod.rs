@@ -12,6 +12,8 @@ use std::fmt;
 
 pub use seal::{Compression, ObjectKind, SEAL_OVERHEAD, SealError, Sealer, open, open_in_place};
 
+use backstop_secret::Secret;
+
 use crate::id::BlobId;
 
 /// The repository's master secret and the keys derived from it.
@@ -75,32 +77,26 @@ impl fmt::Debug for MasterKey {
 }
 
 /// A password. `Debug` never shows it.
-#[derive(Clone)]
-pub struct Password(String);
+#[derive(Clone, Debug)]
+pub struct Password(Secret<String>);
 
 impl Password {
     pub fn new(password: impl Into<String>) -> Password {
-        Password(password.into())
+        Password(Secret::new(password.into()))
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
-        self.0.as_bytes()
+        self.0.expose().as_bytes()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.expose().is_empty()
     }
 
     /// The password itself, for handing it to the service (which stores
     /// it sealed). Never print it.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
+        self.0.expose()
     }
 }
 

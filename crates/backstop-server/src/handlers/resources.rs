@@ -120,7 +120,7 @@ fn init_or_open(access: &backstop_types::RepositoryAccess, reach: &backstop_type
                 .map_err(|e| answer("cannot open the repository".into(), e.into()))?;
             backstop_repo::Repository::init(
                 backend,
-                &backstop_repo::Password::new(&access.password),
+                &backstop_repo::Password::new(access.password.expose()),
                 backstop_repo::InitOptions::default(),
             )
             .map(|_| ())
@@ -198,7 +198,7 @@ pub async fn create_source(
     let mut config = spec.config.as_object().cloned().unwrap_or_default();
     if spec.kind != "fs" {
         // Secrets are options too (a database password), stored apart, sealed.
-        if let Some(secrets) = spec.secrets.as_object() {
+        if let Some(secrets) = spec.secrets.expose().as_object() {
             config.extend(secrets.clone());
         }
         backstop_source::validate(&spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
