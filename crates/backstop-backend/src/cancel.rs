@@ -24,6 +24,8 @@ pub struct CancelToken(Arc<Inner>);
 struct Inner {
     cancelled: AtomicBool,
     at: OnceLock<Instant>,
+    /// Wakes the tasks waiting in [`CancelToken::cancelled`].
+    woken: tokio::sync::Notify,
 }
 
 impl CancelToken {
@@ -34,6 +36,18 @@ impl CancelToken {
     pub fn cancel(&self) {
         self.0.at.get_or_init(Instant::now);
         self.0.cancelled.store(true, Ordering::SeqCst);
+        self.0.woken.notify_waiters();
+    }
+
+    /// Returns once the token is cancelled (at once if it is), woken by
+    /// [`cancel`](CancelToken::cancel), not by polling.
+    pub async fn cancelled(&self) {
+        let mut woken = std::pin::pin!(self.0.woken.notified());
+        // Registered before the flag is read: a cancel in between still wakes it.
+        woken.as_mut().enable();
+        if !self.is_cancelled() {
+            woken.await;
+        }
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -65,6 +79,23 @@ impl CancelToken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_waiter_wakes_when_cancelled_and_a_late_one_returns_at_once() {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_time().build().unwrap();
+        runtime.block_on(async {
+            let token = CancelToken::new();
+            let waiter = tokio::spawn({
+                let token = token.clone();
+                async move { token.cancelled().await }
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiter.is_finished(), "waits while not cancelled");
+            token.cancel();
+            tokio::time::timeout(Duration::from_secs(1), waiter).await.expect("woken").unwrap();
+            tokio::time::timeout(Duration::from_millis(100), token.cancelled()).await.expect("already cancelled");
+        });
+    }
 
     #[test]
     fn a_cancelled_sleep_ends_after_the_grace() {

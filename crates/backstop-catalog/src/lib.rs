@@ -20,6 +20,7 @@ mod migrate;
 pub mod queue;
 pub mod resources;
 pub mod schedule;
+pub mod scope;
 mod secrets;
 
 use std::str::FromStr;

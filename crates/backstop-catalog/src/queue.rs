@@ -18,15 +18,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use backstop_types::params::{RetentionParams, VerifyParams};
+use backstop_types::params::{BackupParams, RetentionParams, VerifyParams};
 use backstop_types::{
     BackupResult, Claim, Completion, EventKind, Heartbeat, HeartbeatReply, Job, JobEvent, JobKind, JobParams,
-    JobProgress, JobState, LogLevel, LogLine, Outcome, Page, RepositoryAccess, Retention, Secret, SourceAccess,
+    JobProgress, JobState, LogLevel, LogLine, Outcome, Page, Plan, RepositoryAccess, Retention, Secret, SourceAccess,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use crate::resources::Scope;
+use crate::scope::Scope;
+use crate::secrets::RepositorySecret;
 use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
 
 /// The longest deadline and the most attempts a job may have.
@@ -192,6 +193,65 @@ struct Candidate {
     wait_reason: Option<String>,
 }
 
+/// How many jobs may run at once on a candidate's repository and on its
+/// source's host.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    repository: u32,
+    host: u32,
+}
+
+/// Why candidate `c` may not start now, if it may not: maintenance runs
+/// alone on its repository and goes before younger jobs there; a
+/// repository and a source host run at most their `limits`.
+/// (`maintenance`: the oldest queued maintenance job of each repository.)
+fn blocked(c: &Candidate, running: &[Running], maintenance: &HashMap<String, i64>, limits: Limits) -> Option<String> {
+    let Limits { repository: repo_limit, host: host_limit } = limits;
+    let on_repo: Vec<&Running> = running.iter().filter(|r| r.repository == c.repository).collect();
+    if c.kind.is_maintenance() {
+        if !on_repo.is_empty() {
+            return Some(format!(
+                "maintenance waits for {} running job(s) on repository {} to finish",
+                on_repo.len(),
+                c.repository
+            ));
+        }
+    } else {
+        if on_repo.iter().any(|r| r.kind.is_maintenance()) {
+            return Some(format!("maintenance (prune) is running on repository {}", c.repository));
+        }
+        if maintenance.get(&c.repository).is_some_and(|&oldest| oldest < c.created_ms) {
+            return Some(format!("queued maintenance of repository {} goes first", c.repository));
+        }
+    }
+    if on_repo.len() as u32 >= repo_limit {
+        return Some(format!("repository {} is busy ({} of {repo_limit} jobs running)", c.repository, on_repo.len()));
+    }
+    if let Some(host) = &c.host {
+        let on_host = running.iter().filter(|r| r.host.as_deref() == Some(host.as_str())).count() as u32;
+        if on_host >= host_limit {
+            return Some(format!("source host {host} is busy ({on_host} of {host_limit} jobs running)"));
+        }
+    }
+    None
+}
+
+/// Tenants waiting for a turn (each with its oldest startable job's
+/// time), fairest first: fewest jobs running, then served longest ago
+/// (`served`: a tenant's last claim), then the oldest job.
+fn fair_order(waiting: Vec<(String, i64)>, running: &[Running], served: &HashMap<String, i64>) -> Vec<String> {
+    let mut tenants: Vec<(usize, i64, i64, String)> = waiting
+        .into_iter()
+        .map(|(tenant, oldest)| {
+            let busy = running.iter().filter(|j| j.tenant == tenant).count();
+            let last = served.get(&tenant).copied().unwrap_or(0);
+            (busy, last, oldest, tenant)
+        })
+        .collect();
+    tenants.sort();
+    tenants.into_iter().map(|(_, _, _, tenant)| tenant).collect()
+}
+
 impl Catalog {
     /// Insert a job, or return the existing one with the same idempotency
     /// key (`false`: nothing was inserted).
@@ -264,11 +324,16 @@ impl Catalog {
             return Ok((job_from_row(&row)?, false));
         }
         self.event(conn, &id, 0, EventKind::State, json!({"state": "queued", "wait_reason": wait}), now).await?;
+        Ok((self.fetch_job(conn, &id).await?, true))
+    }
+
+    /// A job as it is now, within `conn`'s transaction.
+    async fn fetch_job(&self, conn: &mut AnyConnection, id: &str) -> Result<Job> {
         let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
-            .bind(&id)
+            .bind(id)
             .fetch_one(&mut *conn)
             .await?;
-        Ok((job_from_row(&row)?, true))
+        job_from_row(&row)
     }
 
     pub(crate) async fn event(
@@ -280,16 +345,11 @@ impl Catalog {
         data: Value,
         now: i64,
     ) -> Result<()> {
-        let kind = match kind {
-            EventKind::State => "state",
-            EventKind::Progress => "progress",
-            EventKind::Log => "log",
-        };
         sqlx::query(&self.sql("INSERT INTO job_events (job_id, time_ms, attempt, kind, data) VALUES (?, ?, ?, ?, ?)"))
             .bind(job)
             .bind(now)
             .bind(attempt as i64)
-            .bind(kind)
+            .bind(kind.as_str())
             .bind(data.to_string())
             .execute(&mut *conn)
             .await?;
@@ -305,12 +365,7 @@ impl Catalog {
 
     async fn logs(&self, conn: &mut AnyConnection, job: &str, attempt: u32, logs: &[LogLine], now: i64) -> Result<()> {
         for line in logs {
-            let level = match line.level {
-                LogLevel::Info => "info",
-                LogLevel::Warning => "warning",
-                LogLevel::Error => "error",
-            };
-            self.event(conn, job, attempt, EventKind::Log, json!({"level": level, "message": line.message}), now)
+            self.event(conn, job, attempt, EventKind::Log, json!({"level": line.level, "message": line.message}), now)
                 .await?;
         }
         Ok(())
@@ -395,201 +450,40 @@ impl Catalog {
                     job: row.try_get("job_id")?,
                     time: time(row.try_get("time_ms")?),
                     attempt: row.try_get::<i64, _>("attempt")? as u32,
-                    kind: match kind.as_str() {
-                        "state" => EventKind::State,
-                        "progress" => EventKind::Progress,
-                        "log" => EventKind::Log,
-                        other => return Err(Error::Corrupt(format!("unknown event kind {other:?}"))),
-                    },
+                    kind: EventKind::parse(&kind)
+                        .ok_or_else(|| Error::Corrupt(format!("unknown event kind {kind:?}")))?,
                     data: serde_json::from_str(&data).map_err(|e| Error::Corrupt(format!("event data: {e}")))?,
                 })
             })
             .collect()
     }
 
-    /// Claim the next job of `region` for `worker`, if one may run now.
+    /// Claim the next job of `region` for `worker`, if one may run now:
+    /// the region's tenants in fair order, each one's oldest jobs that no
+    /// limit holds back, the first that no other coordinator holds.
     pub async fn claim(&self, worker: &str, region: &str, now: i64) -> Result<Option<Claim>> {
         let mut tx = self.pool().begin().await?;
-        if self.kind() == DbKind::Postgres {
-            sqlx::query(&self.sql("SELECT pg_advisory_xact_lock(?)"))
-                .bind(region_lock_key(region))
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(&self.sql(
-            "INSERT INTO workers (id, region, last_seen_ms) VALUES (?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen_ms = excluded.last_seen_ms",
-        ))
-        .bind(worker)
-        .bind(region)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-
+        self.claim_lock(&mut tx, region).await?;
+        self.saw_worker(&mut tx, worker, region, now).await?;
         let running = self.running(&mut tx).await?;
-        if let Some(limit) = self.config.region_limit {
-            let in_region = running.iter().filter(|r| r.region == region).count() as u32;
-            if in_region >= limit {
-                tx.commit().await?;
-                return Ok(None);
-            }
-        }
-        // Tenants with queued jobs in the region: one index seek per tenant
-        // (a loose index scan), not a read of every queued job.
-        let queued_tenants: Vec<String> = sqlx::query_scalar(&self.sql(
-            "WITH RECURSIVE t(tenant) AS ( \
-               SELECT MIN(tenant) FROM jobs WHERE state = 'queued' AND region = ? \
-               UNION ALL \
-               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.state = 'queued' AND j.region = ? AND j.tenant > t.tenant) \
-               FROM t WHERE t.tenant IS NOT NULL \
-             ) SELECT tenant FROM t WHERE tenant IS NOT NULL",
-        ))
-        .bind(region)
-        .bind(region)
-        .fetch_all(&mut *tx)
-        .await?;
-        // Each one's oldest job that may start now (not in backoff).
-        let mut rows: Vec<(String, i64)> = Vec::new();
-        for tenant in queued_tenants {
-            let oldest: Option<i64> = sqlx::query_scalar(&self.sql(
-                "SELECT created_ms FROM jobs WHERE state = 'queued' AND region = ? AND tenant = ? \
-                 AND not_before_ms <= ? ORDER BY created_ms LIMIT 1",
-            ))
-            .bind(region)
-            .bind(&tenant)
-            .bind(now)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(oldest) = oldest {
-                rows.push((tenant, oldest));
-            }
-        }
-        if rows.is_empty() {
+        if self.region_is_full(&running, region) {
             tx.commit().await?;
             return Ok(None);
         }
-        let served: HashMap<String, i64> =
-            sqlx::query(&self.sql("SELECT tenant, last_claim_ms FROM fair_share WHERE region = ?"))
-                .bind(region)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("tenant")?, r.try_get("last_claim_ms")?)))
-                .collect::<Result<_>>()?;
-        // Fairest first: fewest running, then served longest ago, then oldest job.
-        let mut tenants: Vec<(usize, i64, i64, String)> = rows
-            .into_iter()
-            .map(|(tenant, oldest)| {
-                let busy = running.iter().filter(|j| j.tenant == tenant).count();
-                let last = served.get(&tenant).copied().unwrap_or(0);
-                (busy, last, oldest, tenant)
-            })
-            .collect();
-        tenants.sort();
-
-        // Maintenance waiting on a repository holds back younger jobs there.
-        let maintenance: HashMap<String, i64> = sqlx::query(
-            "SELECT repository_id, MIN(created_ms) AS oldest FROM jobs \
-             WHERE state = 'queued' AND kind IN ('retention', 'prune') GROUP BY repository_id",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("repository_id")?, r.try_get("oldest")?)))
-        .collect::<Result<_>>()?;
+        let tenants = self.tenants_in_turn(&mut tx, region, &running, now).await?;
+        let maintenance = if tenants.is_empty() { HashMap::new() } else { self.queued_maintenance(&mut tx).await? };
         let mut repo_limits: HashMap<String, u32> = HashMap::new();
-
-        for (_, _, _, tenant) in tenants {
-            let rows = sqlx::query(&self.sql(
-                "SELECT id, repository_id, host, kind, created_ms, wait_reason FROM jobs \
-                 WHERE state = 'queued' AND region = ? AND tenant = ? AND not_before_ms <= ? \
-                 ORDER BY created_ms, id LIMIT 64",
-            ))
-            .bind(region)
-            .bind(&tenant)
-            .bind(now)
-            .fetch_all(&mut *tx)
-            .await?;
-            let candidates = rows
-                .iter()
-                .map(|r| {
-                    Ok(Candidate {
-                        id: r.try_get("id")?,
-                        repository: r.try_get("repository_id")?,
-                        host: r.try_get("host")?,
-                        kind: kind_of(r)?,
-                        created_ms: r.try_get("created_ms")?,
-                        wait_reason: r.try_get("wait_reason")?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            for c in candidates {
-                if !repo_limits.contains_key(&c.repository) {
-                    let limit: Option<i64> =
-                        sqlx::query_scalar(&self.sql("SELECT max_concurrent FROM repositories WHERE id = ?"))
-                            .bind(&c.repository)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    repo_limits.insert(c.repository.clone(), limit.unwrap_or(4).max(1) as u32);
-                }
-                let reason = self.blocked(&c, &running, &maintenance, repo_limits[&c.repository]);
-                if let Some(reason) = reason {
-                    if c.wait_reason.as_deref() != Some(reason.as_str()) {
-                        sqlx::query(&self.sql("UPDATE jobs SET wait_reason = ? WHERE id = ? AND state = 'queued'"))
-                            .bind(&reason)
-                            .bind(&c.id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+        for tenant in tenants {
+            for c in self.candidates(&mut tx, region, &tenant, now).await? {
+                let limit = self.repository_limit(&mut tx, &mut repo_limits, &c.repository).await?;
+                if let Some(reason) =
+                    blocked(&c, &running, &maintenance, Limits { repository: limit, host: self.config.host_limit })
+                {
+                    self.note_wait(&mut tx, &c, &reason).await?;
                     continue;
                 }
-                // Another coordinator may hold this row (cancel, reaper): skip it.
-                let locked: Option<String> = sqlx::query_scalar(
-                    &self.sql(&format!("SELECT id FROM jobs WHERE id = ? AND state = 'queued'{}", self.skip_locked())),
-                )
-                .bind(&c.id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if locked.is_none() {
-                    continue;
-                }
-                let expires = now + self.config.lease.as_millis() as i64;
-                sqlx::query(&self.sql(
-                    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
-                     lease_expires_ms = ?, started_ms = ?, wait_reason = NULL, progress = NULL \
-                     WHERE id = ? AND state = 'queued'",
-                ))
-                .bind(worker)
-                .bind(expires)
-                .bind(now)
-                .bind(&c.id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(&self.sql(
-                    "INSERT INTO fair_share (region, tenant, last_claim_ms) VALUES (?, ?, ?) \
-                     ON CONFLICT (region, tenant) DO UPDATE SET last_claim_ms = excluded.last_claim_ms",
-                ))
-                .bind(region)
-                .bind(&tenant)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
-                    .bind(&c.id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                let job = job_from_row(&row)?;
-                self.event(
-                    &mut tx,
-                    &job.id,
-                    job.attempt,
-                    EventKind::State,
-                    json!({"state": "running", "attempt": job.attempt, "worker": worker}),
-                    now,
-                )
-                .await?;
-                let claim = self.claim_for(&mut tx, job).await;
-                match claim {
+                let Some(job) = self.take(&mut tx, worker, region, &tenant, &c.id, now).await? else { continue };
+                match self.claim_for(&mut tx, job).await {
                     Ok(claim) => {
                         tx.commit().await?;
                         return Ok(Some(claim));
@@ -609,6 +503,217 @@ impl Catalog {
         Ok(None)
     }
 
+    /// One claim at a time per region across coordinators (PostgreSQL; a
+    /// SQLite write transaction is alone anyway).
+    async fn claim_lock(&self, conn: &mut AnyConnection, region: &str) -> Result<()> {
+        if self.kind() == DbKind::Postgres {
+            sqlx::query(&self.sql("SELECT pg_advisory_xact_lock(?)"))
+                .bind(region_lock_key(region))
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The worker asked for work now (`worker_seen`).
+    async fn saw_worker(&self, conn: &mut AnyConnection, worker: &str, region: &str, now: i64) -> Result<()> {
+        sqlx::query(&self.sql(
+            "INSERT INTO workers (id, region, last_seen_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, last_seen_ms = excluded.last_seen_ms",
+        ))
+        .bind(worker)
+        .bind(region)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the region runs as many jobs as its limit allows.
+    fn region_is_full(&self, running: &[Running], region: &str) -> bool {
+        self.config
+            .region_limit
+            .is_some_and(|limit| running.iter().filter(|r| r.region == region).count() as u32 >= limit)
+    }
+
+    /// The tenants with a job of `region` that may start now (none in
+    /// backoff), fairest first ([`fair_order`]).
+    async fn tenants_in_turn(
+        &self,
+        conn: &mut AnyConnection,
+        region: &str,
+        running: &[Running],
+        now: i64,
+    ) -> Result<Vec<String>> {
+        // Tenants with queued jobs in the region: one index seek per tenant
+        // (a loose index scan), not a read of every queued job.
+        let queued_tenants: Vec<String> = sqlx::query_scalar(&self.sql(
+            "WITH RECURSIVE t(tenant) AS ( \
+               SELECT MIN(tenant) FROM jobs WHERE state = 'queued' AND region = ? \
+               UNION ALL \
+               SELECT (SELECT MIN(j.tenant) FROM jobs j WHERE j.state = 'queued' AND j.region = ? AND j.tenant > t.tenant) \
+               FROM t WHERE t.tenant IS NOT NULL \
+             ) SELECT tenant FROM t WHERE tenant IS NOT NULL",
+        ))
+        .bind(region)
+        .bind(region)
+        .fetch_all(&mut *conn)
+        .await?;
+        // Each one's oldest job that may start now (not in backoff).
+        let mut waiting: Vec<(String, i64)> = Vec::new();
+        for tenant in queued_tenants {
+            let oldest: Option<i64> = sqlx::query_scalar(&self.sql(
+                "SELECT created_ms FROM jobs WHERE state = 'queued' AND region = ? AND tenant = ? \
+                 AND not_before_ms <= ? ORDER BY created_ms LIMIT 1",
+            ))
+            .bind(region)
+            .bind(&tenant)
+            .bind(now)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(oldest) = oldest {
+                waiting.push((tenant, oldest));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(Vec::new());
+        }
+        let served: HashMap<String, i64> =
+            sqlx::query(&self.sql("SELECT tenant, last_claim_ms FROM fair_share WHERE region = ?"))
+                .bind(region)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("tenant")?, r.try_get("last_claim_ms")?)))
+                .collect::<Result<_>>()?;
+        Ok(fair_order(waiting, running, &served))
+    }
+
+    /// The oldest queued maintenance job of each repository: it holds back
+    /// younger jobs there.
+    async fn queued_maintenance(&self, conn: &mut AnyConnection) -> Result<HashMap<String, i64>> {
+        sqlx::query(
+            "SELECT repository_id, MIN(created_ms) AS oldest FROM jobs \
+             WHERE state = 'queued' AND kind IN ('retention', 'prune') GROUP BY repository_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("repository_id")?, r.try_get("oldest")?)))
+        .collect()
+    }
+
+    /// A tenant's oldest jobs of `region` that may start now, at most 64.
+    async fn candidates(
+        &self,
+        conn: &mut AnyConnection,
+        region: &str,
+        tenant: &str,
+        now: i64,
+    ) -> Result<Vec<Candidate>> {
+        let rows = sqlx::query(&self.sql(
+            "SELECT id, repository_id, host, kind, created_ms, wait_reason FROM jobs \
+             WHERE state = 'queued' AND region = ? AND tenant = ? AND not_before_ms <= ? \
+             ORDER BY created_ms, id LIMIT 64",
+        ))
+        .bind(region)
+        .bind(tenant)
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Candidate {
+                    id: r.try_get("id")?,
+                    repository: r.try_get("repository_id")?,
+                    host: r.try_get("host")?,
+                    kind: kind_of(r)?,
+                    created_ms: r.try_get("created_ms")?,
+                    wait_reason: r.try_get("wait_reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many jobs may run on a repository at once (read once per claim).
+    async fn repository_limit(
+        &self,
+        conn: &mut AnyConnection,
+        known: &mut HashMap<String, u32>,
+        repository: &str,
+    ) -> Result<u32> {
+        if let Some(limit) = known.get(repository) {
+            return Ok(*limit);
+        }
+        let limit: Option<i64> = sqlx::query_scalar(&self.sql("SELECT max_concurrent FROM repositories WHERE id = ?"))
+            .bind(repository)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let limit = limit.unwrap_or(4).max(1) as u32;
+        known.insert(repository.to_string(), limit);
+        Ok(limit)
+    }
+
+    /// Say why a queued job waits, when the reason changed.
+    async fn note_wait(&self, conn: &mut AnyConnection, c: &Candidate, reason: &str) -> Result<()> {
+        if c.wait_reason.as_deref() != Some(reason) {
+            sqlx::query(&self.sql("UPDATE jobs SET wait_reason = ? WHERE id = ? AND state = 'queued'"))
+                .bind(reason)
+                .bind(&c.id)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Give queued job `id` to `worker`: a new attempt with a lease, the
+    /// tenant's turn recorded. `None` when another coordinator holds the
+    /// row (a cancel, the reaper).
+    async fn take(
+        &self,
+        conn: &mut AnyConnection,
+        worker: &str,
+        region: &str,
+        tenant: &str,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<Job>> {
+        let locked: Option<String> = sqlx::query_scalar(
+            &self.sql(&format!("SELECT id FROM jobs WHERE id = ? AND state = 'queued'{}", self.skip_locked())),
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        let expires = now + self.config.lease.as_millis() as i64;
+        sqlx::query(&self.sql(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_owner = ?, \
+             lease_expires_ms = ?, started_ms = ?, wait_reason = NULL, progress = NULL \
+             WHERE id = ? AND state = 'queued'",
+        ))
+        .bind(worker)
+        .bind(expires)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&self.sql(
+            "INSERT INTO fair_share (region, tenant, last_claim_ms) VALUES (?, ?, ?) \
+             ON CONFLICT (region, tenant) DO UPDATE SET last_claim_ms = excluded.last_claim_ms",
+        ))
+        .bind(region)
+        .bind(tenant)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        let job = self.fetch_job(conn, id).await?;
+        let data = json!({"state": "running", "attempt": job.attempt, "worker": worker});
+        self.event(conn, &job.id, job.attempt, EventKind::State, data, now).await?;
+        Ok(Some(job))
+    }
+
     async fn fail_unrunnable(&self, id: &str, error: &str, now: i64) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(&self.sql(
@@ -626,50 +731,6 @@ impl Catalog {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Why candidate `c` may not start now, if it may not.
-    fn blocked(
-        &self,
-        c: &Candidate,
-        running: &[Running],
-        maintenance: &HashMap<String, i64>,
-        repo_limit: u32,
-    ) -> Option<String> {
-        let on_repo: Vec<&Running> = running.iter().filter(|r| r.repository == c.repository).collect();
-        if c.kind.is_maintenance() {
-            if !on_repo.is_empty() {
-                return Some(format!(
-                    "maintenance waits for {} running job(s) on repository {} to finish",
-                    on_repo.len(),
-                    c.repository
-                ));
-            }
-        } else {
-            if on_repo.iter().any(|r| r.kind.is_maintenance()) {
-                return Some(format!("maintenance (prune) is running on repository {}", c.repository));
-            }
-            if maintenance.get(&c.repository).is_some_and(|&oldest| oldest < c.created_ms) {
-                return Some(format!("queued maintenance of repository {} goes first", c.repository));
-            }
-        }
-        if on_repo.len() as u32 >= repo_limit {
-            return Some(format!(
-                "repository {} is busy ({} of {repo_limit} jobs running)",
-                c.repository,
-                on_repo.len()
-            ));
-        }
-        if let Some(host) = &c.host {
-            let on_host = running.iter().filter(|r| r.host.as_deref() == Some(host.as_str())).count() as u32;
-            if on_host >= self.config.host_limit {
-                return Some(format!(
-                    "source host {host} is busy ({on_host} of {} jobs running)",
-                    self.config.host_limit
-                ));
-            }
-        }
-        None
     }
 
     async fn running(&self, conn: &mut AnyConnection) -> Result<Vec<Running>> {
@@ -862,12 +923,9 @@ impl Catalog {
             let done = Job { result: Some(result_value(&c.outcome)), ..job };
             self.chain_next(&mut tx, &done, now).await?;
         }
-        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let job = self.fetch_job(&mut tx, id).await?;
         tx.commit().await?;
-        job_from_row(&row)
+        Ok(job)
     }
 
     /// The plan's next step after `job` succeeded: backup → verify →
@@ -916,6 +974,63 @@ impl Catalog {
         };
         self.enqueue_in(conn, new, now).await?;
         Ok(())
+    }
+
+    /// Queue the plan's backup now (`backstop plans run`). With an
+    /// idempotency key, a repeated request returns the first job.
+    pub async fn run_plan(
+        &self,
+        scope: &Scope,
+        id_or_name: &str,
+        idempotency_key: Option<String>,
+        now: i64,
+    ) -> Result<(backstop_types::Job, bool)> {
+        let plan = self.plan(scope, id_or_name).await?;
+        let mut tx = self.pool().begin().await?;
+        let keyed = idempotency_key.is_some();
+        let mut job = self.plan_job(&mut tx, &plan, idempotency_key.map(|k| format!("api:{k}")), None).await?;
+        // Running one plan is one request, however it is asked for.
+        job.request_digest = keyed.then(|| format!("plan-run:{}", plan.id));
+        let out = self.enqueue_in(&mut tx, job, now).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// The backup job of `plan`.
+    pub(crate) async fn plan_job(
+        &self,
+        conn: &mut AnyConnection,
+        plan: &Plan,
+        idempotency_key: Option<String>,
+        not_before_ms: Option<i64>,
+    ) -> Result<NewJob> {
+        let region: Option<String> = sqlx::query_scalar(&self.sql("SELECT region FROM repositories WHERE id = ?"))
+            .bind(&plan.repository)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let region =
+            region.ok_or_else(|| Error::NotFound(format!("repository {} of plan {}", plan.repository, plan.name)))?;
+        let host: Option<Option<String>> = sqlx::query_scalar(&self.sql("SELECT host FROM sources WHERE id = ?"))
+            .bind(&plan.source)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let host = host.ok_or_else(|| Error::NotFound(format!("source {} of plan {}", plan.source, plan.name)))?;
+        Ok(NewJob {
+            tenant: plan.tenant.clone(),
+            params: JobParams::Backup(BackupParams { plan: Some(plan.name.clone()), tags: plan.tags.clone() }),
+            plan: Some(plan.id.clone()),
+            source: Some(plan.source.clone()),
+            repository: plan.repository.clone(),
+            region,
+            host,
+            max_attempts: plan.max_attempts,
+            deadline_seconds: plan.deadline_seconds,
+            idempotency_key,
+            request_digest: None,
+            parent: None,
+            step: None,
+            not_before_ms,
+        })
     }
 
     /// Cancel a job: a queued one at once, a running one at its next
@@ -985,12 +1100,9 @@ impl Catalog {
             now,
         )
         .await?;
-        let row = sqlx::query(&self.sql(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?")))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let job = self.fetch_job(&mut tx, id).await?;
         tx.commit().await?;
-        job_from_row(&row)
+        Ok(job)
     }
 
     /// The workers that hold a running job's lease.
@@ -1153,16 +1265,6 @@ fn result_value(outcome: &Outcome) -> Value {
     }
 }
 
-/// The secret part of a repository: its password and backend options.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub(crate) struct RepositorySecret {
-    // Revealed to be sealed (`secrets.rs`), and nowhere else.
-    #[serde(serialize_with = "backstop_secret::reveal")]
-    pub password: Secret<String>,
-    #[serde(serialize_with = "backstop_secret::reveal_pairs")]
-    pub options: Vec<(String, Secret<String>)>,
-}
-
 /// The advisory lock key of a region's claims (stable across processes).
 fn region_lock_key(region: &str) -> i64 {
     let h = blake3::hash(format!("backstop-claim:{region}").as_bytes());
@@ -1199,5 +1301,66 @@ impl LostAttempt {
         } else {
             (JobState::Dead, None, None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(tenant: &str, repository: &str, host: Option<&str>, kind: JobKind) -> Running {
+        Running {
+            tenant: tenant.into(),
+            repository: repository.into(),
+            host: host.map(str::to_string),
+            region: "eu".into(),
+            kind,
+        }
+    }
+
+    fn candidate(repository: &str, host: Option<&str>, kind: JobKind, created_ms: i64) -> Candidate {
+        Candidate {
+            id: "j".into(),
+            repository: repository.into(),
+            host: host.map(str::to_string),
+            kind,
+            created_ms,
+            wait_reason: None,
+        }
+    }
+
+    #[test]
+    fn the_fairest_tenant_goes_first() {
+        let busy = [running("a", "r", None, JobKind::Backup)];
+        let served = HashMap::from([("b".to_string(), 50), ("c".to_string(), 10)]);
+        let waiting = vec![("a".to_string(), 1), ("b".to_string(), 2), ("c".to_string(), 3), ("d".to_string(), 4)];
+        // d was never served, c longest ago, b later; a has a job running.
+        assert_eq!(fair_order(waiting, &busy, &served), ["d", "c", "b", "a"]);
+    }
+
+    const FOUR_TWO: Limits = Limits { repository: 4, host: 2 };
+
+    #[test]
+    fn limits_and_maintenance_hold_jobs_back() {
+        let none = HashMap::new();
+        let backup = candidate("r", Some("h"), JobKind::Backup, 100);
+        assert_eq!(blocked(&backup, &[], &none, FOUR_TWO), None);
+        let prune_running = [running("t", "r", None, JobKind::Prune)];
+        assert!(blocked(&backup, &prune_running, &none, FOUR_TWO).unwrap().contains("maintenance (prune) is running"));
+        let older_prune = HashMap::from([("r".to_string(), 50)]);
+        assert!(blocked(&backup, &[], &older_prune, FOUR_TWO).unwrap().contains("queued maintenance"));
+        let younger_prune = HashMap::from([("r".to_string(), 500)]);
+        assert_eq!(blocked(&backup, &[], &younger_prune, FOUR_TWO), None);
+        let prune = candidate("r", None, JobKind::Prune, 100);
+        let one_backup = [running("t", "r", Some("x"), JobKind::Backup)];
+        assert!(blocked(&prune, &one_backup, &none, FOUR_TWO).unwrap().starts_with("maintenance waits for 1 running"));
+        assert!(
+            blocked(&backup, &one_backup, &none, Limits { repository: 1, host: 2 })
+                .unwrap()
+                .contains("is busy (1 of 1 jobs running)")
+        );
+        let on_host =
+            [running("t", "other", Some("h"), JobKind::Backup), running("t", "o2", Some("h"), JobKind::Backup)];
+        assert!(blocked(&backup, &on_host, &none, FOUR_TWO).unwrap().starts_with("source host h is busy (2 of 2"));
     }
 }

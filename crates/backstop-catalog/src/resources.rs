@@ -5,47 +5,18 @@
 //! tenant's object (for system administrators, the system tenant's), an id
 //! any object the scope may see.
 
-use backstop_types::params::BackupParams;
 use backstop_types::{
-    AuditEvent, JobParams, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot,
-    SnapshotInfo, Source, SourceSpec, Tenant, Token,
+    AuditEvent, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot, SnapshotInfo,
+    Source, SourceSpec, Tenant, Token,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use crate::queue::{NewJob, RepositorySecret};
 use crate::schedule::Schedule;
+pub use crate::scope::{SYSTEM_TENANT, Scope};
+use crate::secrets::RepositorySecret;
 use crate::secrets::hex_encode;
 use crate::{Catalog, Error, Result, new_id, opt_time, time};
-
-/// Whose rows a caller may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Every tenant (administrators of the system tenant, the scheduler).
-    All,
-    Tenant(String),
-}
-
-impl Scope {
-    /// ` AND {column} = ?` and its value, for a tenant scope.
-    pub(crate) fn clause(&self, column: &str) -> (String, Option<&str>) {
-        match self {
-            Scope::All => (String::new(), None),
-            Scope::Tenant(t) => (format!(" AND {column} = ?"), Some(t.as_str())),
-        }
-    }
-
-    /// The tenant new objects belong to.
-    pub fn tenant(&self) -> &str {
-        match self {
-            Scope::All => SYSTEM_TENANT,
-            Scope::Tenant(t) => t,
-        }
-    }
-}
-
-/// The tenant whose administrators administer every tenant.
-pub const SYSTEM_TENANT: &str = "system";
 
 /// Names of tenants, repositories, sources, plans and tokens.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
@@ -674,63 +645,6 @@ impl Catalog {
         let plan = self.plan(scope, id_or_name).await?;
         sqlx::query(&self.sql("DELETE FROM plans WHERE id = ?")).bind(&plan.id).execute(self.pool()).await?;
         Ok(())
-    }
-
-    /// Queue the plan's backup now (`backstop plans run`). With an
-    /// idempotency key, a repeated request returns the first job.
-    pub async fn run_plan(
-        &self,
-        scope: &Scope,
-        id_or_name: &str,
-        idempotency_key: Option<String>,
-        now: i64,
-    ) -> Result<(backstop_types::Job, bool)> {
-        let plan = self.plan(scope, id_or_name).await?;
-        let mut tx = self.pool().begin().await?;
-        let keyed = idempotency_key.is_some();
-        let mut job = self.plan_job(&mut tx, &plan, idempotency_key.map(|k| format!("api:{k}")), None).await?;
-        // Running one plan is one request, however it is asked for.
-        job.request_digest = keyed.then(|| format!("plan-run:{}", plan.id));
-        let out = self.enqueue_in(&mut tx, job, now).await?;
-        tx.commit().await?;
-        Ok(out)
-    }
-
-    /// The backup job of `plan`.
-    pub(crate) async fn plan_job(
-        &self,
-        conn: &mut AnyConnection,
-        plan: &Plan,
-        idempotency_key: Option<String>,
-        not_before_ms: Option<i64>,
-    ) -> Result<NewJob> {
-        let region: Option<String> = sqlx::query_scalar(&self.sql("SELECT region FROM repositories WHERE id = ?"))
-            .bind(&plan.repository)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let region =
-            region.ok_or_else(|| Error::NotFound(format!("repository {} of plan {}", plan.repository, plan.name)))?;
-        let host: Option<Option<String>> = sqlx::query_scalar(&self.sql("SELECT host FROM sources WHERE id = ?"))
-            .bind(&plan.source)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let host = host.ok_or_else(|| Error::NotFound(format!("source {} of plan {}", plan.source, plan.name)))?;
-        Ok(NewJob {
-            tenant: plan.tenant.clone(),
-            params: JobParams::Backup(BackupParams { plan: Some(plan.name.clone()), tags: plan.tags.clone() }),
-            plan: Some(plan.id.clone()),
-            source: Some(plan.source.clone()),
-            repository: plan.repository.clone(),
-            region,
-            host,
-            max_attempts: plan.max_attempts,
-            deadline_seconds: plan.deadline_seconds,
-            idempotency_key,
-            request_digest: None,
-            parent: None,
-            step: None,
-            not_before_ms,
-        })
     }
 
     // ---- snapshots --------------------------------------------------------

@@ -20,7 +20,7 @@ use jiff::tz::TimeZone;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::resources::{SYSTEM_TENANT, Scope};
+use crate::scope::{SYSTEM_TENANT, Scope};
 use crate::{Catalog, Error, Result};
 
 /// A parsed cron expression in a time zone.

@@ -97,6 +97,16 @@ pub(crate) fn hex_decode(s: &str) -> Option<Vec<u8>> {
     s.as_bytes().chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
 }
 
+/// The secret part of a repository: its password and backend options.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct RepositorySecret {
+    // Revealed to be sealed (`secrets.rs`), and nowhere else.
+    #[serde(serialize_with = "backstop_secret::reveal")]
+    pub password: Secret<String>,
+    #[serde(serialize_with = "backstop_secret::reveal_pairs")]
+    pub options: Vec<(String, Secret<String>)>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,8 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use backstop_types::ErrorCode;
+
 use crate::error::ApiError;
 
 /// A JSON request body of type `T`.
@@ -45,15 +47,13 @@ fn integral(value: &mut serde_json::Value) {
 
 fn json_rejection(e: JsonRejection) -> ApiError {
     match e {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as JSON, with Content-Type: application/json",
-        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::new(ErrorCode::UnsupportedMediaType, "send the body as JSON, with Content-Type: application/json")
+        }
         JsonRejection::JsonSyntaxError(e) => ApiError::invalid(format!("the body is not JSON: {}", e.body_text())),
         JsonRejection::JsonDataError(e) => ApiError::invalid(format!("the body does not fit: {}", e.body_text())),
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "the body is too large (at most 2 MiB)")
+            ApiError::new(ErrorCode::TooLarge, "the body is too large (at most 2 MiB)")
         }
         other => ApiError::invalid(format!("cannot read the body: {}", other.body_text())),
     }

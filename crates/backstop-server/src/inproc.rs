@@ -49,11 +49,7 @@ pub async fn reclaim_dead_pools(catalog: &backstop_catalog::Catalog) -> Result<V
 }
 
 fn call_error(e: crate::error::ApiError) -> CallError {
-    match e.code {
-        "stale_attempt" | "not_found" => CallError::Stale(e.message),
-        "unavailable" | "internal" => CallError::Unavailable(e.message),
-        _ => CallError::Refused(e.message),
-    }
+    CallError::from_code(e.code, e.message)
 }
 
 impl Coordinator for InProcess {

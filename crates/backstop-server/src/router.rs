@@ -356,8 +356,7 @@ pub fn router(state: AppState) -> Router {
     }
     app.method_not_allowed_fallback(|| async {
         crate::error::ApiError::new(
-            axum::http::StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            backstop_types::ErrorCode::MethodNotAllowed,
             "this endpoint does not take that method; see /api/v1/openapi.json",
         )
     })

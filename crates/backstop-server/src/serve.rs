@@ -123,7 +123,7 @@ pub async fn serve(
     while !stop.is_cancelled() {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            () = stop.cancelled() => break,
         };
         let Ok((tcp, _)) = accepted else { continue };
         // Over the cap: closed at once, not queued.

@@ -185,12 +185,10 @@ async fn notify_recent_failures(state: &AppState) {
     }
 }
 
+/// Sleep for `d`, or until `stop` is cancelled.
 pub async fn sleep_or_stop(d: Duration, stop: &CancelToken) {
-    let step = Duration::from_millis(100);
-    let mut left = d;
-    while !stop.is_cancelled() && !left.is_zero() {
-        let s = left.min(step);
-        tokio::time::sleep(s).await;
-        left -= s;
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        () = stop.cancelled() => {}
     }
 }

@@ -278,6 +278,22 @@ pub enum EventKind {
     Log,
 }
 
+impl EventKind {
+    pub const ALL: [EventKind; 3] = [EventKind::State, EventKind::Progress, EventKind::Log];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::State => "state",
+            EventKind::Progress => "progress",
+            EventKind::Log => "log",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// One entry of a job's append-only event stream. `id` increases across
 /// all jobs, so a client resumes a stream from the last id it saw.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -829,10 +845,67 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `not_found`, `invalid`, `conflict`,
-    /// `unauthorized`, `forbidden`, `stale_attempt`, `internal`.
-    pub code: String,
+    /// Stable and machine-readable; each code has one HTTP status.
+    pub code: ErrorCode,
     pub message: String,
+}
+
+/// What went wrong, for a program to act on; [`ErrorCode::status`] is
+/// the HTTP status it comes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or asks for something impossible (400).
+    Invalid,
+    /// No token, or one that is not valid (401).
+    Unauthorized,
+    /// The token may not do this (403).
+    Forbidden,
+    /// No such object or endpoint (404).
+    NotFound,
+    /// The endpoint does not take that method (405).
+    MethodNotAllowed,
+    /// The request clashes with what exists (409).
+    Conflict,
+    /// A worker's attempt no longer holds its job: stop, report nothing (409).
+    StaleAttempt,
+    /// The body is too large (413).
+    TooLarge,
+    /// The body is not JSON (415).
+    UnsupportedMediaType,
+    /// An `Idempotency-Key` was used before for another request (422).
+    IdempotencyKeyReused,
+    /// The token has too many event streams open (429).
+    TooManyStreams,
+    /// The service failed; the message says what is logged (500).
+    Internal,
+    /// The catalog is busy or out of reach: try again (503).
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is answered with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::Invalid => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict | ErrorCode::StaleAttempt => 409,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::TooManyStreams => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+
+    /// Whether the same request may succeed later, unchanged.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TooManyStreams)
+    }
 }
 
 /// An entry of the audit trail.
@@ -912,6 +985,10 @@ mod tests {
         }
         for r in [Role::Viewer, Role::Operator, Role::Admin, Role::Worker] {
             assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), serde_json::json!(k.as_str()));
         }
     }
 

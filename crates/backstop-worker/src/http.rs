@@ -1,9 +1,10 @@
-//! The coordinator over HTTP, as `backstop worker` talks to it.
+//! The coordinator over HTTP, as `backstop worker` talks to it: the API
+//! client the CLI uses too ([`backstop_client`]).
 
 use std::time::Duration;
 
-use backstop_types::{Claim, ClaimRequest, Completion, ErrorBody, Heartbeat, HeartbeatReply, Secret};
-use reqwest::StatusCode;
+use backstop_client::{ApiClient, CallOptions, ClientError};
+use backstop_types::{Claim, ClaimRequest, Completion, Heartbeat, HeartbeatReply, Secret};
 
 use crate::{CallError, Coordinator};
 
@@ -11,18 +12,13 @@ use crate::{CallError, Coordinator};
 /// with a worker token.
 #[derive(Debug)]
 pub struct HttpCoordinator {
-    base: String,
-    token: Secret<String>,
-    client: reqwest::Client,
+    api: ApiClient,
 }
 
 impl HttpCoordinator {
     pub fn new(base: &str, token: &str) -> Result<HttpCoordinator, CallError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| CallError::Refused(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HttpCoordinator { base: base.trim_end_matches('/').to_string(), token: token.into(), client })
+        let api = ApiClient::new(base, Secret::new(token.to_string())).map_err(CallError::from)?;
+        Ok(HttpCoordinator { api })
     }
 
     async fn post<B: serde::Serialize, R: serde::de::DeserializeOwned>(
@@ -31,35 +27,26 @@ impl HttpCoordinator {
         body: &B,
         timeout: Duration,
     ) -> Result<Option<R>, CallError> {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(self.token.expose())
-            .timeout(timeout)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| CallError::Unavailable(format!("{}: {e}", self.base)))?;
-        let status = response.status();
-        if status == StatusCode::NO_CONTENT {
+        let options = CallOptions { timeout: Some(timeout), ..CallOptions::default() };
+        let answer: serde_json::Value = self.api.post(path, body, &options).await?;
+        if answer.is_null() {
             return Ok(None);
         }
-        if status.is_success() {
-            return response
-                .json::<R>()
-                .await
-                .map(Some)
-                .map_err(|e| CallError::Unavailable(format!("unreadable answer from {}: {e}", self.base)));
+        serde_json::from_value(answer)
+            .map(Some)
+            .map_err(|e| CallError::Unavailable(format!("unreadable answer from {}: {e}", self.api.base())))
+    }
+}
+
+impl From<ClientError> for CallError {
+    fn from(e: ClientError) -> CallError {
+        match &e {
+            ClientError::Api { code: Some(code), message, .. } => CallError::from_code(*code, message.clone()),
+            _ if e.is_transient() => CallError::Unavailable(e.to_string()),
+            // Not the API's answer: a 409 or 404 still means the attempt is gone.
+            ClientError::Api { status: 409 | 404, message, .. } => CallError::Stale(message.clone()),
+            _ => CallError::Refused(e.to_string()),
         }
-        let message = match response.json::<ErrorBody>().await {
-            Ok(body) => body.error.message,
-            Err(_) => format!("HTTP {status}"),
-        };
-        Err(match status {
-            StatusCode::CONFLICT | StatusCode::NOT_FOUND => CallError::Stale(message),
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => CallError::Unavailable(message),
-            _ => CallError::Refused(message),
-        })
     }
 }
 

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backstop_repo::{CancelToken, Progress};
-use backstop_types::{Claim, ClaimRequest, Completion, Heartbeat, HeartbeatReply, JobProgress, LogLevel, LogLine};
+use backstop_types::{
+    Claim, ClaimRequest, Completion, ErrorCode, Heartbeat, HeartbeatReply, JobProgress, LogLevel, LogLine,
+};
 
 /// Why a call to the coordinator failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,19 @@ pub enum CallError {
     /// The coordinator could not be reached or failed; try again.
     #[error("{0}")]
     Unavailable(String),
+}
+
+impl CallError {
+    /// What the coordinator's error code means for a worker's call; the
+    /// one reading for the HTTP and the in-process coordinator.
+    pub fn from_code(code: ErrorCode, message: String) -> CallError {
+        match code {
+            // The attempt lost its job (lease, cancel, another attempt), or the job is gone.
+            ErrorCode::StaleAttempt | ErrorCode::NotFound | ErrorCode::Conflict => CallError::Stale(message),
+            c if c.is_transient() => CallError::Unavailable(message),
+            _ => CallError::Refused(message),
+        }
+    }
 }
 
 /// What a worker needs from its coordinator.
@@ -226,7 +241,7 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
                 // expire, as a killed worker's would.
                 let claimed = tokio::select! {
                     claimed = coordinator.claim(&req) => claimed,
-                    () = stopped(&stop) => break,
+                    () = stop.cancelled() => break,
                 };
                 match claimed {
                     Ok(Some(mut claim)) => {
@@ -245,7 +260,7 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
                         );
                         tokio::select! {
                             () = tokio::time::sleep(backoff) => {}
-                            () = stopped(&stop) => break,
+                            () = stop.cancelled() => break,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
@@ -260,13 +275,6 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
 
 /// The longest time between a running job's heartbeats.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
-
-/// Returns once `stop` is cancelled (looking every 100 ms).
-async fn stopped(stop: &CancelToken) {
-    while !stop.is_cancelled() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Run one claimed job to its end and report it.
 pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backstop_backend::OpenOptions) {

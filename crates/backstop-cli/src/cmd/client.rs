@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use backstop_client::{ApiClient, CallOptions};
 use backstop_types::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,10 +25,10 @@ pub struct ServerArgs {
     pub token: Option<String>,
 }
 
+/// The API client ([`backstop_client`], which the workers use too), called
+/// from the CLI's synchronous commands.
 pub struct Client {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+    api: ApiClient,
     rt: tokio::runtime::Runtime,
 }
 
@@ -39,45 +40,11 @@ impl Client {
             anyhow!("no token given: set BACKSTOP_TOKEN (the admin token is printed on the server's first start)")
         })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), token, http, rt })
-    }
-
-    fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-        key: Option<&str>,
-    ) -> Result<(u16, Value)> {
-        self.rt.block_on(async {
-            let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            if let Some(k) = key {
-                req = req.header("Idempotency-Key", k);
-            }
-            let resp = req.send().await.with_context(|| format!("cannot reach {}", self.base))?;
-            let status = resp.status().as_u16();
-            let text = resp.text().await.unwrap_or_default();
-            let value: Value =
-                if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-            if status >= 400 {
-                let message = value
-                    .pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or(value.to_string());
-                bail!("{message} (HTTP {status})");
-            }
-            Ok((status, value))
-        })
+        Ok(Client { api: ApiClient::new(&base, token.into())?, rt })
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let (_, v) = self.send(reqwest::Method::GET, path, None, None)?;
-        serde_json::from_value(v).context("unexpected answer from the server")
+        Ok(self.rt.block_on(self.api.get(path))?)
     }
 
     /// Every item of a paginated list, following the cursors.
@@ -100,62 +67,18 @@ impl Client {
     }
 
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize, key: Option<&str>) -> Result<T> {
-        let body = serde_json::to_value(body)?;
-        let (_, v) = self.send(reqwest::Method::POST, path, Some(&body), key)?;
-        serde_json::from_value(v).context("unexpected answer from the server")
+        let options = CallOptions { idempotency_key: key, ..CallOptions::default() };
+        Ok(self.rt.block_on(self.api.post(path, body, &options))?)
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.send(reqwest::Method::DELETE, path, None, None).map(|_| ())
+        Ok(self.rt.block_on(self.api.delete(path))?)
     }
 
     /// Follow a job's event stream (SSE), calling `each` per event, until the job ends.
-    pub fn follow(&self, job: &str, mut each: impl FnMut(&JobEvent)) -> Result<()> {
-        self.rt.block_on(async {
-            let mut after = 0i64;
-            loop {
-                let url = format!("{}/api/v1/jobs/{job}/events/stream?after={after}", self.base);
-                let resp = self.http.get(&url).bearer_auth(&self.token).send().await;
-                let mut resp = match resp {
-                    Ok(r) if r.status().is_success() => r,
-                    Ok(r) => bail!("following job {job}: HTTP {}", r.status()),
-                    Err(e) => {
-                        // The coordinator may be restarting: resume where we were.
-                        eprintln!("(connection lost: {e}; reconnecting)");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let mut buf = String::new();
-                let mut ended = true;
-                loop {
-                    match resp.chunk().await {
-                        Ok(Some(bytes)) => {
-                            buf.push_str(&String::from_utf8_lossy(&bytes));
-                            while let Some(end) = buf.find("\n\n") {
-                                let block: String = buf.drain(..end + 2).collect();
-                                for line in block.lines() {
-                                    if let Some(data) = line.strip_prefix("data:")
-                                        && let Ok(e) = serde_json::from_str::<JobEvent>(data.trim())
-                                    {
-                                        after = e.id;
-                                        each(&e);
-                                    }
-                                }
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(_) => {
-                            ended = false;
-                            break;
-                        }
-                    }
-                }
-                if ended {
-                    return Ok(());
-                }
-            }
-        })
+    pub fn follow(&self, job: &str, each: impl FnMut(&JobEvent)) -> Result<()> {
+        let reconnect = |e: &backstop_client::ClientError| eprintln!("(connection lost: {e}; reconnecting)");
+        self.rt.block_on(self.api.follow(job, 0, each, reconnect)).with_context(|| format!("following job {job}"))
     }
 }
 

@@ -166,9 +166,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
             println!("admin token (shown only now; keep it): {token}");
             println!("  export BACKSTOP_SERVER={scheme}://{} BACKSTOP_TOKEN={token}", running.addr);
         }
-        while !ctx.cancel.is_cancelled() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        ctx.cancel.cancelled().await;
         if !ctx.args.quiet {
             eprintln!("backstop serve: stopping");
         }

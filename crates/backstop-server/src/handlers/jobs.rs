@@ -11,7 +11,7 @@ use backstop_catalog::queue::JobFilter;
 use backstop_catalog::resources::Scope;
 use backstop_catalog::{NewJob, now_ms};
 use backstop_types::params::{CheckParams, RestoreParams};
-use backstop_types::{Job, JobEvent, JobKind, JobParams, JobSpec, JobState, Page, Role, Source};
+use backstop_types::{ErrorCode, Job, JobEvent, JobKind, JobParams, JobSpec, JobState, Page, Role, Source};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -384,8 +384,7 @@ pub async fn stream(
     state.catalog.job(&scope, &id).await?;
     let slot = state.open_stream(&caller.token.id).ok_or_else(|| {
         ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_streams",
+            ErrorCode::TooManyStreams,
             format!(
                 "this token has {} event streams open already; close one, or read /api/v1/jobs/{id}/events",
                 crate::state::MAX_STREAMS_PER_TOKEN
