@@ -26,6 +26,7 @@ use backstop_types::{
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
+use crate::resources::source_kind;
 use crate::scope::Scope;
 use crate::secrets::RepositorySecret;
 use crate::{Catalog, DbKind, Error, Result, new_id, opt_time, time};
@@ -777,7 +778,7 @@ impl Catalog {
                 let sid: String = row.try_get("id")?;
                 let secrets: Secret<Value> = self.open_json(&sid, &row.try_get::<String, _>("secret")?)?;
                 Some(SourceAccess {
-                    kind: row.try_get("kind")?,
+                    kind: source_kind(&row)?,
                     host: row.try_get("host")?,
                     config: json_col(&row, "config")?.unwrap_or(Value::Null),
                     secrets,

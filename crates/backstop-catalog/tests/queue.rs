@@ -10,7 +10,7 @@ use backstop_catalog::{Catalog, Error, NewJob, QueueConfig, SecretKey};
 use backstop_testkit::postgres::Postgres;
 use backstop_types::{
     Chain, Completion, Heartbeat, JobKind, JobParams, JobProgress, JobState, Misfire, Outcome, Overlap, PlanSpec,
-    RepositorySpec, Retention, SnapshotInfo, SourceSpec,
+    RepositorySpec, Retention, SnapshotInfo, SourceKind, SourceSpec,
 };
 use serde_json::json;
 
@@ -87,7 +87,7 @@ async fn setup(c: &Catalog, tenant: &str, max: u32, host: &str, chain: Chain) ->
             &scope,
             &SourceSpec {
                 name: "home".into(),
-                kind: "fs".into(),
+                kind: SourceKind::Fs,
                 host: Some(host.into()),
                 config: json!({"paths": ["/home"]}),
                 secrets: json!({}).into(),
@@ -643,17 +643,18 @@ async fn bad_input_is_refused_with_a_reason() {
     let db = sqlite().await;
     let c = &db.catalog;
     let s = setup(c, "acme", 4, "h1", Chain::default()).await;
+    // What a source's configuration means is its packager's to check
+    // (backstop-source's tests: a relative fs path, an unknown kind); the
+    // catalog stores an object as it is.
     let bad_source = SourceSpec {
         name: "x".into(),
-        kind: "fs".into(),
+        kind: SourceKind::Fs,
         host: None,
-        config: json!({"paths": ["relative/path"]}),
+        config: json!(["/srv"]),
         secrets: json!({}).into(),
     };
     let err = c.create_source(&s.scope, &bad_source, T0).await.unwrap_err();
-    assert!(err.to_string().contains("not an absolute path"), "{err}");
-    let unknown = SourceSpec { kind: "ftp".into(), config: json!({}), ..bad_source.clone() };
-    assert!(c.create_source(&s.scope, &unknown, T0).await.unwrap_err().to_string().contains("unknown source kind"));
+    assert!(err.to_string().contains("config must be a JSON object"), "{err}");
     let spec = PlanSpec {
         name: "bad".into(),
         source: "home".into(),

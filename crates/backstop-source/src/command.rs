@@ -2,12 +2,14 @@
 //! (the escape hatch: `etcdctl snapshot`, `vzdump`, …). Restore pipes the
 //! stream into a restore command.
 
-use std::process::Command;
+use std::process::Command as Process;
 
+use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 
+use crate::packager::{Packager, SourceKind};
 use crate::process::{ChildStream, run_with_input};
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_str, req_str};
+use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
 
 pub struct CommandConfig {
     /// Run by `sh -c`.
@@ -28,8 +30,8 @@ impl CommandConfig {
     }
 }
 
-fn shell(command: &str) -> Command {
-    let mut c = Command::new("sh");
+fn shell(command: &str) -> Process {
+    let mut c = Process::new("sh");
     c.arg("-c").arg(command);
     c
 }
@@ -61,4 +63,50 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config) -> Result<RestoreRe
     let (path, _) = ctx.single(chosen.as_deref(), "stream to pipe into the command")?;
     run_with_input(shell(&command), |stdin| ctx.dump(path, stdin).map(drop))?;
     Ok(RestoreReport { restored: vec![(path.clone(), format!("command:{command}"))] })
+}
+
+/// The `command` kind: it runs commands on the workers, which only the
+/// system tenant may.
+pub struct Command;
+
+const SYSTEM_ONLY: &str = "a command runs on the workers";
+
+impl Packager for Command {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Command
+    }
+
+    fn target_key(&self) -> Option<&'static str> {
+        Some("command")
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        CommandConfig::parse(config).map(drop)
+    }
+
+    fn touches(&self, _config: &Config, _restore: bool) -> Result<Touches> {
+        Ok(Touches { workers_own: Some(SYSTEM_ONLY.into()), ..Touches::default() })
+    }
+
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource> {
+        if !reach.is_any() {
+            return Err(Error::Invalid("a command source is for the system tenant only".into()));
+        }
+        Ok(BackupSource::Tree(tree(&CommandConfig::parse(config)?)?))
+    }
+
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    fn validate_restore(&self, config: &Config) -> Result<()> {
+        self.validate(&crate::without_restore_keys(config))
+    }
+
+    fn restore(&self, ctx: &RestoreContext, config: &Config, reach: &Reach) -> Result<RestoreReport> {
+        if !reach.is_any() {
+            return Err(Error::Invalid("a restore into a command is for the system tenant only".into()));
+        }
+        restore(ctx, config)
+    }
 }

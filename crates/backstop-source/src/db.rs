@@ -14,12 +14,17 @@ use std::path::Path;
 use std::process::Command;
 
 use backstop_confine::NetScope;
+use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use backstop_secret::Secret;
 use url::Url;
 
+use crate::packager::{Packager, SourceKind};
 use crate::process::{ChildStream, run, run_with_input};
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_list, opt_str, req_str};
+use crate::{
+    Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_list, opt_str,
+    req_str,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -28,6 +33,14 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The port a server listens on when its URL names none.
+    fn default_port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::Mysql => 3306,
+        }
+    }
+
     fn kind(self) -> &'static str {
         match self {
             Engine::Postgres => "postgres",
@@ -489,4 +502,56 @@ pub(crate) fn restore(ctx: &RestoreContext, engine: Engine, config: &Config, net
         report.restored.push((entry, where_to.label()));
     }
     Ok(report)
+}
+
+/// The `postgres` and `mysql` kinds: one packager per engine.
+pub struct Database(Engine);
+
+pub const POSTGRES: Database = Database(Engine::Postgres);
+pub const MYSQL: Database = Database(Engine::Mysql);
+
+impl Packager for Database {
+    fn kind(&self) -> SourceKind {
+        match self.0 {
+            Engine::Postgres => SourceKind::Postgres,
+            Engine::Mysql => SourceKind::Mysql,
+        }
+    }
+
+    fn target_key(&self) -> Option<&'static str> {
+        Some("url")
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        DbConfig::parse(self.0, config).map(drop)
+    }
+
+    fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {
+        let c = DbConfig::parse(self.0, config)?;
+        let mut out = Touches::default();
+        match (&c.socket, &c.host) {
+            (Some(socket), _) => out.sockets.push(socket.into()),
+            (None, Some(host)) => out.hosts.push((host.clone(), c.port.unwrap_or(self.0.default_port()))),
+            (None, None) => {
+                out.workers_own = Some(format!("a {} URL without a host uses the workers' local socket", self.0.kind()))
+            }
+        }
+        Ok(out)
+    }
+
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource> {
+        Ok(BackupSource::Tree(tree(&DbConfig::parse(self.0, config)?.confined(&reach.net)?)?))
+    }
+
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        Some(&["url", "password", "databases"])
+    }
+
+    fn validate_restore(&self, config: &Config) -> Result<()> {
+        self.validate(&crate::without_restore_keys(config))
+    }
+
+    fn restore(&self, ctx: &RestoreContext, config: &Config, reach: &Reach) -> Result<RestoreReport> {
+        restore(ctx, self.0, config, &reach.net)
+    }
 }

@@ -21,13 +21,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backstop_confine::{Dir, Links, PathScope};
+use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{
     BlockImage, ChangeMap, EntryData, RawImage, SourceEntry, SourceTree, is_disk_image,
 };
 use serde_json::Value;
 
+use crate::packager::{Packager, SourceKind};
 use crate::qcow2::{Backing, Qcow2Image, is_qcow2};
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_str, req_str};
+use crate::{
+    Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_str, req_str,
+};
 
 /// 8 KiB: a scattered 4 KiB guest write reads one chunk (2× the change)
 /// and stores one (see docs/decisions/0007).
@@ -475,4 +479,47 @@ fn dump_into(ctx: &RestoreContext, path: &str, file: &File, sparse: bool, out: &
     ctx.progress.advance(1, n);
     ctx.progress.info(&format!("{path} restored to {} ({n} bytes)", out.display()));
     Ok(())
+}
+
+/// The `image` kind.
+pub struct Image;
+
+impl Packager for Image {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Image
+    }
+
+    fn target_key(&self) -> Option<&'static str> {
+        Some("path")
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        ImageConfig::parse(config).map(drop)
+    }
+
+    fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {
+        let c = ImageConfig::parse(config)?;
+        let mut out = Touches { paths: vec![c.path], ..Touches::default() };
+        out.paths.extend(c.cbt);
+        if c.backing_outside {
+            out.workers_own = Some("backing_outside lets an image read files outside its directory".into());
+        }
+        Ok(out)
+    }
+
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource> {
+        Ok(BackupSource::Tree(tree(&ImageConfig::parse(config)?, &reach.paths)?))
+    }
+
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        Some(&["path", "format"])
+    }
+
+    fn validate_restore(&self, config: &Config) -> Result<()> {
+        self.validate(&crate::without_restore_keys(config))
+    }
+
+    fn restore(&self, ctx: &RestoreContext, config: &Config, reach: &Reach) -> Result<RestoreReport> {
+        restore(ctx, config, &reach.paths)
+    }
 }

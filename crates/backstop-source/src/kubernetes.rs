@@ -29,6 +29,7 @@ use std::path::PathBuf;
 
 use backstop_confine::NetScope;
 use backstop_repo::CancelToken;
+use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use backstop_secret::Secret;
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
@@ -37,7 +38,10 @@ use kube::core::{GroupVersion, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, verbs};
 use serde_json::{Value, json};
 
-use crate::{Config, Error, RestoreContext, RestoreReport, Result, known_keys, opt_bool, opt_list, opt_str};
+use crate::packager::{Packager, SourceKind};
+use crate::{
+    Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_list, opt_str,
+};
 
 /// Where the cluster is and who we are there.
 #[derive(Clone, Debug, Default)]
@@ -1153,6 +1157,53 @@ async fn create_or(
             }
         },
         Err(e) => Err(short_error(&e)),
+    }
+}
+
+/// The `kubernetes` kind.
+pub struct Kubernetes;
+
+impl Packager for Kubernetes {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Kubernetes
+    }
+
+    fn target_key(&self) -> Option<&'static str> {
+        Some("context")
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        BackupConfig::parse(config).map(drop)
+    }
+
+    fn touches(&self, config: &Config, restore: bool) -> Result<Touches> {
+        let connection =
+            if restore { RestoreConfig::parse(config)?.connection } else { BackupConfig::parse(config)?.connection };
+        let mut out = Touches::default();
+        match connection.endpoint()? {
+            Some(endpoint) => out.hosts.push(endpoint),
+            None => {
+                out.workers_own =
+                    Some("a kubernetes source without server= and token= uses the workers' own credentials".into())
+            }
+        }
+        Ok(out)
+    }
+
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource> {
+        Ok(BackupSource::Tree(tree(&BackupConfig::parse(config)?, &reach.net)?))
+    }
+
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        Some(CONNECTION_KEYS)
+    }
+
+    fn validate_restore(&self, config: &Config) -> Result<()> {
+        RestoreConfig::parse(config).map(drop)
+    }
+
+    fn restore(&self, ctx: &RestoreContext, config: &Config, reach: &Reach) -> Result<RestoreReport> {
+        restore(ctx, config, &reach.net)
     }
 }
 

@@ -18,21 +18,25 @@
 
 pub mod command;
 pub mod db;
+pub mod fs;
 pub mod hooks;
 pub mod image;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod packager;
 pub mod process;
 pub mod qcow2;
 
 use std::path::Path;
 
 pub use backstop_confine::Reach;
-use backstop_repo::backup::source::SourceTree;
+use backstop_repo::backup::BackupSource;
 use backstop_repo::index::Index;
 use backstop_repo::tree::{Node, NodeType};
 use backstop_repo::{CancelToken, Progress, Repository, Snapshot, SnapshotKind};
 use serde_json::{Map, Value};
+
+pub use crate::packager::{Packager, SourceKind, kind, packager};
 
 /// A source's configuration, as stored in a plan's source.
 pub type Config = Map<String, Value>;
@@ -51,42 +55,35 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The packaged kinds (`fs`, the engine's own, is not one of them).
-pub const KINDS: &[&str] = &["image", "command", "postgres", "mysql", "kubernetes"];
-
 /// Options of a restore into a system (`--to`) that are not options of
 /// its kind as a source.
 pub const RESTORE_KEYS: &[&str] = &["entry", "clean", "format", "namespace_map", "conflict"];
 
-/// The configuration key a spec's target goes to.
-fn main_key(kind: &str) -> Result<&'static str> {
-    Ok(match kind {
-        "image" => "path",
-        "command" => "command",
-        "postgres" | "mysql" => "url",
-        "kubernetes" => "context",
-        other => {
-            return Err(Error::Invalid(format!("unknown source kind {other:?} (known: {})", KINDS.join(", "))));
-        }
-    })
+/// `config` without a restore's own options ([`RESTORE_KEYS`]).
+pub(crate) fn without_restore_keys(config: &Config) -> Config {
+    config.iter().filter(|(k, _)| !RESTORE_KEYS.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
 /// `KIND:TARGET` and `KEY=VALUE` options as a kind and its configuration.
-pub fn from_spec(spec: &str, options: &[String]) -> Result<(String, Config)> {
-    let Some((kind, target)) = spec.split_once(':') else {
+pub fn from_spec(spec: &str, options: &[String]) -> Result<(SourceKind, Config)> {
+    let Some((name, target)) = spec.split_once(':') else {
         return Err(Error::Invalid(format!(
             "{spec:?} is not KIND:TARGET (for example image:/srv/vm1.qcow2, postgres://db1/app, command:'etcdctl …')"
         )));
     };
     // A URL is its own spec: postgres://… and mysql://… keep their scheme.
-    let (kind, target) = match kind {
+    let (name, target) = match name {
         "postgres" | "postgresql" | "mysql" | "mariadb" if target.starts_with("//") => {
-            (if kind.starts_with("postgres") { "postgres" } else { "mysql" }, spec)
+            (if name.starts_with("postgres") { "postgres" } else { "mysql" }, spec)
         }
-        _ => (kind, target),
+        _ => (name, target),
+    };
+    let kind = kind(name)?;
+    let Some(key) = packager(kind).target_key() else {
+        return Err(Error::Invalid(format!("a {name} source has no KIND:TARGET form")));
     };
     let mut config = Config::new();
-    config.insert(main_key(kind)?.into(), Value::String(target.to_string()));
+    config.insert(key.into(), Value::String(target.to_string()));
     for option in options {
         let Some((key, value)) = option.split_once('=') else {
             return Err(Error::Invalid(format!("source option {option:?} is not KEY=VALUE")));
@@ -94,7 +91,7 @@ pub fn from_spec(spec: &str, options: &[String]) -> Result<(String, Config)> {
         config.insert(key.trim().to_string(), Value::String(value.to_string()));
     }
     validate(kind, &config)?;
-    Ok((kind.to_string(), config))
+    Ok((kind, config))
 }
 
 /// `spec` fit to show: a URL's password replaced by `***`.
@@ -108,20 +105,17 @@ pub fn redact_spec(spec: &str) -> String {
     }
 }
 
-/// Check `config` for `kind` without running anything.
-pub fn validate(kind: &str, config: &Config) -> Result<()> {
-    hooks::Hooks::parse(config.get("hooks"))?;
+/// `config` without its `hooks` (which every kind may have).
+fn without_hooks(config: &Config) -> Config {
     let mut config = config.clone();
     config.remove("hooks");
-    let config = &config;
-    match kind {
-        "image" => image::ImageConfig::parse(config).map(drop),
-        "command" => command::CommandConfig::parse(config).map(drop),
-        "postgres" => db::DbConfig::parse(db::Engine::Postgres, config).map(drop),
-        "mysql" => db::DbConfig::parse(db::Engine::Mysql, config).map(drop),
-        "kubernetes" => kubernetes_config(config),
-        _ => main_key(kind).map(drop),
-    }
+    config
+}
+
+/// Check `config` for `kind` (its hooks too) without running anything.
+pub fn validate(kind: SourceKind, config: &Config) -> Result<()> {
+    hooks::Hooks::parse(config.get("hooks"))?;
+    packager(kind).validate(&without_hooks(config))
 }
 
 /// What a source's configuration (or a restore target's) makes a job
@@ -143,65 +137,13 @@ pub struct Touches {
 }
 
 /// [`Touches`] of `kind`/`config` (a source, or with `restore` a restore
-/// target's configuration).
-pub fn touches(kind: &str, config: &Config, restore: bool) -> Result<Touches> {
-    let mut out = Touches::default();
-    let mut config = config.clone();
-    if restore {
-        for own in RESTORE_KEYS {
-            config.remove(*own);
-        }
-    }
-    if config.get("hooks").is_some_and(|h| !h.is_null()) {
+/// target's configuration). Hooks run commands on the workers.
+pub fn touches(kind: SourceKind, config: &Config, restore: bool) -> Result<Touches> {
+    let config = if restore { without_restore_keys(config) } else { config.clone() };
+    let hooked = config.get("hooks").is_some_and(|h| !h.is_null());
+    let mut out = packager(kind).touches(&without_hooks(&config), restore)?;
+    if hooked && out.workers_own.is_none() {
         out.workers_own = Some("a source with hooks runs commands on the workers".into());
-    }
-    config.remove("hooks");
-    match kind {
-        "fs" => {
-            if let Some(paths) = config.get("paths").and_then(serde_json::Value::as_array) {
-                out.paths.extend(paths.iter().filter_map(|p| p.as_str()).map(std::path::PathBuf::from));
-            }
-        }
-        "image" => {
-            let c = image::ImageConfig::parse(&config)?;
-            out.paths.push(c.path);
-            out.paths.extend(c.cbt);
-            if c.backing_outside {
-                out.workers_own = Some("backing_outside lets an image read files outside its directory".into());
-            }
-        }
-        "command" => out.workers_own = Some("a command runs on the workers".into()),
-        "postgres" | "mysql" => {
-            let engine = if kind == "postgres" { db::Engine::Postgres } else { db::Engine::Mysql };
-            let c = db::DbConfig::parse(engine, &config)?;
-            match (&c.socket, &c.host) {
-                (Some(socket), _) => out.sockets.push(socket.into()),
-                (None, Some(host)) => {
-                    out.hosts.push((host.clone(), c.port.unwrap_or(if kind == "postgres" { 5432 } else { 3306 })))
-                }
-                (None, None) => {
-                    out.workers_own = Some(format!("a {kind} URL without a host uses the workers' local socket"))
-                }
-            }
-        }
-        #[cfg(feature = "kubernetes")]
-        "kubernetes" => {
-            let connection = if restore {
-                kubernetes::RestoreConfig::parse(&config)?.connection
-            } else {
-                kubernetes::BackupConfig::parse(&config)?.connection
-            };
-            match connection.endpoint()? {
-                Some(endpoint) => out.hosts.push(endpoint),
-                None => {
-                    out.workers_own =
-                        Some("a kubernetes source without server= and token= uses the workers' own credentials".into())
-                }
-            }
-        }
-        _ => {
-            validate(kind, &config)?;
-        }
     }
     Ok(out)
 }
@@ -211,17 +153,18 @@ pub fn touches(kind: &str, config: &Config, restore: bool) -> Result<Touches> {
 /// cluster's token), with a restore's own `options` (`entry`, `clean`,
 /// `namespace_map`, …): what a service's restore job "into source S" runs.
 /// Only what says where and who is taken from the source.
-pub fn restore_into_source(kind: &str, config: &Config, secrets: &Config, options: &Config) -> Result<Config> {
-    let connection: &[&str] = match kind {
-        "postgres" | "mysql" => &["url", "password", "databases"],
-        "image" => &["path", "format"],
-        #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::CONNECTION_KEYS,
-        _ => {
-            return Err(Error::Invalid(format!(
-                "a restore goes into a source of kind postgres, mysql, image or kubernetes, not {kind}"
-            )));
-        }
+pub fn restore_into_source(kind: SourceKind, config: &Config, secrets: &Config, options: &Config) -> Result<Config> {
+    let Some(connection) = packager(kind).restore_connection() else {
+        let into: Vec<&str> = SourceKind::ALL
+            .into_iter()
+            .filter(|k| packager(*k).restore_connection().is_some())
+            .map(SourceKind::as_str)
+            .collect();
+        return Err(Error::Invalid(format!(
+            "a restore goes into a source of kind {}, not {}",
+            into.join(", "),
+            kind.as_str()
+        )));
     };
     if let Some(key) = options.keys().find(|k| !RESTORE_KEYS.contains(&k.as_str())) {
         return Err(Error::Invalid(format!("params.options takes only {} (not {key:?})", RESTORE_KEYS.join(", "))));
@@ -235,50 +178,16 @@ pub fn restore_into_source(kind: &str, config: &Config, secrets: &Config, option
 
 /// Check the configuration of a restore into a system (`--to`, a restore
 /// job's `params.to`) without running anything.
-pub fn validate_restore(kind: &str, config: &Config) -> Result<()> {
-    match kind {
-        #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::RestoreConfig::parse(config).map(drop),
-        _ => {
-            let mut config = config.clone();
-            for own in RESTORE_KEYS {
-                config.remove(*own);
-            }
-            validate(kind, &config)
-        }
-    }
+pub fn validate_restore(kind: SourceKind, config: &Config) -> Result<()> {
+    packager(kind).validate_restore(config)
 }
 
-#[cfg(feature = "kubernetes")]
-fn kubernetes_config(config: &Config) -> Result<()> {
-    kubernetes::BackupConfig::parse(config).map(drop)
-}
-
-#[cfg(not(feature = "kubernetes"))]
-fn kubernetes_config(_: &Config) -> Result<()> {
-    Err(Error::Invalid(
-        "this build of Backstop has no kubernetes support (built without the kubernetes feature)".into(),
-    ))
-}
-
-/// What to back up for `kind`: the engine's source tree. Validates, then
-/// checks what it can reach (files, tools) before the backup starts; every
-/// local path and network address it uses is one `reach` allows, checked
-/// as it is opened or connected to.
-pub fn backup_tree(kind: &str, config: &Config, reach: &Reach) -> Result<SourceTree> {
-    let mut config = config.clone();
-    config.remove("hooks");
-    let config = &config;
-    match kind {
-        "image" => image::tree(&image::ImageConfig::parse(config)?, &reach.paths),
-        "command" if !reach.is_any() => Err(Error::Invalid("a command source is for the system tenant only".into())),
-        "command" => command::tree(&command::CommandConfig::parse(config)?),
-        "postgres" => db::tree(&db::DbConfig::parse(db::Engine::Postgres, config)?.confined(&reach.net)?),
-        "mysql" => db::tree(&db::DbConfig::parse(db::Engine::Mysql, config)?.confined(&reach.net)?),
-        #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::tree(&kubernetes::BackupConfig::parse(config)?, &reach.net),
-        _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
-    }
+/// What to back up for `kind`: validates, then checks what it can reach
+/// (files, tools) before the backup starts; every local path and network
+/// address it uses is one `reach` allows, checked as it is opened or
+/// connected to.
+pub fn backup(kind: SourceKind, config: &Config, reach: &Reach) -> Result<BackupSource> {
+    packager(kind).backup(&without_hooks(config), reach)
 }
 
 /// What a restore into a system did.
@@ -293,7 +202,7 @@ pub struct RestoreReport {
 pub fn restore(
     repo: &Repository,
     snapshot: &Snapshot,
-    kind: &str,
+    kind: SourceKind,
     config: &Config,
     reach: &Reach,
     progress: &dyn Progress,
@@ -305,21 +214,11 @@ pub fn restore(
         return Err(Error::Invalid("the snapshot holds no files to restore".into()));
     }
     let ctx = RestoreContext { repo, index: &index, snapshot, entries, progress, cancel };
-    match kind {
-        "image" => image::restore(&ctx, config, &reach.paths),
-        "command" if !reach.is_any() => {
-            Err(Error::Invalid("a restore into a command is for the system tenant only".into()))
-        }
-        "command" => command::restore(&ctx, config),
-        "postgres" => db::restore(&ctx, db::Engine::Postgres, config, &reach.net),
-        "mysql" => db::restore(&ctx, db::Engine::Mysql, config, &reach.net),
-        #[cfg(feature = "kubernetes")]
-        "kubernetes" => kubernetes::restore(&ctx, config, &reach.net),
-        _ => Err(main_key(kind).err().unwrap_or_else(|| Error::Invalid(format!("{kind} is not a packaged kind")))),
-    }
+    packager(kind).restore(&ctx, config, reach)
 }
 
-pub(crate) struct RestoreContext<'a> {
+/// What a packager restores from: the snapshot, its files, the job's progress and cancel.
+pub struct RestoreContext<'a> {
     pub repo: &'a Repository,
     pub index: &'a Index,
     pub snapshot: &'a Snapshot,

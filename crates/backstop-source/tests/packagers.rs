@@ -64,9 +64,9 @@ impl Fixture {
         reach: &Reach,
         progress: &dyn Progress,
     ) -> backstop_source::Result<BackupOutcome> {
-        let tree = backstop_source::backup_tree(kind, cfg, reach)?;
+        let source = backstop_source::backup(backstop_source::kind(kind)?, cfg, reach)?;
         let options = BackupOptions::default();
-        Ok(backup::run(&self.repo, BackupSource::Tree(tree), &options, progress, &CancelToken::new())?)
+        Ok(backup::run(&self.repo, source, &options, progress, &CancelToken::new())?)
     }
 
     fn restore(
@@ -85,6 +85,7 @@ impl Fixture {
         cfg: &Config,
         reach: &Reach,
     ) -> backstop_source::Result<backstop_source::RestoreReport> {
+        let kind = backstop_source::kind(kind)?;
         backstop_source::restore(&self.repo, &out.snapshot, kind, cfg, reach, &NoProgress, &CancelToken::new())
     }
 }
@@ -422,13 +423,16 @@ fn configurations_are_checked_before_anything_runs() {
         ("mysql", json!({"url": "mysql://h/db`x"}), "not a database name"),
         ("postgres", json!({"url": "postgres://h/a%20host%3Devil"}), "not a database name"),
         ("zfs", json!({}), "unknown source kind"),
+        ("ftp", json!({}), "unknown source kind"),
+        ("fs", json!({"paths": ["relative/path"]}), "not an absolute path"),
+        ("fs", json!({"paths": ["/srv"], "one_file_system": "yes"}), "config.one_file_system is true or false"),
+        ("fs", json!({"paths": ["/srv"], "bogus": 1}), "unknown fs source setting \"bogus\""),
     ] {
-        let err = backstop_source::validate(kind, &config(cfg)).unwrap_err();
+        let err = backstop_source::kind(kind).and_then(|k| backstop_source::validate(k, &config(cfg))).unwrap_err();
         assert!(err.to_string().contains(expect), "{kind}: {err}");
     }
-    let err = backstop_source::backup_tree("image", &config(json!({"path": "/does/not/exist.raw"})), &Reach::any())
-        .err()
-        .unwrap();
+    let missing = config(json!({"path": "/does/not/exist.raw"}));
+    let err = backstop_source::backup(backstop_source::SourceKind::Image, &missing, &Reach::any()).err().unwrap();
     assert!(err.to_string().contains("cannot back up the image"), "{err}");
     // A password never shows in the label.
     let (_, cfg) = backstop_source::from_spec("postgres://app:s3cret@db1:5432/app", &[]).unwrap();
@@ -859,7 +863,7 @@ mod kubernetes {
             (json!({"owned": "maybe"}), "not true or false"),
             (json!({"namespace_map": "a:b"}), "unknown option \"namespace_map\""),
         ] {
-            let err = backstop_source::validate("kubernetes", &config(cfg)).unwrap_err();
+            let err = backstop_source::validate(backstop_source::SourceKind::Kubernetes, &config(cfg)).unwrap_err();
             assert!(err.to_string().contains(expect), "{err}");
         }
         // Restore options are checked too, and a snapshot of something else is refused.

@@ -374,7 +374,7 @@ pub struct RepositoryAccess {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SourceAccess {
     pub id: String,
-    pub kind: String,
+    pub kind: SourceKind,
     pub host: Option<String>,
     pub config: Value,
     #[serde(default, serialize_with = "backstop_secret::reveal")]
@@ -544,8 +544,7 @@ pub struct SourceSpec {
     #[schemars(pattern(NAME_PATTERN))]
     pub name: String,
     /// `fs`, `image`, `command`, `postgres`, `mysql` or `kubernetes` (see `backstop_source`).
-    #[schemars(with = "SourceKind")]
-    pub kind: String,
+    pub kind: SourceKind,
     /// The host whose data this is (per-host limits); the worker's own by default.
     #[serde(default)]
     #[schemars(pattern(HOST_PATTERN))]
@@ -559,8 +558,8 @@ pub struct SourceSpec {
     pub secrets: Secret<Value>,
 }
 
-/// The kinds of sources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The kinds of sources; each is a packager of `backstop_source` (its registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     Fs,
@@ -572,6 +571,19 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    pub const ALL: [SourceKind; 6] = [
+        SourceKind::Fs,
+        SourceKind::Image,
+        SourceKind::Command,
+        SourceKind::Postgres,
+        SourceKind::Mysql,
+        SourceKind::Kubernetes,
+    ];
+
+    pub fn parse(s: &str) -> Option<SourceKind> {
+        SourceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Fs => "fs",
@@ -589,7 +601,7 @@ pub struct Source {
     pub id: String,
     pub tenant: String,
     pub name: String,
-    pub kind: String,
+    pub kind: SourceKind,
     pub host: Option<String>,
     pub config: Value,
     pub created: DateTime<Utc>,
@@ -944,7 +956,7 @@ mod tests {
         };
         let source = SourceAccess {
             id: "s".into(),
-            kind: "fs".into(),
+            kind: SourceKind::Fs,
             host: None,
             config: serde_json::json!({}),
             secrets: serde_json::json!({"password": "hunter2"}).into(),

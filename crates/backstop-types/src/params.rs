@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{Job, JobKind};
+use crate::{Job, JobKind, SourceKind};
 
 /// The share of a snapshot's data a verify reads when it names none.
 pub const DEFAULT_VERIFY_PERCENT: u32 = 10;
@@ -127,7 +127,7 @@ impl RestoreParams {
 #[serde(deny_unknown_fields)]
 pub struct RestoreTo {
     /// `image`, `command`, `postgres`, `mysql` or `kubernetes`.
-    pub kind: String,
+    pub kind: SourceKind,
     #[serde(default)]
     pub config: Map<String, Value>,
 }

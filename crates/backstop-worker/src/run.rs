@@ -1,10 +1,9 @@
 //! Running a claimed job with the engine, on a blocking thread.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use backstop_backend::{Backend, OpenOptions};
-use backstop_repo::backup::{self, BackupOptions, BackupSource};
+use backstop_repo::backup::{self, BackupOptions};
 use backstop_repo::ops::check::{self, CheckOptions, ReadData};
 use backstop_repo::ops::forget::{self, KeepPolicy};
 use backstop_repo::ops::prune::{self, PruneOptions};
@@ -13,6 +12,7 @@ use backstop_repo::{Password, Repository, Snapshot, SnapshotId};
 use backstop_types::params::{BackupParams, CheckParams, RestoreParams, RetentionParams, VerifyParams};
 use backstop_types::{
     BackupResult, Claim, JobParams, LogLevel, Outcome, Reach, RepositoryAccess, RepositoryOption, SnapshotInfo,
+    SourceKind,
 };
 use serde_json::{Value, json};
 
@@ -161,26 +161,18 @@ fn backup(repo: &Repository, claim: &Claim, params: &BackupParams, tracker: &Job
     let env = vec![
         ("BACKSTOP_JOB_ID".to_string(), claim.job.id.to_string()),
         ("BACKSTOP_SOURCE".to_string(), source.id.clone()),
-        ("BACKSTOP_SOURCE_KIND".to_string(), source.kind.clone()),
+        ("BACKSTOP_SOURCE_KIND".to_string(), source.kind.as_str().to_string()),
         ("BACKSTOP_HOST".to_string(), source.host.clone().unwrap_or_default()),
     ];
     // The source is opened after the pre hooks: they may make what it reads
     // (a volume snapshot).
     let work = || -> Result<backup::BackupOutcome, Failure> {
-        let what = if source.kind == "fs" {
-            let paths: Vec<PathBuf> = strings(source.config.get("paths")).into_iter().map(PathBuf::from).collect();
-            if paths.is_empty() {
-                return Err(permanent("the source has no paths"));
-            }
-            BackupSource::Paths(paths)
-        } else {
-            // Secrets (a database password) were kept apart, encrypted; the packager sees them as options.
-            let mut config = source.config.as_object().cloned().unwrap_or_default();
-            if let Some(secrets) = source.secrets.expose().as_object() {
-                config.extend(secrets.clone());
-            }
-            BackupSource::Tree(backstop_source::backup_tree(&source.kind, &config, &claim.reach)?)
-        };
+        // Secrets (a database password) were kept apart, encrypted; the packager sees them as options.
+        let mut config = source.config.as_object().cloned().unwrap_or_default();
+        if let Some(secrets) = source.secrets.expose().as_object() {
+            config.extend(secrets.clone());
+        }
+        let what = backstop_source::backup(source.kind, &config, &claim.reach)?;
         Ok(backup::run(repo, what, &options, tracker, &tracker.cancel)?)
     };
     let out =
@@ -336,26 +328,26 @@ fn retention(
 fn restore(repo: &Repository, claim: &Claim, params: &RestoreParams, tracker: &JobTracker) -> Result<Outcome, Failure> {
     let into_system = match (&params.to, &claim.source) {
         // Into a system: {"to": {"kind": "postgres", "config": {...}}}.
-        (Some(to), _) => Some((to.kind.clone(), to.config.clone())),
+        (Some(to), _) => Some((to.kind, to.config.clone())),
         // Into the system a source reaches, with its sealed secrets (a
         // database's password) and `params.options`: only when no target
         // directory is named (a restore with a source and a target is one
         // into the directory, run where the source's host limits say).
-        (None, Some(source)) if source.kind != "fs" && params.target.is_none() => {
+        (None, Some(source)) if source.kind != SourceKind::Fs && params.target.is_none() => {
             let object = |v: &Value| v.as_object().cloned().unwrap_or_default();
             let config = backstop_source::restore_into_source(
-                &source.kind,
+                source.kind,
                 &object(&source.config),
                 &object(source.secrets.expose()),
                 &params.options.clone().unwrap_or_default(),
             )?;
-            Some((source.kind.clone(), config))
+            Some((source.kind, config))
         }
         _ => None,
     };
     if let Some((kind, config)) = into_system {
         let (_, snap) = repo.find_snapshot(params.snapshot())?;
-        let report = backstop_source::restore(repo, &snap, &kind, &config, &claim.reach, tracker, &tracker.cancel)?;
+        let report = backstop_source::restore(repo, &snap, kind, &config, &claim.reach, tracker, &tracker.cancel)?;
         for (entry, to) in &report.restored {
             tracker.log(LogLevel::Info, format!("{entry} restored to {to}"));
         }

@@ -202,7 +202,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let work = || -> Result<backup::BackupOutcome> {
         let source = if let Some(spec) = &args.source {
             let (kind, config) = backstop_source::from_spec(spec, &args.source_opt)?;
-            BackupSource::Tree(backstop_source::backup_tree(&kind, &config, &backstop_source::Reach::any())?)
+            backstop_source::backup(kind, &config, &backstop_source::Reach::any())?
         } else if args.stdin {
             BackupSource::Stream { reader: Box::new(std::io::stdin()), filename: args.stdin_filename.clone() }
         } else {

@@ -545,7 +545,7 @@ pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> R
                 for s in &sources {
                     rows.push(vec![
                         s.name.clone(),
-                        s.kind.clone(),
+                        s.kind.as_str().to_string(),
                         s.host.clone().unwrap_or_default(),
                         s.config.to_string(),
                     ]);
@@ -556,7 +556,7 @@ pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> R
         SourcesCommand::Add { name, paths, excludes, host } => {
             let spec = SourceSpec {
                 name,
-                kind: "fs".into(),
+                kind: SourceKind::Fs,
                 host,
                 config: json!({"paths": paths, "excludes": excludes}),
                 secrets: json!({}).into(),

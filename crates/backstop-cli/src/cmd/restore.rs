@@ -120,15 +120,8 @@ fn restore_to(
         eprintln!("restoring snapshot {} of {} into {shown}", id.short(), snapshot.paths.join(", "));
     }
     let reporter = ctx.reporter(true);
-    let report = backstop_source::restore(
-        repo,
-        snapshot,
-        &kind,
-        &config,
-        &backstop_source::Reach::any(),
-        &reporter,
-        &ctx.cancel,
-    );
+    let report =
+        backstop_source::restore(repo, snapshot, kind, &config, &backstop_source::Reach::any(), &reporter, &ctx.cancel);
     reporter.finish();
     let report = report?;
     if ctx.args.json {
@@ -144,7 +137,7 @@ fn restore_to(
 }
 
 /// `--to KIND:TARGET` with its options, as a kind and a configuration.
-fn restore_spec(spec: &str, options: &[String]) -> Result<(String, backstop_source::Config)> {
+fn restore_spec(spec: &str, options: &[String]) -> Result<(backstop_source::SourceKind, backstop_source::Config)> {
     // Restore options (entry, clean, conflict, …) are not source options:
     // split them off so that the source's own checks apply to the rest.
     let (own, rest): (Vec<String>, Vec<String>) = options.iter().cloned().partition(|o| {

@@ -11,7 +11,7 @@ use backstop_catalog::queue::JobFilter;
 use backstop_catalog::resources::Scope;
 use backstop_catalog::{NewJob, now_ms};
 use backstop_types::params::{CheckParams, RestoreParams};
-use backstop_types::{ErrorCode, Job, JobEvent, JobKind, JobParams, JobSpec, JobState, Page, Role, Source};
+use backstop_types::{ErrorCode, Job, JobEvent, JobKind, JobParams, JobSpec, JobState, Page, Role, Source, SourceKind};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
@@ -231,21 +231,21 @@ async fn check_restore(
         if source.is_some() {
             return Err(ApiError::invalid("a restore goes to params.to or into a source, not both"));
         }
-        backstop_source::validate_restore(&to.kind, &to.config).map_err(|e| {
+        backstop_source::validate_restore(to.kind, &to.config).map_err(|e| {
             ApiError::invalid(format!("params.to: {e} (kind: image, command, postgres, mysql or kubernetes)"))
         })?;
-        let touches = backstop_source::touches(&to.kind, &to.config, true)
+        let touches = backstop_source::touches(to.kind, &to.config, true)
             .map_err(|e| ApiError::invalid(format!("params.to: {e}")))?;
         return crate::reach::check(state, caller, tenant, &touches).await;
     }
-    if let (Some(source), None) = (source.filter(|s| s.kind != "fs"), &restore.target) {
+    if let (Some(source), None) = (source.filter(|s| s.kind != SourceKind::Fs), &restore.target) {
         // Into the system a source reaches: checked as that source was, with
         // the restore's own options.
         let options = restore.options.clone().unwrap_or_default();
         let config = source.config.as_object().cloned().unwrap_or_default();
-        let target = backstop_source::restore_into_source(&source.kind, &config, &Default::default(), &options)
+        let target = backstop_source::restore_into_source(source.kind, &config, &Default::default(), &options)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
-        let touches = backstop_source::touches(&source.kind, &target, true)
+        let touches = backstop_source::touches(source.kind, &target, true)
             .map_err(|e| ApiError::invalid(format!("the restore into source {}: {e}", source.name)))?;
         return crate::reach::check(state, caller, tenant, &touches).await;
     }

@@ -6,7 +6,7 @@ use backstop_catalog::now_ms;
 use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
 use backstop_types::{
     AuditEvent, CatalogRebuild, NewToken, Page, RebuiltRepository, Repository, RepositoryOption, RepositorySpec, Role,
-    Snapshot, Source, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
+    Snapshot, Source, SourceKind, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -167,9 +167,7 @@ pub async fn list_sources(
         .list_sources(&caller.scope())
         .await?
         .into_iter()
-        .filter(|s| {
-            q.kind.is_none_or(|k| k.as_str() == s.kind) && q.host.as_ref().is_none_or(|h| s.host.as_ref() == Some(h))
-        })
+        .filter(|s| q.kind.is_none_or(|k| k == s.kind) && q.host.as_ref().is_none_or(|h| s.host.as_ref() == Some(h)))
         .collect();
     Ok(Json(paginate(
         sources,
@@ -196,21 +194,16 @@ pub async fn create_source(
     refuse_secrets_in_config(&spec)?;
     backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut config = spec.config.as_object().cloned().unwrap_or_default();
-    if spec.kind != "fs" {
-        // Secrets are options too (a database password), stored apart, sealed.
-        if let Some(secrets) = spec.secrets.expose().as_object() {
-            config.extend(secrets.clone());
-        }
-        backstop_source::validate(&spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let secrets = spec.secrets.expose().as_object().cloned().unwrap_or_default();
+    if spec.kind == SourceKind::Fs && !secrets.is_empty() {
+        return Err(ApiError::invalid("an fs source takes no secrets"));
     }
+    // Secrets are options too (a database password), stored apart, sealed.
+    config.extend(secrets);
+    backstop_source::validate(spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
     // What it would reach on the workers' hosts, checked against the
     // tenant's reach (and again by the worker when it runs).
-    let touches = match spec.kind.as_str() {
-        "fs" | "image" | "command" | "postgres" | "mysql" | "kubernetes" => {
-            backstop_source::touches(&spec.kind, &config, false).map_err(|e| ApiError::invalid(e.to_string()))?
-        }
-        _ => Default::default(),
-    };
+    let touches = backstop_source::touches(spec.kind, &config, false).map_err(|e| ApiError::invalid(e.to_string()))?;
     crate::reach::check(&state, &caller, caller.scope().tenant(), &touches).await?;
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;

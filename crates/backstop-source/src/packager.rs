@@ -1,0 +1,125 @@
+//! The registry of source kinds: every kind, `fs` included, is one
+//! [`Packager`], and [`packager`] is the one place that maps a
+//! [`SourceKind`] to it. A new kind is a new file with its `impl Packager`
+//! and one line here; a capability it lacks does not compile
+//! (decision 0010).
+
+use backstop_repo::backup::BackupSource;
+pub use backstop_types::SourceKind;
+
+use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches};
+
+/// What a kind of source can do. Every method is required: a kind says
+/// what it does, or why it does not.
+pub trait Packager: Sync {
+    fn kind(&self) -> SourceKind;
+
+    /// The configuration key a `KIND:TARGET` spec's target goes to
+    /// (`image:/srv/vm.qcow2` → `path`); `None` for a kind without one.
+    fn target_key(&self) -> Option<&'static str>;
+
+    /// Check a source's configuration (its `hooks` already taken out)
+    /// without running anything.
+    fn validate(&self, config: &Config) -> Result<()>;
+
+    /// What the configuration makes a job reach on its worker's host (a
+    /// source's, or with `restore` a restore target's): local paths, hosts,
+    /// sockets, and anything of the workers' own, which only the system
+    /// tenant may use. The service refuses a tenant's configuration that
+    /// reaches beyond its grants.
+    fn touches(&self, config: &Config, restore: bool) -> Result<Touches>;
+
+    /// What to back up, reaching only what `reach` allows.
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource>;
+
+    /// The keys of a source's configuration (and secrets) that say where
+    /// and as whom a restore *into that source* goes; `None` if the kind
+    /// cannot be restored into.
+    fn restore_connection(&self) -> Option<&'static [&'static str]>;
+
+    /// Check the configuration of a restore into a system of this kind,
+    /// with the restore's own options ([`RESTORE_KEYS`](crate::RESTORE_KEYS):
+    /// `entry`, `clean`, …).
+    fn validate_restore(&self, config: &Config) -> Result<()>;
+
+    /// Put a snapshot's entries back into the system `config` names.
+    fn restore(&self, ctx: &RestoreContext, config: &Config, reach: &Reach) -> Result<RestoreReport>;
+}
+
+/// The packager of `kind`.
+pub fn packager(kind: SourceKind) -> &'static dyn Packager {
+    match kind {
+        SourceKind::Fs => &crate::fs::Fs,
+        SourceKind::Image => &crate::image::Image,
+        SourceKind::Command => &crate::command::Command,
+        SourceKind::Postgres => &crate::db::POSTGRES,
+        SourceKind::Mysql => &crate::db::MYSQL,
+        #[cfg(feature = "kubernetes")]
+        SourceKind::Kubernetes => &crate::kubernetes::Kubernetes,
+        #[cfg(not(feature = "kubernetes"))]
+        SourceKind::Kubernetes => &Unbuilt(SourceKind::Kubernetes),
+    }
+}
+
+/// A kind by its name (`postgres`), or an error that lists the kinds.
+pub fn kind(name: &str) -> Result<SourceKind> {
+    SourceKind::parse(name).ok_or_else(|| {
+        let known: Vec<&str> = SourceKind::ALL.iter().map(|k| k.as_str()).collect();
+        Error::Invalid(format!("unknown source kind {name:?} (known: {})", known.join(", ")))
+    })
+}
+
+/// A kind this build left out (a cargo feature): every use says so.
+#[cfg(not(feature = "kubernetes"))]
+struct Unbuilt(SourceKind);
+
+#[cfg(not(feature = "kubernetes"))]
+impl Unbuilt {
+    fn refuse<T>(&self) -> Result<T> {
+        let kind = self.0.as_str();
+        Err(Error::Invalid(format!("this build of Backstop has no {kind} support (built without the {kind} feature)")))
+    }
+}
+
+#[cfg(not(feature = "kubernetes"))]
+impl Packager for Unbuilt {
+    fn kind(&self) -> SourceKind {
+        self.0
+    }
+    fn target_key(&self) -> Option<&'static str> {
+        Some("context")
+    }
+    fn validate(&self, _: &Config) -> Result<()> {
+        self.refuse()
+    }
+    fn touches(&self, _: &Config, _: bool) -> Result<Touches> {
+        self.refuse()
+    }
+    fn backup(&self, _: &Config, _: &Reach) -> Result<BackupSource> {
+        self.refuse()
+    }
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+    fn validate_restore(&self, _: &Config) -> Result<()> {
+        self.refuse()
+    }
+    fn restore(&self, _: &RestoreContext, _: &Config, _: &Reach) -> Result<RestoreReport> {
+        self.refuse()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_packager() {
+        for kind in SourceKind::ALL {
+            assert_eq!(packager(kind).kind(), kind);
+            assert_eq!(self::kind(kind.as_str()).unwrap(), kind);
+        }
+        let e = kind("ftp").unwrap_err().to_string();
+        assert!(e.contains("unknown source kind \"ftp\"") && e.contains("fs, image, command"), "{e}");
+    }
+}
