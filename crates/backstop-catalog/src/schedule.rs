@@ -203,8 +203,8 @@ pub enum FireOutcome {
 
 impl Catalog {
     /// Fire every enabled plan whose next fire is due at `now`. A fire
-    /// more than `grace_ms` late is a misfire, handled by the plan's policy.
-    pub async fn fire_due_plans(&self, now: i64, grace_ms: i64) -> Result<Vec<FireOutcome>> {
+    /// more than `grace` late is a misfire, handled by the plan's policy.
+    pub async fn fire_due_plans(&self, now: i64, grace: std::time::Duration) -> Result<Vec<FireOutcome>> {
         let ids: Vec<String> = sqlx::query_scalar(&self.sql(
             "SELECT id FROM plans WHERE enabled = 1 AND next_fire_ms IS NOT NULL AND next_fire_ms <= ? ORDER BY next_fire_ms",
         ))
@@ -213,7 +213,7 @@ impl Catalog {
         .await?;
         let mut out = Vec::new();
         for id in ids {
-            match self.fire_plan(&id, now, grace_ms).await {
+            match self.fire_plan(&id, now, grace).await {
                 Ok(Some(o)) => out.push(o),
                 Ok(None) => {}
                 // A broken plan (deleted repository, bad zone) must not stop the others.
@@ -224,7 +224,7 @@ impl Catalog {
         Ok(out)
     }
 
-    async fn fire_plan(&self, id: &str, now: i64, grace_ms: i64) -> Result<Option<FireOutcome>> {
+    async fn fire_plan(&self, id: &str, now: i64, grace: std::time::Duration) -> Result<Option<FireOutcome>> {
         let plan: Plan = self.plan(&Scope::All, id).await?;
         let (Some(expr), Some(fire)) = (&plan.schedule, plan.next_fire) else { return Ok(None) };
         let fire_ms = fire.timestamp_millis();
@@ -233,7 +233,7 @@ impl Catalog {
             return Ok(None);
         }
         let schedule = Schedule::parse(expr, &plan.timezone)?;
-        let missed = now - fire_ms > grace_ms;
+        let missed = now - fire_ms > grace.as_millis() as i64;
         // After a misfire the schedule resumes from now; otherwise from this fire.
         let next = if missed { schedule.next_after(now) } else { schedule.next_after(fire_ms) };
 

@@ -546,13 +546,16 @@ async fn two_coordinators_firing_one_schedule_create_one_job() {
         let plan = c.plan(&s.scope, "nightly").await.unwrap();
         let fire = plan.next_fire.unwrap().timestamp_millis();
         assert!(fire > T0 && fire - T0 <= 3_600_000 && fire % 3_600_000 == 0, "{}: next full hour", db.name);
-        assert!(c.fire_due_plans(fire - 1, 60_000).await.unwrap().is_empty(), "not yet due");
+        assert!(c.fire_due_plans(fire - 1, Duration::from_secs(60)).await.unwrap().is_empty(), "not yet due");
 
         let second = match db.name {
             "postgres" => Catalog::connect(&db.url, db.key.clone(), config()).await.unwrap(),
             _ => c.clone(),
         };
-        let (x, y) = tokio::join!(c.fire_due_plans(fire + 1_000, 60_000), second.fire_due_plans(fire + 1_000, 60_000));
+        let (x, y) = tokio::join!(
+            c.fire_due_plans(fire + 1_000, Duration::from_secs(60)),
+            second.fire_due_plans(fire + 1_000, Duration::from_secs(60))
+        );
         let fired: Vec<FireOutcome> = x.unwrap().into_iter().chain(y.unwrap()).collect();
         assert_eq!(fired.len(), 1, "{}: {fired:?}", db.name);
         let jobs = c.list_jobs(&s.scope, &Default::default()).await.unwrap().items;
@@ -573,7 +576,7 @@ async fn misfire_and_overlap_policies() {
         scheduled_plan(c, &s, Misfire::Skip, Overlap::Queue).await;
         let fire = c.plan(&s.scope, "nightly").await.unwrap().next_fire.unwrap().timestamp_millis();
         let late = fire + 3 * 3_600_000 + 60_000;
-        let out = c.fire_due_plans(late, 60_000).await.unwrap();
+        let out = c.fire_due_plans(late, Duration::from_secs(60)).await.unwrap();
         assert!(matches!(out.as_slice(), [FireOutcome::SkippedMisfire { .. }]), "{}: {out:?}", db.name);
         assert!(c.list_jobs(&s.scope, &Default::default()).await.unwrap().items.is_empty());
         let resumed = c.plan(&s.scope, "nightly").await.unwrap().next_fire.unwrap().timestamp_millis();
@@ -583,19 +586,19 @@ async fn misfire_and_overlap_policies() {
         scheduled_plan(c, &s, Misfire::RunOnce, Overlap::Queue).await;
         let fire = c.plan(&s.scope, "nightly").await.unwrap().next_fire.unwrap().timestamp_millis();
         let late = fire + 3 * 3_600_000 + 60_000;
-        let out = c.fire_due_plans(late, 60_000).await.unwrap();
+        let out = c.fire_due_plans(late, Duration::from_secs(60)).await.unwrap();
         assert!(matches!(out.as_slice(), [FireOutcome::Queued { .. }]), "{}: {out:?}", db.name);
-        assert!(c.fire_due_plans(late, 60_000).await.unwrap().is_empty(), "once");
+        assert!(c.fire_due_plans(late, Duration::from_secs(60)).await.unwrap().is_empty(), "once");
 
         // Overlap skip: the previous run is still queued, so the next fire skips.
         scheduled_plan(c, &s, Misfire::Skip, Overlap::Skip).await;
         let fire = c.plan(&s.scope, "nightly").await.unwrap().next_fire.unwrap().timestamp_millis();
-        let out = c.fire_due_plans(fire + 1, 60_000).await.unwrap();
+        let out = c.fire_due_plans(fire + 1, Duration::from_secs(60)).await.unwrap();
         assert!(matches!(out.as_slice(), [FireOutcome::SkippedOverlap { .. }]), "{}: {out:?}", db.name);
         // Overlap queue: it queues a second run.
         scheduled_plan(c, &s, Misfire::Skip, Overlap::Queue).await;
         let fire = c.plan(&s.scope, "nightly").await.unwrap().next_fire.unwrap().timestamp_millis();
-        let out = c.fire_due_plans(fire + 1, 60_000).await.unwrap();
+        let out = c.fire_due_plans(fire + 1, Duration::from_secs(60)).await.unwrap();
         assert!(matches!(out.as_slice(), [FireOutcome::Queued { .. }]), "{}: {out:?}", db.name);
     }
 }

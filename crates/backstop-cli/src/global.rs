@@ -133,7 +133,8 @@ impl Context {
     }
 
     pub fn reporter(&self, with_bar: bool) -> Reporter {
-        Reporter::new(with_bar && !self.args.quiet && !self.args.json, !self.args.quiet && !self.args.json)
+        let text = !self.args.quiet && !self.args.json;
+        Reporter::new(crate::output::Show { bar: with_bar && text, info: text })
     }
 
     /// Whether to print human-readable text on standard output.

@@ -28,8 +28,18 @@ pub struct Reporter {
     info: bool,
 }
 
+/// What a [`Reporter`] shows on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct Show {
+    /// A progress bar (on a terminal only).
+    pub bar: bool,
+    /// Informational lines (warnings always show).
+    pub info: bool,
+}
+
 impl Reporter {
-    pub fn new(with_bar: bool, info: bool) -> Reporter {
+    pub fn new(show: Show) -> Reporter {
+        let Show { bar: with_bar, info } = show;
         let counters = Arc::new(Counters::default());
         let bar = (with_bar && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));

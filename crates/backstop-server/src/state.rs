@@ -142,7 +142,7 @@ impl AppState {
 /// late is a misfire (the coordinator was down), handled by the plan's policy.
 pub async fn scheduler_loop(state: AppState, tick: Duration, stop: CancelToken) {
     while !stop.is_cancelled() {
-        match state.catalog.fire_due_plans(now_ms(), 5 * 60_000).await {
+        match state.catalog.fire_due_plans(now_ms(), Duration::from_secs(5 * 60)).await {
             Ok(fired) if !fired.is_empty() => state.wake(),
             Ok(_) => {}
             Err(e) => eprintln!("backstop serve: scheduler: {e}"),

@@ -38,7 +38,7 @@ use self::assembler::Assembler;
 use self::reader::{ChunkJob, FileJob, ReadContext, chunk_worker, read_file};
 use self::saver::Saver;
 use self::source::{EntryData, SourceTree};
-use self::walker::{ParentDir, PathTrie, SourceDir, Walker, scan_totals};
+use self::walker::{ParentDir, PathTrie, SourceDir, WalkOptions, WalkShared, Walker, scan_totals};
 use backstop_backend::PathScope;
 
 use crate::chunker::BufferPool;
@@ -193,7 +193,9 @@ fn path_strings(paths: &[PathBuf]) -> Vec<String> {
     paths.iter().map(|p| p.to_string_lossy().into_owned()).collect()
 }
 
-/// Run a backup and write its snapshot.
+/// Run a backup and write its snapshot: check the source, find its
+/// parents, run the pipeline (walk → read → chunk → store → assemble
+/// trees), then commit the snapshot.
 pub fn run(
     repo: &Repository,
     mut source: BackupSource,
@@ -203,77 +205,27 @@ pub fn run(
 ) -> Result<BackupOutcome> {
     let started = Instant::now();
     let excludes = PathFilter::new(&options.excludes)?;
-    let (kind, paths) = match &source {
-        BackupSource::Paths(paths) => {
-            if paths.is_empty() {
-                return Err(Error::Invalid("nothing to back up: give at least one path".into()));
-            }
-            let abs = absolute_paths(paths)?;
-            for p in &abs {
-                if let Err(e) = selected_exists(&options.paths, p) {
-                    return Err(Error::Invalid(format!("cannot back up {}: {e}", p.display())));
-                }
-            }
-            (SnapshotKind::Files, abs)
-        }
-        BackupSource::Stream { filename, .. } => {
-            if !crate::tree::valid_name(filename.as_bytes()) {
-                return Err(Error::Invalid(format!("{filename:?} is not a valid file name for the stream")));
-            }
-            (SnapshotKind::Stream, vec![PathBuf::from("/").join(filename)])
-        }
-        BackupSource::Tree(tree) => {
-            let block = tree.image_chunk_size;
-            if !block.is_power_of_two() || !(4096..=16 << 20).contains(&block) {
-                return Err(Error::Invalid(format!(
-                    "image chunk size {block} is not a power of two between 4 KiB and 16 MiB"
-                )));
-            }
-            if tree.entries.is_empty() {
-                return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
-            }
-            for note in &tree.notes {
-                progress.info(note);
-            }
-            (SnapshotKind::Source, vec![PathBuf::from(&tree.label)])
-        }
-    };
-    let source_record = match &source {
-        BackupSource::Tree(tree) => Some(SourceRecord {
-            kind: tree.kind.clone(),
-            generations: tree
-                .entries
-                .iter()
-                .filter_map(|e| match &e.data {
-                    EntryData::Image(image) => image.generation().map(|g| (e.path.clone(), g)),
-                    _ => None,
-                })
-                .collect(),
-        }),
-        _ => None,
-    };
+    let (kind, paths) = check_source(&source, options, progress)?;
+    let source_record = source_record(&source);
     let source_dir = match &mut source {
         BackupSource::Tree(tree) => Some(SourceDir::build(std::mem::take(&mut tree.entries))?),
         _ => None,
     };
-    let hostname = options.hostname.clone().unwrap_or_else(crate::util::hostname);
-    let path_names = path_strings(&paths);
 
     // The marker goes first: a prune that starts after it will wait for us;
     // one that started before has already removed what it doomed from the
     // index we load next (docs/format.md §13).
     let session = Session::start(repo, "backup")?;
     let index = Arc::new(repo.load_index()?);
-
     let template = Snapshot {
         version: 1,
         time: options.time.unwrap_or_else(Utc::now),
-        hostname: hostname.clone(),
+        hostname: options.hostname.clone().unwrap_or_else(crate::util::hostname),
         username: crate::util::username(),
         // SAFETY: getuid/getgid have no preconditions.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },
-        paths: path_names.clone(),
+        paths: path_strings(&paths),
         tags: options.tags.clone(),
         kind,
         tree: crate::id::BlobId([0; 32]),
@@ -285,141 +237,16 @@ pub fn run(
         source: source_record,
         job: options.job.clone(),
     };
-
-    // Parents: the latest snapshot of the same source, and a newer
-    // checkpoint of an interrupted backup of it.
-    let mut parent_id = None;
-    let mut resumed = None;
-    let mut parent_trees = Vec::new();
-    let mut parent_generations = std::collections::BTreeMap::new();
-    if kind != SnapshotKind::Stream {
-        let parent = match &options.parent {
-            ParentChoice::None => None,
-            ParentChoice::Snapshot(id) => Some((*id, repo.load_snapshot(id)?)),
-            ParentChoice::Latest => repo.snapshots()?.into_iter().rev().find(|(_, s)| s.same_source(&template)),
-        };
-        if let Some(record) = parent.as_ref().and_then(|(_, p)| p.source.as_ref()) {
-            parent_generations = record.generations.clone();
-        }
-        // A packager's output is read again whole; only files resume.
-        if options.parent != ParentChoice::None && kind == SnapshotKind::Files {
-            let newer_than = parent.as_ref().map(|(_, s)| s.time);
-            resumed = repo
-                .checkpoints()?
-                .into_iter()
-                .rev()
-                .find(|(_, c)| c.same_source(&template) && newer_than.is_none_or(|t| c.time > t));
-        }
-        if let Some((id, cp)) = &resumed {
-            progress.info(&format!("resuming the interrupted backup from checkpoint {}", id.short()));
-            match repo.load_tree(&index, &cp.tree) {
-                Ok(tree) => parent_trees.push(Arc::new(tree)),
-                Err(e) => progress.info(&format!("checkpoint {} is unusable: {e}", id.short())),
-            }
-        }
-        if let Some((id, p)) = &parent {
-            progress.info(&format!("using parent snapshot {}", id.short()));
-            parent_id = Some(*id);
-            match repo.load_tree(&index, &p.tree) {
-                Ok(tree) => parent_trees.push(Arc::new(tree)),
-                Err(e) => progress.info(&format!("parent snapshot {} is unusable: {e}", id.short())),
-            }
-        }
-    }
+    let parents = find_parents(repo, &index, &template, options, progress)?;
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
     let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders, cancel)?;
     let warnings = AtomicU64::new(0);
     let bytes_read = AtomicU64::new(0);
     let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
-
-    let trie = PathTrie::new(&paths);
-    // Enough for every chunk in flight: queued, being stored, being read.
-    let pool = BufferPool::new(options.workers.max(1) * 3 + options.readers.max(1) * 2);
-    let result: Result<(crate::id::BlobId, Summary)> = std::thread::scope(|s| {
-        let (item_tx, item_rx) = crossbeam_channel::bounded(8192);
-        let (file_tx, file_rx) = crossbeam_channel::bounded::<FileJob>(256);
-        let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<ChunkJob>(options.workers.max(1) * 2);
-
-        for _ in 0..options.workers.max(1) {
-            let rx = chunk_rx.clone();
-            let (saver, pool) = (&saver, &pool);
-            s.spawn(move || chunk_worker(saver, rx, pool, progress));
-        }
-        drop(chunk_rx);
-        for _ in 0..options.readers.max(1) {
-            let rx = file_rx.clone();
-            let chunk_tx = chunk_tx.clone();
-            let (saver, bytes_read, pool) = (&saver, &bytes_read, &pool);
-            let cdc = repo.cdc();
-            let fixed_size = repo.config().fixed_chunk_size as usize;
-            s.spawn(move || {
-                let ctx = ReadContext { saver, chunks: &chunk_tx, cdc, fixed_size, pool, cancel, progress, bytes_read };
-                for job in rx {
-                    let reply = job.reply.clone();
-                    let outcome =
-                        if cancel.is_cancelled() { reader::FileOutcome::Cancelled } else { read_file(&ctx, job) };
-                    let _ = reply.send(outcome);
-                }
-            });
-        }
-        drop((file_rx, chunk_tx));
-
-        if options.scan_totals && kind == SnapshotKind::Files {
-            let (trie, excludes) = (&trie, &excludes);
-            let scope = &options.paths;
-            s.spawn(move || scan_totals(trie, scope, excludes, cancel, progress));
-        }
-
-        let assembler = {
-            let saver = &saver;
-            let template = &template;
-            let own = &mut own_checkpoints;
-            let checkpoint_interval = options.checkpoint_interval;
-            s.spawn(move || {
-                let mut assembler = Assembler::new(saver, progress, cancel, checkpoint_interval);
-                let mut checkpoint = |root: crate::id::BlobId| -> Result<()> {
-                    if kind == SnapshotKind::Source {
-                        return Ok(()); // never resumed: no checkpoints
-                    }
-                    saver.flush()?;
-                    saver.write_index(Vec::new())?;
-                    let mut manifest = template.clone();
-                    manifest.tree = root;
-                    manifest.time = Utc::now();
-                    let id = repo.save_manifest(saver.sealer(), &manifest, true)?;
-                    for old in own.drain(..) {
-                        let _ = repo.delete_checkpoint(&old);
-                    }
-                    own.push(id);
-                    progress.info(&format!("checkpoint {} written", id.short()));
-                    Ok(())
-                };
-                let root = assembler.run(item_rx, &mut checkpoint);
-                root.map(|r| (r, assembler.summary))
-            })
-        };
-
-        let mut walker =
-            Walker::new(repo, &index, &excludes, options.fixed_chunking, item_tx, file_tx, cancel, progress, &warnings);
-        walker.one_file_system = options.one_file_system;
-        walker.exclude_caches = options.exclude_caches;
-        walker.scope = options.paths.clone();
-        match source {
-            BackupSource::Paths(_) => walker.walk_paths(&trie, ParentDir::new(parent_trees)),
-            BackupSource::Stream { reader, filename } => {
-                let _ = walker.walk_stream(&filename, reader);
-            }
-            BackupSource::Tree(tree) => {
-                if let Some(dir) = source_dir {
-                    let parent = ParentDir::new(parent_trees);
-                    let _ = walker.walk_source(dir, tree.image_chunk_size, &parent, &parent_generations, "");
-                }
-            }
-        }
-        drop(walker); // closes the channels: the pipeline drains and ends
-        assembler.join().expect("the assembler thread panicked")
-    });
+    let shared = WalkShared { repo, index: &index, excludes: &excludes, cancel, progress, warnings: &warnings };
+    let pipeline = Pipeline { saver: &saver, template: &template, bytes_read: &bytes_read, options };
+    let result = pipeline.run(shared, &paths, source, source_dir, &parents, &mut own_checkpoints);
 
     // Cancellation is checked at every step of the commit, up to the
     // manifest: a cancelled backup never writes its snapshot.
@@ -458,16 +285,248 @@ pub fn run(
     summary.duration_ms = started.elapsed().as_millis() as u64;
     let mut snapshot = template;
     snapshot.tree = root;
-    snapshot.parent = parent_id;
+    snapshot.parent = parents.id;
     snapshot.summary = summary;
     let id = repo.save_manifest(saver.sealer(), &snapshot, false)?;
     drop(saver);
 
-    for cp in own_checkpoints.iter().chain(resumed.as_ref().map(|(id, _)| id)) {
+    for cp in own_checkpoints.iter().chain(parents.resumed.as_ref().map(|(id, _)| id)) {
         let _ = repo.delete_checkpoint(cp);
     }
     session.end()?;
-    Ok(BackupOutcome { id, snapshot, parent: parent_id, resumed: resumed.map(|(id, _)| id) })
+    Ok(BackupOutcome { id, snapshot, parent: parents.id, resumed: parents.resumed.map(|(id, _)| id) })
+}
+
+/// What the backup will record of `source` (its kind and paths), once
+/// checked: paths that exist (beneath the job's scope), a stream's valid
+/// name, a packager's tree with entries and a valid chunk size (its notes
+/// go to the log).
+fn check_source(
+    source: &BackupSource,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<(SnapshotKind, Vec<PathBuf>)> {
+    Ok(match source {
+        BackupSource::Paths(paths) => {
+            if paths.is_empty() {
+                return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+            }
+            let abs = absolute_paths(paths)?;
+            for p in &abs {
+                if let Err(e) = selected_exists(&options.paths, p) {
+                    return Err(Error::Invalid(format!("cannot back up {}: {e}", p.display())));
+                }
+            }
+            (SnapshotKind::Files, abs)
+        }
+        BackupSource::Stream { filename, .. } => {
+            if !crate::tree::valid_name(filename.as_bytes()) {
+                return Err(Error::Invalid(format!("{filename:?} is not a valid file name for the stream")));
+            }
+            (SnapshotKind::Stream, vec![PathBuf::from("/").join(filename)])
+        }
+        BackupSource::Tree(tree) => {
+            let block = tree.image_chunk_size;
+            if !block.is_power_of_two() || !(4096..=16 << 20).contains(&block) {
+                return Err(Error::Invalid(format!(
+                    "image chunk size {block} is not a power of two between 4 KiB and 16 MiB"
+                )));
+            }
+            if tree.entries.is_empty() {
+                return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
+            }
+            for note in &tree.notes {
+                progress.info(note);
+            }
+            (SnapshotKind::Source, vec![PathBuf::from(&tree.label)])
+        }
+    })
+}
+
+/// A packager's record in the snapshot: its kind and each image's generation.
+fn source_record(source: &BackupSource) -> Option<SourceRecord> {
+    let BackupSource::Tree(tree) = source else { return None };
+    let generations = tree
+        .entries
+        .iter()
+        .filter_map(|e| match &e.data {
+            EntryData::Image(image) => image.generation().map(|g| (e.path.clone(), g)),
+            _ => None,
+        })
+        .collect();
+    Some(SourceRecord { kind: tree.kind.clone(), generations })
+}
+
+/// What a backup compares against: the latest snapshot of the same source
+/// (or the one asked for), and a newer checkpoint of an interrupted
+/// backup of it.
+struct Parents {
+    id: Option<SnapshotId>,
+    resumed: Option<(SnapshotId, Snapshot)>,
+    /// Their trees, the checkpoint's first.
+    trees: Vec<Arc<crate::tree::Tree>>,
+    /// The image generations the parent recorded (changed-block maps).
+    generations: std::collections::BTreeMap<String, String>,
+}
+
+fn find_parents(
+    repo: &Repository,
+    index: &crate::index::Index,
+    template: &Snapshot,
+    options: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<Parents> {
+    let mut out = Parents { id: None, resumed: None, trees: Vec::new(), generations: Default::default() };
+    if template.kind == SnapshotKind::Stream {
+        return Ok(out);
+    }
+    let parent = match &options.parent {
+        ParentChoice::None => None,
+        ParentChoice::Snapshot(id) => Some((*id, repo.load_snapshot(id)?)),
+        ParentChoice::Latest => repo.snapshots()?.into_iter().rev().find(|(_, s)| s.same_source(template)),
+    };
+    if let Some(record) = parent.as_ref().and_then(|(_, p)| p.source.as_ref()) {
+        out.generations = record.generations.clone();
+    }
+    // A packager's output is read again whole; only files resume.
+    if options.parent != ParentChoice::None && template.kind == SnapshotKind::Files {
+        let newer_than = parent.as_ref().map(|(_, s)| s.time);
+        out.resumed = repo
+            .checkpoints()?
+            .into_iter()
+            .rev()
+            .find(|(_, c)| c.same_source(template) && newer_than.is_none_or(|t| c.time > t));
+    }
+    if let Some((id, cp)) = &out.resumed {
+        progress.info(&format!("resuming the interrupted backup from checkpoint {}", id.short()));
+        match repo.load_tree(index, &cp.tree) {
+            Ok(tree) => out.trees.push(Arc::new(tree)),
+            Err(e) => progress.info(&format!("checkpoint {} is unusable: {e}", id.short())),
+        }
+    }
+    if let Some((id, p)) = &parent {
+        progress.info(&format!("using parent snapshot {}", id.short()));
+        out.id = Some(*id);
+        match repo.load_tree(index, &p.tree) {
+            Ok(tree) => out.trees.push(Arc::new(tree)),
+            Err(e) => progress.info(&format!("parent snapshot {} is unusable: {e}", id.short())),
+        }
+    }
+    Ok(out)
+}
+
+/// The backup's threads: the walker (this thread) feeds readers, which
+/// feed chunk workers, which store blobs through the saver; the assembler
+/// builds the trees and writes checkpoints.
+struct Pipeline<'a> {
+    saver: &'a Saver,
+    template: &'a Snapshot,
+    bytes_read: &'a AtomicU64,
+    options: &'a BackupOptions,
+}
+
+impl Pipeline<'_> {
+    /// Walk `source` to its end; the root tree and the summary.
+    fn run(
+        &self,
+        shared: WalkShared<'_>,
+        paths: &[PathBuf],
+        source: BackupSource,
+        source_dir: Option<SourceDir>,
+        parents: &Parents,
+        own_checkpoints: &mut Vec<SnapshotId>,
+    ) -> Result<(crate::id::BlobId, Summary)> {
+        let Pipeline { saver, template, bytes_read, options } = *self;
+        let WalkShared { repo, cancel, progress, excludes, .. } = shared;
+        let kind = template.kind;
+        let trie = PathTrie::new(paths);
+        // Enough for every chunk in flight: queued, being stored, being read.
+        let pool = BufferPool::new(options.workers.max(1) * 3 + options.readers.max(1) * 2);
+        std::thread::scope(|s| {
+            let (item_tx, item_rx) = crossbeam_channel::bounded(8192);
+            let (file_tx, file_rx) = crossbeam_channel::bounded::<FileJob>(256);
+            let (chunk_tx, chunk_rx) = crossbeam_channel::bounded::<ChunkJob>(options.workers.max(1) * 2);
+
+            for _ in 0..options.workers.max(1) {
+                let rx = chunk_rx.clone();
+                let pool = &pool;
+                s.spawn(move || chunk_worker(saver, rx, pool, progress));
+            }
+            drop(chunk_rx);
+            for _ in 0..options.readers.max(1) {
+                let rx = file_rx.clone();
+                let chunk_tx = chunk_tx.clone();
+                let pool = &pool;
+                let cdc = repo.cdc();
+                let fixed_size = repo.config().fixed_chunk_size as usize;
+                s.spawn(move || {
+                    let ctx =
+                        ReadContext { saver, chunks: &chunk_tx, cdc, fixed_size, pool, cancel, progress, bytes_read };
+                    for job in rx {
+                        let reply = job.reply.clone();
+                        let outcome =
+                            if cancel.is_cancelled() { reader::FileOutcome::Cancelled } else { read_file(&ctx, job) };
+                        let _ = reply.send(outcome);
+                    }
+                });
+            }
+            drop((file_rx, chunk_tx));
+
+            if options.scan_totals && kind == SnapshotKind::Files {
+                let trie = &trie;
+                let scope = &options.paths;
+                s.spawn(move || scan_totals(trie, scope, excludes, cancel, progress));
+            }
+
+            let assembler = {
+                let checkpoint_interval = options.checkpoint_interval;
+                s.spawn(move || {
+                    let mut assembler = Assembler::new(saver, progress, cancel, checkpoint_interval);
+                    let mut checkpoint = |root: crate::id::BlobId| -> Result<()> {
+                        if kind == SnapshotKind::Source {
+                            return Ok(()); // never resumed: no checkpoints
+                        }
+                        saver.flush()?;
+                        saver.write_index(Vec::new())?;
+                        let mut manifest = template.clone();
+                        manifest.tree = root;
+                        manifest.time = Utc::now();
+                        let id = repo.save_manifest(saver.sealer(), &manifest, true)?;
+                        for old in own_checkpoints.drain(..) {
+                            let _ = repo.delete_checkpoint(&old);
+                        }
+                        own_checkpoints.push(id);
+                        progress.info(&format!("checkpoint {} written", id.short()));
+                        Ok(())
+                    };
+                    let root = assembler.run(item_rx, &mut checkpoint);
+                    root.map(|r| (r, assembler.summary))
+                })
+            };
+
+            let walk = WalkOptions {
+                fixed: options.fixed_chunking,
+                one_file_system: options.one_file_system,
+                exclude_caches: options.exclude_caches,
+                scope: options.paths.clone(),
+            };
+            let mut walker = Walker::new(shared, walk, item_tx, file_tx);
+            let parent = ParentDir::new(parents.trees.clone());
+            match source {
+                BackupSource::Paths(_) => walker.walk_paths(&trie, parent),
+                BackupSource::Stream { reader, filename } => {
+                    let _ = walker.walk_stream(&filename, reader);
+                }
+                BackupSource::Tree(tree) => {
+                    if let Some(dir) = source_dir {
+                        let _ = walker.walk_source(dir, tree.image_chunk_size, &parent, &parents.generations, "");
+                    }
+                }
+            }
+            drop(walker); // closes the channels: the pipeline drains and ends
+            assembler.join().expect("the assembler thread panicked")
+        })
+    }
 }
 
 /// End a cancelled backup: let the uploads under way end (past the grace,

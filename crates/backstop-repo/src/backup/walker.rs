@@ -81,6 +81,28 @@ impl Names {
     }
 }
 
+/// What a walk shares with the rest of its backup.
+pub(crate) struct WalkShared<'a> {
+    pub repo: &'a Repository,
+    pub index: &'a Index,
+    pub excludes: &'a PathFilter,
+    pub cancel: &'a CancelToken,
+    pub progress: &'a dyn Progress,
+    /// Counts what the walk could not read.
+    pub warnings: &'a AtomicU64,
+}
+
+/// How a walk treats what it meets (the backup's options).
+#[derive(Debug, Clone)]
+pub(crate) struct WalkOptions {
+    pub fixed: FixedChunking,
+    /// See [`Walker::one_file_system`].
+    pub one_file_system: bool,
+    /// See [`Walker::exclude_caches`].
+    pub exclude_caches: bool,
+    pub scope: PathScope,
+}
+
 pub(crate) struct Walker<'a> {
     pub repo: &'a Repository,
     pub index: &'a Index,
@@ -162,31 +184,26 @@ impl PathTrie {
 struct Stop;
 
 impl<'a> Walker<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        repo: &'a Repository,
-        index: &'a Index,
-        excludes: &'a PathFilter,
-        fixed: FixedChunking,
+        shared: WalkShared<'a>,
+        options: WalkOptions,
         items: Sender<Item>,
         files: Sender<FileJob>,
-        cancel: &'a CancelToken,
-        progress: &'a dyn Progress,
-        warnings: &'a AtomicU64,
     ) -> Walker<'a> {
+        let WalkShared { repo, index, excludes, cancel, progress, warnings } = shared;
         Walker {
             repo,
             index,
             excludes,
-            fixed,
+            fixed: options.fixed,
             items,
             files,
             cancel,
             progress,
             warnings,
-            one_file_system: false,
-            exclude_caches: false,
-            scope: PathScope::Any,
+            one_file_system: options.one_file_system,
+            exclude_caches: options.exclude_caches,
+            scope: options.scope,
             root_dev: None,
             names: Names::default(),
         }
@@ -511,11 +528,20 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn send_file(&self, node: Node, status: FileStatus, source: FileSource, fixed: bool, strict: bool) -> Result<()> {
+    /// Send a stream's or a packager's entry to the readers: unlike a
+    /// local file, one that cannot be read fails the backup (`strict`).
+    fn send_entry(&self, node: Node, status: FileStatus, source: FileSource, fixed: bool) -> Result<()> {
         let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
         let prefix = Arc::new(Mutex::new(Vec::new()));
-        let job =
-            FileJob { source, stat: None, resume: Vec::new(), fixed, strict, prefix: prefix.clone(), reply: reply_tx };
+        let job = FileJob {
+            source,
+            stat: None,
+            resume: Vec::new(),
+            fixed,
+            strict: true,
+            prefix: prefix.clone(),
+            reply: reply_tx,
+        };
         self.emit(Item::File { node, status, reply: reply_rx, prefix }).map_err(|_| Error::Cancelled)?;
         self.files.send(job).map_err(|_| Error::Cancelled)
     }
@@ -525,7 +551,7 @@ impl<'a> Walker<'a> {
         let node = self.synthetic_node(name.as_bytes(), NodeType::File, 0o600);
         let open: StreamOpener = Box::new(move || Ok(reader));
         let source = FileSource::Open(Mutex::new(Some(open)));
-        self.send_file(node, FileStatus::New, source, self.fixed == FixedChunking::Always, true)
+        self.send_entry(node, FileStatus::New, source, self.fixed == FixedChunking::Always)
     }
 
     /// Emit a packager's entries as a tree. `generations` are the parent
@@ -565,7 +591,7 @@ impl<'a> Walker<'a> {
                             (FileSource::Image { image, block, reuse }, true)
                         }
                     };
-                    self.send_file(node, status, source, fixed, true)?;
+                    self.send_entry(node, status, source, fixed)?;
                 }
             }
         }

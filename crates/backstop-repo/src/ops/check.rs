@@ -147,7 +147,6 @@ pub fn run(
     cancel: &CancelToken,
 ) -> Result<CheckReport> {
     let _session = CheckSession::start(repo, progress)?;
-
     let threads = options.threads.max(1);
     let mut report = CheckReport::default();
 
@@ -157,113 +156,17 @@ pub fn run(
         report
             .error(d.object, format!("{}; run `backstop repair index` to rebuild the index from the packs", d.problem));
     }
-
-    // Packs: listed in the index ⇔ present, with plausible sizes.
     progress.info("checking packs");
-    let present: HashMap<PackId, u64> = repo.present_packs()?;
-    report.packs = present.len();
-    let mut expected_min: HashMap<PackId, u64> = HashMap::new();
-    for (_, loc) in index.iter() {
-        let end = loc.offset as u64 + loc.stored_len as u64 + pack::TRAILER_LEN as u64;
-        let e = expected_min.entry(loc.pack).or_default();
-        *e = (*e).max(end);
-    }
-    let live_writers = crate::session::list_sessions(repo)?.into_iter().any(|s| !s.stale && s.info.kind == "backup");
     let by_pack = blobs_by_pack(&index);
     // Copies that are damaged or gone, to be written down.
     let mut lost: Vec<DamagedBlob> = Vec::new();
-    for pack in index.packs() {
-        match present.get(pack) {
-            None => {
-                report.error(pack::pack_key(pack), "is listed in the index but missing");
-                lost.extend(by_pack[pack].iter().map(|(id, loc)| DamagedBlob { kind: loc.kind, id: *id, pack: *pack }));
-            }
-            Some(size) if *size < expected_min.get(pack).copied().unwrap_or(0) => {
-                report.error(pack::pack_key(pack), format!("is truncated ({size} bytes; the index needs more)"))
-            }
-            Some(_) => {}
-        }
-    }
-    let indexed: HashSet<PackId> = index.packs().iter().copied().collect();
-    for id in present.keys().filter(|p| !indexed.contains(p)) {
-        let why = if live_writers {
-            "is not in the index yet (a backup is running)"
-        } else {
-            "is not in the index (left by an interrupted backup; prune removes it, `repair index` adopts it)"
-        };
-        report.note(pack::pack_key(id), why);
-    }
+    let packs = check_packs(repo, &index, &by_pack, &mut report, &mut lost)?;
+    check_headers(repo, &packs, &by_pack, threads, cancel, &mut report)?;
 
-    // Headers agree with the index.
-    let packs: Vec<(PackId, u64)> =
-        index.packs().iter().filter_map(|p| present.get(p).map(|size| (*p, *size))).collect();
-    let header_findings = parallel_map(&packs, threads, |(pack, size)| {
-        if cancel.is_cancelled() {
-            return None;
-        }
-        let expected = &by_pack[pack];
-        match pack::reader::read_header(repo.backend().as_ref(), repo.key(), pack, *size) {
-            Err(e) => Some(e.to_string()),
-            Ok(entries) => {
-                let mut offset = 0u32;
-                let mut in_header = HashMap::new();
-                for e in &entries {
-                    in_header.insert((e.kind, e.id), (offset, e.stored_len, e.raw_len));
-                    offset = offset.wrapping_add(e.stored_len);
-                }
-                let wrong = expected.iter().filter(|(id, loc)| {
-                    in_header.get(&(loc.kind, *id)) != Some(&(loc.offset, loc.stored_len, loc.raw_len))
-                });
-                let n = wrong.count();
-                (n > 0).then(|| format!("{n} blobs in the index do not match the pack header"))
-            }
-        }
-    });
-    if cancel.is_cancelled() {
-        return Err(Error::Cancelled);
-    }
-    for ((pack, _), finding) in packs.iter().zip(header_findings) {
-        if let Some(problem) = finding {
-            report.error(pack::pack_key(pack), problem);
-        }
-    }
-
-    // Snapshots and the trees they need.
     progress.info("checking snapshots and trees");
-    let (snapshots, damaged) = repo.snapshots_report()?;
-    let (checkpoints, damaged_cp) = repo.checkpoints_report()?;
-    for d in damaged.into_iter().chain(damaged_cp) {
-        report.error(d.object, format!("{}; `backstop forget` it if it cannot be recovered", d.problem));
-    }
-    report.snapshots = snapshots.len();
-    let roots: Vec<(String, crate::id::BlobId)> = snapshots
-        .iter()
-        .map(|(id, s)| (format!("snapshot {}", id.short()), s.tree))
-        .chain(checkpoints.iter().map(|(id, s)| (format!("checkpoint {}", id.short()), s.tree)))
-        .collect();
-    let used = collect_used(repo, &index, &roots);
-    for d in used.damage {
-        report.error(d.object, d.problem);
-    }
-    for pending in repo.backend().list("prune/")? {
-        report.note(pending.key, "a prune deletion is pending (it finishes when the backups that were running end)");
-    }
+    let roots = check_snapshots(repo, &index, &mut report)?;
 
-    // Data.
-    let selected: Vec<(PackId, u64)> = match options.read_data {
-        ReadData::None => Vec::new(),
-        ReadData::All => packs.clone(),
-        ReadData::Fraction(f) => {
-            let want = ((packs.len() as f64 * f).ceil() as usize).min(packs.len());
-            // A random order: keyed hashes of the pack ids under a fresh key.
-            let key = crate::id::BlobId::random().0;
-            let mut shuffled = packs.clone();
-            shuffled.sort_by_key(|(p, _)| *blake3::keyed_hash(&key, p.as_bytes()).as_bytes());
-            shuffled.truncate(want);
-            shuffled
-        }
-        ReadData::Slice { n, m } => packs.iter().filter(|(p, _)| (p.0[0] as u32) % m == n - 1).copied().collect(),
-    };
+    let selected = select_packs(&options.read_data, &packs);
     if !selected.is_empty() {
         progress.info(&format!("reading {} packs", selected.len()));
         let total: u64 = selected.iter().map(|(_, s)| s).sum();
@@ -289,23 +192,164 @@ pub fn run(
 
     report.record(repo, &lost);
     if !report.errors.is_empty() {
-        // Named against the index without the damaged copies: a snapshot
-        // whose lost blobs a later backup stored again is whole.
-        let index = repo.load_index()?;
-        for (label, missing) in snapshots_missing_blobs(repo, &index, &roots) {
-            report.error(
-                label.clone(),
-                format!(
-                    "needs {missing} blob(s) of which no intact copy is stored: restoring it fails for the files \
-                     that hold them. Back the same data up again to store fresh copies (`backstop repair packs` \
-                     then reports it whole); if it is gone, `backstop repair packs` and `backstop repair \
-                     snapshots --forget` keep what can be restored"
-                ),
-            );
-            report.affected_snapshots.push(label);
-        }
+        name_affected_snapshots(repo, &roots, &mut report)?;
     }
     Ok(report)
+}
+
+/// Packs listed in the index ⇔ present, with plausible sizes; the indexed
+/// packs that are present, with their sizes. A missing pack's blobs are
+/// `lost`.
+fn check_packs(
+    repo: &Repository,
+    index: &Index,
+    by_pack: &HashMap<PackId, Vec<(crate::id::BlobId, BlobLocation)>>,
+    report: &mut CheckReport,
+    lost: &mut Vec<DamagedBlob>,
+) -> Result<Vec<(PackId, u64)>> {
+    let present: HashMap<PackId, u64> = repo.present_packs()?;
+    report.packs = present.len();
+    let mut expected_min: HashMap<PackId, u64> = HashMap::new();
+    for (_, loc) in index.iter() {
+        let end = loc.offset as u64 + loc.stored_len as u64 + pack::TRAILER_LEN as u64;
+        let e = expected_min.entry(loc.pack).or_default();
+        *e = (*e).max(end);
+    }
+    let live_writers = crate::session::list_sessions(repo)?.into_iter().any(|s| !s.stale && s.info.kind == "backup");
+    for pack in index.packs() {
+        match present.get(pack) {
+            None => {
+                report.error(pack::pack_key(pack), "is listed in the index but missing");
+                lost.extend(by_pack[pack].iter().map(|(id, loc)| DamagedBlob { kind: loc.kind, id: *id, pack: *pack }));
+            }
+            Some(size) if *size < expected_min.get(pack).copied().unwrap_or(0) => {
+                report.error(pack::pack_key(pack), format!("is truncated ({size} bytes; the index needs more)"))
+            }
+            Some(_) => {}
+        }
+    }
+    let indexed: HashSet<PackId> = index.packs().iter().copied().collect();
+    for id in present.keys().filter(|p| !indexed.contains(p)) {
+        let why = if live_writers {
+            "is not in the index yet (a backup is running)"
+        } else {
+            "is not in the index (left by an interrupted backup; prune removes it, `repair index` adopts it)"
+        };
+        report.note(pack::pack_key(id), why);
+    }
+    Ok(index.packs().iter().filter_map(|p| present.get(p).map(|size| (*p, *size))).collect())
+}
+
+/// Each pack's header agrees with the index.
+fn check_headers(
+    repo: &Repository,
+    packs: &[(PackId, u64)],
+    by_pack: &HashMap<PackId, Vec<(crate::id::BlobId, BlobLocation)>>,
+    threads: usize,
+    cancel: &CancelToken,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let findings = parallel_map(packs, threads, |(pack, size)| {
+        if cancel.is_cancelled() {
+            return None;
+        }
+        let expected = &by_pack[pack];
+        match pack::reader::read_header(repo.backend().as_ref(), repo.key(), pack, *size) {
+            Err(e) => Some(e.to_string()),
+            Ok(entries) => {
+                let mut offset = 0u32;
+                let mut in_header = HashMap::new();
+                for e in &entries {
+                    in_header.insert((e.kind, e.id), (offset, e.stored_len, e.raw_len));
+                    offset = offset.wrapping_add(e.stored_len);
+                }
+                let wrong = expected.iter().filter(|(id, loc)| {
+                    in_header.get(&(loc.kind, *id)) != Some(&(loc.offset, loc.stored_len, loc.raw_len))
+                });
+                let n = wrong.count();
+                (n > 0).then(|| format!("{n} blobs in the index do not match the pack header"))
+            }
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(Error::Cancelled);
+    }
+    for ((pack, _), finding) in packs.iter().zip(findings) {
+        if let Some(problem) = finding {
+            report.error(pack::pack_key(pack), problem);
+        }
+    }
+    Ok(())
+}
+
+/// Snapshots and checkpoints load, and every tree they need is readable;
+/// their roots, by label.
+fn check_snapshots(
+    repo: &Repository,
+    index: &Index,
+    report: &mut CheckReport,
+) -> Result<Vec<(String, crate::id::BlobId)>> {
+    let (snapshots, damaged) = repo.snapshots_report()?;
+    let (checkpoints, damaged_cp) = repo.checkpoints_report()?;
+    for d in damaged.into_iter().chain(damaged_cp) {
+        report.error(d.object, format!("{}; `backstop forget` it if it cannot be recovered", d.problem));
+    }
+    report.snapshots = snapshots.len();
+    let roots: Vec<(String, crate::id::BlobId)> = snapshots
+        .iter()
+        .map(|(id, s)| (format!("snapshot {}", id.short()), s.tree))
+        .chain(checkpoints.iter().map(|(id, s)| (format!("checkpoint {}", id.short()), s.tree)))
+        .collect();
+    let used = collect_used(repo, index, &roots);
+    for d in used.damage {
+        report.error(d.object, d.problem);
+    }
+    for pending in repo.backend().list("prune/")? {
+        report.note(pending.key, "a prune deletion is pending (it finishes when the backups that were running end)");
+    }
+    Ok(roots)
+}
+
+/// The packs whose data `read_data` asks to read.
+fn select_packs(read_data: &ReadData, packs: &[(PackId, u64)]) -> Vec<(PackId, u64)> {
+    match *read_data {
+        ReadData::None => Vec::new(),
+        ReadData::All => packs.to_vec(),
+        ReadData::Fraction(f) => {
+            let want = ((packs.len() as f64 * f).ceil() as usize).min(packs.len());
+            // A random order: keyed hashes of the pack ids under a fresh key.
+            let key = crate::id::BlobId::random().0;
+            let mut shuffled = packs.to_vec();
+            shuffled.sort_by_key(|(p, _)| *blake3::keyed_hash(&key, p.as_bytes()).as_bytes());
+            shuffled.truncate(want);
+            shuffled
+        }
+        ReadData::Slice { n, m } => packs.iter().filter(|(p, _)| (p.0[0] as u32) % m == n - 1).copied().collect(),
+    }
+}
+
+/// Name every snapshot that needs a blob of which no intact copy is
+/// stored, against the index without the damaged copies: a snapshot whose
+/// lost blobs a later backup stored again is whole.
+fn name_affected_snapshots(
+    repo: &Repository,
+    roots: &[(String, crate::id::BlobId)],
+    report: &mut CheckReport,
+) -> Result<()> {
+    let index = repo.load_index()?;
+    for (label, missing) in snapshots_missing_blobs(repo, &index, roots) {
+        report.error(
+            label.clone(),
+            format!(
+                "needs {missing} blob(s) of which no intact copy is stored: restoring it fails for the files \
+                 that hold them. Back the same data up again to store fresh copies (`backstop repair packs` \
+                 then reports it whole); if it is gone, `backstop repair packs` and `backstop repair \
+                 snapshots --forget` keep what can be restored"
+            ),
+        );
+        report.affected_snapshots.push(label);
+    }
+    Ok(())
 }
 
 /// Verify one snapshot: every tree it references is read and opened (the

@@ -232,33 +232,8 @@ fn mark(
     }
     let all_index_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let index = Index::from_files(files.clone());
-
     let manifests_at_mark = manifest_keys(repo)?;
-    let (snapshots, damaged) = repo.snapshots_report()?;
-    let (checkpoints, damaged_cp) = repo.checkpoints_report()?;
-    if let Some(d) = damaged.iter().chain(&damaged_cp).next() {
-        return Err(Error::Invalid(format!(
-            "{} is damaged ({}); prune cannot tell what it needs. Forget it first if it cannot be recovered",
-            d.object, d.problem
-        )));
-    }
-
-    // Checkpoints of finished or abandoned backups that a newer snapshot of
-    // the same source has superseded only hold data alive.
-    let live: HashSet<SessionId> = list_sessions(repo)?.into_iter().filter(|s| !s.stale).map(|s| s.info.id).collect();
-    let mut roots: Vec<(String, BlobId)> =
-        snapshots.iter().map(|(id, s)| (format!("snapshot {}", id.short()), s.tree)).collect();
-    for (id, cp) in &checkpoints {
-        let superseded_cp = snapshots.iter().any(|(_, s)| s.same_source(cp) && s.time > cp.time);
-        if superseded_cp && !live.contains(&cp.session) {
-            if !options.dry_run {
-                repo.delete_checkpoint(id)?;
-            }
-            report.checkpoints_removed += 1;
-        } else {
-            roots.push((format!("checkpoint {}", id.short()), cp.tree));
-        }
-    }
+    let roots = roots(repo, options, report)?;
 
     progress.info("finding used data");
     let used = collect_used(repo, &index, &roots);
@@ -274,88 +249,15 @@ fn mark(
         return Err(Error::Cancelled);
     }
 
-    // Account per pack, from the index files that are in force.
     let present = repo.present_packs()?;
     let packs = crate::index::packs_in_force(&files);
-    let canonical =
-        |kind: BlobKind, id: &BlobId, pack: &PackId| index.lookup(kind, id).is_some_and(|l| l.pack == *pack);
-    report.packs = present.len();
-    report.blobs_used = used.data.len() + used.trees.len();
-    let mut doomed: Vec<PackId> = Vec::new();
-    let mut repack: Vec<(PackId, Vec<IndexBlob>)> = Vec::new();
-    for (pack, blobs) in &packs {
-        let Some(size) = present.get(pack) else { continue }; // missing: check reports it
-        let (mut used_bytes, mut total_bytes) = (0u64, 0u64);
-        let mut live_blobs = Vec::new();
-        for b in blobs {
-            total_bytes += b.stored_len as u64;
-            if used.contains(b.kind, &b.id) && canonical(b.kind, &b.id, pack) {
-                used_bytes += b.stored_len as u64;
-                live_blobs.push(*b);
-            } else {
-                report.blobs_unused += 1;
-            }
-        }
-        if live_blobs.is_empty() {
-            report.packs_unused += 1;
-            report.bytes_marked += size;
-            doomed.push(*pack);
-        } else if total_bytes > 0 && (total_bytes - used_bytes) as f64 / total_bytes as f64 > options.max_unused {
-            report.packs_repacked += 1;
-            report.bytes_repacked += used_bytes;
-            report.bytes_marked += size;
-            repack.push((*pack, live_blobs));
-        }
-    }
-    for (pack, size) in &present {
-        // Packs a pending plan will delete are not marked twice.
-        if !packs.contains_key(pack) && !already_planned.contains(pack) {
-            report.packs_unindexed += 1;
-            report.bytes_marked += size;
-            doomed.push(*pack);
-        }
-    }
+    let Sorted { mut doomed, repack } = sort_packs(&index, &used, &packs, &present, already_planned, options, report);
     if options.dry_run || (doomed.is_empty() && repack.is_empty()) {
         return Ok(None);
     }
-
-    // Copy live blobs out of half-empty packs (sealed bytes, unchanged).
-    let mut new_packs = Vec::new();
-    if !repack.is_empty() {
-        progress.info(&format!("repacking {} packs", repack.len()));
-        let saver = Saver::start(
-            repo,
-            session.sealer().clone(),
-            Arc::new(WriteIndex::new(Arc::new(Index::default()))),
-            2,
-            cancel,
-        )?;
-        for (pack, blobs) in &repack {
-            if cancel.is_cancelled() {
-                return Err(Error::Cancelled);
-            }
-            let bytes = repo.backend().get(&pack::pack_key(pack))?;
-            for b in blobs {
-                let sealed =
-                    bytes.get(b.offset as usize..b.offset as usize + b.stored_len as usize).ok_or_else(|| {
-                        Error::corrupt(pack::pack_key(pack), "shorter than the index says; run `backstop check`")
-                    })?;
-                let loc = crate::pack::BlobLocation {
-                    pack: *pack,
-                    kind: b.kind,
-                    offset: b.offset,
-                    stored_len: b.stored_len,
-                    raw_len: b.raw_len,
-                };
-                // Never copy damage silently.
-                pack::reader::open_blob(repo.key(), &loc, &b.id, sealed)?;
-                saver.save_sealed(b.kind, b.id, sealed, b.raw_len as usize)?;
-            }
-            doomed.push(*pack);
-        }
-        saver.flush()?;
-        new_packs = saver.take_uploaded();
-    }
+    let new_packs =
+        if repack.is_empty() { Vec::new() } else { copy_live_blobs(repo, session, &repack, progress, cancel)? };
+    doomed.extend(repack.iter().map(|(pack, _)| *pack));
 
     // The compacted index: every pack in force that is not doomed, plus the
     // new ones; it supersedes every index file we read.
@@ -378,6 +280,133 @@ fn mark(
     let json = serde_json::to_vec(&plan).expect("plan serialises");
     let id = PlanId(repo.put_sealed(session.sealer(), "prune", ObjectKind::Plan, &json)?);
     Ok(Some((id, plan)))
+}
+
+/// The trees whose data stays: every snapshot's, and every checkpoint's
+/// that no newer snapshot of the same source superseded (or whose backup
+/// still runs). Superseded checkpoints are deleted (counted in `report`).
+fn roots(repo: &Repository, options: &PruneOptions, report: &mut PruneReport) -> Result<Vec<(String, BlobId)>> {
+    let (snapshots, damaged) = repo.snapshots_report()?;
+    let (checkpoints, damaged_cp) = repo.checkpoints_report()?;
+    if let Some(d) = damaged.iter().chain(&damaged_cp).next() {
+        return Err(Error::Invalid(format!(
+            "{} is damaged ({}); prune cannot tell what it needs. Forget it first if it cannot be recovered",
+            d.object, d.problem
+        )));
+    }
+    // Checkpoints of finished or abandoned backups that a newer snapshot of
+    // the same source has superseded only hold data alive.
+    let live: HashSet<SessionId> = list_sessions(repo)?.into_iter().filter(|s| !s.stale).map(|s| s.info.id).collect();
+    let mut roots: Vec<(String, BlobId)> =
+        snapshots.iter().map(|(id, s)| (format!("snapshot {}", id.short()), s.tree)).collect();
+    for (id, cp) in &checkpoints {
+        let superseded_cp = snapshots.iter().any(|(_, s)| s.same_source(cp) && s.time > cp.time);
+        if superseded_cp && !live.contains(&cp.session) {
+            if !options.dry_run {
+                repo.delete_checkpoint(id)?;
+            }
+            report.checkpoints_removed += 1;
+        } else {
+            roots.push((format!("checkpoint {}", id.short()), cp.tree));
+        }
+    }
+    Ok(roots)
+}
+
+/// Packs by what becomes of them.
+struct Sorted {
+    /// Nothing in them is used (or no index names them): deleted.
+    doomed: Vec<PackId>,
+    /// More than `max_unused` of them is unused: their live blobs are
+    /// copied out, then they are deleted.
+    repack: Vec<(PackId, Vec<IndexBlob>)>,
+}
+
+/// Account per pack, from the index files in force (`packs`) and the packs
+/// `present` in storage; a blob counts as used where the index finds it.
+fn sort_packs(
+    index: &Index,
+    used: &UsedBlobs,
+    packs: &std::collections::HashMap<PackId, Vec<IndexBlob>>,
+    present: &std::collections::HashMap<PackId, u64>,
+    already_planned: &HashSet<PackId>,
+    options: &PruneOptions,
+    report: &mut PruneReport,
+) -> Sorted {
+    let canonical =
+        |kind: BlobKind, id: &BlobId, pack: &PackId| index.lookup(kind, id).is_some_and(|l| l.pack == *pack);
+    report.packs = present.len();
+    report.blobs_used = used.data.len() + used.trees.len();
+    let mut out = Sorted { doomed: Vec::new(), repack: Vec::new() };
+    for (pack, blobs) in packs {
+        let Some(size) = present.get(pack) else { continue }; // missing: check reports it
+        let (mut used_bytes, mut total_bytes) = (0u64, 0u64);
+        let mut live_blobs = Vec::new();
+        for b in blobs {
+            total_bytes += b.stored_len as u64;
+            if used.contains(b.kind, &b.id) && canonical(b.kind, &b.id, pack) {
+                used_bytes += b.stored_len as u64;
+                live_blobs.push(*b);
+            } else {
+                report.blobs_unused += 1;
+            }
+        }
+        if live_blobs.is_empty() {
+            report.packs_unused += 1;
+            report.bytes_marked += size;
+            out.doomed.push(*pack);
+        } else if total_bytes > 0 && (total_bytes - used_bytes) as f64 / total_bytes as f64 > options.max_unused {
+            report.packs_repacked += 1;
+            report.bytes_repacked += used_bytes;
+            report.bytes_marked += size;
+            out.repack.push((*pack, live_blobs));
+        }
+    }
+    for (pack, size) in present {
+        // Packs a pending plan will delete are not marked twice.
+        if !packs.contains_key(pack) && !already_planned.contains(pack) {
+            report.packs_unindexed += 1;
+            report.bytes_marked += size;
+            out.doomed.push(*pack);
+        }
+    }
+    out
+}
+
+/// Copy the live blobs out of half-empty packs (sealed bytes, unchanged,
+/// each opened first: damage is never copied silently); the new packs.
+fn copy_live_blobs(
+    repo: &Repository,
+    session: &Session,
+    repack: &[(PackId, Vec<IndexBlob>)],
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<Vec<IndexPack>> {
+    progress.info(&format!("repacking {} packs", repack.len()));
+    let fresh = Arc::new(WriteIndex::new(Arc::new(Index::default())));
+    let saver = Saver::start(repo, session.sealer().clone(), fresh, 2, cancel)?;
+    for (pack, blobs) in repack {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let bytes = repo.backend().get(&pack::pack_key(pack))?;
+        for b in blobs {
+            let sealed = bytes.get(b.offset as usize..b.offset as usize + b.stored_len as usize).ok_or_else(|| {
+                Error::corrupt(pack::pack_key(pack), "shorter than the index says; run `backstop check`")
+            })?;
+            let loc = crate::pack::BlobLocation {
+                pack: *pack,
+                kind: b.kind,
+                offset: b.offset,
+                stored_len: b.stored_len,
+                raw_len: b.raw_len,
+            };
+            pack::reader::open_blob(repo.key(), &loc, &b.id, sealed)?;
+            saver.save_sealed(b.kind, b.id, sealed, b.raw_len as usize)?;
+        }
+    }
+    saver.flush()?;
+    Ok(saver.take_uploaded())
 }
 
 /// The delete phase. Returns whether the plan is done.
