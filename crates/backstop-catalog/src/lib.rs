@@ -2,10 +2,13 @@
 //! SQLite for a single node, PostgreSQL when several coordinators share it.
 //!
 //! [`Catalog`] is the handle; its methods are grouped by resource:
-//! `queue` (jobs: enqueue, claim, heartbeat, complete, cancel, reap, and
-//! their event streams), `resources` (tenants, tokens, repositories,
-//! sources, plans, snapshots, audit), `schedule` (cron expressions and the
-//! scheduler's fires). Every state change of a job goes through `queue`,
+//! `queue` (jobs: enqueue, claim in named steps, heartbeat, complete and
+//! the plan's chain, cancel, reap, a plan's job, and their event streams),
+//! `resources` (tenants, tokens, repositories, sources — stored as given,
+//! their packager checks them — plans, snapshots, audit), `schedule` (cron
+//! expressions and the scheduler's fires), `scope` (whose rows a caller
+//! sees), `secrets` (the server key; sealing), `migrate` (the DDL of both
+//! databases). Every state change of a job goes through `queue`,
 //! fenced by `(job, attempt)`: a worker whose lease expired cannot
 //! overwrite what a newer attempt did.
 //!

@@ -57,10 +57,6 @@ impl PathFilter {
         self.patterns.is_empty()
     }
 
-    pub fn sources(&self) -> &[String] {
-        &self.sources
-    }
-
     /// Whether the absolute path `path` itself matches (not its ancestors).
     pub fn matches(&self, path: &Path, is_dir: bool) -> bool {
         let name = path.file_name().map(Path::new);

@@ -8,30 +8,40 @@
 //!
 //! Operations are modules with an `*Options` input and a summary or report
 //! output: [`backup`] (trees, streams and images into a snapshot), [`restore`]
-//! (a snapshot back to files, a stream or a device), [`check`], [`forget`],
-//! [`prune`]. Long operations take a [`Progress`] sink and a [`CancelToken`].
+//! (a snapshot back to files, a stream or a device), [`ops::check`],
+//! [`ops::forget`], [`ops::prune`]. Long operations take a [`Progress`] sink and a [`CancelToken`].
 //! Writers announce themselves with a [`session::Session`], which is what lets
 //! prune run beside backups without a lock.
+//!
+//! Public modules, for the callers (CLI, packagers, worker): `backup`
+//! (pipeline, walker, packager source trees), `restore`, `ops` (check,
+//! verify, forget, prune, repair, key, used), `repository`'s
+//! [`Repository`], `config`, `crypto` (keys, key slots, sealing), `index`,
+//! `pack`, `tree`, `session`, `id`, `sys` (file metadata, xattrs: the engine's
+//! tests use it). Internal: `chunker` (CDC and fixed chunks, buffer pool),
+//! `damage` (damage records), `error`, `filter` (exclude patterns),
+//! `progress`, `snapshot`, `util`, `wire`; what callers need of them is
+//! re-exported here.
 
 pub mod backup;
-pub mod chunker;
+pub(crate) mod chunker;
 pub mod config;
 pub mod crypto;
-pub mod damage;
-pub mod error;
-pub mod filter;
+pub(crate) mod damage;
+pub(crate) mod error;
+pub(crate) mod filter;
 pub mod id;
 pub mod index;
 pub mod ops;
 pub mod pack;
-pub mod progress;
-pub mod repository;
+pub(crate) mod progress;
+pub(crate) mod repository;
 pub mod restore;
 pub mod session;
-pub mod snapshot;
+pub(crate) mod snapshot;
 pub mod sys;
 pub mod tree;
-pub mod util;
+pub(crate) mod util;
 mod wire;
 
 pub use config::Config;
@@ -41,4 +51,5 @@ pub use id::{BlobId, IndexId, KeyId, PackId, SessionId, SnapshotId};
 pub use progress::{CancelToken, NoProgress, Progress};
 pub use repository::{InitOptions, Repository};
 pub use snapshot::{Snapshot, SnapshotKind, Summary};
+pub use util::{hostname, process_alive};
 pub use wire::DecodeError;

@@ -22,7 +22,7 @@ impl InProcess {
 /// What a coordinator calls its in-process workers: `host/pid/serve`
 /// (each slot claims as `…#slot`).
 pub fn pool_name() -> String {
-    format!("{}/{}/serve", backstop_repo::util::hostname(), std::process::id())
+    format!("{}/{}/serve", backstop_repo::hostname(), std::process::id())
 }
 
 /// Whether a lease owner is a slot of an in-process pool of a coordinator
@@ -33,7 +33,7 @@ pub fn is_dead_local_pool(owner: &str) -> bool {
     let Some((name, _slot)) = owner.rsplit_once('#') else { return false };
     let Some((host, pid)) = name.strip_suffix("/serve").and_then(|n| n.rsplit_once('/')) else { return false };
     let Ok(pid) = pid.parse::<u32>() else { return false };
-    host == backstop_repo::util::hostname() && pid != std::process::id() && !backstop_repo::util::process_alive(pid)
+    host == backstop_repo::hostname() && pid != std::process::id() && !backstop_repo::process_alive(pid)
 }
 
 /// Requeue at once the jobs a killed earlier incarnation of this
@@ -92,7 +92,7 @@ mod tests {
 
     #[test]
     fn only_pools_of_dead_processes_on_this_host_are_taken_for_dead() {
-        let host = backstop_repo::util::hostname();
+        let host = backstop_repo::hostname();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();

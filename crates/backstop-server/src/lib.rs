@@ -9,6 +9,14 @@
 //! also feeds the OpenAPI document. The data directory holds the SQLite
 //! catalog, the server key that seals secrets, and the default local
 //! repository; nothing else is needed for a working service.
+//!
+//! Modules: `router` (the route table), `handlers` (one module per
+//! resource), `auth` (tokens, roles, scopes), `extract` (JSON and query
+//! extractors with the API's error body), `error` (`ApiError` by
+//! `ErrorCode`), `reach` (the early check of what a request would reach),
+//! `state` (shared state, scheduler and reaper loops), `inproc` (the
+//! in-process workers' coordinator), `serve` (connections, limits, TLS
+//! through `tls`), `metrics`, `webhooks`, `openapi`.
 
 pub mod auth;
 pub mod error;

@@ -1,5 +1,5 @@
 //! Packagers: everything that is not a tree of local files, turned into
-//! the engine's [`SourceTree`] for a backup, and put back from a snapshot
+//! the engine's [`SourceTree`](backstop_repo::backup::source::SourceTree) for a backup, and put back from a snapshot
 //! by a restore (DESIGN §4).
 //!
 //! A source is a kind and a JSON configuration — the same shape a plan's
@@ -16,6 +16,9 @@
 //! | `mysql` | a connection URL, with or without a database | `databases/<name>.sql` (`mariadb-dump --single-transaction`) |
 //! | `kubernetes` | a kubeconfig context (empty: the current one) | `<namespace>/<resource>/<name>.yaml`, `_cluster/<resource>/<name>.yaml` (clean manifests) |
 
+// One file per kind (`fs`, `image`, `command`, `db` for postgres and
+// mysql, `kubernetes`), each with its `Packager`; `packager` is the
+// registry; `hooks`, `process` and `qcow2` serve them.
 pub mod command;
 pub mod db;
 pub mod fs;

@@ -79,7 +79,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn new(region: &str, concurrency: usize) -> WorkerConfig {
         WorkerConfig {
-            name: format!("{}/{}", backstop_repo::util::hostname(), std::process::id()),
+            name: format!("{}/{}", backstop_repo::hostname(), std::process::id()),
             region: region.to_string(),
             concurrency: concurrency.max(1),
             poll_wait: Duration::from_secs(20),
