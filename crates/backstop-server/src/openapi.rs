@@ -152,6 +152,28 @@ fn integer_bounds(value: &mut Value) {
     }
 }
 
+/// A source to register is one of the kinds, each with its packager's
+/// `config` schema (`backstop_source::Packager::config_schema`).
+fn source_spec_by_kind(schemas: &mut Map<String, Value>) {
+    let Some(base) = schemas.get("SourceSpec").cloned() else { return };
+    let variants: Vec<Value> = backstop_types::SourceKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let mut variant = base.clone();
+            variant["title"] = json!(format!("a {} source", kind.as_str()));
+            variant["properties"]["kind"] = json!({"const": kind.as_str()});
+            variant["properties"]["config"] = backstop_source::packager(kind).config_schema();
+            variant.as_object_mut().map(|v| v.remove("description"));
+            variant
+        })
+        .collect();
+    let mut by_kind = json!({"oneOf": variants});
+    if let Some(description) = base.get("description") {
+        by_kind["description"] = description.clone();
+    }
+    schemas.insert("SourceSpec".into(), by_kind);
+}
+
 pub fn document() -> Value {
     let mut settings = SchemaSettings::draft2020_12();
     settings.definitions_path = "/components/schemas".into();
@@ -164,8 +186,9 @@ pub fn document() -> Value {
         let entry = paths.entry(route.path.to_string()).or_insert_with(|| json!({}));
         entry[route.method] = op;
     }
-    let schemas: Map<String, Value> =
+    let mut schemas: Map<String, Value> =
         generator.take_definitions(true).into_iter().map(|(name, schema)| (name, schema.clone())).collect();
+    source_spec_by_kind(&mut schemas);
     let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
@@ -209,6 +232,15 @@ mod tests {
         let job = &doc["components"]["schemas"]["Job"]["properties"];
         assert!(job["deadline_seconds"].to_string().contains("null"), "{}", job["deadline_seconds"]);
         assert_eq!(doc["components"]["schemas"]["PlanSpec"]["additionalProperties"], json!(false));
+        // A source's config is described by its kind's packager.
+        let kinds = doc["components"]["schemas"]["SourceSpec"]["oneOf"].as_array().unwrap();
+        assert_eq!(kinds.len(), backstop_types::SourceKind::ALL.len());
+        let fs = kinds.iter().find(|k| k["properties"]["kind"]["const"] == "fs").unwrap();
+        assert_eq!(fs["properties"]["config"]["required"], json!(["paths"]));
+        assert_eq!(fs["additionalProperties"], json!(false));
+        let pg = kinds.iter().find(|k| k["properties"]["kind"]["const"] == "postgres").unwrap();
+        assert!(pg["properties"]["config"]["properties"]["url"].is_object(), "{pg}");
+        assert!(pg["properties"]["config"]["properties"]["password"].is_null(), "a secret, not config: {pg}");
         let plans = &doc["paths"]["/api/v1/plans"]["get"]["parameters"];
         assert!(plans.to_string().contains("\"maximum\":1000"), "{plans}");
     }

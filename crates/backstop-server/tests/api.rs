@@ -121,6 +121,16 @@ async fn errors_have_one_shape_and_bad_input_gets_4xx() {
     assert!(v["error"]["message"].as_str().unwrap().contains("absolute"));
     let (s, _) = api.call("post", "/api/v1/sources", Some(&admin), Some(json!({"garbage": true}))).await;
     assert!(s.is_client_error(), "{s}");
+    // A source's secrets are credentials by name, and a file tree has none.
+    for (source, says) in [
+        (json!({"name": "k", "kind": "kubernetes", "config": {}, "secrets": ["t"]}), "secrets is an object"),
+        (json!({"name": "f", "kind": "fs", "config": {"paths": ["/srv"]}, "secrets": {"password": "p"}}), "no secrets"),
+        (json!({"name": "z", "kind": "zfs", "config": {}}), "unknown variant `zfs`"),
+    ] {
+        let (s, v) = api.call("post", "/api/v1/sources", Some(&admin), Some(source)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(says), "{v}");
+    }
     let (s, v) = api.call("get", "/api/v1/nothing-here", Some(&admin), None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(v["error"]["message"].as_str().unwrap().contains("openapi.json"));

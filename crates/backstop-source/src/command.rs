@@ -84,6 +84,10 @@ impl Packager for Command {
         CommandConfig::parse(config).map(drop)
     }
 
+    fn config_schema(&self) -> serde_json::Value {
+        crate::packager::keys_schema(&["command"], &["filename"])
+    }
+
     fn touches(&self, _config: &Config, _restore: bool) -> Result<Touches> {
         Ok(Touches { workers_own: Some(SYSTEM_ONLY.into()), ..Touches::default() })
     }

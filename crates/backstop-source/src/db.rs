@@ -526,6 +526,11 @@ impl Packager for Database {
         DbConfig::parse(self.0, config).map(drop)
     }
 
+    fn config_schema(&self) -> serde_json::Value {
+        // The password goes in the source's secrets.
+        crate::packager::keys_schema(&["url"], &["databases"])
+    }
+
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {
         let c = DbConfig::parse(self.0, config)?;
         let mut out = Touches::default();

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use backstop_repo::backup::BackupSource;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::packager::{Packager, SourceKind};
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches};
@@ -62,6 +62,22 @@ impl Packager for Fs {
             )));
         }
         Ok(())
+    }
+
+    fn config_schema(&self) -> Value {
+        let patterns = json!({"type": "array", "items": {"type": "string"}});
+        json!({
+            "type": "object",
+            "properties": {
+                "paths": {"type": "array", "items": {"type": "string", "pattern": "^/"}, "minItems": 1},
+                "excludes": patterns,
+                "one_file_system": {"type": "boolean"},
+                "exclude_caches": {"type": "boolean"},
+                "hooks": {},
+            },
+            "required": ["paths"],
+            "additionalProperties": false,
+        })
     }
 
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {

@@ -497,6 +497,10 @@ impl Packager for Image {
         ImageConfig::parse(config).map(drop)
     }
 
+    fn config_schema(&self) -> Value {
+        crate::packager::keys_schema(&["path"], &["cbt", "generation", "chunk_size", "format", "backing_outside"])
+    }
+
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {
         let c = ImageConfig::parse(config)?;
         let mut out = Touches { paths: vec![c.path], ..Touches::default() };

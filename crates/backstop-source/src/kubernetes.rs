@@ -67,6 +67,9 @@ enum Token {
     File(PathBuf),
 }
 
+/// A backup's own settings, beside the connection's.
+const BACKUP_KEYS: [&str; 5] = ["namespaces", "exclude_namespaces", "selector", "kinds", "owned"];
+
 pub(crate) const CONNECTION_KEYS: &[&str] = &[
     "context",
     "kubeconfig",
@@ -268,7 +271,7 @@ pub struct BackupConfig {
 impl BackupConfig {
     pub fn parse(config: &Config) -> Result<BackupConfig> {
         let mut known = CONNECTION_KEYS.to_vec();
-        known.extend(["namespaces", "exclude_namespaces", "selector", "kinds", "owned"]);
+        known.extend(BACKUP_KEYS);
         known_keys(config, "kubernetes", &known)?;
         let selector = opt_str(config, "selector")?.filter(|s| !s.trim().is_empty());
         if let Some(s) = &selector {
@@ -1174,6 +1177,13 @@ impl Packager for Kubernetes {
 
     fn validate(&self, config: &Config) -> Result<()> {
         BackupConfig::parse(config).map(drop)
+    }
+
+    fn config_schema(&self) -> Value {
+        // The token goes in the source's secrets.
+        let mut keys: Vec<&str> = CONNECTION_KEYS.iter().copied().filter(|k| *k != "token").collect();
+        keys.extend(BACKUP_KEYS);
+        crate::packager::keys_schema(&[], &keys)
     }
 
     fn touches(&self, config: &Config, restore: bool) -> Result<Touches> {

@@ -6,6 +6,7 @@
 
 use backstop_repo::backup::BackupSource;
 pub use backstop_types::SourceKind;
+use serde_json::{Map, Value, json};
 
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches};
 
@@ -21,6 +22,12 @@ pub trait Packager: Sync {
     /// Check a source's configuration (its `hooks` already taken out)
     /// without running anything.
     fn validate(&self, config: &Config) -> Result<()>;
+
+    /// The JSON Schema of a source's `config` (its keys, which are
+    /// required, `hooks` among them; credentials go in `secrets`), for
+    /// the OpenAPI document: a client checks before it sends, and
+    /// [`validate`](Packager::validate) checks again, values too.
+    fn config_schema(&self) -> Value;
 
     /// What the configuration makes a job reach on its worker's host (a
     /// source's, or with `restore` a restore target's): local paths, hosts,
@@ -61,6 +68,17 @@ pub fn packager(kind: SourceKind) -> &'static dyn Packager {
     }
 }
 
+/// A configuration's schema by its keys: these may be there (`required`
+/// must), with any value (the packager checks the values), `hooks` too,
+/// and nothing else.
+pub fn keys_schema(required: &[&str], optional: &[&str]) -> Value {
+    let mut properties = Map::new();
+    for key in required.iter().chain(optional).chain(&["hooks"]) {
+        properties.insert(key.to_string(), json!({}));
+    }
+    json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
+}
+
 /// A kind by its name (`postgres`), or an error that lists the kinds.
 pub fn kind(name: &str) -> Result<SourceKind> {
     SourceKind::parse(name).ok_or_else(|| {
@@ -92,6 +110,9 @@ impl Packager for Unbuilt {
     fn validate(&self, _: &Config) -> Result<()> {
         self.refuse()
     }
+    fn config_schema(&self) -> Value {
+        keys_schema(&[], &[])
+    }
     fn touches(&self, _: &Config, _: bool) -> Result<Touches> {
         self.refuse()
     }
@@ -121,5 +142,37 @@ mod tests {
         }
         let e = kind("ftp").unwrap_err().to_string();
         assert!(e.contains("unknown source kind \"ftp\"") && e.contains("fs, image, command"), "{e}");
+    }
+
+    /// The schema's keys are the ones validate takes: each one is known to
+    /// it, and any other is refused.
+    #[test]
+    fn config_schemas_name_the_keys_validate_takes() {
+        let required = |kind: SourceKind| -> Config {
+            let value = match kind {
+                SourceKind::Fs => json!({"paths": ["/srv"]}),
+                SourceKind::Image => json!({"path": "/srv/vm.raw"}),
+                SourceKind::Command => json!({"command": "true"}),
+                SourceKind::Postgres => json!({"url": "postgres://db/app"}),
+                SourceKind::Mysql => json!({"url": "mysql://db/app"}),
+                SourceKind::Kubernetes => json!({}),
+            };
+            value.as_object().cloned().unwrap()
+        };
+        for kind in SourceKind::ALL {
+            let schema = packager(kind).config_schema();
+            assert_eq!(schema["additionalProperties"], json!(false), "{kind:?}");
+            for key in schema["properties"].as_object().unwrap().keys().filter(|k| *k != "hooks") {
+                let mut config = required(kind);
+                config.entry(key.clone()).or_insert(json!("x"));
+                if let Err(e) = crate::validate(kind, &config) {
+                    let e = e.to_string();
+                    assert!(!e.contains("unknown") && !e.contains("no kubernetes support"), "{kind:?} {key}: {e}");
+                }
+            }
+            let mut config = required(kind);
+            config.insert("bogus".into(), json!(1));
+            assert!(crate::validate(kind, &config).is_err(), "{kind:?} takes a key its schema does not name");
+        }
     }
 }

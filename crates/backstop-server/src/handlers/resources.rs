@@ -194,7 +194,15 @@ pub async fn create_source(
     refuse_secrets_in_config(&spec)?;
     backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
     let mut config = spec.config.as_object().cloned().unwrap_or_default();
-    let secrets = spec.secrets.expose().as_object().cloned().unwrap_or_default();
+    let secrets = match spec.secrets.expose() {
+        serde_json::Value::Null => Default::default(),
+        serde_json::Value::Object(secrets) => secrets.clone(),
+        _ => {
+            return Err(ApiError::invalid(
+                "secrets is an object: the kind's credentials by name ({\"password\": …} or {\"token\": …})",
+            ));
+        }
+    };
     if spec.kind == SourceKind::Fs && !secrets.is_empty() {
         return Err(ApiError::invalid("an fs source takes no secrets"));
     }
