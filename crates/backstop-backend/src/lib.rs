@@ -10,8 +10,11 @@
 //! [`S3Backend`] (any S3-compatible store, through the `object_store` crate)
 //! and [`MemoryBackend`] (tests). Cross-cutting behaviour is layered on as
 //! decorators: [`RetryBackend`] retries transient failures with backoff and
-//! [`LimitBackend`] bounds the number of concurrent operations. [`open`] parses
-//! a repository location and returns the decorated stack.
+//! [`LimitBackend`] bounds the number of concurrent operations, and
+//! [`ThrottleBackend`] shares a [`Bandwidth`] limit. [`open`] parses a
+//! repository location and returns the decorated stack. A job's
+//! [`CancelToken`] (`cancel`) stops their waits; `error` classifies
+//! failures ([`ErrorKind`]: transient, full, cancelled, …).
 //!
 //! Every implementation must pass [`conformance::run_all`].
 
@@ -23,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-pub use backstop_confine::{Dir, Links, NetScope, PathScope};
+pub use backstop_confine::{Dir, FileTimes, Links, NetScope, PathScope};
 
 mod cancel;
 mod error;

@@ -228,6 +228,13 @@ pub(crate) fn open_path(path: &Path, flags: libc::c_int, mode: u32) -> io::Resul
     openat(libc::AT_FDCWD, &cstr(path.as_os_str().as_bytes())?, flags, mode)
 }
 
+/// An entry's access and modification times, in nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileTimes {
+    pub atime_ns: i64,
+    pub mtime_ns: i64,
+}
+
 /// An open directory. Every path given to its methods is resolved beneath
 /// it and never leaves it (see [`Links`]); the methods that take a `name`
 /// act on one entry of this very directory, without following a link in
@@ -433,9 +440,9 @@ impl Dir {
     }
 
     /// Access and modification times of an entry, not following a link.
-    pub fn set_times_at(&self, name: &OsStr, atime_ns: i64, mtime_ns: i64) -> io::Result<()> {
+    pub fn set_times_at(&self, name: &OsStr, times: FileTimes) -> io::Result<()> {
         let c = single(name)?;
-        let times = [timespec(atime_ns), timespec(mtime_ns)];
+        let times = [timespec(times.atime_ns), timespec(times.mtime_ns)];
         // SAFETY: c is NUL-terminated; times has two entries.
         check(unsafe { libc::utimensat(self.raw(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
     }
@@ -668,7 +675,7 @@ mod tests {
         assert_eq!(name, "up");
         assert!(is_link(&parent.stat_at(&name).unwrap()));
         assert_eq!(parent.chmod_at(&name, 0o777).unwrap_err().raw_os_error(), Some(libc::ELOOP));
-        parent.set_times_at(&name, 0, 1_000_000_000).unwrap();
+        parent.set_times_at(&name, FileTimes { atime_ns: 0, mtime_ns: 1_000_000_000 }).unwrap();
         parent.remove_at(&name).unwrap();
         assert!(t.path().join("outside/secret").exists(), "the link went, not its target");
         dir.symlink_at(b"/etc", OsStr::new("made")).unwrap();

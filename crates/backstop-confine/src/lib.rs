@@ -25,7 +25,7 @@ mod dir;
 mod net;
 mod paths;
 
-pub use dir::{Dir, Links, force_walk_for_tests};
+pub use dir::{Dir, FileTimes, Links, force_walk_for_tests};
 pub use net::{NetError, NetGrant, NetScope};
 pub use paths::PathScope;
 

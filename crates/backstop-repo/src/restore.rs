@@ -749,7 +749,7 @@ fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, meta: Meta) -> io::Resul
             }
         }
     }
-    dir.set_times_at(name, node.atime_ns, node.mtime_ns)
+    dir.set_times_at(name, times_of(node))
 }
 
 /// [`apply_metadata`] for a regular file or directory through its open handle.
@@ -780,7 +780,7 @@ fn restore_symlink(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Re
     if meta.owners {
         dir.chown_at(&name, node.uid, node.gid)?;
     }
-    dir.set_times_at(&name, node.atime_ns, node.mtime_ns)
+    dir.set_times_at(&name, times_of(node))
 }
 
 fn restore_special(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
@@ -831,6 +831,11 @@ fn verify_file(repo: &Repository, target: &Dir, f: &PlannedFile) -> std::result:
         offset += c.len();
     }
     Ok(())
+}
+
+/// A node's times, to set on what it was restored to.
+fn times_of(node: &Node) -> backstop_backend::FileTimes {
+    backstop_backend::FileTimes { atime_ns: node.atime_ns, mtime_ns: node.mtime_ns }
 }
 
 #[cfg(test)]

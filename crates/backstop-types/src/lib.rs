@@ -10,6 +10,10 @@
 //! its `Debug` and `Serialize` show `<redacted>`, except in the fields
 //! that say `serialize_with = "backstop_secret::reveal"` (the specs a
 //! client sends, the claim, a token shown once).
+//!
+//! Modules: [`params`] (a job's parameters, one type per kind, and a
+//! backup's result) and [`check`] (the checks behind the name, host and
+//! text patterns); everything else is at the top.
 
 pub mod params;
 
