@@ -256,6 +256,20 @@ impl Repository {
 
     // ------------------------------------------------------------------ index
 
+    /// Every index file, for an operation that rewrites the index (`who`:
+    /// prune, repair packs): one that cannot be read is refused, since what
+    /// it lists would be lost.
+    pub fn intact_index_files(&self, who: &str) -> Result<IndexFiles> {
+        let (files, unreadable) = self.load_index_files()?;
+        if let Some(d) = unreadable.first() {
+            return Err(Error::Invalid(format!(
+                "{} is damaged ({}); {who} cannot tell what is stored. Run `backstop repair index` first",
+                d.object, d.problem
+            )));
+        }
+        Ok(files)
+    }
+
     /// Every readable index file (superseded ones included), without the
     /// blob copies recorded as damaged (`damage`), and the files that could
     /// not be read.

@@ -124,7 +124,10 @@ async fn errors_have_one_shape_and_bad_input_gets_4xx() {
     // A source's secrets are credentials by name, and a file tree has none.
     for (source, says) in [
         (json!({"name": "k", "kind": "kubernetes", "config": {}, "secrets": ["t"]}), "secrets is an object"),
-        (json!({"name": "f", "kind": "fs", "config": {"paths": ["/srv"]}, "secrets": {"password": "p"}}), "no secrets"),
+        (
+            json!({"name": "f", "kind": "fs", "config": {"paths": ["/srv"]}, "secrets": {"password": "p"}}),
+            "unknown fs source setting \"password\"",
+        ),
         (json!({"name": "z", "kind": "zfs", "config": {}}), "unknown variant `zfs`"),
     ] {
         let (s, v) = api.call("post", "/api/v1/sources", Some(&admin), Some(source)).await;

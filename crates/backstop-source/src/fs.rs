@@ -16,6 +16,10 @@ const KEYS: &[&str] = &["paths", "excludes", "one_file_system", "exclude_caches"
 
 pub struct Fs;
 
+fn not_a_system() -> Error {
+    Error::Invalid("a file tree is restored into a directory (target), not into an fs system".into())
+}
+
 /// The source's absolute paths.
 fn paths(config: &Config) -> Result<Vec<PathBuf>> {
     let paths = config
@@ -94,10 +98,10 @@ impl Packager for Fs {
     }
 
     fn validate_restore(&self, _: &Config) -> Result<()> {
-        Err(Error::Invalid("a file tree is restored into a directory (target), not into an fs system".into()))
+        Err(not_a_system())
     }
 
-    fn restore(&self, _: &RestoreContext, config: &Config, _: &Reach) -> Result<RestoreReport> {
-        self.validate_restore(config).map(|()| RestoreReport::default())
+    fn restore(&self, _: &RestoreContext, _: &Config, _: &Reach) -> Result<RestoreReport> {
+        Err(not_a_system())
     }
 }

@@ -223,13 +223,7 @@ fn mark(
     report: &mut PruneReport,
 ) -> Result<Option<(PlanId, DeletionPlan)>> {
     progress.info("loading index and snapshots");
-    let (files, damage) = repo.load_index_files()?;
-    if let Some(d) = damage.first() {
-        return Err(Error::Invalid(format!(
-            "{} is damaged ({}); prune cannot tell what is stored. Run `backstop repair index` first",
-            d.object, d.problem
-        )));
-    }
+    let files = repo.intact_index_files("prune")?;
     let all_index_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let index = Index::from_files(files.clone());
     let manifests_at_mark = manifest_keys(repo)?;

@@ -139,13 +139,7 @@ fn repair_packs_in(
         progress.info("no damage is recorded: run `backstop check --read-data` to look for it");
         return Ok(report);
     }
-    let (files, unreadable) = repo.load_index_files()?;
-    if let Some(d) = unreadable.first() {
-        return Err(Error::Invalid(format!(
-            "{} is damaged ({}); run `backstop repair index` first",
-            d.object, d.problem
-        )));
-    }
+    let files = repo.intact_index_files("repair packs")?;
     let all_index_ids: Vec<IndexId> = files.iter().map(|(id, _)| *id).collect();
     let packs = crate::index::packs_in_force(&files);
     let index = Index::from_files(files);

@@ -6,7 +6,7 @@ use backstop_catalog::now_ms;
 use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
 use backstop_types::{
     AuditEvent, CatalogRebuild, NewToken, Page, RebuiltRepository, Repository, RepositoryOption, RepositorySpec, Role,
-    Snapshot, Source, SourceKind, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
+    Snapshot, Source, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -203,9 +203,6 @@ pub async fn create_source(
             ));
         }
     };
-    if spec.kind == SourceKind::Fs && !secrets.is_empty() {
-        return Err(ApiError::invalid("an fs source takes no secrets"));
-    }
     // Secrets are options too (a database password), stored apart, sealed.
     config.extend(secrets);
     backstop_source::validate(spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
