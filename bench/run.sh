@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Backstop against restic, Borg and rustic on the same data, in one run.
 #
-#   bench/run.sh [PHASE...]     (default: gen mixed vm; add `install` on a fresh machine)
+#   bench/run.sh [PHASE...]     (default: gen mixed vm s3 s3-latency; add `install` on a fresh machine)
 #
-# Builds the release binary with the bench-lto profile, runs run_peers.sh
+# Builds the release binary and the S3-protocol server the s3 phases start
+# (backstop-s3-server, from the testkit) with the bench-lto profile, runs run_peers.sh
 # (copied from ../shared/bench, see its header for phases and variables)
 # with Backstop beside the peers, and writes bench/RESULTS.md from the
 # medians. Results are ratios to the fastest peer of the same run: these
 # machines are noisy, absolute times are not comparable across runs.
 #
-# Env: REPS (1), TOOLS, TOOLS_VM, DATA (/tmp/bench-data) as in run_peers.sh.
+# Env: REPS (1), TOOLS, TOOLS_VM, DATA (/tmp/bench-data), S3_LATENCY_MS (20) as in run_peers.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 phases=("$@")
-[ ${#phases[@]} -gt 0 ] || phases=(gen mixed vm)
+[ ${#phases[@]} -gt 0 ] || phases=(gen mixed vm s3 s3-latency)
 
-cargo build --profile bench-lto --locked -p backstop-cli
+cargo build --profile bench-lto --locked -p backstop-cli -p backstop-testkit --bin backstop --bin backstop-s3-server
 export BACKSTOP_BIN=$root/target/bench-lto/backstop
+export S3_SERVER=$root/target/bench-lto/backstop-s3-server
 export REPS=${REPS:-1}
 have() { command -v "$1" >/dev/null; }
 default_tools="backstop"
