@@ -41,6 +41,7 @@ pub mod session;
 pub(crate) mod snapshot;
 pub mod sys;
 pub mod tree;
+pub(crate) mod trees;
 pub(crate) mod util;
 mod wire;
 

@@ -490,34 +490,13 @@ impl Repository {
 
     /// A file's content with every chunk list expanded.
     pub fn expand_content(&self, index: &Index, content: &[ContentRef]) -> Result<Vec<ContentRef>> {
-        let mut out = Vec::with_capacity(content.len());
-        self.expand_into(index, content, &mut out, 0)?;
-        Ok(out)
+        expand_lists(content, &|id| self.load_list(index, id))
     }
 
-    fn expand_into(&self, index: &Index, content: &[ContentRef], out: &mut Vec<ContentRef>, depth: u32) -> Result<()> {
-        for c in content {
-            match *c {
-                ContentRef::List { id, len } => {
-                    if depth > 8 {
-                        return Err(Error::corrupt(format!("chunk list {}", id.short()), "nested too deeply"));
-                    }
-                    let plain = self.read_blob(index, BlobKind::Tree, &id)?;
-                    let inner =
-                        decode_list(&plain).map_err(|e| Error::corrupt(format!("chunk list {}", id.short()), e))?;
-                    let covered: u64 = inner.iter().map(ContentRef::len).sum();
-                    if covered != len {
-                        return Err(Error::corrupt(
-                            format!("chunk list {}", id.short()),
-                            format!("covers {covered} bytes, its reference says {len}"),
-                        ));
-                    }
-                    self.expand_into(index, &inner, out, depth + 1)?;
-                }
-                other => out.push(other),
-            }
-        }
-        Ok(())
+    /// The chunk list `id`, one level of it.
+    pub(crate) fn load_list(&self, index: &Index, id: &BlobId) -> Result<Vec<ContentRef>> {
+        let plain = self.read_blob(index, BlobKind::Tree, id)?;
+        decode_list(&plain).map_err(|e| Error::corrupt(format!("chunk list {}", id.short()), e))
     }
 
     // -------------------------------------------------------------------- keys
@@ -583,4 +562,43 @@ fn write_key_slot(backend: &dyn Backend, slot: &KeySlot) -> Result<KeyId> {
     let id = KeyId(object_hash(&json));
     backend.put(&key_key(&id), &json, PutMode::Create)?;
     Ok(id)
+}
+
+/// `content` with every chunk list expanded, each list's one level given
+/// by `list`: nested no deeper than 8, each covering the length its
+/// reference says.
+pub(crate) fn expand_lists(
+    content: &[ContentRef],
+    list: &dyn Fn(&BlobId) -> Result<Vec<ContentRef>>,
+) -> Result<Vec<ContentRef>> {
+    fn expand_into(
+        content: &[ContentRef],
+        list: &dyn Fn(&BlobId) -> Result<Vec<ContentRef>>,
+        out: &mut Vec<ContentRef>,
+        depth: u32,
+    ) -> Result<()> {
+        for c in content {
+            match *c {
+                ContentRef::List { id, len } => {
+                    if depth > 8 {
+                        return Err(Error::corrupt(format!("chunk list {}", id.short()), "nested too deeply"));
+                    }
+                    let inner = list(&id)?;
+                    let covered: u64 = inner.iter().map(ContentRef::len).sum();
+                    if covered != len {
+                        return Err(Error::corrupt(
+                            format!("chunk list {}", id.short()),
+                            format!("covers {covered} bytes, its reference says {len}"),
+                        ));
+                    }
+                    expand_into(&inner, list, out, depth + 1)?;
+                }
+                other => out.push(other),
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::with_capacity(content.len());
+    expand_into(content, list, &mut out, 0)?;
+    Ok(out)
 }

@@ -39,6 +39,7 @@ use crate::repository::Repository;
 use crate::snapshot::Snapshot;
 use crate::sys;
 use crate::tree::{ContentRef, Node, NodeData, NodeType, valid_name};
+use crate::trees::{Lists, Trees};
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
@@ -135,8 +136,9 @@ impl RestorePlan {
 }
 
 struct Planner<'a> {
-    repo: &'a Repository,
     index: &'a Index,
+    /// Every tree and chunk list of the snapshot, read ahead.
+    trees: Trees<'a>,
     include: PathFilter,
     exclude: PathFilter,
     plan: RestorePlan,
@@ -153,7 +155,7 @@ impl Planner<'_> {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let tree = match self.repo.load_tree(self.index, tree_id) {
+        let tree = match self.trees.tree(tree_id) {
             Ok(t) => t,
             Err(e) => {
                 self.plan.problems.push((dest.to_path_buf(), format!("directory contents lost: {e}")));
@@ -161,7 +163,7 @@ impl Planner<'_> {
             }
         };
         let mut any = false;
-        for node in tree.nodes {
+        for node in tree.nodes.iter().cloned() {
             if !valid_name(&node.name) {
                 // The decoder refuses these; a second check costs nothing.
                 self.plan.problems.push((dest.to_path_buf(), "unsafe name skipped".into()));
@@ -215,7 +217,7 @@ impl Planner<'_> {
             }
             self.hardlinks.insert(key, path.clone());
         }
-        let content = match self.repo.expand_content(self.index, node.content()) {
+        let content = match self.trees.expand(node.content()) {
             Ok(c) => c,
             Err(e) => {
                 self.plan.problems.push((path, format!("cannot be restored: {e}")));
@@ -278,8 +280,8 @@ pub fn plan(
     cancel: &CancelToken,
 ) -> Result<RestorePlan> {
     let mut planner = Planner {
-        repo,
         index,
+        trees: Trees::below(repo, index, &[snapshot.tree], Lists::ReadAhead),
         include: PathFilter::new(&options.include)?,
         exclude: PathFilter::new(&options.exclude)?,
         plan: RestorePlan {

@@ -50,6 +50,7 @@ use crate::progress::{CancelToken, Progress};
 use crate::repository::Repository;
 use crate::session::Session;
 use crate::snapshot::{Snapshot, SnapshotKind, SourceRecord, Summary};
+use crate::trees::{Lists, Trees};
 
 /// Which files get fixed-size chunks instead of content-defined ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -244,7 +245,15 @@ pub fn run(
     let warnings = AtomicU64::new(0);
     let bytes_read = AtomicU64::new(0);
     let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
-    let shared = WalkShared { repo, index: &index, excludes: &excludes, cancel, progress, warnings: &warnings };
+    let shared = WalkShared {
+        repo,
+        index: &index,
+        parents: &parents.below,
+        excludes: &excludes,
+        cancel,
+        progress,
+        warnings: &warnings,
+    };
     let pipeline = Pipeline { saver: &saver, template: &template, bytes_read: &bytes_read, options };
     let result = pipeline.run(shared, &paths, source, source_dir, &parents, &mut own_checkpoints);
 
@@ -360,23 +369,32 @@ fn source_record(source: &BackupSource) -> Option<SourceRecord> {
 /// What a backup compares against: the latest snapshot of the same source
 /// (or the one asked for), and a newer checkpoint of an interrupted
 /// backup of it.
-struct Parents {
+struct Parents<'a> {
     id: Option<SnapshotId>,
     resumed: Option<(SnapshotId, Snapshot)>,
     /// Their trees, the checkpoint's first.
     trees: Vec<Arc<crate::tree::Tree>>,
+    /// Every tree and chunk list below them, read ahead: the walk compares
+    /// each directory with its parent's.
+    below: Trees<'a>,
     /// The image generations the parent recorded (changed-block maps).
     generations: std::collections::BTreeMap<String, String>,
 }
 
-fn find_parents(
-    repo: &Repository,
-    index: &crate::index::Index,
+fn find_parents<'a>(
+    repo: &'a Repository,
+    index: &'a crate::index::Index,
     template: &Snapshot,
     options: &BackupOptions,
     progress: &dyn Progress,
-) -> Result<Parents> {
-    let mut out = Parents { id: None, resumed: None, trees: Vec::new(), generations: Default::default() };
+) -> Result<Parents<'a>> {
+    let mut out = Parents {
+        id: None,
+        resumed: None,
+        trees: Vec::new(),
+        below: Trees::none(repo, index),
+        generations: Default::default(),
+    };
     if template.kind == SnapshotKind::Stream {
         return Ok(out);
     }
@@ -397,18 +415,20 @@ fn find_parents(
             .rev()
             .find(|(_, c)| c.same_source(template) && newer_than.is_none_or(|t| c.time > t));
     }
+    let roots: Vec<_> = out.resumed.iter().chain(&parent).map(|(_, s)| s.tree).collect();
+    out.below = Trees::below(repo, index, &roots, Lists::WhenAsked);
     if let Some((id, cp)) = &out.resumed {
         progress.info(&format!("resuming the interrupted backup from checkpoint {}", id.short()));
-        match repo.load_tree(index, &cp.tree) {
-            Ok(tree) => out.trees.push(Arc::new(tree)),
+        match out.below.tree(&cp.tree) {
+            Ok(tree) => out.trees.push(tree),
             Err(e) => progress.info(&format!("checkpoint {} is unusable: {e}", id.short())),
         }
     }
     if let Some((id, p)) = &parent {
         progress.info(&format!("using parent snapshot {}", id.short()));
         out.id = Some(*id);
-        match repo.load_tree(index, &p.tree) {
-            Ok(tree) => out.trees.push(Arc::new(tree)),
+        match out.below.tree(&p.tree) {
+            Ok(tree) => out.trees.push(tree),
             Err(e) => progress.info(&format!("parent snapshot {} is unusable: {e}", id.short())),
         }
     }
@@ -433,7 +453,7 @@ impl Pipeline<'_> {
         paths: &[PathBuf],
         source: BackupSource,
         source_dir: Option<SourceDir>,
-        parents: &Parents,
+        parents: &Parents<'_>,
         own_checkpoints: &mut Vec<SnapshotId>,
     ) -> Result<(crate::id::BlobId, Summary)> {
         let Pipeline { saver, template, bytes_read, options } = *self;

@@ -24,6 +24,7 @@ use crate::progress::{CancelToken, Progress};
 use crate::repository::Repository;
 use crate::sys::{self, Stat};
 use crate::tree::{ContentRef, Node, NodeData, NodeType, Tree};
+use crate::trees::Trees;
 
 /// How a file relates to the parent snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,8 @@ impl Names {
 pub(crate) struct WalkShared<'a> {
     pub repo: &'a Repository,
     pub index: &'a Index,
+    /// The parents' trees and chunk lists, read ahead.
+    pub parents: &'a Trees<'a>,
     pub excludes: &'a PathFilter,
     pub cancel: &'a CancelToken,
     pub progress: &'a dyn Progress,
@@ -104,8 +107,8 @@ pub(crate) struct WalkOptions {
 }
 
 pub(crate) struct Walker<'a> {
-    pub repo: &'a Repository,
     pub index: &'a Index,
+    pub parents: &'a Trees<'a>,
     pub excludes: &'a PathFilter,
     pub fixed: FixedChunking,
     pub items: Sender<Item>,
@@ -190,10 +193,10 @@ impl<'a> Walker<'a> {
         items: Sender<Item>,
         files: Sender<FileJob>,
     ) -> Walker<'a> {
-        let WalkShared { repo, index, excludes, cancel, progress, warnings } = shared;
+        let WalkShared { repo: _, index, parents, excludes, cancel, progress, warnings } = shared;
         Walker {
-            repo,
             index,
+            parents,
             excludes,
             fixed: options.fixed,
             items,
@@ -309,8 +312,8 @@ impl<'a> Walker<'a> {
         let mut trees = Vec::new();
         for node in parent.node(name) {
             if let Some(subtree) = node.subtree() {
-                match self.repo.load_tree(self.index, &subtree) {
-                    Ok(tree) => trees.push(Arc::new(tree)),
+                match self.parents.tree(&subtree) {
+                    Ok(tree) => trees.push(tree),
                     // A parent we cannot read only costs re-reading files.
                     Err(e) => self.progress.info(&format!("parent tree {}: {e}", subtree.short())),
                 }
@@ -407,7 +410,7 @@ impl<'a> Walker<'a> {
             .find(|old| old.is_partial() && same(old) && stored(old))
             .map(|old| old.content().to_vec())
             .unwrap_or_default();
-        let resume = self.repo.expand_content(self.index, &resume).unwrap_or_default();
+        let resume = self.parents.expand(&resume).unwrap_or_default();
         self.progress.advance(0, resume.iter().map(ContentRef::len).sum());
 
         let node = self.node(name.to_vec(), stat, path, dir, candidates.first().copied());
@@ -638,7 +641,7 @@ impl<'a> Walker<'a> {
         {
             return fallback(format!("the map names [{offset}, +{len}), beyond the image's end"));
         }
-        let parent = match self.repo.expand_content(self.index, old.content()) {
+        let parent = match self.parents.expand(old.content()) {
             Ok(content) => content,
             Err(e) => return fallback(format!("the parent's content cannot be read ({e})")),
         };

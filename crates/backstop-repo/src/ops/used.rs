@@ -1,5 +1,6 @@
 //! Which blobs the snapshots use: a walk over every tree reachable from a
-//! set of roots, each tree loaded once, several at a time.
+//! set of roots, each tree loaded once, a level at a time (neighbours in a
+//! pack in one request, see [`crate::trees`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -8,7 +9,6 @@ use crate::index::Index;
 use crate::pack::BlobKind;
 use crate::repository::{Damage, Repository};
 use crate::tree::{ContentRef, NodeData, decode_list};
-use crate::util::parallel_map;
 
 #[derive(Debug, Default)]
 pub struct UsedBlobs {
@@ -39,7 +39,7 @@ pub fn collect_used(repo: &Repository, index: &Index, roots: &[(String, BlobId)]
             frontier.push(*root);
         }
         while !frontier.is_empty() {
-            let loaded = parallel_map(&frontier, 8, |id| (*id, repo.read_blob(index, BlobKind::Tree, id)));
+            let loaded = crate::trees::read_tree_blobs(repo, index, &frontier);
             frontier = Vec::new();
             for (id, result) in loaded {
                 let plain = match result {

@@ -1,0 +1,140 @@
+//! How many requests the engine makes of object storage, counted by a real
+//! S3-protocol server: a walk over a snapshot reads its trees a level at a
+//! time, neighbours in one request, not one request per directory (which
+//! costs a round trip each: 801 of them in a row for the benchmark's tree).
+
+#[allow(unused_imports)]
+mod common;
+
+use std::path::Path;
+
+use backstop_backend::{OpenOptions, S3Options};
+use backstop_repo::backup::{self, BackupOptions, BackupSource};
+use backstop_repo::ops::check::{self, CheckOptions};
+use backstop_repo::restore::{self, RestoreOptions};
+use backstop_repo::{CancelToken, NoProgress, Password, Repository};
+use backstop_testkit::{ACCESS_KEY, REGION, S3Server, S3Stats, SECRET_KEY};
+use common::{PASSWORD, cheap_init};
+
+const DIRS: usize = 120;
+const FILES_PER_DIR: usize = 20;
+
+/// 120 directories three levels deep, 20 small files in each.
+fn many_small_files(root: &Path) {
+    for d in 0..DIRS {
+        let dir = root.join(format!("a{}/b{}/c{d}", d % 4, d % 12));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..FILES_PER_DIR {
+            let body = format!("file {f} of directory {d}\n").repeat(1 + (d * 7 + f) % 50);
+            std::fs::write(dir.join(format!("f{f}.txt")), body).unwrap();
+        }
+    }
+}
+
+fn open(server: &S3Server) -> Repository {
+    let options = OpenOptions {
+        s3: S3Options {
+            endpoint: Some(server.endpoint()),
+            region: Some(REGION.into()),
+            access_key_id: Some(ACCESS_KEY.into()),
+            secret_access_key: Some(SECRET_KEY.into()),
+            session_token: None,
+            allow_http: Some(true),
+        },
+        ..OpenOptions::default()
+    };
+    let backend = backstop_backend::open("s3://bench/repo", &options).unwrap();
+    Repository::init(backend, &Password::new(PASSWORD), cheap_init()).unwrap()
+}
+
+fn directory_reads(stats: &S3Stats) -> u64 {
+    stats.count("GET range") + stats.count("GET")
+}
+
+#[test]
+fn walks_over_a_snapshot_read_its_trees_a_level_at_a_time() {
+    let server = S3Server::start(&["bench"]);
+    let data = tempfile::tempdir().unwrap();
+    many_small_files(data.path());
+    let repo = open(&server);
+    let source = || BackupSource::Paths(vec![data.path().to_path_buf()]);
+    backup::run(&repo, source(), &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    let dirs = DIRS as u64;
+
+    // Nothing changed: the walk compares every directory with its parent's.
+    server.take_stats();
+    backup::run(&repo, source(), &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    let again = server.take_stats();
+    assert!(directory_reads(&again) < dirs / 4, "a backup with nothing changed read {again:?}");
+
+    let target = tempfile::tempdir().unwrap();
+    let (_, snapshot) = repo.find_snapshot("latest").unwrap();
+    restore::run(&repo, &snapshot, &RestoreOptions::new(target.path()), &NoProgress, &CancelToken::new()).unwrap();
+    let restored = server.take_stats();
+    assert!(directory_reads(&restored) < dirs / 4, "a restore of {dirs} directories read {restored:?}");
+    let sample = data.path().join("a1/b5/c17/f3.txt");
+    let back = target.path().join(sample.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&sample).unwrap());
+    assert_eq!(walkdir_count(target.path()), DIRS * FILES_PER_DIR, "every file restored ({restored:?})");
+
+    let report = check::run(&repo, &CheckOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let checked = server.take_stats();
+    assert!(directory_reads(&checked) < dirs / 4, "a check of two snapshots read {checked:?}");
+}
+
+fn walkdir_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            n += walkdir_count(&entry.path());
+        } else {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Trees read together fail alone: one directory's tree damaged in its
+/// pack loses that directory, and its neighbours, read in the same
+/// request, restore whole.
+#[test]
+fn a_damaged_tree_read_with_its_neighbours_loses_only_its_directory() {
+    use backstop_repo::pack::{BlobKind, pack_key};
+    let t = common::TestRepo::new();
+    let data = tempfile::tempdir().unwrap();
+    for d in 0..6 {
+        let dir = data.path().join(format!("d{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("file"), format!("directory {d}\n")).unwrap();
+    }
+    t.backup(&[data.path()]);
+    let repo = t.reopen();
+    let index = repo.load_index().unwrap();
+    let (_, snapshot) = repo.find_snapshot("latest").unwrap();
+    let mut tree = repo.load_tree(&index, &snapshot.tree).unwrap();
+    for name in data.path().strip_prefix("/").unwrap().components() {
+        let subtree = tree.find(name.as_os_str().as_encoded_bytes()).unwrap().subtree().unwrap();
+        tree = repo.load_tree(&index, &subtree).unwrap();
+    }
+    let victim = tree.find(b"d3").unwrap().subtree().unwrap();
+    let loc = index.lookup(BlobKind::Tree, &victim).unwrap();
+    let neighbour = tree.find(b"d2").unwrap().subtree().unwrap();
+    assert_eq!(index.lookup(BlobKind::Tree, &neighbour).unwrap().pack, loc.pack, "the trees share a pack");
+    let pack = t.root().join(pack_key(&loc.pack));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[loc.offset as usize + loc.stored_len as usize / 2] ^= 0x20;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let target = tempfile::tempdir().unwrap();
+    let summary =
+        restore::run(&repo, &snapshot, &RestoreOptions::new(target.path()), &NoProgress, &CancelToken::new()).unwrap();
+    assert_eq!(summary.errors, 1, "the lost directory is reported once: {summary:?}");
+    let restored = target.path().join(data.path().strip_prefix("/").unwrap());
+    for d in [0, 1, 2, 4, 5] {
+        let back = std::fs::read_to_string(restored.join(format!("d{d}/file"))).unwrap();
+        assert_eq!(back, format!("directory {d}\n"));
+    }
+    assert!(!restored.join("d3/file").exists());
+}
