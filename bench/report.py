@@ -57,6 +57,22 @@ def median_by(rows, key, value):
     return {k: statistics.median(v) for k, v in out.items()}
 
 
+def time_rows(wall, ours_label, peers, targets):
+    """A row per (scenario, what, target): `ours_label`'s median wall time
+    against the best of `peers` (a target of None is shown, not held)."""
+    for scen, what, target in targets:
+        goal = "" if target is None else f"≤ {target}×"
+        ours = wall.get((ours_label, scen))
+        cands = [(wall[(p, scen)], p) for p in peers if (p, scen) in wall]
+        if ours is None or not cands:
+            print(f"| {what} | n/a | n/a | | {goal} | not measured |")
+            continue
+        best, best_tool = min(cands)
+        ratio = ours / best
+        met = "" if target is None else ("yes" if ratio <= target else "**no**")
+        print(f"| {what} | {ours:.2f} s | {best:.2f} s ({best_tool}) | {ratio:.2f}× | {goal} | {met} |")
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -95,15 +111,7 @@ def main():
     def row(what, ours, best, best_tool, ratio, target, met, unit):
         print(f"| {what} | {ours:.2f} {unit} | {best:.2f} {unit} ({best_tool}) | {ratio} | {target} | {'yes' if met else '**no**'} |")
 
-    for scen, what, target in TIME_TARGETS:
-        ours = wall.get(("backstop", scen))
-        cands = [(wall[(p, scen)], p) for p in peers if (p, scen) in wall]
-        if ours is None or not cands:
-            print(f"| {what} | n/a | n/a | | ≤ {target}× | not measured |")
-            continue
-        best, best_tool = min(cands)
-        ratio = ours / best
-        row(what, ours, best, best_tool, f"{ratio:.2f}×", f"≤ {target}×", ratio <= target, "s")
+    time_rows(wall, "backstop", peers, TIME_TARGETS)
 
     ours = size.get(("backstop", "backup3"))
     cands = [(size[(p, "backup3")], p) for p in peers if (p, "backup3") in size]
@@ -136,17 +144,7 @@ def s3_section(res, wall, rss):
           f"127.0.0.1), in the same run. Peers there: {', '.join(peers) or 'none'}.\n")
     print("| scenario | Backstop | best peer | ratio | target | met |")
     print("|---|---|---|---|---|---|")
-    for scen, what, target in S3_TARGETS:
-        ours = wall.get(("backstop@s3", scen))
-        cands = [(wall[(p, scen)], p) for p in peers if (p, scen) in wall]
-        if ours is None or not cands:
-            print(f"| {what} | n/a | n/a | | {'≤ %s×' % target if target else ''} | not measured |")
-            continue
-        best, best_tool = min(cands)
-        ratio = ours / best
-        met = "" if target is None else ("yes" if ratio <= target else "**no**")
-        print(f"| {what} | {ours:.2f} s | {best:.2f} s ({best_tool}) | {ratio:.2f}× | "
-              f"{'≤ %s×' % target if target else ''} | {met} |")
+    time_rows(wall, "backstop@s3", peers, S3_TARGETS)
     local, remote = wall.get(("backstop", "restore")), wall.get(("backstop@s3", "restore"))
     if local and remote:
         ratio = remote / local
