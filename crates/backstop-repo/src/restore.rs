@@ -281,7 +281,7 @@ pub fn plan(
 ) -> Result<RestorePlan> {
     let mut planner = Planner {
         index,
-        trees: Trees::below(repo, index, &[snapshot.tree], Lists::ReadAhead),
+        trees: Trees::below(repo, index, &[snapshot.tree], Lists::ReadAhead, cancel),
         include: PathFilter::new(&options.include)?,
         exclude: PathFilter::new(&options.exclude)?,
         plan: RestorePlan {

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::id::{BlobId, PackId};
 use crate::index::Index;
 use crate::pack::{self, BlobKind, BlobLocation};
+use crate::progress::CancelToken;
 use crate::repository::Repository;
 use crate::tree::{ContentRef, NodeData, Tree, decode_list};
 use crate::util::parallel_map;
@@ -128,12 +129,20 @@ impl<'a> Trees<'a> {
     }
 
     /// Every tree below `roots` (trees themselves), and with
-    /// [`Lists::ReadAhead`] every chunk list of their files.
-    pub(crate) fn below(repo: &'a Repository, index: &'a Index, roots: &[BlobId], lists: Lists) -> Trees<'a> {
+    /// [`Lists::ReadAhead`] every chunk list of their files. Once `cancel`
+    /// is set it stops between levels, with what it has; the walk that
+    /// follows sees the cancellation.
+    pub(crate) fn below(
+        repo: &'a Repository,
+        index: &'a Index,
+        roots: &[BlobId],
+        lists: Lists,
+        cancel: &CancelToken,
+    ) -> Trees<'a> {
         let mut trees = Trees::none(repo, index);
         let mut seen: HashSet<BlobId> = roots.iter().copied().collect();
         let mut level: Vec<(BlobId, Kind)> = seen.iter().map(|id| (*id, Kind::Tree)).collect();
-        while !level.is_empty() {
+        while !level.is_empty() && !cancel.is_cancelled() {
             let kinds: HashMap<BlobId, Kind> = level.iter().copied().collect();
             let ids: Vec<BlobId> = level.iter().map(|(id, _)| *id).collect();
             let mut next = Vec::new();

@@ -77,6 +77,15 @@ fn walks_over_a_snapshot_read_its_trees_a_level_at_a_time() {
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&sample).unwrap());
     assert_eq!(walkdir_count(target.path()), DIRS * FILES_PER_DIR, "every file restored ({restored:?})");
 
+    // Cancelled before it starts, a restore reads no tree ahead.
+    let cancel = CancelToken::new();
+    cancel.cancel();
+    let stopped = tempfile::tempdir().unwrap();
+    let result = restore::run(&repo, &snapshot, &RestoreOptions::new(stopped.path()), &NoProgress, &cancel);
+    assert!(matches!(result, Err(backstop_repo::Error::Cancelled)), "{:?}", result.err());
+    let cancelled = server.take_stats();
+    assert_eq!(cancelled.count("GET range"), 0, "a cancelled restore read trees: {cancelled:?}");
+
     let report = check::run(&repo, &CheckOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
     assert!(report.is_clean(), "{report:?}");
     let checked = server.take_stats();

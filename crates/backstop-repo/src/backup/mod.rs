@@ -238,7 +238,7 @@ pub fn run(
         source: source_record,
         job: options.job.clone(),
     };
-    let parents = find_parents(repo, &index, &template, options, progress)?;
+    let parents = find_parents(repo, &index, &template, options, progress, cancel)?;
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
     let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders, cancel)?;
@@ -387,6 +387,7 @@ fn find_parents<'a>(
     template: &Snapshot,
     options: &BackupOptions,
     progress: &dyn Progress,
+    cancel: &CancelToken,
 ) -> Result<Parents<'a>> {
     let mut out = Parents {
         id: None,
@@ -416,7 +417,7 @@ fn find_parents<'a>(
             .find(|(_, c)| c.same_source(template) && newer_than.is_none_or(|t| c.time > t));
     }
     let roots: Vec<_> = out.resumed.iter().chain(&parent).map(|(_, s)| s.tree).collect();
-    out.below = Trees::below(repo, index, &roots, Lists::WhenAsked);
+    out.below = Trees::below(repo, index, &roots, Lists::WhenAsked, cancel);
     if let Some((id, cp)) = &out.resumed {
         progress.info(&format!("resuming the interrupted backup from checkpoint {}", id.short()));
         match out.below.tree(&cp.tree) {
