@@ -11,7 +11,13 @@
 # every run and the medians of wall and CPU (user + sys) time: CPU time
 # is the steadier figure for a CPU-bound change.
 #
-# Env: DATA (/tmp/bench-data; `bench/run.sh gen` makes $DATA/mixed), WORK ($DATA/ab).
+# With S3_SERVER (the path of backstop-s3-server, which `bench/run.sh`
+# builds), both repositories are buckets' prefixes on one such server
+# started for the run, S3_LATENCY_MS (0) added to every request, and the
+# server's CPU time of each run is printed beside the client's.
+#
+# Env: DATA (/tmp/bench-data; `bench/run.sh gen` makes $DATA/mixed), WORK ($DATA/ab),
+#      S3_SERVER (unset), S3_LATENCY_MS (0).
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '2,13p' "$0"; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2") reps=${3:-5} scenario=${4:-first}
@@ -26,21 +32,45 @@ out=$WORK/times.tsv
 
 warm() { find "$1" -type f -print0 | xargs -0 cat >/dev/null; }
 
+s3_pid=""
+if [ -n "${S3_SERVER:-}" ]; then
+    export AWS_ACCESS_KEY_ID=ab-key AWS_SECRET_ACCESS_KEY=ab-secret-not-secret AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
+    rm -rf "$WORK/s3" && mkdir -p "$WORK/s3"
+    "$S3_SERVER" --root "$WORK/s3" --bucket ab-bench --latency-ms "${S3_LATENCY_MS:-0}" >"$WORK/s3.out" &
+    s3_pid=$!
+    trap 'kill $s3_pid 2>/dev/null' EXIT
+    for _ in $(seq 1 100); do
+        AWS_ENDPOINT_URL=$(head -1 "$WORK/s3.out")
+        [ -n "$AWS_ENDPOINT_URL" ] && break
+        sleep 0.1
+    done
+    [ -n "$AWS_ENDPOINT_URL" ] || { echo "the S3 server did not start" >&2; exit 1; }
+    export AWS_ENDPOINT_URL
+fi
+# The S3 server's CPU seconds so far (0 without one).
+server_cpu() {
+    [ -n "$s3_pid" ] || { echo 0; return; }
+    awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$s3_pid/stat"
+}
+
 # run LABEL BIN: one timed step, appended to $out
 run() {
-    local label=$1 bin=$2 repo=$WORK/repo-$1 t
+    local label=$1 bin=$2 repo=$WORK/repo-$1 t before
+    [ -z "$s3_pid" ] || repo=s3://ab-bench/repo-$1
+    before=$(server_cpu)
     case $scenario in
     first)
-        rm -rf "$repo"
+        if [ -n "$s3_pid" ]; then rm -rf "$WORK/s3/ab-bench/repo-$label"; else rm -rf "$repo"; fi
         BACKSTOP_REPOSITORY=$repo "$bin" init >/dev/null
         sync
         warm "$src"
         t=$( { /usr/bin/time -f '%e %U %S' env BACKSTOP_REPOSITORY="$repo" "$bin" backup -q "$src" >/dev/null; } 2>&1 | tail -1)
         ;;
     restore)
-        if [ ! -d "$repo" ]; then
+        if [ ! -e "$WORK/repo-$label.made" ]; then
             BACKSTOP_REPOSITORY=$repo "$bin" init >/dev/null
             BACKSTOP_REPOSITORY=$repo "$bin" backup -q "$src" >/dev/null
+            touch "$WORK/repo-$label.made"
         fi
         # Each run restores into a new directory and all are removed at
         # the end: restoring right after deleting a tree makes ext4 (without
@@ -48,17 +78,17 @@ run() {
         # the restore itself.
         restored=$((restored + 1))
         sync
-        warm "$repo"
+        if [ -n "$s3_pid" ]; then warm "$WORK/s3/ab-bench/repo-$label"; else warm "$repo"; fi
         t=$( { /usr/bin/time -f '%e %U %S' env BACKSTOP_REPOSITORY="$repo" "$bin" restore -q latest --target "$WORK/restored/$restored" >/dev/null; } 2>&1 | tail -1)
         ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
     sync
-    echo "$label $t" | tee -a "$out"
+    echo "$label $t $(awk -v a="$(server_cpu)" -v b="$before" 'BEGIN { printf "%.2f", a - b }')" | tee -a "$out"
 }
 
 restored=0
-rm -rf "$WORK/restored"
+rm -rf "$WORK/restored" "$WORK"/repo-*
 for i in $(seq 1 "$reps"); do
     if [ $((i % 2)) -eq 1 ]; then run A "$a"; run B "$b"; else run B "$b"; run A "$a"; fi
 done
@@ -67,7 +97,8 @@ python3 - "$out" <<'EOF'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 for label in ("A", "B"):
-    r = [(float(w), float(u) + float(s)) for l, w, u, s in rows if l == label]
-    print(f"{label}: wall median {statistics.median(w for w, _ in r):.2f} s, "
-          f"CPU median {statistics.median(c for _, c in r):.2f} s over {len(r)} runs")
+    r = [(float(w), float(u) + float(s), float(o)) for l, w, u, s, o in rows if l == label]
+    print(f"{label}: wall median {statistics.median(w for w, _, _ in r):.2f} s, "
+          f"CPU median {statistics.median(c for _, c, _ in r):.2f} s, "
+          f"server CPU median {statistics.median(o for _, _, o in r):.2f} s over {len(r)} runs")
 EOF

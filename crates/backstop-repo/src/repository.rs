@@ -103,18 +103,24 @@ impl Repository {
 
     /// Open an existing repository with a password.
     pub fn open(backend: Arc<dyn Backend>, password: &Password) -> Result<Repository> {
-        let sealed = match backend.get("config") {
+        // The config and the key slots at once, the slots in parallel: an
+        // object store's round trips are the time a short command takes.
+        let (sealed, listed) = crate::util::join(|| backend.get("config"), || backend.list("keys/"));
+        let sealed = match sealed {
             Ok(bytes) => bytes,
             Err(e) if e.is_not_found() => return Err(Error::NoRepository { location: backend.location() }),
             Err(e) => return Err(e.into()),
         };
+        let listed: Vec<(KeyId, String)> = listed?
+            .into_iter()
+            .filter_map(|meta| Some((meta.key.strip_prefix("keys/")?.parse::<KeyId>().ok()?, meta.key)))
+            .collect();
+        let fetched = parallel_map(&listed, 8, |(_, key)| backend.get(key));
         let mut slots = Vec::new();
-        for meta in backend.list("keys/")? {
-            let Some(id) = meta.key.strip_prefix("keys/").and_then(|s| s.parse::<KeyId>().ok()) else { continue };
-            let bytes = backend.get(&meta.key)?;
-            match serde_json::from_slice::<KeySlot>(&bytes) {
+        for ((id, key), bytes) in listed.into_iter().zip(fetched) {
+            match serde_json::from_slice::<KeySlot>(&bytes?) {
                 Ok(slot) => slots.push((id, slot)),
-                Err(e) => return Err(Error::corrupt(meta.key, format!("key slot is not valid JSON: {e}"))),
+                Err(e) => return Err(Error::corrupt(key, format!("key slot is not valid JSON: {e}"))),
             }
         }
         if slots.is_empty() {
@@ -274,8 +280,9 @@ impl Repository {
     /// blob copies recorded as damaged (`damage`), and the files that could
     /// not be read.
     pub fn load_index_files(&self) -> Result<(IndexFiles, Vec<Damage>)> {
-        let (records, _) = self.damage_records()?;
-        let (mut files, damage) = self.load_index_files_as_stored()?;
+        // Both lists at once: one round trip instead of two.
+        let (records, stored) = crate::util::join(|| self.damage_records(), || self.load_index_files_as_stored());
+        let ((records, _), (mut files, damage)) = (records?, stored?);
         crate::damage::without_damaged(&mut files, &crate::damage::damaged_set(&records));
         Ok((files, damage))
     }

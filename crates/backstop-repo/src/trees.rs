@@ -3,7 +3,8 @@
 //! trip to the storage (a restore of the benchmark's tree made 801 range
 //! requests in a row, 16 s of waiting at 20 ms a request). Here they are
 //! read level by level: each level's blobs grouped by pack, neighbours in
-//! one range request, several requests in flight.
+//! one range request, several requests in flight, and every pack reached
+//! read for all its trees at once ([`TreeReader`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,43 +27,150 @@ const MAX_RUN: u64 = 8 << 20;
 /// holds).
 const PARALLEL: usize = 8;
 
-/// Read the tree-kind blobs `ids` (directory trees and chunk lists), each
-/// once: its plaintext, or why it cannot be read, in no particular order.
-pub(crate) fn read_tree_blobs(repo: &Repository, index: &Index, ids: &[BlobId]) -> Vec<(BlobId, Result<Vec<u8>>)> {
-    let mut out = Vec::with_capacity(ids.len());
-    let mut by_pack: HashMap<PackId, Vec<(BlobId, BlobLocation)>> = HashMap::new();
-    let mut seen = HashSet::with_capacity(ids.len());
-    for id in ids {
-        if !seen.insert(*id) {
-            continue;
-        }
-        match index.lookup(BlobKind::Tree, id) {
-            Some(loc) => by_pack.entry(loc.pack).or_default().push((*id, loc)),
-            // Says what is missing, without a request.
-            None => out.push((*id, repo.read_blob(index, BlobKind::Tree, id))),
-        }
+/// A pack's tree blobs are read whole when a walk first reaches it if they
+/// take no more than this...
+const SWEEP_PACK: u64 = 32 << 20;
+/// ...and the walk has read no more than this ahead of being asked.
+const SWEEP_BUDGET: u64 = 64 << 20;
+
+/// Reads the tree-kind blobs (directory trees and chunk lists) of one walk,
+/// a level at a time. The first time a level needs a blob of some pack,
+/// every tree blob of that pack is read (within [`SWEEP_PACK`] and
+/// [`SWEEP_BUDGET`]) and kept sealed: a backup writes a snapshot's trees
+/// together, so the levels below then cost no request at all. A tree is
+/// ten levels deep in the benchmark's tree, ten round trips otherwise.
+pub(crate) struct TreeReader<'a> {
+    repo: &'a Repository,
+    index: &'a Index,
+    /// Runs of sealed blobs read ahead, each with its offset in its pack.
+    runs: Vec<(u64, Vec<u8>)>,
+    /// Every blob read ahead: the run that holds it, and where it is.
+    ahead: HashMap<BlobId, (usize, BlobLocation)>,
+    /// Packs reached so far (swept, or too large to be).
+    reached: HashSet<PackId>,
+    /// Bytes read ahead so far.
+    ahead_bytes: u64,
+}
+
+impl<'a> TreeReader<'a> {
+    pub(crate) fn new(repo: &'a Repository, index: &'a Index) -> TreeReader<'a> {
+        TreeReader { repo, index, runs: Vec::new(), ahead: HashMap::new(), reached: HashSet::new(), ahead_bytes: 0 }
     }
-    let mut runs: Vec<Vec<(BlobId, BlobLocation)>> = Vec::new();
-    for (_, mut blobs) in by_pack {
-        blobs.sort_by_key(|(_, loc)| loc.offset);
-        let mut run: Vec<(BlobId, BlobLocation)> = Vec::new();
-        let mut run_end = 0u64;
-        for blob in blobs {
-            let (start, end) = span(&blob.1);
-            if let Some((_, first)) = run.first()
-                && (start > run_end + MAX_GAP || end - first.offset as u64 > MAX_RUN)
-            {
-                runs.push(std::mem::take(&mut run));
+
+    /// Read the tree-kind blobs `ids`, each once: its plaintext, or why it
+    /// cannot be read, in no particular order.
+    pub(crate) fn read(&mut self, ids: &[BlobId]) -> Vec<(BlobId, Result<Vec<u8>>)> {
+        let (repo, index) = (self.repo, self.index);
+        let mut out = Vec::with_capacity(ids.len());
+        let mut wanted: HashMap<PackId, Vec<(BlobId, BlobLocation)>> = HashMap::new();
+        let mut seen = HashSet::with_capacity(ids.len());
+        for id in ids {
+            if !seen.insert(*id) {
+                continue;
             }
-            run_end = if run.is_empty() { end } else { run_end.max(end) };
-            run.push(blob);
+            if let Some(&(run, loc)) = self.ahead.get(id) {
+                out.push((*id, self.open_ahead(run, &loc, id)));
+                continue;
+            }
+            match index.lookup(BlobKind::Tree, id) {
+                Some(loc) => wanted.entry(loc.pack).or_default().push((*id, loc)),
+                // Says what is missing, without a request.
+                None => out.push((*id, repo.read_blob(index, BlobKind::Tree, id))),
+            }
         }
-        if !run.is_empty() {
-            runs.push(run);
+        let fresh: HashSet<PackId> = wanted.keys().filter(|p| !self.reached.contains(*p)).copied().collect();
+        let mut reads: Vec<(Read, Vec<(BlobId, BlobLocation)>)> = Vec::new();
+        if !fresh.is_empty() && self.ahead_bytes < SWEEP_BUDGET {
+            for (pack, blobs) in index.tree_blobs_in(&fresh) {
+                let bytes: u64 = blobs.iter().map(|(_, loc)| loc.stored_len as u64).sum();
+                if bytes <= SWEEP_PACK && self.ahead_bytes + bytes <= SWEEP_BUDGET {
+                    self.ahead_bytes += bytes;
+                    wanted.remove(&pack);
+                    reads.extend(runs_of(blobs).into_iter().map(|run| (Read::Ahead, run)));
+                }
+            }
         }
+        self.reached.extend(fresh);
+        for (_, blobs) in wanted {
+            reads.extend(runs_of(blobs).into_iter().map(|run| (Read::Asked, run)));
+        }
+        let results = parallel_map(&reads, PARALLEL, |(how, run)| match how {
+            Read::Asked => Err(read_run(repo, run)),
+            Read::Ahead => {
+                let (start, end) = run_span(run);
+                repo.backend().get_range(&pack::pack_key(&run[0].1.pack), start..end).map_err(|_| Vec::new())
+            }
+        });
+        for ((_, run), result) in reads.into_iter().zip(results) {
+            match result {
+                Err(read) => out.extend(read),
+                Ok(bytes) => {
+                    let number = self.runs.len();
+                    self.runs.push((run[0].1.offset as u64, bytes));
+                    for (id, loc) in run {
+                        self.ahead.insert(id, (number, loc));
+                        if seen.contains(&id) {
+                            out.push((id, self.open_ahead(number, &loc, &id)));
+                        }
+                    }
+                }
+            }
+        }
+        // What a failed read ahead held, and this level asked for, is read
+        // blob by blob, so that each reports its own damage.
+        let answered: HashSet<BlobId> = out.iter().map(|(id, _)| *id).collect();
+        for id in seen.iter().filter(|id| !answered.contains(*id)) {
+            out.push((*id, repo.read_blob(index, BlobKind::Tree, id)));
+        }
+        out
     }
-    out.extend(parallel_map(&runs, PARALLEL, |run| read_run(repo, run)).into_iter().flatten());
-    out
+
+    /// Open the blob `id`, read ahead into run `run`.
+    fn open_ahead(&self, run: usize, loc: &BlobLocation, id: &BlobId) -> Result<Vec<u8>> {
+        let (start, bytes) = &self.runs[run];
+        let from = (loc.offset as u64 - start) as usize;
+        let mut sealed = bytes[from..from + loc.stored_len as usize].to_vec();
+        let mut plain = Vec::new();
+        pack::reader::open_blob_in_place(self.repo.key(), loc, id, &mut sealed, &mut plain).map(<[u8]>::to_vec)
+    }
+}
+
+/// How a run of blobs is read.
+enum Read {
+    /// The blobs were asked for: each is answered, and if the run cannot be
+    /// read, read alone.
+    Asked,
+    /// Some were asked for, the rest are the pack's other tree blobs: kept.
+    Ahead,
+}
+
+/// `blobs` of one pack in runs that lie close together, each read in one
+/// request.
+fn runs_of(mut blobs: Vec<(BlobId, BlobLocation)>) -> Vec<Vec<(BlobId, BlobLocation)>> {
+    blobs.sort_by_key(|(_, loc)| loc.offset);
+    let mut runs = Vec::new();
+    let mut run: Vec<(BlobId, BlobLocation)> = Vec::new();
+    let mut run_end = 0u64;
+    for blob in blobs {
+        let (start, end) = span(&blob.1);
+        if let Some((_, first)) = run.first()
+            && (start > run_end + MAX_GAP || end - first.offset as u64 > MAX_RUN)
+        {
+            runs.push(std::mem::take(&mut run));
+        }
+        run_end = if run.is_empty() { end } else { run_end.max(end) };
+        run.push(blob);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+/// The bytes of its pack a run covers.
+fn run_span(run: &[(BlobId, BlobLocation)]) -> (u64, u64) {
+    let start = run[0].1.offset as u64;
+    (start, run.iter().map(|(_, loc)| span(loc).1).max().unwrap_or(start))
 }
 
 fn span(loc: &BlobLocation) -> (u64, u64) {
@@ -77,8 +185,7 @@ fn read_run(repo: &Repository, run: &[(BlobId, BlobLocation)]) -> Vec<(BlobId, R
     let backend = repo.backend();
     let alone =
         |(id, loc): &(BlobId, BlobLocation)| (*id, pack::reader::load_blob(backend.as_ref(), repo.key(), loc, id));
-    let start = run[0].1.offset as u64;
-    let end = run.iter().map(|(_, loc)| span(loc).1).max().unwrap_or(start);
+    let (start, end) = run_span(run);
     if run.len() == 1 {
         return run.iter().map(alone).collect();
     }
@@ -140,6 +247,7 @@ impl<'a> Trees<'a> {
         cancel: &CancelToken,
     ) -> Trees<'a> {
         let mut trees = Trees::none(repo, index);
+        let mut reader = TreeReader::new(repo, index);
         let mut seen: HashSet<BlobId> = roots.iter().copied().collect();
         let mut level: Vec<(BlobId, Kind)> = seen.iter().map(|id| (*id, Kind::Tree)).collect();
         while !level.is_empty() && !cancel.is_cancelled() {
@@ -151,7 +259,7 @@ impl<'a> Trees<'a> {
                     next.push((id, kind));
                 }
             };
-            for (id, plain) in read_tree_blobs(repo, index, &ids) {
+            for (id, plain) in reader.read(&ids) {
                 let Ok(plain) = plain else { continue };
                 match kinds[&id] {
                     Kind::Tree => {

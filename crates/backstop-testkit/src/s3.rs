@@ -43,6 +43,11 @@ pub struct S3ServerOptions {
     pub port: u16,
     /// How long each request waits before it is served.
     pub latency: Duration,
+    /// Print a line for every request on standard error: when it arrived
+    /// (ms since the server started), how long it took (ms, the delay
+    /// included), its operation, path and query. For finding the round trips a
+    /// step waits on, one after another.
+    pub trace: bool,
 }
 
 impl S3ServerOptions {
@@ -55,6 +60,7 @@ impl S3ServerOptions {
             root: None,
             port: 0,
             latency: Duration::ZERO,
+            trace: false,
         }
     }
 }
@@ -175,21 +181,31 @@ async fn object_body(root: &Path, path: &str, headers: &hyper::HeaderMap) -> Opt
     .ok()?
 }
 
+/// How each request is served, beyond what s3s-fs does.
+#[derive(Clone, Copy)]
+struct Serving {
+    latency: Duration,
+    /// When the server started, if every request is traced.
+    trace: Option<std::time::Instant>,
+}
+
 async fn serve(
     service: S3Service,
     counter: Arc<Counter>,
     root: Arc<PathBuf>,
-    latency: Duration,
+    serving: Serving,
     req: Request<Incoming>,
 ) -> Result<Response<s3s::Body>, s3s::HttpError> {
+    let arrived = std::time::Instant::now();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     if path == STATS_PATH || path == format!("{STATS_PATH}/reset") {
         return Ok(stats_response(&counter, path != STATS_PATH));
     }
     let op = operation(&req);
     let _in_flight = counter.arrive(op, content_length(req.headers()).unwrap_or(0));
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
+    if !serving.latency.is_zero() {
+        tokio::time::sleep(serving.latency).await;
     }
     let mut response = service.call(req.map(s3s::Body::from)).await?;
     if op.starts_with("GET")
@@ -200,6 +216,10 @@ async fn serve(
     }
     let bytes_out = content_length(response.headers()).or_else(|| response.body().size_hint().exact()).unwrap_or(0);
     counter.stats().bytes_out += bytes_out;
+    if let Some(started) = serving.trace {
+        let (at, took) = (arrived - started, arrived.elapsed());
+        eprintln!("{:.1} {:.1} {op} {path}{query}", at.as_secs_f64() * 1e3, took.as_secs_f64() * 1e3);
+    }
     Ok(response)
 }
 
@@ -251,7 +271,8 @@ impl S3Server {
         }
         let counter = Arc::new(Counter::default());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (served, latency, port) = (root.clone(), options.latency, options.port);
+        let (served, port) = (root.clone(), options.port);
+        let serving = Serving { latency: options.latency, trace: options.trace.then(std::time::Instant::now) };
         let keys = (options.access_key, options.secret_key);
         let (access_key, secret_key) = keys.clone();
         let counted = counter.clone();
@@ -292,7 +313,7 @@ impl S3Server {
                             let (service, counter, http) = (service.clone(), counted.clone(), http.clone());
                             let root = objects.clone();
                             let handler = hyper::service::service_fn(move |req| {
-                                serve(service.clone(), counter.clone(), root.clone(), latency, req)
+                                serve(service.clone(), counter.clone(), root.clone(), serving, req)
                             });
                             tokio::spawn(async move {
                                 let _ = http.serve_connection(TokioIo::new(socket), handler).await;

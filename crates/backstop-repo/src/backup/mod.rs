@@ -216,8 +216,14 @@ pub fn run(
     // The marker goes first: a prune that starts after it will wait for us;
     // one that started before has already removed what it doomed from the
     // index we load next (docs/format.md §13).
-    let session = Session::start(repo, "backup")?;
-    let index = Arc::new(repo.load_index()?);
+    // The parent and checkpoint candidates are read meanwhile: they are
+    // only compared with the index, never trusted without it.
+    let (opened, candidates) = crate::util::join(
+        || Session::start(repo, "backup").and_then(|session| Ok((session, repo.load_index()?))),
+        || read_candidates(repo, options, kind),
+    );
+    let (session, index) = opened?;
+    let index = Arc::new(index);
     let template = Snapshot {
         version: 1,
         time: options.time.unwrap_or_else(Utc::now),
@@ -238,7 +244,7 @@ pub fn run(
         source: source_record,
         job: options.job.clone(),
     };
-    let parents = find_parents(repo, &index, &template, options, progress, cancel)?;
+    let parents = find_parents(repo, &index, &template, options, candidates?, progress, cancel)?;
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
     let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders, cancel)?;
@@ -381,11 +387,39 @@ struct Parents<'a> {
     generations: std::collections::BTreeMap<String, String>,
 }
 
+/// The manifests a backup picks its parent and checkpoint from.
+struct Candidates {
+    /// The snapshot asked for, or every snapshot ([`ParentChoice::Latest`]).
+    snapshots: Vec<(SnapshotId, Snapshot)>,
+    /// Checkpoints of interrupted backups (only files resume).
+    checkpoints: Vec<(SnapshotId, Snapshot)>,
+}
+
+/// Read the [`Candidates`] for a backup of `kind`: the snapshots and the
+/// checkpoints at once.
+fn read_candidates(repo: &Repository, options: &BackupOptions, kind: SnapshotKind) -> Result<Candidates> {
+    if kind == SnapshotKind::Stream {
+        return Ok(Candidates { snapshots: Vec::new(), checkpoints: Vec::new() });
+    }
+    // A packager's output is read again whole; only files resume.
+    let resumable = options.parent != ParentChoice::None && kind == SnapshotKind::Files;
+    let (snapshots, checkpoints) = crate::util::join(
+        || match &options.parent {
+            ParentChoice::None => Ok(Vec::new()),
+            ParentChoice::Snapshot(id) => Ok(vec![(*id, repo.load_snapshot(id)?)]),
+            ParentChoice::Latest => repo.snapshots(),
+        },
+        || if resumable { repo.checkpoints() } else { Ok(Vec::new()) },
+    );
+    Ok(Candidates { snapshots: snapshots?, checkpoints: checkpoints? })
+}
+
 fn find_parents<'a>(
     repo: &'a Repository,
     index: &'a crate::index::Index,
     template: &Snapshot,
     options: &BackupOptions,
+    candidates: Candidates,
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<Parents<'a>> {
@@ -399,23 +433,20 @@ fn find_parents<'a>(
     if template.kind == SnapshotKind::Stream {
         return Ok(out);
     }
+    let mut snapshots = candidates.snapshots.into_iter();
     let parent = match &options.parent {
-        ParentChoice::None => None,
-        ParentChoice::Snapshot(id) => Some((*id, repo.load_snapshot(id)?)),
-        ParentChoice::Latest => repo.snapshots()?.into_iter().rev().find(|(_, s)| s.same_source(template)),
+        ParentChoice::Latest => snapshots.rev().find(|(_, s)| s.same_source(template)),
+        _ => snapshots.next(),
     };
     if let Some(record) = parent.as_ref().and_then(|(_, p)| p.source.as_ref()) {
         out.generations = record.generations.clone();
     }
-    // A packager's output is read again whole; only files resume.
-    if options.parent != ParentChoice::None && template.kind == SnapshotKind::Files {
-        let newer_than = parent.as_ref().map(|(_, s)| s.time);
-        out.resumed = repo
-            .checkpoints()?
-            .into_iter()
-            .rev()
-            .find(|(_, c)| c.same_source(template) && newer_than.is_none_or(|t| c.time > t));
-    }
+    let newer_than = parent.as_ref().map(|(_, s)| s.time);
+    out.resumed = candidates
+        .checkpoints
+        .into_iter()
+        .rev()
+        .find(|(_, c)| c.same_source(template) && newer_than.is_none_or(|t| c.time > t));
     let roots: Vec<_> = out.resumed.iter().chain(&parent).map(|(_, s)| s.tree).collect();
     out.below = Trees::below(repo, index, &roots, Lists::WhenAsked, cancel);
     if let Some((id, cp)) = &out.resumed {

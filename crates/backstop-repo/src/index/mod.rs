@@ -129,6 +129,26 @@ impl Index {
         })
     }
 
+    /// The tree-kind blobs of `packs`, by pack, in no particular order: a
+    /// scan of every tree blob the index lists.
+    pub fn tree_blobs_in(&self, packs: &HashSet<PackId>) -> HashMap<PackId, Vec<(BlobId, BlobLocation)>> {
+        let numbers: HashSet<u32> =
+            self.packs.iter().enumerate().filter(|(_, p)| packs.contains(p)).map(|(i, _)| i as u32).collect();
+        let mut out: HashMap<PackId, Vec<(BlobId, BlobLocation)>> = HashMap::new();
+        for e in self.tree.iter().filter(|e| numbers.contains(&e.pack)) {
+            let pack = self.packs[e.pack as usize];
+            let loc = BlobLocation {
+                pack,
+                kind: BlobKind::Tree,
+                offset: e.offset,
+                stored_len: e.stored_len,
+                raw_len: e.raw_len,
+            };
+            out.entry(pack).or_default().push((BlobId(e.id), loc));
+        }
+        out
+    }
+
     /// Bytes of memory the lookup tables use.
     pub fn memory_bytes(&self) -> usize {
         (self.data.capacity() + self.tree.capacity()) * std::mem::size_of::<Entry>()

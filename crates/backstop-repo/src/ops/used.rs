@@ -33,13 +33,14 @@ impl UsedBlobs {
 /// damage reports.
 pub fn collect_used(repo: &Repository, index: &Index, roots: &[(String, BlobId)]) -> UsedBlobs {
     let mut used = UsedBlobs::default();
+    let mut reader = crate::trees::TreeReader::new(repo, index);
     for (label, root) in roots {
         let mut frontier = Vec::new();
         if used.trees.insert(*root) {
             frontier.push(*root);
         }
         while !frontier.is_empty() {
-            let loaded = crate::trees::read_tree_blobs(repo, index, &frontier);
+            let loaded = reader.read(&frontier);
             frontier = Vec::new();
             for (id, result) in loaded {
                 let plain = match result {

@@ -3,8 +3,11 @@
 //! and optionally delaying every request.
 //!
 //! ```text
-//! backstop-s3-server --root DIR [--port N] [--latency-ms MS] [--bucket NAME]...
+//! backstop-s3-server --root DIR [--port N] [--latency-ms MS] [--trace] [--bucket NAME]...
 //! ```
+//!
+//! `--trace` prints a line per request on standard error: when it arrived
+//! (ms since the start), how long it took (ms), its operation and path.
 //!
 //! The credentials it accepts are `AWS_ACCESS_KEY_ID` and
 //! `AWS_SECRET_ACCESS_KEY` from its environment. It prints its endpoint on
@@ -17,7 +20,7 @@ use std::time::Duration;
 
 use backstop_testkit::{S3Server, S3ServerOptions};
 
-const USAGE: &str = "usage: backstop-s3-server --root DIR [--port N] [--latency-ms MS] [--bucket NAME]...\n\
+const USAGE: &str = "usage: backstop-s3-server --root DIR [--port N] [--latency-ms MS] [--trace] [--bucket NAME]...\n\
                      (credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)";
 
 fn options() -> Result<S3ServerOptions, String> {
@@ -32,6 +35,7 @@ fn options() -> Result<S3ServerOptions, String> {
                 options.latency = Duration::from_millis(value()?.parse().map_err(|e| format!("--latency-ms: {e}"))?)
             }
             "--bucket" => options.buckets.push(value()?),
+            "--trace" => options.trace = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
