@@ -45,8 +45,8 @@ pub struct S3ServerOptions {
     pub latency: Duration,
     /// Print a line for every request on standard error: when it arrived
     /// (ms since the server started), how long it took (ms, the delay
-    /// included), its operation, path and query. For finding the round trips a
-    /// step waits on, one after another.
+    /// included), its operation, path and query. For finding the round
+    /// trips a step waits on, one after another.
     pub trace: bool,
 }
 

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `--trace` prints a line per request on standard error: when it arrived
-//! (ms since the start), how long it took (ms), its operation and path.
+//! (ms since the start), how long it took (ms), its operation, path and query.
 //!
 //! The credentials it accepts are `AWS_ACCESS_KEY_ID` and
 //! `AWS_SECRET_ACCESS_KEY` from its environment. It prints its endpoint on
