@@ -32,6 +32,7 @@ mod cancel;
 mod error;
 mod limit;
 mod local;
+mod mapped;
 mod memory;
 mod retry;
 mod s3;

