@@ -95,16 +95,20 @@ impl<'a> TreeReader<'a> {
             reads.extend(runs_of(blobs).into_iter().map(|run| (Read::Asked, run)));
         }
         let results = parallel_map(&reads, PARALLEL, |(how, run)| match how {
-            Read::Asked => Err(read_run(repo, run)),
+            Read::Asked => Fetched::Answered(read_run(repo, run)),
             Read::Ahead => {
                 let (start, end) = run_span(run);
-                repo.backend().get_range(&pack::pack_key(&run[0].1.pack), start..end).map_err(|_| Vec::new())
+                match repo.backend().get_range(&pack::pack_key(&run[0].1.pack), start..end) {
+                    Ok(bytes) => Fetched::Sealed(bytes),
+                    Err(_) => Fetched::Failed,
+                }
             }
         });
         for ((_, run), result) in reads.into_iter().zip(results) {
             match result {
-                Err(read) => out.extend(read),
-                Ok(bytes) => {
+                Fetched::Answered(read) => out.extend(read),
+                Fetched::Failed => {}
+                Fetched::Sealed(bytes) => {
                     let number = self.runs.len();
                     self.runs.push((run[0].1.offset as u64, bytes));
                     for (id, loc) in run {
@@ -142,6 +146,17 @@ enum Read {
     Asked,
     /// Some were asked for, the rest are the pack's other tree blobs: kept.
     Ahead,
+}
+
+/// What reading a run gave.
+enum Fetched {
+    /// Each blob asked for, opened or with why it could not be.
+    Answered(Vec<(BlobId, Result<Vec<u8>>)>),
+    /// A run read ahead, still sealed.
+    Sealed(Vec<u8>),
+    /// A run read ahead that could not be read: what the level asked of it
+    /// is read blob by blob.
+    Failed,
 }
 
 /// `blobs` of one pack in runs that lie close together, each read in one

@@ -198,7 +198,7 @@ async fn serve(
 ) -> Result<Response<s3s::Body>, s3s::HttpError> {
     let arrived = std::time::Instant::now();
     let path = req.uri().path().to_string();
-    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let query = serving.trace.and(req.uri().query()).map(|q| format!("?{q}")).unwrap_or_default();
     if path == STATS_PATH || path == format!("{STATS_PATH}/reset") {
         return Ok(stats_response(&counter, path != STATS_PATH));
     }
