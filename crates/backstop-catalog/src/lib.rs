@@ -25,6 +25,7 @@ pub mod resources;
 pub mod schedule;
 pub mod scope;
 mod secrets;
+pub mod sessions;
 
 use std::str::FromStr;
 use std::sync::Arc;

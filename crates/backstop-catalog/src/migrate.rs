@@ -173,12 +173,26 @@ const V4_REQUEST_DIGESTS: &str = "
 ALTER TABLE jobs ADD COLUMN request_digest TEXT;
 ";
 
+/// The web UI's browser sessions (`sessions.rs`): the hash of the cookie's
+/// secret, the token the session acts as, its CSRF token, when it ends.
+const V5_UI_SESSIONS: &str = "
+CREATE TABLE ui_sessions (
+    hash TEXT PRIMARY KEY,
+    token_id TEXT NOT NULL REFERENCES tokens(id),
+    csrf TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
+";
+
 fn migrations() -> Vec<Migration> {
     vec![
         Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] },
         Migration { version: 2, sql: &[V2_CLAIM_INDEXES] },
         Migration { version: 3, sql: &[V3_TENANT_NETWORKS] },
         Migration { version: 4, sql: &[V4_REQUEST_DIGESTS] },
+        Migration { version: 5, sql: &[V5_UI_SESSIONS] },
     ]
 }
 

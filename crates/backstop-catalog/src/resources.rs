@@ -121,7 +121,7 @@ fn tenant_from_row(row: &AnyRow) -> Result<Tenant> {
     })
 }
 
-fn token_from_row(row: &AnyRow) -> Result<Token> {
+pub(crate) fn token_from_row(row: &AnyRow) -> Result<Token> {
     let role: String = row.try_get("role")?;
     Ok(Token {
         id: row.try_get("id")?,
@@ -151,7 +151,7 @@ fn snapshot_from_row(row: &AnyRow) -> Result<Snapshot> {
 }
 
 /// The hash under which a token's secret is stored.
-fn token_hash(secret: &str) -> String {
+pub(crate) fn token_hash(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 

@@ -736,3 +736,31 @@ async fn a_cancelled_job_is_not_retried_and_a_released_job_keeps_its_attempts() 
         assert!(matches!(c.release(&j.id, 1, "late", T0 + 4).await, Err(Error::StaleAttempt { .. })));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_browser_session_acts_as_its_token_until_it_expires_is_ended_or_its_token_is_revoked() {
+    for db in both().await {
+        let c = &db.catalog;
+        c.ensure_tenant("acme", "acme", T0).await.unwrap();
+        let token = c.create_token("acme", "ops", backstop_types::Role::Operator, T0).await.unwrap();
+        let hour = 3_600_000;
+        let session = c.create_session(&token.token.id, T0, hour).await.unwrap();
+        let live = c.session(&session.secret, T0 + 1).await.unwrap().expect("a live session");
+        assert_eq!((live.token.id.as_str(), live.token.tenant.as_str()), (token.token.id.as_str(), "acme"));
+        assert_eq!(live.csrf, session.csrf);
+        assert!(c.session("bss_guessed", T0 + 1).await.unwrap().is_none(), "{}", db.name);
+        assert!(c.session(&session.secret, T0 + hour).await.unwrap().is_none(), "expired: {}", db.name);
+
+        // Logging out ends it; another session of the same token lives on.
+        let other = c.create_session(&token.token.id, T0, hour).await.unwrap();
+        let third = c.create_session(&token.token.id, T0, hour).await.unwrap();
+        c.end_session(&other.secret).await.unwrap();
+        assert!(c.session(&other.secret, T0 + 1).await.unwrap().is_none());
+        assert!(c.session(&third.secret, T0 + 1).await.unwrap().is_some());
+        c.end_session(&other.secret).await.unwrap(); // twice: no error
+
+        // Revoking the token ends its sessions.
+        c.revoke_token(&Scope::All, &token.token.id, T0 + 2).await.unwrap();
+        assert!(c.session(&third.secret, T0 + 3).await.unwrap().is_none(), "{}", db.name);
+    }
+}

@@ -16,7 +16,8 @@
 //! `ErrorCode`), `reach` (the early check of what a request would reach),
 //! `state` (shared state, scheduler and reaper loops), `inproc` (the
 //! in-process workers' coordinator), `serve` (connections, limits, TLS
-//! through `tls`), `metrics`, `webhooks`, `openapi`.
+//! through `tls`), `metrics`, `webhooks`, `openapi`, and `ui`: the web UI on
+//! the same port, whose pages call the API's handlers as the session's token.
 
 pub mod auth;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod router;
 pub mod serve;
 pub mod state;
 pub mod tls;
+pub mod ui;
 pub mod webhooks;
 
 use std::net::SocketAddr;

@@ -1,6 +1,7 @@
-//! Every route of the coordinator, in one table: the router is built from
-//! it, and so is the OpenAPI document (`openapi.rs`), so neither can
-//! forget one. Each route names the types of its query, body and answer,
+//! Every route of the API, in one table: the router is built from it, and
+//! so is the OpenAPI document (`openapi.rs`), so neither can forget one
+//! (the web UI's pages, which call these routes' handlers, are listed in
+//! `ui/mod.rs`). Each route names the types of its query, body and answer,
 //! whose JSON Schemas the document shows, and the statuses it answers
 //! with.
 
@@ -350,7 +351,8 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut app = Router::new();
+    // The web UI's pages (`ui`), then the API's routes.
+    let mut app = crate::ui::router();
     for (route, handler) in routes() {
         app = app.route(route.path, handler);
     }

@@ -34,6 +34,8 @@ pub struct Inner {
     pub revocations: tokio::sync::watch::Sender<u64>,
     /// `/metrics` without a token (`serve --metrics-public`).
     pub metrics_public: bool,
+    /// The web UI's cookies are `Secure`: the service speaks TLS.
+    pub secure_cookies: bool,
 }
 
 /// Event streams one token may hold open at once.
@@ -83,6 +85,7 @@ impl AppState {
             streams: Default::default(),
             revocations: tokio::sync::watch::channel(0).0,
             metrics_public: config.metrics_public,
+            secure_cookies: config.tls.is_some(),
         }))
     }
 

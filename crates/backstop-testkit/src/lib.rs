@@ -10,6 +10,7 @@
 //! [`mysql::Mysql`] a MariaDB one; [`kubernetes::FakeCluster`] stands in for
 //! a Kubernetes API server.
 
+pub mod browser;
 pub mod fixture;
 pub mod kubernetes;
 pub mod mysql;

@@ -160,6 +160,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
                 "backstop serve: listening on {scheme}://{}/api/v1 ({} in-process workers)",
                 running.addr, config.workers
             );
+            eprintln!("backstop serve: web UI on {scheme}://{}/ (log in with a token)", running.addr);
         }
         if let Some(token) = &running.admin_token {
             // Shown once: it is stored only as a hash.

@@ -7,6 +7,10 @@ use std::process::{Child, Command, Output, Stdio};
 
 pub use backstop_testkit::fixture::*;
 
+mod serve;
+#[allow(unused_imports)] // not every test binary runs the service
+pub use serve::*;
+
 pub const PASSWORD: &str = "correct horse battery staple";
 
 pub struct Cli {

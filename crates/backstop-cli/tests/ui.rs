@@ -1,0 +1,270 @@
+//! The web UI in a real headless Chromium (through ChromeDriver) against a
+//! real `backstop serve` and `backstop worker`: logging in, watching a
+//! backup run live, a failure on the dashboard, cancelling from a job's
+//! page, and the boundaries — tenants, roles, CSRF, escaping. Screenshots
+//! of the pages go to `target/ui-screenshots/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use backstop_testkit::browser::Browser;
+use common::*;
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn screenshots() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots")
+}
+
+/// A service with no in-process workers (the tests start theirs, slowed
+/// down so that a backup runs long enough to watch), a repository and an
+/// fs source of `mib` MiB with a plan of one attempt.
+struct Site {
+    dir: tempfile::TempDir,
+    serve: Serve,
+    admin: String,
+    worker_token: String,
+}
+
+impl Site {
+    fn start(mib: usize) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let args: Vec<String> = ["--data-dir", data.to_str().unwrap(), "--workers", "0", "--backoff-seconds", "1"]
+            .map(String::from)
+            .to_vec();
+        let (serve, admin) = Serve::start(free_port(), &args);
+        let admin = admin.expect("the first start prints an admin token");
+        let server = serve.url();
+        let repo = dir.path().join("repo");
+        Cli::at(repo.to_str().unwrap()).ok(&["init", "--pack-size-kib", "1024"]);
+        client(&server, &admin, &["repos", "add", "main", "--location", repo.to_str().unwrap()]);
+        let src = dir.path().join("src");
+        for i in 0..mib {
+            let f = src.join(format!("d{}/f{i:03}.bin", i % 3));
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, noise(1 << 20, i as u64)).unwrap();
+        }
+        client(&server, &admin, &["sources", "add", "data", "--path", src.to_str().unwrap()]);
+        let site = Site { dir, serve, admin, worker_token: String::new() };
+        site.plan("nightly", "data");
+        let token = client(&server, &site.admin, &["tokens", "create", "workers", "--role", "worker"]);
+        Site { worker_token: token["secret"].as_str().unwrap().to_string(), ..site }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.serve.url())
+    }
+
+    fn plan(&self, name: &str, source: &str) {
+        let plan = self.dir.path().join(format!("{name}.json"));
+        let spec = json!({"name": name, "source": source, "repository": "main", "max_attempts": 1});
+        std::fs::write(&plan, spec.to_string()).unwrap();
+        client(&self.serve.url(), &self.admin, &["plans", "put", plan.to_str().unwrap()]);
+    }
+
+    fn run(&self, plan: &str) -> String {
+        client(&self.serve.url(), &self.admin, &["plans", "run", plan])["id"].as_str().unwrap().to_string()
+    }
+
+    fn job(&self, id: &str) -> Value {
+        job(&self.serve.url(), &self.admin, id)
+    }
+
+    /// A worker whose uploads are held to `kib_per_s`.
+    fn worker(&self, kib_per_s: Option<u32>) -> Worker {
+        let mut cmd = bin();
+        if let Some(limit) = kib_per_s {
+            cmd.args(["--limit-upload", &limit.to_string()]);
+        }
+        let child = cmd
+            .args(["worker", "--server", &self.serve.url(), "--region", "default", "--concurrency", "1"])
+            .env("BACKSTOP_TOKEN", &self.worker_token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Worker(child)
+    }
+}
+
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn login(browser: &Browser, site: &Site, token: &str) {
+    browser.goto(&site.url("/"));
+    browser.wait_until("the login form", WAIT, |b| b.url().ends_with("/login"));
+    browser.fill("#token", token);
+    browser.click("form.login button[type=submit]");
+    browser.wait_until("the dashboard", WAIT, |b| b.try_find("#running").is_some());
+}
+
+/// A mark in the page's JavaScript state: gone if the page reloads.
+fn mark(browser: &Browser) {
+    browser.execute("window.__kept = true;", json!([]));
+}
+
+fn marked(browser: &Browser) -> bool {
+    browser.execute("return window.__kept === true;", json!([])) == json!(true)
+}
+
+fn progress_value(browser: &Browser, css: &str) -> f64 {
+    browser.try_find(css).map(|e| browser.property(&e, "value").as_f64().unwrap_or(0.0)).unwrap_or(0.0)
+}
+
+#[test]
+fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
+    let site = Site::start(24);
+    let browser = Browser::start();
+    login(&browser, &site, &site.admin);
+    browser.screenshot(&screenshots().join("login-dashboard-empty.png"));
+    assert!(browser.text("#running").contains("Nothing is running"));
+    assert!(!browser.source().contains(&site.admin), "the token is not in the page");
+    assert!(!browser.url().contains("bst_"), "nor in the address");
+
+    // 24 MiB at 2 MiB/s: about twelve seconds of backup to watch.
+    let id = site.run("nightly");
+    let _worker = site.worker(Some(2048));
+    // The dashboard notices the running job by itself (it reloads when the set changes).
+    let row = format!("#running tr[data-job='{id}'] progress");
+    browser.wait_until("the job running on the dashboard", WAIT, |b| progress_value(b, &row) > 0.0);
+    mark(&browser);
+    let before = progress_value(&browser, &row);
+    browser.wait_until("the dashboard's bar to move", WAIT, |b| progress_value(b, &row) > before);
+    assert!(marked(&browser), "the bar moved without reloading the page");
+    browser.screenshot(&screenshots().join("dashboard-running.png"));
+
+    // The job's page: the bar and the log follow the event stream.
+    browser.click(&format!("#running tr[data-job='{id}'] a"));
+    browser.wait_until("the job page", WAIT, |b| b.try_find("#job").is_some());
+    mark(&browser);
+    let bar = "#job [data-progress] progress";
+    let (first, lines) = (progress_value(&browser, bar), browser.find_all("ol.events li").len());
+    browser.wait_until("the job page's bar to move", WAIT, |b| progress_value(b, bar) > first);
+    assert!(marked(&browser), "live, not reloaded");
+    let facts = browser.text("#job dl.facts");
+    assert!(facts.contains("nightly") && facts.contains("data") && facts.contains("main"), "names, not ids: {facts}");
+    let moved_bytes = browser.text("#job [data-field=bytes]");
+    assert!(moved_bytes.contains(" of 24.0 MiB"), "{moved_bytes}");
+    browser.screenshot(&screenshots().join("job-running.png"));
+
+    // At its end the page shows it succeeded, with its log and result.
+    browser.wait_until("the job to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
+    let log = browser.text("ol.events");
+    assert!(browser.find_all("ol.events li").len() > lines, "the log grew: {log}");
+    assert!(log.contains("succeeded"), "{log}");
+    let result = browser.text("pre.result");
+    assert!(result.contains("snapshot_id"), "{result}");
+    assert_eq!(site.job(&id)["state"], "succeeded");
+    browser.screenshot(&screenshots().join("job-succeeded.png"));
+
+    // The jobs list finds it by its filters.
+    browser.goto(&site.url("/jobs?state=succeeded&kind=backup"));
+    assert!(browser.try_find(&format!("tr[data-job='{id}']")).is_some());
+    browser.goto(&site.url("/jobs?state=failed"));
+    assert!(browser.try_find(&format!("tr[data-job='{id}']")).is_none());
+    browser.screenshot(&screenshots().join("jobs.png"));
+
+    // Logging out ends the session: the pages want a login again.
+    browser.goto(&site.url("/"));
+    browser.click("header form button[type=submit]");
+    browser.wait_until("the login form", WAIT, |b| b.url().ends_with("/login"));
+    browser.goto(&site.url("/jobs"));
+    assert!(browser.url().ends_with("/login"));
+}
+
+#[test]
+fn a_failing_job_shows_its_error_on_the_dashboard_and_a_running_one_is_cancelled_from_its_page() {
+    let site = Site::start(24);
+    // A source whose path is gone, named with markup in its path: the error shows it as text.
+    let gone = site.dir.path().join("gone/<img src=x onerror=alert(1)>");
+    client(&site.serve.url(), &site.admin, &["sources", "add", "lost", "--path", gone.to_str().unwrap()]);
+    site.plan("broken", "lost");
+    let browser = Browser::start();
+    login(&browser, &site, &site.admin);
+
+    let worker = site.worker(Some(2048));
+    let failed = site.run("broken");
+    wait_for(&site.serve.url(), &site.admin, &failed, "failed", |j| j["state"] == "failed" || j["state"] == "dead");
+    browser.goto(&site.url("/"));
+    let row = browser.text(&format!("#failures tr[data-job='{failed}']"));
+    assert!(row.contains("<img src=x onerror=alert(1)>"), "the error, as text: {row}");
+    assert!(browser.find_all("main img").is_empty(), "no markup from the error became an element");
+    browser.screenshot(&screenshots().join("dashboard-failure.png"));
+
+    let id = site.run("nightly");
+    wait_for(&site.serve.url(), &site.admin, &id, "running", |j| j["state"] == "running");
+    browser.goto(&site.url(&format!("/jobs/{id}")));
+    browser.click("button[name=cancel]");
+    browser.wait_until("the job to be cancelled", WAIT, |b| b.try_find("#job[data-state=cancelled]").is_some());
+    assert_eq!(site.job(&id)["state"], "cancelled");
+    drop(worker);
+}
+
+#[test]
+fn tenants_roles_and_csrf_hold_in_the_browser() {
+    let site = Site::start(1);
+    let server = site.serve.url();
+    let id = site.run("nightly"); // stays queued: no worker
+    let viewer = client(&server, &site.admin, &["tokens", "create", "watcher", "--role", "viewer"]);
+    client(&server, &site.admin, &["tenants", "create", "tb"]);
+    let other = client(&server, &site.admin, &["tokens", "create", "b-admin", "--role", "admin", "--tenant", "tb"]);
+
+    // Tenant B's session sees nothing of the system tenant's.
+    let browser = Browser::start();
+    login(&browser, &site, other["secret"].as_str().unwrap());
+    for path in ["/", "/jobs", "/jobs?state=queued"] {
+        browser.goto(&site.url(path));
+        assert!(!browser.source().contains(&id), "{path} shows another tenant's job");
+    }
+    browser.goto(&site.url(&format!("/jobs/{id}")));
+    assert!(browser.try_find("#job").is_none(), "another tenant's job page");
+    assert!(browser.text("main").contains("not found"));
+    browser.delete_cookies();
+
+    // A viewer sees the job but no control, and a forged POST (with its own session's CSRF token) is refused.
+    login(&browser, &site, viewer["secret"].as_str().unwrap());
+    browser.goto(&site.url(&format!("/jobs/{id}")));
+    assert!(browser.try_find("#job").is_some());
+    assert!(browser.try_find("button[name=cancel]").is_none() && browser.try_find("form[action$='/cancel']").is_none());
+    let status = browser.execute_async(
+        "const done = arguments[arguments.length - 1];
+         const csrf = document.querySelector('input[name=csrf]').value;
+         fetch(arguments[0], {method: 'POST', body: new URLSearchParams({csrf})}).then(r => done(r.status));",
+        json!([format!("/jobs/{id}/cancel")]),
+    );
+    assert_eq!(status, json!(403));
+    browser.delete_cookies();
+
+    // An admin's session: a post without the CSRF token is refused, and so is a form another site posts.
+    login(&browser, &site, &site.admin);
+    browser.goto(&site.url(&format!("/jobs/{id}")));
+    let status = browser.execute_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(arguments[0], {method: 'POST', body: new URLSearchParams({})}).then(r => done(r.status));",
+        json!([format!("/jobs/{id}/cancel")]),
+    );
+    assert_eq!(status, json!(403));
+    let target = site.url(&format!("/jobs/{id}/cancel"));
+    let evil = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n\
+         <form id=f method=post action=\"{target}\"><input name=csrf value=x></form>\
+         <script>document.getElementById('f').submit()</script>"
+    );
+    let (evil_port, _) = backstop_testkit::canned_http(evil);
+    browser.goto(&format!("http://localhost:{evil_port}/"));
+    browser.wait_until("the cross-site post's answer", WAIT, |b| b.url().starts_with(&server));
+    let job = site.job(&id);
+    assert_eq!(job["state"], "queued", "the cross-site form changed nothing");
+    assert_eq!(job["cancel_requested"], false);
+}

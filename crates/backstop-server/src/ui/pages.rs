@@ -1,0 +1,599 @@
+//! The pages and forms. Each reads through the API's handlers as the
+//! session's caller and renders what they return; maud escapes every
+//! string it is given.
+
+use std::collections::HashMap;
+
+use axum::Form;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::http::header::{self, HeaderMap};
+use axum::response::{Html, IntoResponse, Response};
+use backstop_catalog::now_ms;
+use backstop_types::{EventKind, Job, JobEvent, JobKind, JobProgress, JobSpec, JobState, Page, Role};
+use chrono::{DateTime, Utc};
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use super::{UiSession, assets, check_csrf, cookie, job_url, login_cookie, see_other, session_cookie, urlencode};
+use crate::error::ApiError;
+use crate::extract::{Json, Query};
+use crate::handlers::jobs::{self, EventsQuery, ListQuery};
+use crate::handlers::plans;
+use crate::handlers::resources::{self, RepositoryQuery, SourceQuery};
+use crate::state::AppState;
+
+type PageResult = Result<Response, Response>;
+
+/// An API error as a page, with the API's status.
+pub fn error_page(e: &ApiError) -> Response {
+    let body = layout(
+        "Error",
+        None,
+        html! {
+            h1 { "Something went wrong" }
+            p.error role="alert" { (e.message) }
+            p { a href="/" { "Back to the dashboard" } }
+        },
+    );
+    (e.status(), Html(body.into_string())).into_response()
+}
+
+fn fail(e: ApiError) -> Response {
+    error_page(&e)
+}
+
+fn render(title: &str, session: &UiSession, body: Markup) -> Response {
+    Html(layout(title, Some(session), body).into_string()).into_response()
+}
+
+fn layout(title: &str, session: Option<&UiSession>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · Backstop" }
+                link rel="stylesheet" href=(assets::url("app", "css"));
+                script type="module" src=(assets::url("app", "js")) {}
+            }
+            body {
+                header.top {
+                    a.brand href="/" { "Backstop" }
+                    @if let Some(s) = session {
+                        nav {
+                            a href="/" { "Dashboard" }
+                            a href="/jobs" { "Jobs" }
+                        }
+                        span.who {
+                            (s.session.token.name) " · " (s.session.token.role.as_str()) " · tenant " (s.session.token.tenant)
+                        }
+                        form.inline method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(s.session.csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+// ---- names --------------------------------------------------------------
+
+/// The names of the repositories, plans and sources the session may see,
+/// by id: jobs name them by id.
+#[derive(Default)]
+struct Names(HashMap<String, String>);
+
+/// Pages of up to 1000 read for names, at most.
+const NAME_PAGES: usize = 10;
+
+impl Names {
+    async fn load(state: &AppState, session: &UiSession) -> Result<Names, Response> {
+        let mut names = HashMap::new();
+        let mut cursor = None;
+        for _ in 0..NAME_PAGES {
+            let q = RepositoryQuery { region: None, cursor: cursor.take(), limit: Some(1000) };
+            let Json(page) =
+                resources::list_repositories(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+            names.extend(page.items.into_iter().map(|r| (r.id, r.name)));
+            let Some(next) = page.next_cursor else { break };
+            cursor = Some(next);
+        }
+        for _ in 0..NAME_PAGES {
+            let q = SourceQuery { kind: None, host: None, cursor: cursor.take(), limit: Some(1000) };
+            let Json(page) =
+                resources::list_sources(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+            names.extend(page.items.into_iter().map(|s| (s.id, s.name)));
+            let Some(next) = page.next_cursor else { break };
+            cursor = Some(next);
+        }
+        for _ in 0..NAME_PAGES {
+            let q = plans::ListQuery { repository: None, cursor: cursor.take(), limit: Some(1000) };
+            let Json(page) = plans::list(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+            names.extend(page.items.into_iter().map(|p| (p.id, p.name)));
+            let Some(next) = page.next_cursor else { break };
+            cursor = Some(next);
+        }
+        Ok(Names(names))
+    }
+
+    /// The name of the object with this id (the id itself if it is gone).
+    fn of<'a>(&'a self, id: Option<&'a str>) -> &'a str {
+        match id {
+            Some(id) => self.0.get(id).map(String::as_str).unwrap_or(id),
+            None => "–",
+        }
+    }
+}
+
+// ---- formatting ---------------------------------------------------------
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn seconds(s: u64) -> String {
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
+}
+
+fn when(t: &DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn ago(t: &DateTime<Utc>) -> String {
+    let s = (Utc::now() - *t).num_seconds().max(0) as u64;
+    format!("{} ago", seconds(s))
+}
+
+fn state_badge(state: JobState) -> Markup {
+    html! { span class={ "state " (state.as_str()) } { (state.as_str()) } }
+}
+
+/// A job's progress as a bar and its figures.
+fn progress(p: Option<&JobProgress>) -> Markup {
+    let p = p.cloned().unwrap_or_default();
+    let (value, max) = if p.bytes_total > 0 { (p.bytes_done.min(p.bytes_total), p.bytes_total) } else { (0, 1) };
+    html! {
+        div.progress data-progress {
+            progress value=(value) max=(max) {}
+            span.figures {
+                span data-field="bytes" { (bytes(p.bytes_done)) " of " (bytes(p.bytes_total)) }
+                " · "
+                span data-field="files" { (p.files_done) " of " (p.files_total) " files" }
+                " · "
+                span data-field="rate" { (bytes(p.rate)) "/s" }
+                " · ETA "
+                span data-field="eta" { (p.eta_seconds.map(seconds).unwrap_or_else(|| "–".into())) }
+            }
+        }
+    }
+}
+
+fn job_row(job: &Job, names: &Names) -> Markup {
+    html! {
+        tr data-job=(job.id) {
+            td { a href=(job_url(&job.id)) { code { (job.id) } } }
+            td { (job.kind.as_str()) }
+            td { (state_badge(job.state)) }
+            td { (names.of(job.plan.as_deref())) }
+            td { (names.of(job.source.as_deref())) }
+            td { (names.of(Some(&job.repository))) }
+            td title=(when(&job.created)) { (ago(&job.created)) }
+            td.detail {
+                @match job.state {
+                    JobState::Running => { (progress(job.progress.as_ref())) }
+                    JobState::Queued => { (job.wait_reason.as_deref().unwrap_or("waiting for a worker")) }
+                    JobState::Failed | JobState::Dead => { span.error { (job.error.as_deref().unwrap_or("")) } }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn job_table(jobs: &[Job], names: &Names, empty: &str) -> Markup {
+    html! {
+        @if jobs.is_empty() {
+            p.empty { (empty) }
+        } @else {
+            table.jobs {
+                thead { tr { th { "Job" } th { "Kind" } th { "State" } th { "Plan" } th { "Source" } th { "Repository" } th { "Created" } th { "" } } }
+                tbody { @for job in jobs { (job_row(job, names)) } }
+            }
+        }
+    }
+}
+
+// ---- login --------------------------------------------------------------
+
+fn login_page(error: Option<&str>, login_csrf: &str) -> Markup {
+    layout(
+        "Log in",
+        None,
+        html! {
+            h1 { "Log in" }
+            p { "Log in with an API token: the admin token printed on the service's first start, or any token an admin made (" code { "backstop tokens create" } ")." }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            form.login method="post" action="/login" {
+                input type="hidden" name="login_csrf" value=(login_csrf);
+                label for="token" { "Token" }
+                input #token type="password" name="token" autocomplete="off" required autofocus;
+                button type="submit" { "Log in" }
+            }
+        },
+    )
+}
+
+pub async fn login_form(State(state): State<AppState>) -> Response {
+    let value = super::random_hex();
+    let mut response = Html(login_page(None, &value).into_string()).into_response();
+    response.headers_mut().append(header::SET_COOKIE, login_cookie(&state, Some(&value)));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    login_csrf: String,
+}
+
+pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    let again = |status: StatusCode, message: &str| {
+        let value = super::random_hex();
+        let mut response = (status, Html(login_page(Some(message), &value).into_string())).into_response();
+        response.headers_mut().append(header::SET_COOKIE, login_cookie(&state, Some(&value)));
+        response
+    };
+    let expected = cookie(&headers, super::LOGIN_COOKIE).unwrap_or_default();
+    if super::same_origin(&headers).is_err() || expected.is_empty() || !super::same_secret(expected, &form.login_csrf) {
+        return again(StatusCode::FORBIDDEN, "The login form expired or came from another site; try again.");
+    }
+    let token = match state.catalog.authenticate(form.token.trim(), now_ms()).await {
+        Ok(Some(token)) if token.role != Role::Worker => token,
+        Ok(Some(_)) => {
+            return again(
+                StatusCode::FORBIDDEN,
+                "A worker token cannot log in; use a viewer, operator or admin token.",
+            );
+        }
+        Ok(None) => return again(StatusCode::UNAUTHORIZED, "That token is not valid, or it was revoked."),
+        Err(e) => return fail(e.into()),
+    };
+    let session = match state.catalog.create_session(&token.id, now_ms(), super::SESSION_TTL.as_millis() as i64).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.into()),
+    };
+    let caller = crate::auth::Caller { token };
+    if let Err(e) = crate::handlers::audit(
+        &state,
+        &caller,
+        "session.login",
+        format!("token/{}", caller.token.id),
+        serde_json::json!({}),
+    )
+    .await
+    {
+        return fail(e);
+    }
+    let mut response = see_other("/");
+    response.headers_mut().append(header::SET_COOKIE, session_cookie(&state, Some(&session.secret)));
+    response.headers_mut().append(header::SET_COOKIE, login_cookie(&state, None));
+    response
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    session: UiSession,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(e) = check_csrf(&session, &headers, &form.csrf) {
+        return fail(e);
+    }
+    if let Err(e) = state.catalog.end_session(&session.secret).await {
+        return fail(e.into());
+    }
+    let mut response = see_other("/login");
+    response.headers_mut().append(header::SET_COOKIE, session_cookie(&state, None));
+    response
+}
+
+// ---- dashboard ----------------------------------------------------------
+
+async fn list_jobs(state: &AppState, session: &UiSession, q: ListQuery) -> Result<Page<Job>, Response> {
+    let Json(page) = jobs::list(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+    Ok(page)
+}
+
+fn only(state: JobState, limit: u32) -> ListQuery {
+    ListQuery { state: Some(state), kind: None, plan: None, repository: None, cursor: None, limit: Some(limit) }
+}
+
+pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> PageResult {
+    let running = list_jobs(&state, &session, only(JobState::Running, 200)).await?;
+    let queued = list_jobs(&state, &session, only(JobState::Queued, 200)).await?;
+    let day_ago = Utc::now() - chrono::Duration::hours(24);
+    let mut failures = Vec::new();
+    for s in [JobState::Failed, JobState::Dead] {
+        let page = list_jobs(&state, &session, only(s, 200)).await?;
+        failures.extend(page.items.into_iter().filter(|j| j.finished.is_some_and(|f| f > day_ago)));
+    }
+    failures.sort_by_key(|j| std::cmp::Reverse(j.finished));
+    let names = Names::load(&state, &session).await?;
+    let body = html! {
+        h1 { "Dashboard" }
+        section #running data-live-list {
+            h2 { "Running now (" (running.items.len()) ")" }
+            (job_table(&running.items, &names, "Nothing is running."))
+        }
+        section #failures {
+            h2 { "Failed in the last 24 hours (" (failures.len()) ")" }
+            (job_table(&failures, &names, "No job failed in the last 24 hours."))
+        }
+        section #queue {
+            h2 { "Queued (" (queued.items.len()) ")" }
+            (job_table(&queued.items, &names, "The queue is empty."))
+        }
+    };
+    Ok(render("Dashboard", &session, body))
+}
+
+// ---- jobs ---------------------------------------------------------------
+
+/// The job list's filters as a browser's form sends them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+impl JobsQuery {
+    fn to_api(&self) -> Result<ListQuery, ApiError> {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
+        let state = match some(&self.state) {
+            Some(s) => Some(JobState::parse(&s).ok_or_else(|| ApiError::invalid(format!("no job state {s:?}")))?),
+            None => None,
+        };
+        let kind = match some(&self.kind) {
+            Some(k) => Some(JobKind::parse(&k).ok_or_else(|| ApiError::invalid(format!("no job kind {k:?}")))?),
+            None => None,
+        };
+        Ok(ListQuery {
+            state,
+            kind,
+            plan: some(&self.plan),
+            repository: some(&self.repository),
+            cursor: some(&self.cursor),
+            limit: Some(100),
+        })
+    }
+
+    /// This query's string with `cursor` set to `next`.
+    fn next(&self, next: &str) -> String {
+        format!(
+            "/jobs?state={}&kind={}&plan={}&repository={}&cursor={}",
+            urlencode(&self.state),
+            urlencode(&self.kind),
+            urlencode(&self.plan),
+            urlencode(&self.repository),
+            urlencode(next)
+        )
+    }
+}
+
+pub async fn jobs(State(state): State<AppState>, session: UiSession, Query(q): Query<JobsQuery>) -> PageResult {
+    let page = list_jobs(&state, &session, q.to_api().map_err(fail)?).await?;
+    let names = Names::load(&state, &session).await?;
+    let body = html! {
+        h1 { "Jobs" }
+        form.filters method="get" action="/jobs" {
+            label { "State "
+                select name="state" {
+                    option value="" { "any" }
+                    @for s in JobState::ALL { option value=(s.as_str()) selected[q.state == s.as_str()] { (s.as_str()) } }
+                }
+            }
+            label { "Kind "
+                select name="kind" {
+                    option value="" { "any" }
+                    @for k in JobKind::ALL { option value=(k.as_str()) selected[q.kind == k.as_str()] { (k.as_str()) } }
+                }
+            }
+            label { "Plan " input type="text" name="plan" value=(q.plan); }
+            label { "Repository " input type="text" name="repository" value=(q.repository); }
+            button type="submit" { "Filter" }
+        }
+        (job_table(&page.items, &names, "No job matches."))
+        @if let Some(next) = &page.next_cursor {
+            p { a.next href=(q.next(next)) { "Older jobs →" } }
+        }
+    };
+    Ok(render("Jobs", &session, body))
+}
+
+/// Log lines and state changes of a job's events.
+fn event_row(e: &JobEvent) -> Markup {
+    let text = |key: &str| e.data.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    html! {
+        @match e.kind {
+            EventKind::Log => {
+                li class={ "log " (text("level")) } {
+                    time { (when(&e.time)) } " " span.level { (text("level")) } " " span.message { (text("message")) }
+                }
+            }
+            EventKind::State => {
+                li.state-change {
+                    time { (when(&e.time)) } " state " strong { (text("state")) }
+                    " (attempt " (e.data.get("attempt").and_then(|v| v.as_u64()).unwrap_or(0)) ")"
+                    @let error = text("error");
+                    @if !error.is_empty() { ": " span.error { (error) } }
+                }
+            }
+            EventKind::Progress => {}
+        }
+    }
+}
+
+pub async fn job(State(state): State<AppState>, session: UiSession, Path(id): Path<String>) -> PageResult {
+    let Json(job) = jobs::get(State(state.clone()), session.caller(), Path(id.clone())).await.map_err(fail)?;
+    let events_query = EventsQuery { after: None, limit: Some(10_000) };
+    let Json(events) = jobs::events(State(state.clone()), session.caller(), Path(id.clone()), Query(events_query))
+        .await
+        .map_err(fail)?;
+    let last = events.last().map(|e| e.id).unwrap_or(0);
+    let names = Names::load(&state, &session).await?;
+    let operator = session.may(Role::Operator);
+    let finished = !matches!(job.state, JobState::Queued | JobState::Running);
+    let body = html! {
+        h1 { (job.kind.as_str()) " job " code { (job.id) } }
+        section #job data-job=(job.id) data-after=(last) data-state=(job.state.as_str()) {
+            dl.facts {
+                dt { "State" } dd data-field="state" { (state_badge(job.state)) }
+                @if let Some(reason) = &job.wait_reason { dt { "Waiting" } dd { (reason) } }
+                dt { "Attempt" } dd { (job.attempt) " of " (job.max_attempts) }
+                dt { "Plan" } dd { (names.of(job.plan.as_deref())) }
+                dt { "Source" } dd { (names.of(job.source.as_deref())) }
+                dt { "Repository" } dd { (names.of(Some(&job.repository))) " (region " (job.region) ")" }
+                dt { "Created" } dd { (when(&job.created)) }
+                @if let Some(t) = &job.started { dt { "Started" } dd { (when(t)) } }
+                @if let Some(t) = &job.finished { dt { "Finished" } dd { (when(t)) } }
+                @if let Some(e) = &job.error { dt { "Error" } dd.error role="alert" { (e) } }
+            }
+            (progress(job.progress.as_ref()))
+            @if operator {
+                div.actions {
+                    @if !finished && !job.cancel_requested {
+                        form.inline method="post" action={ (job_url(&job.id)) "/cancel" } {
+                            input type="hidden" name="csrf" value=(session.session.csrf);
+                            button.danger type="submit" name="cancel" { "Cancel" }
+                        }
+                    }
+                    @if finished {
+                        form.inline method="post" action={ (job_url(&job.id)) "/rerun" } {
+                            input type="hidden" name="csrf" value=(session.session.csrf);
+                            button type="submit" name="rerun" { "Run again" }
+                        }
+                    }
+                }
+            }
+            @if let Some(result) = &job.result {
+                h2 { "Result" }
+                pre.result { (serde_json::to_string_pretty(result).unwrap_or_default()) }
+            }
+            h2 { "Log" }
+            ol.events data-events {
+                @for e in &events { (event_row(e)) }
+            }
+        }
+    };
+    Ok(render(&format!("Job {}", job.id), &session, body))
+}
+
+/// The running jobs as the API lists them, for the dashboard's live bars.
+pub async fn running(State(state): State<AppState>, session: UiSession) -> Response {
+    match jobs::list(State(state), session.caller(), Query(only(JobState::Running, 200))).await {
+        Ok(page) => page.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn live(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Response {
+    match jobs::stream(State(state), session.caller(), Path(id), Query(q), headers).await {
+        Ok(sse) => sse.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
+    let Json(job) = jobs::cancel(State(state), session.caller(), Path(id)).await.map_err(fail)?;
+    Ok(see_other(&job_url(&job.id)))
+}
+
+pub async fn rerun(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
+    let Json(old) = jobs::get(State(state.clone()), session.caller(), Path(id)).await.map_err(fail)?;
+    let spec = JobSpec {
+        kind: old.kind,
+        repository: if old.plan.is_some() { None } else { Some(old.repository.clone()) },
+        source: if old.plan.is_some() { None } else { old.source.clone() },
+        plan: old.plan.clone(),
+        params: old.params.clone(),
+        max_attempts: Some(old.max_attempts),
+        deadline_seconds: old.deadline_seconds,
+    };
+    let (_, Json(job)) =
+        jobs::create(State(state), session.caller(), HeaderMap::new(), Json(spec)).await.map_err(fail)?;
+    Ok(see_other(&job_url(&job.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_read_as_people_write_them() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(seconds(59), "59 s");
+        assert_eq!(seconds(61), "1 min 1 s");
+        assert_eq!(seconds(7322), "2 h 2 min");
+    }
+
+    #[test]
+    fn what_a_user_names_is_escaped() {
+        let page = html! { td { ("<img src=x onerror=alert(1)>") } }.into_string();
+        assert_eq!(page, "<td>&lt;img src=x onerror=alert(1)&gt;</td>");
+    }
+}
