@@ -82,14 +82,19 @@ impl Page {
         self.send(req.header("content-type", "application/x-www-form-urlencoded").body(body)).await
     }
 
-    /// Log in with `token`; returns the session's cookie header and the page's CSRF token.
-    async fn login(&self, token: &str) -> (String, String) {
+    /// Post the login form with `token`.
+    async fn post_login(&self, token: &str) -> Answer {
         let form = self.get("/login", "").await;
         assert_eq!(form.status, StatusCode::OK);
         let login_csrf = form.cookie("bst_login");
         assert_eq!(form.hidden("login_csrf"), login_csrf);
         let cookies = format!("bst_login={login_csrf}");
-        let done = self.post("/login", &cookies, None, &[("token", token), ("login_csrf", &login_csrf)]).await;
+        self.post("/login", &cookies, None, &[("token", token), ("login_csrf", &login_csrf)]).await
+    }
+
+    /// Log in with `token`; returns the session's cookie header and the page's CSRF token.
+    async fn login(&self, token: &str) -> (String, String) {
+        let done = self.post_login(token).await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
         assert_eq!(done.location(), "/");
         let session = format!("bst_session={}", done.cookie("bst_session"));
@@ -114,12 +119,10 @@ async fn a_session_is_a_strict_http_only_cookie_that_logout_ends_on_the_server()
     assert_eq!(first.location(), "/login");
     let jobs = page.get("/jobs", "").await;
     assert_eq!(jobs.location(), "/login");
+    assert_eq!(page.get("/live/running", "").await.status, StatusCode::UNAUTHORIZED, "the script's endpoint");
 
     // A wrong token is refused on the form; the login form's CSRF value is required.
-    let form = page.get("/login", "").await;
-    let login_csrf = form.cookie("bst_login");
-    let cookies = format!("bst_login={login_csrf}");
-    let wrong = page.post("/login", &cookies, None, &[("token", "bst_wrong"), ("login_csrf", &login_csrf)]).await;
+    let wrong = page.post_login("bst_wrong").await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.body.contains("not valid"), "{}", wrong.body);
     let forged = page.post("/login", "", None, &[("token", &admin), ("login_csrf", "guessed")]).await;
@@ -129,11 +132,7 @@ async fn a_session_is_a_strict_http_only_cookie_that_logout_ends_on_the_server()
     let (session, csrf) = page.login(&admin).await;
     let done = page.get("/", &session).await;
     assert!(!done.body.contains(&admin), "the token never appears in a page");
-    let form = page.get("/login", "").await;
-    let login_csrf = form.cookie("bst_login");
-    let cookies = format!("bst_login={login_csrf}");
-    let answer = page.post("/login", &cookies, None, &[("token", &admin), ("login_csrf", &login_csrf)]).await;
-    let set = answer.set_cookie("bst_session");
+    let set = page.post_login(&admin).await.set_cookie("bst_session");
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
         assert!(set.contains(flag), "{flag} in {set}");
     }
@@ -181,12 +180,7 @@ async fn a_session_is_a_strict_http_only_cookie_that_logout_ends_on_the_server()
         api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "w", "role": "worker"}))).await,
     )
     .unwrap();
-    let form = page.get("/login", "").await;
-    let login_csrf = form.cookie("bst_login");
-    let cookies = format!("bst_login={login_csrf}");
-    let refused =
-        page.post("/login", &cookies, None, &[("token", worker.secret.expose()), ("login_csrf", &login_csrf)]).await;
-    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(page.post_login(worker.secret.expose()).await.status, StatusCode::FORBIDDEN);
 
     // The login is in the audit trail.
     let audit = api.ok("get", "/api/v1/audit", &admin, None).await;

@@ -120,9 +120,19 @@ impl FromRequestParts<AppState> for UiSession {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<UiSession, NoSession> {
         state.metrics.request();
-        let page = parts.method == Method::GET;
+        // A page sends the browser to the login form; the live endpoints
+        // (read by the pages' script) and forms answer 401.
+        let path = parts.uri.path();
+        let page = parts.method == Method::GET && !(path.starts_with("/live/") || path.ends_with("/live"));
         let Some(secret) = cookie(&parts.headers, SESSION_COOKIE) else {
-            return Err(if page { NoSession::Login } else { NoSession::Refused(ApiError::unauthorized()) });
+            return Err(if page {
+                NoSession::Login
+            } else {
+                NoSession::Refused(ApiError::new(
+                    backstop_types::ErrorCode::Unauthorized,
+                    "log in first: there is no session (or the request came from another site)",
+                ))
+            });
         };
         match state.catalog.session(secret, now_ms()).await {
             Ok(Some(session)) => Ok(UiSession { session, secret: secret.to_string() }),

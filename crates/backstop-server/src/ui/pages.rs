@@ -239,11 +239,16 @@ fn login_page(error: Option<&str>, login_csrf: &str) -> Markup {
     )
 }
 
-pub async fn login_form(State(state): State<AppState>) -> Response {
+/// The login form (with `error` above it), and its fresh CSRF cookie.
+fn login_answer(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
     let value = super::random_hex();
-    let mut response = Html(login_page(None, &value).into_string()).into_response();
-    response.headers_mut().append(header::SET_COOKIE, login_cookie(&state, Some(&value)));
+    let mut response = (status, Html(login_page(error, &value).into_string())).into_response();
+    response.headers_mut().append(header::SET_COOKIE, login_cookie(state, Some(&value)));
     response
+}
+
+pub async fn login_form(State(state): State<AppState>) -> Response {
+    login_answer(&state, StatusCode::OK, None)
 }
 
 #[derive(Deserialize)]
@@ -255,12 +260,7 @@ pub struct LoginForm {
 }
 
 pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
-    let again = |status: StatusCode, message: &str| {
-        let value = super::random_hex();
-        let mut response = (status, Html(login_page(Some(message), &value).into_string())).into_response();
-        response.headers_mut().append(header::SET_COOKIE, login_cookie(&state, Some(&value)));
-        response
-    };
+    let again = |status: StatusCode, message: &str| login_answer(&state, status, Some(message));
     let expected = cookie(&headers, super::LOGIN_COOKIE).unwrap_or_default();
     if super::same_origin(&headers).is_err() || expected.is_empty() || !super::same_secret(expected, &form.login_csrf) {
         return again(StatusCode::FORBIDDEN, "The login form expired or came from another site; try again.");
