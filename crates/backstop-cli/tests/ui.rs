@@ -132,8 +132,15 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     assert!(!browser.source().contains(&site.admin), "the token is not in the page");
     assert!(!browser.url().contains("bst_"), "nor in the address");
 
+    // The plan has never run; "Run now" makes its job and shows its page.
+    browser.goto(&site.url("/plans"));
+    assert!(browser.text("tr[data-plan=nightly]").contains("never"));
+    browser.click("tr[data-plan=nightly] button[name=run]");
+    browser.wait_until("the new job's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
+    let id = browser.attribute(&browser.find("#job"), "data-job").expect("the job's id");
+    assert_eq!(site.job(&id)["kind"], "backup");
+    browser.goto(&site.url("/"));
     // 24 MiB at 2 MiB/s: about twelve seconds of backup to watch.
-    let id = site.run("nightly");
     let _worker = site.worker(Some(2048));
     // The dashboard notices the running job by itself (it reloads when the set changes).
     let row = format!("#running tr[data-job='{id}'] progress");
@@ -167,6 +174,11 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     assert!(result.contains("snapshot_id"), "{result}");
     assert_eq!(site.job(&id)["state"], "succeeded");
     browser.screenshot(&screenshots().join("job-succeeded.png"));
+
+    // The plan's last backup is the one that ran.
+    browser.goto(&site.url("/plans"));
+    assert!(browser.text("tr[data-plan=nightly]").contains("succeeded"));
+    browser.screenshot(&screenshots().join("plans.png"));
 
     // The jobs list finds it by its filters.
     browser.goto(&site.url("/jobs?state=succeeded&kind=backup"));

@@ -218,6 +218,11 @@ async fn pages_act_with_the_sessions_role_and_see_only_its_tenant() {
     assert_eq!(seen.status, StatusCode::OK);
     assert!(seen.body.contains(&job.id) && !seen.body.contains("/cancel"), "{}", seen.body);
     assert_eq!(page.post(&cancel, &session, None, &[("csrf", &csrf)]).await.status, StatusCode::FORBIDDEN);
+    let plans = page.get("/plans", &session).await;
+    assert_eq!(plans.status, StatusCode::OK);
+    assert!(plans.body.contains("No plan yet") && !plans.body.contains("Run now"), "{}", plans.body);
+    let run = page.post("/plans/nightly/run", &session, None, &[("csrf", &csrf)]).await;
+    assert_eq!(run.status, StatusCode::FORBIDDEN, "a viewer cannot run a plan");
 
     // Another tenant's session: the job is not found on any page.
     let (session_b, csrf_b) = page.login(other.secret.expose()).await;

@@ -198,6 +198,11 @@ impl Browser {
         self.must("GET", &format!("/element/{}/property/{name}", e.0), None)
     }
 
+    /// An HTML attribute of an element, if it has it.
+    pub fn attribute(&self, e: &Element, name: &str) -> Option<String> {
+        self.must("GET", &format!("/element/{}/attribute/{name}", e.0), None).as_str().map(str::to_string)
+    }
+
     pub fn click(&self, css: &str) {
         let e = self.find(css);
         self.must("POST", &format!("/element/{}/click", e.0), Some(json!({})));

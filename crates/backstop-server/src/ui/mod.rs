@@ -50,6 +50,8 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(pages::cancel))
         .route("/jobs/{id}/rerun", post(pages::rerun))
         .route("/jobs/{id}/live", get(pages::live))
+        .route("/plans", get(pages::plans))
+        .route("/plans/{id}/run", post(pages::run_plan))
         .route("/live/running", get(pages::running))
         .route("/assets/{name}", get(assets::serve))
         .layer(axum::middleware::map_response(secure_headers))

@@ -65,6 +65,7 @@ fn layout(title: &str, session: Option<&UiSession>, body: Markup) -> Markup {
                         nav {
                             a href="/" { "Dashboard" }
                             a href="/jobs" { "Jobs" }
+                            a href="/plans" { "Plans" }
                         }
                         span.who {
                             (s.session.token.name) " · " (s.session.token.role.as_str()) " · tenant " (s.session.token.tenant)
@@ -519,6 +520,86 @@ pub async fn job(State(state): State<AppState>, session: UiSession, Path(id): Pa
         }
     };
     Ok(render(&format!("Job {}", job.id), &session, body))
+}
+
+// ---- plans --------------------------------------------------------------
+
+pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageResult {
+    let mut all = Vec::new();
+    let mut cursor = None;
+    for _ in 0..NAME_PAGES {
+        let q = plans::ListQuery { repository: None, cursor: cursor.take(), limit: Some(1000) };
+        let Json(page) = plans::list(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+        all.extend(page.items);
+        let Some(next) = page.next_cursor else { break };
+        cursor = Some(next);
+    }
+    // The newest backup of each plan, from the newest thousand backups.
+    let recent = ListQuery {
+        state: None,
+        kind: Some(JobKind::Backup),
+        plan: None,
+        repository: None,
+        cursor: None,
+        limit: Some(1000),
+    };
+    let mut last: HashMap<String, Job> = HashMap::new();
+    for job in list_jobs(&state, &session, recent).await?.items {
+        if let Some(plan) = job.plan.clone() {
+            last.entry(plan).or_insert(job);
+        }
+    }
+    let names = Names::load(&state, &session).await?;
+    let operator = session.may(Role::Operator);
+    let body = html! {
+        h1 { "Plans" }
+        @if all.is_empty() {
+            p.empty { "No plan yet: " code { "backstop plans put PLAN.json" } " makes one." }
+        } @else {
+            table.plans {
+                thead { tr { th { "Plan" } th { "Source" } th { "Repository" } th { "Schedule" } th { "Next run" } th { "Last backup" } th { "" } } }
+                tbody {
+                    @for plan in &all {
+                        tr data-plan=(plan.name) {
+                            td { (plan.name) @if !plan.enabled { " " span.state { "disabled" } } }
+                            td { (names.of(Some(&plan.source))) }
+                            td { (names.of(Some(&plan.repository))) }
+                            td { (plan.schedule.as_deref().unwrap_or("on demand")) " (" (plan.timezone) ")" }
+                            td { (plan.next_fire.as_ref().map(when).unwrap_or_else(|| "–".into())) }
+                            td {
+                                @if let Some(job) = last.get(&plan.id) {
+                                    a href=(job_url(&job.id)) { (state_badge(job.state)) } " " (ago(&job.created))
+                                } @else {
+                                    span.error { "never" }
+                                }
+                            }
+                            td {
+                                @if operator {
+                                    form.inline method="post" action={ "/plans/" (urlencode(&plan.id)) "/run" } {
+                                        input type="hidden" name="csrf" value=(session.session.csrf);
+                                        button type="submit" name="run" { "Run now" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(render("Plans", &session, body))
+}
+
+pub async fn run_plan(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> PageResult {
+    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
+    let (_, Json(job)) = plans::run(State(state), session.caller(), Path(id), HeaderMap::new()).await.map_err(fail)?;
+    Ok(see_other(&job_url(&job.id)))
 }
 
 /// The running jobs as the API lists them, for the dashboard's live bars.
