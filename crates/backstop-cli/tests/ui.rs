@@ -129,6 +129,8 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     login(&browser, &site, &site.admin);
     browser.screenshot(&screenshots().join("login-dashboard-empty.png"));
     assert!(browser.text("#running").contains("Nothing is running"));
+    let unprotected = browser.text("#protection");
+    assert!(unprotected.contains("(1 of 1)") && unprotected.contains("data"), "{unprotected}");
     assert!(!browser.source().contains(&site.admin), "the token is not in the page");
     assert!(!browser.url().contains("bst_"), "nor in the address");
 
@@ -175,10 +177,17 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     assert_eq!(site.job(&id)["state"], "succeeded");
     browser.screenshot(&screenshots().join("job-succeeded.png"));
 
-    // The plan's last backup is the one that ran.
+    // The plan's last backup is the one that ran, and its source is protected now.
     browser.goto(&site.url("/plans"));
     assert!(browser.text("tr[data-plan=nightly]").contains("succeeded"));
     browser.screenshot(&screenshots().join("plans.png"));
+    browser.goto(&site.url("/sources"));
+    assert!(browser.try_find("tr[data-source=data]").is_some());
+    assert!(browser.try_find("tr.unprotected[data-source=data]").is_none(), "backed up: not flagged");
+    assert!(browser.text("tr[data-source=data]").contains("ago"));
+    browser.screenshot(&screenshots().join("sources.png"));
+    browser.goto(&site.url("/"));
+    assert!(browser.text("#protection").contains("(0 of 1)"));
 
     // The jobs list finds it by its filters.
     browser.goto(&site.url("/jobs?state=succeeded&kind=backup"));
@@ -212,6 +221,7 @@ fn a_failing_job_shows_its_error_on_the_dashboard_and_a_running_one_is_cancelled
     let row = browser.text(&format!("#failures tr[data-job='{failed}']"));
     assert!(row.contains("<img src=x onerror=alert(1)>"), "the error, as text: {row}");
     assert!(browser.find_all("main img").is_empty(), "no markup from the error became an element");
+    assert!(browser.try_find("#protection tr.unprotected[data-source=lost]").is_some(), "a failed source stands out");
     browser.screenshot(&screenshots().join("dashboard-failure.png"));
 
     let id = site.run("nightly");

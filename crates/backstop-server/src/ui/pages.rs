@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use axum::http::header::{self, HeaderMap};
 use axum::response::{Html, IntoResponse, Response};
 use backstop_catalog::now_ms;
-use backstop_types::{EventKind, Job, JobEvent, JobKind, JobProgress, JobSpec, JobState, Page, Role};
+use backstop_types::{
+    EventKind, Job, JobEvent, JobKind, JobProgress, JobSpec, JobState, Page, Plan, Repository, Role, Source,
+};
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
@@ -66,6 +68,7 @@ fn layout(title: &str, session: Option<&UiSession>, body: Markup) -> Markup {
                             a href="/" { "Dashboard" }
                             a href="/jobs" { "Jobs" }
                             a href="/plans" { "Plans" }
+                            a href="/sources" { "Sources" }
                         }
                         span.who {
                             (s.session.token.name) " · " (s.session.token.role.as_str()) " · tenant " (s.session.token.tenant)
@@ -82,44 +85,70 @@ fn layout(title: &str, session: Option<&UiSession>, body: Markup) -> Markup {
     }
 }
 
-// ---- names --------------------------------------------------------------
+// ---- what the session may see -------------------------------------------
+
+/// Pages of up to 1000 read of a list, at most.
+const LIST_PAGES: usize = 10;
+
+/// Every page of an API list, read with `fetch(cursor)` (at most [`LIST_PAGES`]).
+async fn every<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, Response>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = crate::error::ApiResult<Json<Page<T>>>>,
+{
+    let mut all = Vec::new();
+    let mut cursor = None;
+    for _ in 0..LIST_PAGES {
+        let Json(page) = fetch(cursor.take()).await.map_err(fail)?;
+        all.extend(page.items);
+        let Some(next) = page.next_cursor else { break };
+        cursor = Some(next);
+    }
+    Ok(all)
+}
+
+/// The repositories, sources and plans the session may see.
+struct Catalogue {
+    repositories: Vec<Repository>,
+    sources: Vec<Source>,
+    plans: Vec<Plan>,
+}
+
+impl Catalogue {
+    async fn load(state: &AppState, session: &UiSession) -> Result<Catalogue, Response> {
+        let repositories = every(|cursor| {
+            let q = RepositoryQuery { region: None, cursor, limit: Some(1000) };
+            resources::list_repositories(State(state.clone()), session.caller(), Query(q))
+        })
+        .await?;
+        let sources = every(|cursor| {
+            let q = SourceQuery { kind: None, host: None, cursor, limit: Some(1000) };
+            resources::list_sources(State(state.clone()), session.caller(), Query(q))
+        })
+        .await?;
+        let plans = every(|cursor| {
+            let q = plans::ListQuery { repository: None, cursor, limit: Some(1000) };
+            plans::list(State(state.clone()), session.caller(), Query(q))
+        })
+        .await?;
+        Ok(Catalogue { repositories, sources, plans })
+    }
+
+    fn names(&self) -> Names {
+        let repositories = self.repositories.iter().map(|r| (r.id.clone(), r.name.clone()));
+        let sources = self.sources.iter().map(|s| (s.id.clone(), s.name.clone()));
+        let plans = self.plans.iter().map(|p| (p.id.clone(), p.name.clone()));
+        Names(repositories.chain(sources).chain(plans).collect())
+    }
+}
 
 /// The names of the repositories, plans and sources the session may see,
 /// by id: jobs name them by id.
-#[derive(Default)]
 struct Names(HashMap<String, String>);
-
-/// Pages of up to 1000 read for names, at most.
-const NAME_PAGES: usize = 10;
 
 impl Names {
     async fn load(state: &AppState, session: &UiSession) -> Result<Names, Response> {
-        let mut names = HashMap::new();
-        let mut cursor = None;
-        for _ in 0..NAME_PAGES {
-            let q = RepositoryQuery { region: None, cursor: cursor.take(), limit: Some(1000) };
-            let Json(page) =
-                resources::list_repositories(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
-            names.extend(page.items.into_iter().map(|r| (r.id, r.name)));
-            let Some(next) = page.next_cursor else { break };
-            cursor = Some(next);
-        }
-        for _ in 0..NAME_PAGES {
-            let q = SourceQuery { kind: None, host: None, cursor: cursor.take(), limit: Some(1000) };
-            let Json(page) =
-                resources::list_sources(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
-            names.extend(page.items.into_iter().map(|s| (s.id, s.name)));
-            let Some(next) = page.next_cursor else { break };
-            cursor = Some(next);
-        }
-        for _ in 0..NAME_PAGES {
-            let q = plans::ListQuery { repository: None, cursor: cursor.take(), limit: Some(1000) };
-            let Json(page) = plans::list(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
-            names.extend(page.items.into_iter().map(|p| (p.id, p.name)));
-            let Some(next) = page.next_cursor else { break };
-            cursor = Some(next);
-        }
-        Ok(Names(names))
+        Ok(Catalogue::load(state, session).await?.names())
     }
 
     /// The name of the object with this id (the id itself if it is gone).
@@ -129,6 +158,52 @@ impl Names {
             None => "–",
         }
     }
+}
+
+/// The newest succeeded job of `kind` of each key `key_of` gives, among the newest thousand.
+async fn newest(
+    state: &AppState,
+    session: &UiSession,
+    kind: JobKind,
+    key_of: impl Fn(&Job) -> Option<String>,
+) -> Result<HashMap<String, Job>, Response> {
+    let q = ListQuery { kind: Some(kind), ..only(JobState::Succeeded, 1000) };
+    let mut newest = HashMap::new();
+    for job in list_jobs(state, session, q).await?.items {
+        if let Some(key) = key_of(&job) {
+            newest.entry(key).or_insert(job);
+        }
+    }
+    Ok(newest)
+}
+
+/// How well a source is protected.
+struct Protection<'a> {
+    source: &'a Source,
+    plans: Vec<&'a Plan>,
+    last_backup: Option<&'a Job>,
+    last_verify: Option<&'a Job>,
+    next_run: Option<DateTime<Utc>>,
+}
+
+fn protection<'a>(
+    catalogue: &'a Catalogue,
+    backups: &'a HashMap<String, Job>,
+    verifies: &'a HashMap<String, Job>,
+) -> Vec<Protection<'a>> {
+    let mut all: Vec<Protection> = catalogue
+        .sources
+        .iter()
+        .map(|source| {
+            let plans: Vec<&Plan> = catalogue.plans.iter().filter(|p| p.source == source.id).collect();
+            let last_verify = plans.iter().filter_map(|p| verifies.get(&p.id)).max_by_key(|j| j.finished);
+            let next_run = plans.iter().filter(|p| p.enabled).filter_map(|p| p.next_fire).min();
+            Protection { source, last_backup: backups.get(&source.id), last_verify, next_run, plans }
+        })
+        .collect();
+    // Sources never backed up first, then the longest without a backup.
+    all.sort_by_key(|p| (p.last_backup.is_some(), p.last_backup.and_then(|j| j.finished), p.source.name.clone()));
+    all
 }
 
 // ---- formatting ---------------------------------------------------------
@@ -343,7 +418,12 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
         failures.extend(page.items.into_iter().filter(|j| j.finished.is_some_and(|f| f > day_ago)));
     }
     failures.sort_by_key(|j| std::cmp::Reverse(j.finished));
-    let names = Names::load(&state, &session).await?;
+    let catalogue = Catalogue::load(&state, &session).await?;
+    let names = catalogue.names();
+    let backups = newest(&state, &session, JobKind::Backup, |j| j.source.clone()).await?;
+    let verifies = newest(&state, &session, JobKind::Verify, |j| j.plan.clone()).await?;
+    let sources = protection(&catalogue, &backups, &verifies);
+    let unprotected: Vec<&Protection> = sources.iter().filter(|p| p.last_backup.is_none()).collect();
     let body = html! {
         h1 { "Dashboard" }
         section #running data-live-list {
@@ -357,6 +437,15 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
         section #queue {
             h2 { "Queued (" (queued.items.len()) ")" }
             (job_table(&queued.items, &names, "The queue is empty."))
+        }
+        section #protection {
+            h2 { "Sources without a successful backup (" (unprotected.len()) " of " (sources.len()) ")" }
+            @if unprotected.is_empty() {
+                p.empty { "Every source has a successful backup. " a href="/sources" { "All sources →" } }
+            } @else {
+                (protection_table(&unprotected))
+                p { a href="/sources" { "All sources →" } }
+            }
         }
     };
     Ok(render("Dashboard", &session, body))
@@ -525,31 +614,9 @@ pub async fn job(State(state): State<AppState>, session: UiSession, Path(id): Pa
 // ---- plans --------------------------------------------------------------
 
 pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageResult {
-    let mut all = Vec::new();
-    let mut cursor = None;
-    for _ in 0..NAME_PAGES {
-        let q = plans::ListQuery { repository: None, cursor: cursor.take(), limit: Some(1000) };
-        let Json(page) = plans::list(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
-        all.extend(page.items);
-        let Some(next) = page.next_cursor else { break };
-        cursor = Some(next);
-    }
-    // The newest backup of each plan, from the newest thousand backups.
-    let recent = ListQuery {
-        state: None,
-        kind: Some(JobKind::Backup),
-        plan: None,
-        repository: None,
-        cursor: None,
-        limit: Some(1000),
-    };
-    let mut last: HashMap<String, Job> = HashMap::new();
-    for job in list_jobs(&state, &session, recent).await?.items {
-        if let Some(plan) = job.plan.clone() {
-            last.entry(plan).or_insert(job);
-        }
-    }
-    let names = Names::load(&state, &session).await?;
+    let catalogue = Catalogue::load(&state, &session).await?;
+    let last = newest(&state, &session, JobKind::Backup, |j| j.plan.clone()).await?;
+    let (all, names) = (&catalogue.plans, catalogue.names());
     let operator = session.may(Role::Operator);
     let body = html! {
         h1 { "Plans" }
@@ -557,9 +624,9 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
             p.empty { "No plan yet: " code { "backstop plans put PLAN.json" } " makes one." }
         } @else {
             table.plans {
-                thead { tr { th { "Plan" } th { "Source" } th { "Repository" } th { "Schedule" } th { "Next run" } th { "Last backup" } th { "" } } }
+                thead { tr { th { "Plan" } th { "Source" } th { "Repository" } th { "Schedule" } th { "Next run" } th { "Last successful backup" } th { "" } } }
                 tbody {
-                    @for plan in &all {
+                    @for plan in all {
                         tr data-plan=(plan.name) {
                             td { (plan.name) @if !plan.enabled { " " span.state { "disabled" } } }
                             td { (names.of(Some(&plan.source))) }
@@ -570,7 +637,7 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
                                 @if let Some(job) = last.get(&plan.id) {
                                     a href=(job_url(&job.id)) { (state_badge(job.state)) } " " (ago(&job.created))
                                 } @else {
-                                    span.error { "never" }
+                                    span.error { "never succeeded" }
                                 }
                             }
                             td {
@@ -588,6 +655,58 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
         }
     };
     Ok(render("Plans", &session, body))
+}
+
+// ---- sources ------------------------------------------------------------
+
+fn protection_table(rows: &[&Protection]) -> Markup {
+    html! {
+        table.sources {
+            thead { tr { th { "Source" } th { "Kind" } th { "Host" } th { "Plans" } th { "Last successful backup" } th { "Last verify" } th { "Next run" } } }
+            tbody {
+                @for p in rows {
+                    tr data-source=(p.source.name) class=[p.last_backup.is_none().then_some("unprotected")] {
+                        td { (p.source.name) }
+                        td { (p.source.kind.as_str()) }
+                        td { (p.source.host.as_deref().unwrap_or("–")) }
+                        td {
+                            @if p.plans.is_empty() { span.error { "no plan" } }
+                            @for (i, plan) in p.plans.iter().enumerate() { @if i > 0 { ", " } (plan.name) }
+                        }
+                        td {
+                            @match p.last_backup {
+                                Some(job) => { a href=(job_url(&job.id)) { (job.finished.as_ref().map(ago).unwrap_or_default()) } }
+                                None => { strong.error { "never" } }
+                            }
+                        }
+                        td {
+                            @match p.last_verify {
+                                Some(job) => { a href=(job_url(&job.id)) { (job.finished.as_ref().map(ago).unwrap_or_default()) } }
+                                None => { "–" }
+                            }
+                        }
+                        td { (p.next_run.as_ref().map(when).unwrap_or_else(|| "–".into())) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn sources(State(state): State<AppState>, session: UiSession) -> PageResult {
+    let catalogue = Catalogue::load(&state, &session).await?;
+    let backups = newest(&state, &session, JobKind::Backup, |j| j.source.clone()).await?;
+    let verifies = newest(&state, &session, JobKind::Verify, |j| j.plan.clone()).await?;
+    let rows = protection(&catalogue, &backups, &verifies);
+    let body = html! {
+        h1 { "Sources" }
+        @if rows.is_empty() {
+            p.empty { "No source yet: " code { "backstop sources add NAME --path DIR" } " registers one." }
+        } @else {
+            (protection_table(&rows.iter().collect::<Vec<_>>()))
+        }
+    };
+    Ok(render("Sources", &session, body))
 }
 
 pub async fn run_plan(
