@@ -2,7 +2,7 @@
 //! can carry one — a repository's password and S3 keys, a database
 //! source's password, a cluster token, API tokens, the webhook key — and
 //! then every API response, every job event, the audit trail, the metrics,
-//! the webhook posts, everything `backstop serve` printed and every file of
+//! every page of the web UI, the webhook posts, everything `backstop serve` printed and every file of
 //! its data directory and of the S3 store are searched for them.
 
 use std::io::{Read, Write};
@@ -54,6 +54,40 @@ impl Api {
         let (status, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
         assert!((200..300).contains(&status), "{path}: {status} {v}");
         v
+    }
+
+    /// Log in to the web UI with this client's token: the session's cookie.
+    async fn ui_login(&self) -> String {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let form = http.get(format!("{}/login", self.base)).send().await.unwrap();
+        let cookie = |resp: &reqwest::Response, name: &str| {
+            resp.headers()
+                .get_all("set-cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .find_map(|v| v.strip_prefix(&format!("{name}=")).and_then(|v| v.split(';').next()))
+                .map(str::to_string)
+                .unwrap_or_else(|| panic!("no {name} cookie"))
+        };
+        let login = cookie(&form, "bst_login");
+        let done = http
+            .post(format!("{}/login", self.base))
+            .header("cookie", format!("bst_login={login}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={}&login_csrf={login}", self.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status().as_u16(), 303, "the UI login");
+        format!("bst_session={}", cookie(&done, "bst_session"))
+    }
+
+    /// A page of the web UI, as the session `cookie` sees it (kept in `seen`).
+    async fn ui_page(&self, path: &str, cookie: &str) {
+        let resp = self.http.get(format!("{}{path}", self.base)).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "UI page {path}");
+        let text = resp.text().await.unwrap();
+        self.seen.0.lock().unwrap().push(format!("UI {path}: {text}"));
     }
 
     async fn wait(&self, job: &str) -> Value {
@@ -213,6 +247,13 @@ async fn no_planted_secret_shows_up_in_any_response_log_event_metric_or_file() {
         for job in &jobs {
             api.get(&format!("/api/v1/jobs/{job}")).await;
             api.get(&format!("/api/v1/jobs/{job}/events")).await;
+        }
+        let session = api.ui_login().await;
+        for path in ["/", "/jobs", "/plans", "/sources", "/live/running"] {
+            api.ui_page(path, &session).await;
+        }
+        for job in &jobs {
+            api.ui_page(&format!("/jobs/{job}"), &session).await;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(20);
