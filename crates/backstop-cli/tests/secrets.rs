@@ -249,7 +249,7 @@ async fn no_planted_secret_shows_up_in_any_response_log_event_metric_or_file() {
             api.get(&format!("/api/v1/jobs/{job}/events")).await;
         }
         let session = api.ui_login().await;
-        for path in ["/", "/jobs", "/plans", "/sources", "/live/running"] {
+        for path in ["/", "/jobs", "/plans", "/sources", "/snapshots", "/live/running"] {
             api.ui_page(path, &session).await;
         }
         for job in &jobs {

@@ -189,6 +189,15 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     browser.goto(&site.url("/"));
     assert!(browser.text("#protection").contains("(0 of 1)"));
 
+    // Its snapshot is listed, and the filters narrow the list.
+    let snapshot = site.job(&id)["result"]["snapshot_id"].as_str().unwrap().to_string();
+    browser.goto(&site.url("/snapshots"));
+    let row = browser.text(&format!("tr[data-snapshot='{snapshot}']"));
+    assert!(row.contains("nightly") && row.contains("main") && row.contains("24.0 MiB"), "{row}");
+    browser.screenshot(&screenshots().join("snapshots.png"));
+    browser.goto(&site.url("/snapshots?plan=nightly&host=elsewhere"));
+    assert!(browser.text("main").contains("No snapshot matches"));
+
     // The jobs list finds it by its filters.
     browser.goto(&site.url("/jobs?state=succeeded&kind=backup"));
     assert!(browser.try_find(&format!("tr[data-job='{id}']")).is_some());

@@ -227,7 +227,7 @@ async fn pages_act_with_the_sessions_role_and_see_only_its_tenant() {
     // Another tenant's session: the job is not found on any page.
     let (session_b, csrf_b) = page.login(other.secret.expose()).await;
     assert_eq!(page.get(&job_page, &session_b).await.status, StatusCode::NOT_FOUND);
-    for path in ["/", "/jobs", "/jobs?state=queued", "/live/running", "/plans", "/sources"] {
+    for path in ["/", "/jobs", "/jobs?state=queued", "/live/running", "/plans", "/sources", "/snapshots"] {
         let seen = page.get(path, &session_b).await;
         assert_eq!(seen.status, StatusCode::OK, "{path}");
         assert!(!seen.body.contains(&job.id), "{path} shows another tenant's job");

@@ -52,6 +52,7 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/live", get(pages::live))
         .route("/plans", get(pages::plans))
         .route("/sources", get(pages::sources))
+        .route("/snapshots", get(pages::snapshots))
         .route("/plans/{id}/run", post(pages::run_plan))
         .route("/live/running", get(pages::running))
         .route("/assets/{name}", get(assets::serve))

@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::extract::{Json, Query};
 use crate::handlers::jobs::{self, EventsQuery, ListQuery};
 use crate::handlers::plans;
-use crate::handlers::resources::{self, RepositoryQuery, SourceQuery};
+use crate::handlers::resources::{self, RepositoryQuery, SnapshotQuery, SourceQuery};
 use crate::state::AppState;
 
 type PageResult = Result<Response, Response>;
@@ -69,6 +69,7 @@ fn layout(title: &str, session: Option<&UiSession>, body: Markup) -> Markup {
                             a href="/jobs" { "Jobs" }
                             a href="/plans" { "Plans" }
                             a href="/sources" { "Sources" }
+                            a href="/snapshots" { "Snapshots" }
                         }
                         span.who {
                             (s.session.token.name) " · " (s.session.token.role.as_str()) " · tenant " (s.session.token.tenant)
@@ -471,36 +472,44 @@ pub struct JobsQuery {
 
 impl JobsQuery {
     fn to_api(&self) -> Result<ListQuery, ApiError> {
-        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_string());
-        let state = match some(&self.state) {
+        let state = match given(&self.state) {
             Some(s) => Some(JobState::parse(&s).ok_or_else(|| ApiError::invalid(format!("no job state {s:?}")))?),
             None => None,
         };
-        let kind = match some(&self.kind) {
+        let kind = match given(&self.kind) {
             Some(k) => Some(JobKind::parse(&k).ok_or_else(|| ApiError::invalid(format!("no job kind {k:?}")))?),
             None => None,
         };
         Ok(ListQuery {
             state,
             kind,
-            plan: some(&self.plan),
-            repository: some(&self.repository),
-            cursor: some(&self.cursor),
+            plan: given(&self.plan),
+            repository: given(&self.repository),
+            cursor: given(&self.cursor),
             limit: Some(100),
         })
     }
 
     /// This query's string with `cursor` set to `next`.
     fn next(&self, next: &str) -> String {
-        format!(
-            "/jobs?state={}&kind={}&plan={}&repository={}&cursor={}",
-            urlencode(&self.state),
-            urlencode(&self.kind),
-            urlencode(&self.plan),
-            urlencode(&self.repository),
-            urlencode(next)
-        )
+        let q = [("state", &self.state), ("kind", &self.kind), ("plan", &self.plan), ("repository", &self.repository)];
+        query_url("/jobs", &q, next)
     }
+}
+
+/// A filter field as a browser's form sends it: empty means any.
+fn given(s: &str) -> Option<String> {
+    (!s.trim().is_empty()).then(|| s.trim().to_string())
+}
+
+/// `path?k=v&…&cursor=next`, every value percent-encoded.
+fn query_url(path: &str, fields: &[(&str, &String)], next: &str) -> String {
+    let mut url = format!("{path}?");
+    for (k, v) in fields {
+        url.push_str(&format!("{k}={}&", urlencode(v)));
+    }
+    url.push_str(&format!("cursor={}", urlencode(next)));
+    url
 }
 
 pub async fn jobs(State(state): State<AppState>, session: UiSession, Query(q): Query<JobsQuery>) -> PageResult {
@@ -609,6 +618,81 @@ pub async fn job(State(state): State<AppState>, session: UiSession, Path(id): Pa
         }
     };
     Ok(render(&format!("Job {}", job.id), &session, body))
+}
+
+// ---- snapshots ----------------------------------------------------------
+
+/// The snapshot list's filters as a browser's form sends them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsQuery {
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+/// A number from a snapshot's summary.
+fn summary_u64(info: &backstop_types::SnapshotInfo, key: &str) -> u64 {
+    info.summary.get(key).and_then(|v| v.as_u64()).unwrap_or(0)
+}
+
+pub async fn snapshots(
+    State(state): State<AppState>,
+    session: UiSession,
+    Query(q): Query<SnapshotsQuery>,
+) -> PageResult {
+    let api_q = SnapshotQuery {
+        repository: given(&q.repository),
+        plan: given(&q.plan),
+        host: given(&q.host),
+        cursor: given(&q.cursor),
+        limit: Some(100),
+    };
+    let Json(page) =
+        resources::list_snapshots(State(state.clone()), session.caller(), Query(api_q)).await.map_err(fail)?;
+    let names = Names::load(&state, &session).await?;
+    let body = html! {
+        h1 { "Snapshots" }
+        form.filters method="get" action="/snapshots" {
+            label { "Repository " input type="text" name="repository" value=(q.repository); }
+            label { "Plan " input type="text" name="plan" value=(q.plan); }
+            label { "Host " input type="text" name="host" value=(q.host); }
+            button type="submit" { "Filter" }
+        }
+        @if page.items.is_empty() {
+            p.empty { "No snapshot matches." }
+        } @else {
+            table.snapshots {
+                thead { tr { th { "Snapshot" } th { "Time" } th { "Host" } th { "Paths" } th { "Tags" } th { "Repository" } th { "Plan" } th { "Size" } th { "Added" } th { "Job" } } }
+                tbody {
+                    @for snap in &page.items {
+                        tr data-snapshot=(snap.info.id) {
+                            td title=(snap.info.id) { code { (snap.info.id.get(..8).unwrap_or(&snap.info.id)) } }
+                            td { (when(&snap.info.time)) }
+                            td { (snap.info.hostname) }
+                            td { @for p in &snap.info.paths { (p) br; } }
+                            td { (snap.info.tags.join(", ")) }
+                            td { (names.of(Some(&snap.repository))) }
+                            td { (names.of(snap.plan.as_deref())) }
+                            td { (bytes(summary_u64(&snap.info, "bytes_total"))) }
+                            td { (bytes(summary_u64(&snap.info, "bytes_added_stored"))) }
+                            td { @if let Some(job) = &snap.job { a href=(job_url(job)) { "job" } } }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &page.next_cursor {
+            @let fields = [("repository", &q.repository), ("plan", &q.plan), ("host", &q.host)];
+            p { a.next href=(query_url("/snapshots", &fields, next)) { "More snapshots →" } }
+        }
+    };
+    Ok(render("Snapshots", &session, body))
 }
 
 // ---- plans --------------------------------------------------------------
