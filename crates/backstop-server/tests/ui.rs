@@ -152,6 +152,14 @@ async fn a_session_is_a_strict_http_only_cookie_that_logout_ends_on_the_server()
     let asset = page.get(&format!("/assets/{css}"), "").await;
     assert_eq!(asset.status, StatusCode::OK);
     assert!(asset.headers["cache-control"].to_str().unwrap().contains("immutable"));
+    assert!(asset.headers.get("content-encoding").is_none(), "not compressed for a client that did not ask");
+    let url = format!("{}/assets/{css}", page.base);
+    let packed = page.http.get(&url).header("accept-encoding", "gzip, br, zstd").send().await.unwrap();
+    assert_eq!(packed.headers()["content-encoding"], "zstd");
+    let packed = packed.bytes().await.unwrap();
+    assert_eq!(zstd::bulk::decompress(&packed, 1 << 20).unwrap(), asset.body.as_bytes());
+    let packed = page.http.get(&url).header("accept-encoding", "gzip, deflate").send().await.unwrap();
+    assert_eq!(packed.headers()["content-encoding"], "deflate");
     assert_eq!(page.get("/assets/app.0000000000000000.css", "").await.status, StatusCode::NOT_FOUND);
 
     // A logout without the CSRF token, or from another site, is refused; with it the session ends on the server.
