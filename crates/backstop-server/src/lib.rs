@@ -180,7 +180,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
     f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io(format!("writing {}", path.display())))
 }
 
-fn random_hex(n: usize) -> String {
+/// `n` random bytes in hex.
+pub(crate) fn random_hex(n: usize) -> String {
     let mut bytes = vec![0u8; n];
     getrandom::fill(&mut bytes).expect("the OS random number generator works");
     bytes.iter().map(|b| format!("{b:02x}")).collect()

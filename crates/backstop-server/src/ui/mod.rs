@@ -18,8 +18,9 @@ mod pages;
 
 use std::time::Duration;
 
+use axum::Form;
 use axum::Router;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{self, HeaderMap, HeaderValue};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
@@ -51,9 +52,9 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/rerun", post(pages::rerun))
         .route("/jobs/{id}/live", get(pages::live))
         .route("/plans", get(pages::plans))
+        .route("/plans/{id}/run", post(pages::run_plan))
         .route("/sources", get(pages::sources))
         .route("/snapshots", get(pages::snapshots))
-        .route("/plans/{id}/run", post(pages::run_plan))
         .route("/live/running", get(pages::running))
         .route("/assets/{name}", get(assets::serve))
         .layer(axum::middleware::map_response(secure_headers))
@@ -164,13 +165,33 @@ fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     if own == Some(host) { Ok(()) } else { Err(ApiError::forbidden("a form of another site cannot act here")) }
 }
 
-/// Check a form's CSRF token against its session's (and its origin).
-fn check_csrf(session: &UiSession, headers: &HeaderMap, sent: &str) -> Result<(), ApiError> {
-    same_origin(headers)?;
-    if same_secret(sent, &session.session.csrf) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden("the form's CSRF token is missing or wrong; reload the page and try again"))
+/// The hidden field every state-changing form carries.
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A state-changing form of a logged-in browser: its session, once the
+/// form came from this site and carried the session's CSRF token. Every
+/// POST but the login's takes one, so no handler can forget the check.
+pub struct UiAction(pub UiSession);
+
+impl FromRequest<AppState> for UiAction {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<UiAction, Response> {
+        let (mut parts, body) = req.into_parts();
+        same_origin(&parts.headers).map_err(|e| pages::error_page(&e))?;
+        let session = UiSession::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
+        let Form(form) = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        if !same_secret(&form.csrf, &session.session.csrf) {
+            let e = ApiError::forbidden("the form's CSRF token is missing or wrong; reload the page and try again");
+            return Err(pages::error_page(&e));
+        }
+        Ok(UiAction(session))
     }
 }
 
@@ -200,13 +221,6 @@ fn login_cookie(state: &AppState, value: Option<&str>) -> HeaderValue {
     .expect("cookie values are ASCII")
 }
 
-/// A random value for a form.
-fn random_hex() -> String {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).expect("the OS random number generator works");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A redirect after a form (303: the browser follows with a GET).
 fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, HeaderValue::from_str(to).unwrap_or(HeaderValue::from_static("/")))])
@@ -218,17 +232,13 @@ fn job_url(id: &str) -> String {
     format!("/jobs/{}", urlencode(id))
 }
 
-/// A query string value, percent-encoded.
+/// What [`urlencode`] leaves as it is: RFC 3986's unreserved characters.
+const UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// A query string value or path segment, percent-encoded.
 fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
-use super::{UiSession, assets, check_csrf, cookie, job_url, login_cookie, see_other, session_cookie, urlencode};
-use crate::error::ApiError;
+use super::{UiAction, UiSession, assets, cookie, job_url, login_cookie, see_other, session_cookie, urlencode};
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
 use crate::handlers::jobs::{self, EventsQuery, ListQuery};
 use crate::handlers::plans;
@@ -318,7 +318,7 @@ fn login_page(error: Option<&str>, login_csrf: &str) -> Markup {
 
 /// The login form (with `error` above it), and its fresh CSRF cookie.
 fn login_answer(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
-    let value = super::random_hex();
+    let value = crate::random_hex(16);
     let mut response = (status, Html(login_page(error, &value).into_string())).into_response();
     response.headers_mut().append(header::SET_COOKIE, login_cookie(state, Some(&value)));
     response
@@ -375,21 +375,7 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form)
     response
 }
 
-#[derive(Deserialize)]
-pub struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
-pub async fn logout(
-    State(state): State<AppState>,
-    session: UiSession,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> Response {
-    if let Err(e) = check_csrf(&session, &headers, &form.csrf) {
-        return fail(e);
-    }
+pub async fn logout(State(state): State<AppState>, UiAction(session): UiAction) -> Response {
     if let Err(e) = state.catalog.end_session(&session.secret).await {
         return fail(e.into());
     }
@@ -795,22 +781,16 @@ pub async fn sources(State(state): State<AppState>, session: UiSession) -> PageR
 
 pub async fn run_plan(
     State(state): State<AppState>,
-    session: UiSession,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    UiAction(session): UiAction,
 ) -> PageResult {
-    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
     let (_, Json(job)) = plans::run(State(state), session.caller(), Path(id), HeaderMap::new()).await.map_err(fail)?;
     Ok(see_other(&job_url(&job.id)))
 }
 
 /// The running jobs as the API lists them, for the dashboard's live bars.
-pub async fn running(State(state): State<AppState>, session: UiSession) -> Response {
-    match jobs::list(State(state), session.caller(), Query(only(JobState::Running, 200))).await {
-        Ok(page) => page.into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn running(State(state): State<AppState>, session: UiSession) -> ApiResult<Json<Page<Job>>> {
+    jobs::list(State(state), session.caller(), Query(only(JobState::Running, 200))).await
 }
 
 pub async fn live(
@@ -819,33 +799,16 @@ pub async fn live(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Response {
-    match jobs::stream(State(state), session.caller(), Path(id), Query(q), headers).await {
-        Ok(sse) => sse.into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> impl IntoResponse {
+    jobs::stream(State(state), session.caller(), Path(id), Query(q), headers).await
 }
 
-pub async fn cancel(
-    State(state): State<AppState>,
-    session: UiSession,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> PageResult {
-    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>, UiAction(session): UiAction) -> PageResult {
     let Json(job) = jobs::cancel(State(state), session.caller(), Path(id)).await.map_err(fail)?;
     Ok(see_other(&job_url(&job.id)))
 }
 
-pub async fn rerun(
-    State(state): State<AppState>,
-    session: UiSession,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
-) -> PageResult {
-    check_csrf(&session, &headers, &form.csrf).map_err(fail)?;
+pub async fn rerun(State(state): State<AppState>, Path(id): Path<String>, UiAction(session): UiAction) -> PageResult {
     let Json(old) = jobs::get(State(state.clone()), session.caller(), Path(id)).await.map_err(fail)?;
     let spec = JobSpec {
         kind: old.kind,
