@@ -124,7 +124,7 @@ fn progress_value(browser: &Browser, css: &str) -> f64 {
 
 #[test]
 fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
-    let site = Site::start(24);
+    let site = Site::start(32);
     let browser = Browser::start();
     login(&browser, &site, &site.admin);
     browser.screenshot(&screenshots().join("login-dashboard-empty.png"));
@@ -141,10 +141,28 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     browser.wait_until("the new job's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
     let id = browser.attribute(&browser.find("#job"), "data-job").expect("the job's id");
     assert_eq!(site.job(&id)["kind"], "backup");
+
+    // The job's page, open while the job waits for a worker: its state, bar
+    // and log follow the event stream once one takes it. 32 MiB at 1 MiB/s
+    // is about thirty seconds of backup to watch; the source is read ahead
+    // of the uploads by a few MiB only, so the bar moves for most of them.
+    mark(&browser);
+    let bar = "#job [data-progress] progress";
+    let lines = browser.find_all("ol.events li").len();
+    let _worker = site.worker(Some(1024));
+    browser.wait_until("the job page's bar to move", WAIT, |b| progress_value(b, bar) > 0.0);
+    assert_eq!(browser.text("#job [data-field=state]"), "running");
+    let first = progress_value(&browser, bar);
+    browser.wait_until("the job page's bar to move on", WAIT, |b| progress_value(b, bar) > first);
+    assert!(marked(&browser), "live, not reloaded");
+    let facts = browser.text("#job dl.facts");
+    assert!(facts.contains("nightly") && facts.contains("data") && facts.contains("main"), "names, not ids: {facts}");
+    let moved_bytes = browser.text("#job [data-field=bytes]");
+    assert!(moved_bytes.contains(" of 32.0 MiB"), "{moved_bytes}");
+    browser.screenshot(&screenshots().join("job-running.png"));
+
+    // The dashboard shows it running, and its bar moves without reloading.
     browser.goto(&site.url("/"));
-    // 24 MiB at 2 MiB/s: about twelve seconds of backup to watch.
-    let _worker = site.worker(Some(2048));
-    // The dashboard notices the running job by itself (it reloads when the set changes).
     let row = format!("#running tr[data-job='{id}'] progress");
     browser.wait_until("the job running on the dashboard", WAIT, |b| progress_value(b, &row) > 0.0);
     mark(&browser);
@@ -152,20 +170,8 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     browser.wait_until("the dashboard's bar to move", WAIT, |b| progress_value(b, &row) > before);
     assert!(marked(&browser), "the bar moved without reloading the page");
     browser.screenshot(&screenshots().join("dashboard-running.png"));
-
-    // The job's page: the bar and the log follow the event stream.
     browser.click(&format!("#running tr[data-job='{id}'] a"));
     browser.wait_until("the job page", WAIT, |b| b.try_find("#job").is_some());
-    mark(&browser);
-    let bar = "#job [data-progress] progress";
-    let (first, lines) = (progress_value(&browser, bar), browser.find_all("ol.events li").len());
-    browser.wait_until("the job page's bar to move", WAIT, |b| progress_value(b, bar) > first);
-    assert!(marked(&browser), "live, not reloaded");
-    let facts = browser.text("#job dl.facts");
-    assert!(facts.contains("nightly") && facts.contains("data") && facts.contains("main"), "names, not ids: {facts}");
-    let moved_bytes = browser.text("#job [data-field=bytes]");
-    assert!(moved_bytes.contains(" of 24.0 MiB"), "{moved_bytes}");
-    browser.screenshot(&screenshots().join("job-running.png"));
 
     // At its end the page shows it succeeded, with its log and result.
     browser.wait_until("the job to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
@@ -193,7 +199,7 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     let snapshot = site.job(&id)["result"]["snapshot_id"].as_str().unwrap().to_string();
     browser.goto(&site.url("/snapshots"));
     let row = browser.text(&format!("tr[data-snapshot='{snapshot}']"));
-    assert!(row.contains("nightly") && row.contains("main") && row.contains("24.0 MiB"), "{row}");
+    assert!(row.contains("nightly") && row.contains("main") && row.contains("32.0 MiB"), "{row}");
     browser.screenshot(&screenshots().join("snapshots.png"));
     browser.goto(&site.url("/snapshots?plan=nightly&host=elsewhere"));
     assert!(browser.text("main").contains("No snapshot matches"));

@@ -315,7 +315,13 @@ async fn the_event_stream_follows_a_job_live_and_ends_with_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_a_running_job_stops_it_within_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    // Uploads held to 4 MiB/s: the ~66 MiB this stores would take over
+    // fifteen seconds, so the backup is still running when the cancel
+    // arrives however fast the machine reads and compresses (unthrottled,
+    // a fast machine finished it in under a second, before the cancel).
+    let mut config = config(dir.path());
+    config.worker_open_options.bandwidth = backstop_backend::Bandwidth::new(Some(4 << 20), None);
+    let running = backstop_server::start(config).await.unwrap();
     let admin = running.admin_token.clone().unwrap();
     let api = Api::new(&running);
     // Enough data that the backup is still running when the cancel arrives.
