@@ -54,6 +54,17 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "KIB_PER_SEC")]
     limit_download: Option<u64>,
 
+    /// Keep a local copy of the repository's index, snapshot manifests and
+    /// directory trees here (default: $XDG_CACHE_HOME/backstop, else
+    /// ~/.cache/backstop): on object storage a backup then fetches only
+    /// what changed since the last run. `check` and `repair` never use it.
+    #[arg(long, env = "BACKSTOP_CACHE_DIR", global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Use no local cache (read every index file and tree from the repository).
+    #[arg(long, global = true)]
+    no_cache: bool,
+
     /// Argon2id memory cost in KiB for new key slots (tests use a small one).
     #[arg(long, env = "BACKSTOP_KDF_MEMORY_KIB", global = true, hide = true)]
     kdf_memory_kib: Option<u32>,
@@ -106,7 +117,28 @@ impl Context {
         backstop_backend::open(location, &options).with_context(|| format!("cannot use repository {location}"))
     }
 
+    /// The repository, with its local cache unless `--no-cache` (see
+    /// [`Context::open_uncached`] for what must judge the stored objects).
     pub fn open(&self) -> Result<Repository> {
+        let repo = self.open_uncached()?;
+        let Some(base) = self.cache_dir(backstop_repo::cache::default_base()) else { return Ok(repo) };
+        match repo.open_cache(&base) {
+            Ok(cache) => Ok(repo.with_cache(cache)),
+            Err(e) => {
+                eprintln!("warning: no local cache ({}: {e}); reading everything from the repository", base.display());
+                Ok(repo)
+            }
+        }
+    }
+
+    /// Where the local caches are: `--cache-dir`, else `default`; none with `--no-cache`.
+    pub fn cache_dir(&self, default: Option<PathBuf>) -> Option<PathBuf> {
+        if self.args.no_cache { None } else { self.args.cache_dir.clone().or(default) }
+    }
+
+    /// The repository without a local cache: `check` and `repair` judge
+    /// what is stored, not a copy of it.
+    pub fn open_uncached(&self) -> Result<Repository> {
         let backend = self.backend()?;
         let password = self.password(false)?;
         Ok(Repository::open(backend, &password)?)

@@ -14,7 +14,8 @@
 //! prune run beside backups without a lock.
 //!
 //! Public modules, for the callers (CLI, packagers, worker): `backup`
-//! (pipeline, walker, packager source trees), `restore`, `ops` (check,
+//! (pipeline, walker, packager source trees), `cache` (the local copy of
+//! index files, manifests and tree packs), `restore`, `ops` (check,
 //! verify, forget, prune, repair, key, used), `repository`'s
 //! [`Repository`], `config`, `crypto` (keys, key slots, sealing), `index`,
 //! `pack`, `tree`, `session`, `id`, `sys` (file metadata, xattrs: the engine's
@@ -24,6 +25,7 @@
 //! re-exported here.
 
 pub mod backup;
+pub mod cache;
 pub(crate) mod chunker;
 pub mod config;
 pub mod crypto;

@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use backstop_backend::{Backend, PutMode};
 
+use crate::cache::Cache;
 use crate::chunker::Cdc;
 use crate::config::Config;
 use crate::crypto::keyslot::{KdfParams, KeySlot, SlotError};
 use crate::crypto::{self, Compression, MasterKey, ObjectKind, Password, Sealer};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, KeyId, SessionId, SnapshotId, object_hash};
+use crate::id::{BlobId, IndexId, KeyId, PackId, SessionId, SnapshotId, object_hash};
 use crate::index::{Index, IndexFile};
 use crate::pack::{self, BlobKind};
 use crate::session::SessionTiming;
@@ -32,6 +33,7 @@ struct Inner {
     config: Config,
     cdc: Cdc,
     timing: SessionTiming,
+    cache: Option<Arc<Cache>>,
 }
 
 /// An open repository. Cheap to clone; safe to share between threads.
@@ -150,20 +152,49 @@ impl Repository {
 
     fn assemble(backend: Arc<dyn Backend>, key: MasterKey, key_id: KeyId, config: Config) -> Repository {
         let cdc = Cdc::new(key.gear_key(), config.chunker);
-        Repository { inner: Arc::new(Inner { backend, key, key_id, config, cdc, timing: SessionTiming::default() }) }
+        let timing = SessionTiming::default();
+        Repository { inner: Arc::new(Inner { backend, key, key_id, config, cdc, timing, cache: None }) }
     }
 
-    /// Change the session heartbeat and staleness times (tests use short ones).
-    pub fn with_session_timing(self, timing: SessionTiming) -> Repository {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
+    /// The same repository with `change` made to its settings.
+    fn changed(self, change: impl FnOnce(&mut Inner)) -> Repository {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|arc| Inner {
             backend: arc.backend.clone(),
             key: MasterKey::from_secret(*arc.key.secret()),
             key_id: arc.key_id,
             config: arc.config.clone(),
             cdc: Cdc::new(arc.key.gear_key(), arc.config.chunker),
             timing: arc.timing,
+            cache: arc.cache.clone(),
         });
-        Repository { inner: Arc::new(Inner { timing, ..inner }) }
+        change(&mut inner);
+        Repository { inner: Arc::new(inner) }
+    }
+
+    /// Change the session heartbeat and staleness times (tests use short ones).
+    pub fn with_session_timing(self, timing: SessionTiming) -> Repository {
+        self.changed(|inner| inner.timing = timing)
+    }
+
+    /// Keep index files, manifests and tree packs in `cache` and read them
+    /// from there ([`crate::cache`]).
+    pub fn with_cache(self, cache: Cache) -> Repository {
+        self.changed(|inner| inner.cache = Some(Arc::new(cache)))
+    }
+
+    /// The same repository read without a cache: `check` and `repair` judge
+    /// what is stored, not a local copy of it.
+    pub fn without_cache(self) -> Repository {
+        self.changed(|inner| inner.cache = None)
+    }
+
+    /// The cache of this repository below `base` (see [`crate::cache`]).
+    pub fn open_cache(&self, base: &std::path::Path) -> std::io::Result<Cache> {
+        Cache::open(base, &self.inner.config.id)
+    }
+
+    pub(crate) fn cache(&self) -> Option<&Cache> {
+        self.inner.cache.as_deref()
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
@@ -208,20 +239,52 @@ impl Repository {
     ) -> Result<[u8; 32]> {
         let sealed = sealer.seal(kind, None, payload, Compression::Zstd(self.config().compression_level));
         let hash = object_hash(&sealed);
-        self.backend().put(&format!("{prefix}/{}", crate::id::hex(&hash)), &sealed, PutMode::Overwrite)?;
+        let key = format!("{prefix}/{}", crate::id::hex(&hash));
+        self.backend().put(&key, &sealed, PutMode::Overwrite)?;
+        if let Some(cache) = self.cache() {
+            cache.put(&key, &sealed);
+        }
         Ok(hash)
     }
 
-    /// Fetch and open a sealed object, checking that its name matches.
+    /// Fetch and open a sealed object, checking that its name matches; from
+    /// the cache when it has the object, into it when it is a kind kept
+    /// there.
     pub(crate) fn get_sealed(&self, key: &str, kind: ObjectKind) -> Result<Vec<u8>> {
-        let bytes = self.backend().get(key)?;
-        if let Some(name) = key.rsplit('/').next()
-            && name.len() == 64
-            && crate::id::hex(&object_hash(&bytes)) != name
-        {
-            return Err(Error::corrupt(key, "content does not match its name (damaged or replaced)"));
+        let open = |bytes: &[u8]| {
+            if let Some(name) = key.rsplit('/').next()
+                && name.len() == 64
+                && crate::id::hex(&object_hash(bytes)) != name
+            {
+                return Err(Error::corrupt(key, "content does not match its name (damaged or replaced)"));
+            }
+            crypto::open(self.key(), kind, None, bytes, None).map_err(|e| Error::corrupt(key, e))
+        };
+        // A kept copy matches its name (the cache checks that); one that
+        // still does not open was kept under another key: fetch it.
+        if let Some(plain) = self.cache().and_then(|c| c.get(key)).and_then(|bytes| open(&bytes).ok()) {
+            return Ok(plain);
         }
-        crypto::open(self.key(), kind, None, &bytes, None).map_err(|e| Error::corrupt(key, e))
+        let bytes = self.backend().get(key)?;
+        let plain = open(&bytes)?;
+        if let Some(cache) = self.cache() {
+            cache.put(key, &bytes);
+        }
+        Ok(plain)
+    }
+
+    /// A tree pack, whole: from the cache, or fetched and kept there.
+    /// Damage is not checked here: each blob is opened on its own.
+    pub(crate) fn tree_pack(&self, id: &PackId) -> Result<Vec<u8>> {
+        let key = pack::pack_key(id);
+        if let Some(bytes) = self.cache().and_then(|c| c.get(&key)) {
+            return Ok(bytes);
+        }
+        let bytes = self.backend().get(&key)?;
+        if let Some(cache) = self.cache() {
+            cache.put(&key, &bytes);
+        }
+        Ok(bytes)
     }
 
     /// Write the reserve (`docs/format.md` §1) if the repository is on a
@@ -292,6 +355,9 @@ impl Repository {
             let metas = self.backend().list("index/")?;
             let ids: Vec<IndexId> =
                 metas.iter().filter_map(|m| m.key.strip_prefix("index/").and_then(|s| s.parse().ok())).collect();
+            if let Some(cache) = self.cache() {
+                cache.retain("index/", &ids.iter().map(|id| id.to_string()).collect());
+            }
             let loaded = parallel_map(&ids, 8, |id| {
                 let key = format!("index/{id}");
                 let result = self
@@ -313,6 +379,10 @@ impl Repository {
             }
             if vanished && attempt < 2 {
                 continue;
+            }
+            if let Some(cache) = self.cache() {
+                let packs = files.iter().flat_map(|(_, f)| f.packs.iter().map(|p| p.id.to_string()));
+                cache.retain("data/", &packs.collect());
             }
             return Ok((files, damage));
         }
@@ -361,6 +431,9 @@ impl Repository {
             .iter()
             .filter_map(|m| m.key.strip_prefix(prefix).and_then(|s| s.strip_prefix('/')).and_then(|s| s.parse().ok()))
             .collect();
+        if let Some(cache) = self.cache() {
+            cache.retain(&format!("{prefix}/"), &ids.iter().map(|id| id.to_string()).collect());
+        }
         let loaded = parallel_map(&ids, 8, |id| (*id, self.load_manifest(prefix, id)));
         let mut out = Vec::new();
         let mut damage = Vec::new();

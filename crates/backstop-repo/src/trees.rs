@@ -4,7 +4,8 @@
 //! requests in a row, 16 s of waiting at 20 ms a request). Here they are
 //! read level by level: each level's blobs grouped by pack, neighbours in
 //! one range request, several requests in flight, and every pack reached
-//! read for all its trees at once ([`TreeReader`]).
+//! read for all its trees at once ([`TreeReader`]) — with a local cache
+//! ([`crate::cache`]), the whole tree pack, kept for the next walk.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -86,7 +87,12 @@ impl<'a> TreeReader<'a> {
                 if bytes <= SWEEP_PACK && self.ahead_bytes + bytes <= SWEEP_BUDGET {
                     self.ahead_bytes += bytes;
                     wanted.remove(&pack);
-                    reads.extend(runs_of(blobs).into_iter().map(|run| (Read::Ahead, run)));
+                    if repo.cache().is_some() {
+                        // Kept whole, so the next walk reads it locally.
+                        reads.push((Read::Pack, blobs));
+                    } else {
+                        reads.extend(runs_of(blobs).into_iter().map(|run| (Read::Ahead, run)));
+                    }
                 }
             }
         }
@@ -99,18 +105,22 @@ impl<'a> TreeReader<'a> {
             Read::Ahead => {
                 let (start, end) = run_span(run);
                 match repo.backend().get_range(&pack::pack_key(&run[0].1.pack), start..end) {
-                    Ok(bytes) => Fetched::Sealed(bytes),
+                    Ok(bytes) => Fetched::Sealed(start, bytes),
                     Err(_) => Fetched::Failed,
                 }
             }
+            Read::Pack => match repo.tree_pack(&run[0].1.pack) {
+                Ok(bytes) if run.iter().all(|(_, loc)| span(loc).1 <= bytes.len() as u64) => Fetched::Sealed(0, bytes),
+                _ => Fetched::Failed,
+            },
         });
         for ((_, run), result) in reads.into_iter().zip(results) {
             match result {
                 Fetched::Answered(read) => out.extend(read),
                 Fetched::Failed => {}
-                Fetched::Sealed(bytes) => {
+                Fetched::Sealed(start, bytes) => {
                     let number = self.runs.len();
-                    self.runs.push((run[0].1.offset as u64, bytes));
+                    self.runs.push((start, bytes));
                     for (id, loc) in run {
                         self.ahead.insert(id, (number, loc));
                         if seen.contains(&id) {
@@ -146,14 +156,17 @@ enum Read {
     Asked,
     /// Some were asked for, the rest are the pack's other tree blobs: kept.
     Ahead,
+    /// As `Ahead`, for all the tree blobs of one pack at once: the whole
+    /// pack is read, through the repository's cache.
+    Pack,
 }
 
 /// What reading a run gave.
 enum Fetched {
     /// Each blob asked for, opened or with why it could not be.
     Answered(Vec<(BlobId, Result<Vec<u8>>)>),
-    /// A run read ahead, still sealed.
-    Sealed(Vec<u8>),
+    /// A run read ahead, still sealed, and its offset in its pack.
+    Sealed(u64, Vec<u8>),
     /// A run read ahead that could not be read: what the level asked of it
     /// is read blob by blob.
     Failed,

@@ -150,3 +150,54 @@ fn a_damaged_tree_read_with_its_neighbours_loses_only_its_directory() {
     }
     assert!(!restored.join("d3/file").exists());
 }
+
+/// With a local cache, a backup finds its parent's index, manifest and
+/// trees on the machine: what the last backup wrote costs no request. A
+/// copy damaged in the cache is fetched again, and `check` reads the
+/// repository itself.
+#[test]
+fn with_a_cache_a_backup_fetches_no_index_manifest_or_tree() {
+    let server = S3Server::start(&["bench"]);
+    let data = tempfile::tempdir().unwrap();
+    many_small_files(data.path());
+    let cache_dir = tempfile::tempdir().unwrap();
+    let repo = open(&server);
+    let repo = repo.clone().with_cache(repo.open_cache(cache_dir.path()).unwrap());
+    let source = || BackupSource::Paths(vec![data.path().to_path_buf()]);
+    let run = || backup::run(&repo, source(), &BackupOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    run();
+
+    server.take_stats();
+    run();
+    let again = server.take_stats();
+    assert_eq!(directory_reads(&again), 0, "the first backup's index, manifest and trees were cached: {again:?}");
+
+    // A damaged copy in the cache is not trusted: the index is fetched again.
+    let cached = repo.open_cache(cache_dir.path()).unwrap();
+    let index_dir = cached.dir().join("index");
+    let damaged = std::fs::read_dir(&index_dir).unwrap().next().unwrap().unwrap().path();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[40] ^= 1;
+    std::fs::write(&damaged, bytes).unwrap();
+    run();
+    let refetched = server.take_stats();
+    assert_eq!(refetched.count("GET"), 1, "only the damaged index file: {refetched:?}");
+    assert!(std::fs::read(&damaged).is_ok_and(
+        |b| backstop_repo::id::hex(blake3::hash(&b).as_bytes()) == damaged.file_name().unwrap().to_str().unwrap()
+    ));
+
+    // What the repository no longer has leaves the cache at the next listing.
+    let snapshots = repo.snapshots().unwrap();
+    assert_eq!(std::fs::read_dir(cached.dir().join("snapshots")).unwrap().count(), 3);
+    repo.delete_snapshot(&snapshots[0].0).unwrap();
+    repo.snapshots().unwrap();
+    assert_eq!(std::fs::read_dir(cached.dir().join("snapshots")).unwrap().count(), 2);
+
+    // check judges what is stored: it reads every index file from the repository.
+    server.take_stats();
+    let uncached = repo.without_cache();
+    let report = check::run(&uncached, &CheckOptions::default(), &NoProgress, &CancelToken::new()).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let checked = server.take_stats();
+    assert!(checked.count("GET") >= 3, "check read the index and manifests: {checked:?}");
+}

@@ -63,6 +63,9 @@ pub struct ServerConfig {
     /// Backend settings of the in-process workers (bandwidth limits,
     /// connections, S3 defaults), as `backstop worker` takes them.
     pub worker_open_options: backstop_backend::OpenOptions,
+    /// Where the in-process workers keep the repositories' local caches
+    /// (default: `cache/` in the data directory; `None`: no cache).
+    pub worker_cache_dir: Option<PathBuf>,
     /// Region of the in-process workers and of the default repository.
     pub region: String,
     pub queue: QueueConfig,
@@ -87,9 +90,11 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        let data_dir: PathBuf = data_dir.into();
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data_dir: data_dir.into(),
+            worker_cache_dir: Some(data_dir.join("cache")),
+            data_dir,
             catalog: None,
             server_key_file: None,
             tls: None,
@@ -313,6 +318,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         wc.name = inproc::pool_name();
         wc.poll_wait = Duration::from_secs(5);
         wc.open_options = config.worker_open_options.clone();
+        wc.cache_dir = config.worker_cache_dir.clone();
         tasks.push(tokio::spawn(backstop_worker::run(coordinator, wc, stop.clone())));
     }
     Ok(Running { addr, admin_token, state, stop, tasks })

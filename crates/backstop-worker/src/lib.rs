@@ -71,6 +71,10 @@ pub struct WorkerConfig {
     /// limits, connections); a repository's own options (S3 endpoint,
     /// credentials) are added to them.
     pub open_options: backstop_backend::OpenOptions,
+    /// Where the local caches of the repositories' metadata are kept (one
+    /// directory per repository id; see `backstop_repo::cache`): backups,
+    /// restores and maintenance read from it, check and verify never do.
+    pub cache_dir: Option<std::path::PathBuf>,
     /// The coordinator's addresses as this worker reaches it: added to
     /// what a confined job may never connect to.
     pub own_addresses: Vec<std::net::SocketAddr>,
@@ -84,6 +88,7 @@ impl WorkerConfig {
             concurrency: concurrency.max(1),
             poll_wait: Duration::from_secs(20),
             open_options: backstop_backend::OpenOptions::default(),
+            cache_dir: None,
             own_addresses: Vec::new(),
         }
     }
@@ -249,7 +254,7 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
                         if let backstop_types::NetScope::Granted { own, .. } = &mut claim.reach.net {
                             own.extend(config.own_addresses.iter().copied());
                         }
-                        execute(coordinator.as_ref(), claim, &config.open_options).await;
+                        execute(coordinator.as_ref(), claim, &config.open_options, config.cache_dir.as_deref()).await;
                     }
                     Ok(None) => backoff = Duration::from_millis(500),
                     Err(e) => {
@@ -277,7 +282,12 @@ pub async fn run<C: Coordinator>(coordinator: Arc<C>, config: WorkerConfig, stop
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 
 /// Run one claimed job to its end and report it.
-pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backstop_backend::OpenOptions) {
+pub async fn execute<C: Coordinator>(
+    coordinator: &C,
+    claim: Claim,
+    open: &backstop_backend::OpenOptions,
+    cache_dir: Option<&std::path::Path>,
+) {
     let tracker = Arc::new(JobTracker::default());
     let job_id = claim.job.id.clone();
     let attempt = claim.attempt;
@@ -291,8 +301,8 @@ pub async fn execute<C: Coordinator>(coordinator: &C, claim: Claim, open: &backs
         .log(LogLevel::Info, format!("attempt {attempt} of {} on {}", claim.job.kind.as_str(), claim.job.repository));
 
     let work = {
-        let (tracker, open) = (tracker.clone(), open.clone());
-        tokio::task::spawn_blocking(move || run::execute(&claim, &tracker, &open))
+        let (tracker, open, cache_dir) = (tracker.clone(), open.clone(), cache_dir.map(ToOwned::to_owned));
+        tokio::task::spawn_blocking(move || run::execute(&claim, &tracker, &open, cache_dir.as_deref()))
     };
     tokio::pin!(work);
     let mut last_bytes = 0u64;

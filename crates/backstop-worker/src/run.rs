@@ -1,5 +1,6 @@
 //! Running a claimed job with the engine, on a blocking thread.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use backstop_backend::{Backend, OpenOptions};
@@ -53,20 +54,26 @@ fn permanent(error: impl Into<String>) -> Failure {
     Failure { error: error.into(), retryable: false }
 }
 
-/// Run `claim` to its end, reaching only what `claim.reach` allows.
-pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outcome {
+/// Run `claim` to its end, reaching only what `claim.reach` allows, with
+/// the repositories' local caches below `cache_dir`.
+pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions, cache_dir: Option<&Path>) -> Outcome {
     // The backend stops waiting (for bandwidth, for a retry) once the job is cancelled.
     let open = OpenOptions { cancel: Some(tracker.cancel.clone()), ..open.clone() };
     let result = match open_repository_with(&claim.repository, &claim.reach, &open) {
         Err(e) => Err(Failure::from(e)),
         Ok(repo) => match JobParams::of(&claim.job) {
             Err(e) => Err(permanent(e)),
-            Ok(JobParams::Backup(p)) => backup(&repo, claim, &p, tracker),
-            Ok(JobParams::Verify(p)) => verify(&repo, &p, tracker),
-            Ok(JobParams::Check(p)) => check(&repo, &p, tracker),
-            Ok(JobParams::Prune(_)) => prune(&repo, tracker),
-            Ok(JobParams::Retention(p)) => retention(&repo, claim, &p, tracker),
-            Ok(JobParams::Restore(p)) => restore(&repo, claim, &p, tracker),
+            Ok(params) => {
+                let repo = with_cache(repo, &params, cache_dir, tracker);
+                match params {
+                    JobParams::Backup(p) => backup(&repo, claim, &p, tracker),
+                    JobParams::Verify(p) => verify(&repo, &p, tracker),
+                    JobParams::Check(p) => check(&repo, &p, tracker),
+                    JobParams::Prune(_) => prune(&repo, tracker),
+                    JobParams::Retention(p) => retention(&repo, claim, &p, tracker),
+                    JobParams::Restore(p) => restore(&repo, claim, &p, tracker),
+                }
+            }
         },
     };
     match result {
@@ -75,6 +82,26 @@ pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions) -> Outco
         Err(f) => {
             tracker.log(LogLevel::Error, &f.error);
             Outcome::Failed { error: f.error, retryable: f.retryable }
+        }
+    }
+}
+
+/// `repo` with its local cache below `dir`, for the jobs that may read
+/// one: check and verify judge what is stored, not a copy of it. A cache
+/// that cannot be opened costs only requests; the log says so.
+fn with_cache(repo: Repository, params: &JobParams, dir: Option<&Path>, tracker: &JobTracker) -> Repository {
+    let Some(dir) = dir else { return repo };
+    if matches!(params, JobParams::Check(_) | JobParams::Verify(_)) {
+        return repo;
+    }
+    match repo.open_cache(dir) {
+        Ok(cache) => repo.with_cache(cache),
+        Err(e) => {
+            tracker.log(
+                LogLevel::Warning,
+                format!("no local cache in {} ({e}): reading from the repository", dir.display()),
+            );
+            repo
         }
     }
 }

@@ -249,7 +249,7 @@ pub struct CheckArgs {
 }
 
 pub fn check(ctx: &Context, args: CheckArgs) -> Result<u8> {
-    let repo = ctx.open()?;
+    let repo = ctx.open_uncached()?;
     let read_data = if args.read_data { ReadData::All } else { args.read_data_subset.unwrap_or_default() };
     let reporter = ctx.reporter(true);
     let report = check::run(&repo, &CheckOptions { read_data, threads: args.threads.max(1) }, &reporter, &ctx.cancel);
@@ -306,7 +306,7 @@ pub enum RepairCommand {
 }
 
 pub fn repair(ctx: &Context, command: RepairCommand) -> Result<u8> {
-    let repo = ctx.open()?;
+    let repo = ctx.open_uncached()?;
     match command {
         RepairCommand::Index => {
             let reporter = ctx.reporter(true);

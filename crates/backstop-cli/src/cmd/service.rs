@@ -121,6 +121,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<u8> {
     config.tls = args.tls_cert.clone().zip(args.tls_key.clone());
     config.workers = args.workers;
     config.worker_open_options = ctx.open_options();
+    config.worker_cache_dir = ctx.cache_dir(Some(config.data_dir.join("cache")));
     config.region = args.region.clone();
     config.webhooks = args.webhooks.clone();
     config.metrics_public = args.metrics_public;
@@ -212,6 +213,7 @@ pub fn worker(ctx: &Context, args: WorkerArgs) -> Result<u8> {
     let coordinator = backstop_worker::http::HttpCoordinator::new(&args.server, &args.token)?;
     let mut config = backstop_worker::WorkerConfig::new(&args.region, args.concurrency);
     config.open_options = ctx.open_options();
+    config.cache_dir = ctx.cache_dir(backstop_repo::cache::default_base());
     // The coordinator is no tenant's target, as this worker reaches it.
     config.own_addresses = coordinator_addresses(&args.server);
     if !ctx.args.quiet {

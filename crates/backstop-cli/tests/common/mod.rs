@@ -55,6 +55,8 @@ impl Cli {
             .env("BACKSTOP_REPOSITORY", &self.location)
             .env("BACKSTOP_PASSWORD", PASSWORD)
             .env("BACKSTOP_KDF_MEMORY_KIB", "64")
+            // Each test's own cache, used as a user's would be.
+            .env("BACKSTOP_CACHE_DIR", self.dir.path().join("cache"))
             .env("RUST_BACKTRACE", "0")
             .env_remove("BACKSTOP_PASSWORD_FILE")
             .stdin(Stdio::null());

@@ -68,6 +68,15 @@ impl Shared {
     }
 
     fn upload(&self, ticket: u64, pack: FinishedPack) {
+        // A tree pack goes into the local cache too (before the upload: a
+        // local repository takes the staging file itself), so that the next
+        // backup reads this one's trees without a request.
+        if pack.kind == BlobKind::Tree
+            && let Some(cache) = self.repo.cache()
+            && let Ok(bytes) = pack.read()
+        {
+            cache.put(&pack_key(&pack.id), &bytes);
+        }
         let result = if self.cancel.is_overdue() {
             Err(Error::Cancelled)
         } else {

@@ -45,6 +45,16 @@ pub struct FinishedPack {
     pub blobs: Vec<(PackEntry, u32)>,
 }
 
+impl FinishedPack {
+    /// The pack's bytes, read from its staging file.
+    pub fn read(&self) -> io::Result<Vec<u8>> {
+        let mut file = self.dir.open_file(Path::new(&self.name), libc::O_RDONLY, 0, Links::Refuse)?;
+        let mut bytes = Vec::with_capacity(self.size as usize);
+        io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(bytes)
+    }
+}
+
 impl Drop for FinishedPack {
     fn drop(&mut self) {
         let _ = self.dir.remove_at(&self.name);
