@@ -4,7 +4,9 @@
 #   bench/ab.sh BIN_A BIN_B [REPS] [SCENARIO]
 #
 # SCENARIO is `first` (default: init, then a first backup of the mixed
-# tree) or `restore` (a full restore of a repository made once per binary).
+# tree), `restore` (a full restore of a repository made once per binary)
+# or `vm-incremental` (the VM set's incremental after bench/run.sh's
+# mutation, each run from a fresh repository and cache).
 # The two binaries alternate (A B B A A B ...), so drift of these noisy
 # machines lands on both; the source is read with cat right before each
 # run, because the host reclaims idle page cache within seconds. Prints
@@ -19,11 +21,13 @@
 # Env: DATA (/tmp/bench-data; `bench/run.sh gen` makes $DATA/mixed), WORK ($DATA/ab),
 #      S3_SERVER (unset), S3_LATENCY_MS (0).
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n '2,13p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,22p' "$0"; exit 2; }
 a=$(realpath "$1") b=$(realpath "$2") reps=${3:-5} scenario=${4:-first}
 DATA=${DATA:-/tmp/bench-data}
 WORK=${WORK:-$DATA/ab}
 src=$DATA/mixed
+vm=$DATA/vm
+here=$(cd "$(dirname "$0")" && pwd)
 [ -d "$src" ] || { echo "no $src: run bench/run.sh gen first" >&2; exit 2; }
 export BACKSTOP_PASSWORD=ab-bench-not-secret
 mkdir -p "$WORK"
@@ -80,6 +84,19 @@ run() {
         sync
         if [ -n "$s3_pid" ]; then warm "$WORK/s3/ab-bench/repo-$label"; else warm "$repo"; fi
         t=$( { /usr/bin/time -f '%e %U %S' env BACKSTOP_REPOSITORY="$repo" "$bin" restore -q latest --target "$WORK/restored/$restored" >/dev/null; } 2>&1 | tail -1)
+        ;;
+    vm-incremental)
+        # A fresh repository with the VM set backed up, then the mutation
+        # and the timed incremental; the set is reset afterwards.
+        if [ -n "$s3_pid" ]; then rm -rf "$WORK/s3/ab-bench/repo-$label"; else rm -rf "$repo"; fi
+        rm -rf "$WORK/cache-$label"
+        BACKSTOP_REPOSITORY=$repo BACKSTOP_CACHE_DIR=$WORK/cache-$label "$bin" init >/dev/null
+        BACKSTOP_REPOSITORY=$repo BACKSTOP_CACHE_DIR=$WORK/cache-$label "$bin" backup -q "$vm" >/dev/null
+        python3 "$here/gen_dataset.py" vm-mutate --root "$vm" >/dev/null
+        sync
+        warm "$vm"
+        t=$( { /usr/bin/time -f '%e %U %S' env BACKSTOP_REPOSITORY="$repo" BACKSTOP_CACHE_DIR="$WORK/cache-$label" "$bin" backup -q "$vm" >/dev/null; } 2>&1 | tail -1)
+        python3 "$here/gen_dataset.py" vm-reset --root "$vm" >/dev/null
         ;;
     *) echo "unknown scenario $scenario" >&2; exit 2 ;;
     esac
