@@ -62,12 +62,27 @@ pub enum Error {
     Corrupt(String),
     #[error("catalog database: {0}")]
     Db(#[from] sqlx::Error),
+    /// `error`, about the request's `field` (a form shows it there).
+    #[error("{error}")]
+    Field { field: &'static str, error: Box<Error> },
 }
 
 impl Error {
+    /// This error, about the request's `field`.
+    pub fn on(self, field: &'static str) -> Error {
+        match self {
+            Error::Field { .. } => self,
+            error => Error::Field { field, error: Box::new(error) },
+        }
+    }
+
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
+        match self {
+            Error::Field { error, .. } => error.is_transient(),
+            Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+            _ => false,
+        }
     }
 }
 

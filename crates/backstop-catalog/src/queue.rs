@@ -106,6 +106,11 @@ pub struct JobFilter {
     pub kind: Option<JobKind>,
     pub plan: Option<String>,
     pub repository: Option<String>,
+    pub source: Option<String>,
+    /// Jobs created at or after this time (ms since the epoch)…
+    pub created_from_ms: Option<i64>,
+    /// …and before this one.
+    pub created_before_ms: Option<i64>,
     /// Jobs whose id sorts after this one (the previous page's cursor).
     pub cursor: Option<String>,
     pub limit: u32,
@@ -387,37 +392,46 @@ impl Catalog {
     /// Jobs, newest first, a page at a time.
     pub async fn list_jobs(&self, scope: &Scope, filter: &JobFilter) -> Result<Page<Job>> {
         let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
-        let mut binds: Vec<String> = Vec::new();
+        let mut texts: Vec<(&str, String)> = Vec::new();
         if let Scope::Tenant(t) = scope {
-            sql.push_str(" AND tenant = ?");
-            binds.push(t.clone());
+            texts.push(("tenant = ?", t.clone()));
         }
         if let Some(s) = filter.state {
-            sql.push_str(" AND state = ?");
-            binds.push(s.as_str().into());
+            texts.push(("state = ?", s.as_str().into()));
         }
         if let Some(k) = filter.kind {
-            sql.push_str(" AND kind = ?");
-            binds.push(k.as_str().into());
+            texts.push(("kind = ?", k.as_str().into()));
         }
-        if let Some(p) = &filter.plan {
-            sql.push_str(" AND plan_id = ?");
-            binds.push(p.clone());
+        for (clause, value) in [
+            ("plan_id = ?", &filter.plan),
+            ("repository_id = ?", &filter.repository),
+            ("source_id = ?", &filter.source),
+            ("id < ?", &filter.cursor),
+        ] {
+            if let Some(v) = value {
+                texts.push((clause, v.clone()));
+            }
         }
-        if let Some(r) = &filter.repository {
-            sql.push_str(" AND repository_id = ?");
-            binds.push(r.clone());
+        let mut times: Vec<(&str, i64)> = Vec::new();
+        if let Some(ms) = filter.created_from_ms {
+            times.push(("created_ms >= ?", ms));
         }
-        if let Some(c) = &filter.cursor {
-            sql.push_str(" AND id < ?");
-            binds.push(c.clone());
+        if let Some(ms) = filter.created_before_ms {
+            times.push(("created_ms < ?", ms));
+        }
+        for clause in texts.iter().map(|(c, _)| c).chain(times.iter().map(|(c, _)| c)) {
+            sql.push_str(" AND ");
+            sql.push_str(clause);
         }
         let limit = filter.limit.clamp(1, 1000);
         sql.push_str(&format!(" ORDER BY id DESC LIMIT {}", limit + 1));
         let sql = self.sql(&sql);
         let mut q = sqlx::query(&sql);
-        for b in &binds {
-            q = q.bind(b);
+        for (_, v) in &texts {
+            q = q.bind(v);
+        }
+        for (_, v) in &times {
+            q = q.bind(*v);
         }
         let rows = q.fetch_all(self.pool()).await?;
         let mut items = rows.iter().map(job_from_row).collect::<Result<Vec<_>>>()?;
@@ -514,6 +528,60 @@ impl Catalog {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Every region with workers or jobs: the workers that asked for work
+    /// since `seen_since` or hold a running job, and the jobs of `scope`
+    /// running and queued there.
+    pub async fn regions(&self, scope: &Scope, seen_since: i64) -> Result<Vec<backstop_types::RegionPool>> {
+        use std::collections::{BTreeMap, HashSet};
+        let mut workers: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        let seen = sqlx::query(&self.sql("SELECT id, region FROM workers WHERE last_seen_ms >= ?"))
+            .bind(seen_since)
+            .fetch_all(self.pool())
+            .await?;
+        let busy = sqlx::query(&self.sql(
+            "SELECT DISTINCT lease_owner AS id, region FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL",
+        ))
+        .fetch_all(self.pool())
+        .await?;
+        for row in seen.iter().chain(&busy) {
+            let (id, region): (String, String) = (row.try_get("id")?, row.try_get("region")?);
+            workers.entry(region).or_default().insert(id);
+        }
+        let mut pools: BTreeMap<String, backstop_types::RegionPool> = workers
+            .into_iter()
+            .map(|(region, ids)| {
+                let pool = backstop_types::RegionPool {
+                    region: region.clone(),
+                    workers: ids.len() as u32,
+                    running: 0,
+                    queued: 0,
+                };
+                (region, pool)
+            })
+            .collect();
+        let (clause, tenant) = scope.clause("tenant");
+        let sql = format!(
+            "SELECT region, state, COUNT(*) AS n FROM jobs WHERE state IN ('running', 'queued'){clause} GROUP BY region, state"
+        );
+        let sql = self.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        for row in q.fetch_all(self.pool()).await? {
+            let (region, state, n): (String, String, i64) =
+                (row.try_get("region")?, row.try_get("state")?, row.try_get("n")?);
+            let pool = pools.entry(region.clone()).or_insert(backstop_types::RegionPool {
+                region,
+                workers: 0,
+                running: 0,
+                queued: 0,
+            });
+            if state == "running" { pool.running = n as u32 } else { pool.queued = n as u32 }
+        }
+        Ok(pools.into_values().collect())
     }
 
     /// The worker asked for work now (`worker_seen`).

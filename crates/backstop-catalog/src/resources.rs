@@ -7,12 +7,11 @@
 
 use backstop_types::{
     AuditEvent, NetGrant, NewToken, Page, Plan, PlanSpec, Repository, RepositorySpec, Role, Snapshot, SnapshotInfo,
-    Source, SourceKind, SourceSpec, Tenant, Token,
+    Source, SourceKind, SourceSpec, SourceUpdate, Tenant, Token,
 };
 use serde_json::{Value, json};
 use sqlx::{AnyConnection, Row, any::AnyRow};
 
-use crate::schedule::Schedule;
 pub use crate::scope::{SYSTEM_TENANT, Scope};
 use crate::secrets::RepositorySecret;
 use crate::secrets::hex_encode;
@@ -484,6 +483,41 @@ impl Catalog {
         self.source(scope, &id).await
     }
 
+    /// Change a source's host and configuration, and its secrets when
+    /// `update` has some (null keeps the stored ones).
+    pub async fn update_source(&self, scope: &Scope, id_or_name: &str, update: &SourceUpdate) -> Result<Source> {
+        let source = self.source(scope, id_or_name).await?;
+        if let Some(host) = &update.host {
+            check_host(host).map_err(|e| e.on("host"))?;
+        }
+        if !update.config.is_object() {
+            return Err(Error::Invalid("config must be a JSON object".into()).on("config"));
+        }
+        let sealed = match update.secrets.expose() {
+            Value::Null => None,
+            secrets => Some(self.key.seal(&source.id, secrets.to_string().as_bytes())),
+        };
+        sqlx::query(&self.sql("UPDATE sources SET host = ?, config = ?, secret = COALESCE(?, secret) WHERE id = ?"))
+            .bind(&update.host)
+            .bind(update.config.to_string())
+            .bind(&sealed)
+            .bind(&source.id)
+            .execute(self.pool())
+            .await?;
+        self.source(scope, &source.id).await
+    }
+
+    /// A source's stored secrets (its credentials), unsealed: to check a
+    /// changed configuration with them. Never for an answer.
+    pub async fn source_secrets(&self, scope: &Scope, id_or_name: &str) -> Result<Value> {
+        let source = self.source(scope, id_or_name).await?;
+        let sealed: String = sqlx::query_scalar(&self.sql("SELECT secret FROM sources WHERE id = ?"))
+            .bind(&source.id)
+            .fetch_one(self.pool())
+            .await?;
+        self.open_json(&source.id, &sealed)
+    }
+
     pub async fn source(&self, scope: &Scope, id_or_name: &str) -> Result<Source> {
         let (clause, t) = scope.clause("tenant");
         let sql = self.sql(&format!(
@@ -531,53 +565,17 @@ impl Catalog {
 
     /// Create a plan, or replace the plan of the same name.
     pub async fn put_plan(&self, scope: &Scope, spec: &PlanSpec, now: i64) -> Result<Plan> {
-        check_name("plan", &spec.name)?;
+        check_name("plan", &spec.name).map_err(|e| e.on("name"))?;
         // Everything of a plan belongs to one tenant: the one it is created
         // in (for system administrators, the system tenant), so that a name
         // never resolves to another tenant's object.
         let own = Scope::Tenant(scope.tenant().to_string());
-        let source = self.source(&own, &spec.source).await?;
-        let repository = self.repository(&own, &spec.repository).await?;
-        if spec.deadline_seconds.is_some_and(|d| d == 0 || d > crate::queue::MAX_DEADLINE_SECONDS) {
-            return Err(Error::Invalid("deadline_seconds must be between 1 and 2592000 (30 days)".into()));
-        }
+        let source = self.source(&own, &spec.source).await.map_err(|e| e.on("source"))?;
+        let repository = self.repository(&own, &spec.repository).await.map_err(|e| e.on("repository"))?;
+        let schedule = crate::schedule::plan_schedule(spec.schedule.as_deref(), spec.timezone.as_deref())?;
+        let next_fire = schedule.filter(|_| spec.enabled).and_then(|s| s.next_after(now));
+        check_plan_limits(spec)?;
         let timezone = spec.timezone.clone().unwrap_or_else(|| "UTC".into());
-        let next_fire = match &spec.schedule {
-            Some(expr) => {
-                let schedule = Schedule::parse(expr, &timezone)?;
-                if spec.enabled { schedule.next_after(now) } else { None }
-            }
-            None => {
-                // Validate the zone even without a schedule.
-                Schedule::zone(&timezone)?;
-                None
-            }
-        };
-        if let Some(schedule) = &spec.schedule {
-            backstop_types::check::text("schedule", schedule, 0, 200).map_err(Error::Invalid)?;
-        }
-        if let Some(zone) = &spec.timezone {
-            backstop_types::check::text("timezone", zone, 0, 100).map_err(Error::Invalid)?;
-        }
-        if spec.jitter_seconds > 24 * 3600 {
-            return Err(Error::Invalid("jitter_seconds is at most a day (86400)".into()));
-        }
-        if spec.chain.verify_percent > 100 {
-            return Err(Error::Invalid("chain.verify_percent is a percentage (0–100)".into()));
-        }
-        if spec.chain.retention && spec.retention.is_empty() {
-            return Err(Error::Invalid(
-                "chain.retention needs a retention policy (keep_last, keep_daily, …); without one every snapshot \
-                 would be forgotten"
-                    .into(),
-            ));
-        }
-        if spec.max_attempts.is_some_and(|n| !(1..=crate::queue::MAX_ATTEMPTS).contains(&n)) {
-            return Err(Error::Invalid(format!("max_attempts must be between 1 and {}", crate::queue::MAX_ATTEMPTS)));
-        }
-        for tag in &spec.tags {
-            check_text("a tag", tag, 128)?;
-        }
         let max_attempts = spec.max_attempts.unwrap_or(self.config.default_max_attempts);
         let existing = self.plan(&own, &spec.name).await.ok();
         let id = existing.as_ref().map(|p| p.id.clone()).unwrap_or_else(new_id);
@@ -813,4 +811,33 @@ pub fn validate_source(spec: &SourceSpec) -> Result<()> {
 pub(crate) fn source_kind(row: &AnyRow) -> Result<SourceKind> {
     let kind: String = row.try_get("kind")?;
     SourceKind::parse(&kind).ok_or_else(|| Error::Corrupt(format!("unknown source kind {kind:?}")))
+}
+
+/// A plan's numbers within their limits, each error on its field.
+fn check_plan_limits(spec: &PlanSpec) -> Result<()> {
+    let invalid = |field: &'static str, message: String| Err(Error::Invalid(message).on(field));
+    if spec.deadline_seconds.is_some_and(|d| d == 0 || d > crate::queue::MAX_DEADLINE_SECONDS) {
+        return invalid("deadline_seconds", "deadline_seconds must be between 1 and 2592000 (30 days)".into());
+    }
+    if spec.jitter_seconds > 24 * 3600 {
+        return invalid("jitter_seconds", "jitter_seconds is at most a day (86400)".into());
+    }
+    if spec.chain.verify_percent > 100 {
+        return invalid("chain.verify_percent", "chain.verify_percent is a percentage (0–100)".into());
+    }
+    if spec.chain.retention && spec.retention.is_empty() {
+        return invalid(
+            "retention",
+            "chain.retention needs a retention policy (keep_last, keep_daily, …); without one every snapshot would \
+             be forgotten"
+                .into(),
+        );
+    }
+    if spec.max_attempts.is_some_and(|n| !(1..=crate::queue::MAX_ATTEMPTS).contains(&n)) {
+        return invalid("max_attempts", format!("max_attempts must be between 1 and {}", crate::queue::MAX_ATTEMPTS));
+    }
+    for tag in &spec.tags {
+        check_text("a tag", tag, 128).map_err(|e| e.on("tags"))?;
+    }
+    Ok(())
 }

@@ -91,6 +91,25 @@ fn field(text: &str, what: &str, min: u32, max: u32, names: &[&str]) -> Result<(
     Ok((mask, text.starts_with('*')))
 }
 
+/// A plan's schedule (`expr`, in `timezone`, UTC by default), the
+/// expression and the zone checked, each error on its field; `None` for a
+/// plan without one.
+pub fn plan_schedule(expr: Option<&str>, timezone: Option<&str>) -> Result<Option<Schedule>> {
+    if let Some(expr) = expr {
+        backstop_types::check::text("schedule", expr, 0, 200).map_err(|e| Error::Invalid(e).on("schedule"))?;
+    }
+    if let Some(zone) = timezone {
+        backstop_types::check::text("timezone", zone, 0, 100).map_err(|e| Error::Invalid(e).on("timezone"))?;
+    }
+    let timezone = timezone.unwrap_or("UTC");
+    // The zone is checked even without a schedule.
+    Schedule::zone(timezone).map_err(|e| e.on("timezone"))?;
+    match expr {
+        Some(expr) => Ok(Some(Schedule::parse(expr, timezone).map_err(|e| e.on("schedule"))?)),
+        None => Ok(None),
+    }
+}
+
 impl Schedule {
     /// The IANA time zone `name`, e.g. `Europe/Berlin` or `UTC`.
     pub fn zone(name: &str) -> Result<TimeZone> {
@@ -145,6 +164,11 @@ impl Schedule {
         let dow = self.weekdays & (1 << date.weekday().to_sunday_zero_offset()) != 0;
         // Vixie cron: both day fields restricted means either; otherwise both.
         if self.any_day || self.any_weekday { dom && dow } else { dom || dow }
+    }
+
+    /// The first `count` fires strictly after `after_ms`, soonest first.
+    pub fn fires(&self, after_ms: i64, count: usize) -> Vec<i64> {
+        std::iter::successors(self.next_after(after_ms), |t| self.next_after(*t)).take(count).collect()
     }
 
     /// The first fire strictly after `after_ms` (ms since the epoch).

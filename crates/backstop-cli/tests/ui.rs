@@ -204,6 +204,44 @@ fn an_operator_logs_in_and_watches_a_backup_run_live_to_its_end() {
     browser.goto(&site.url("/snapshots?plan=nightly&host=elsewhere"));
     assert!(browser.text("main").contains("No snapshot matches"));
 
+    // Browsed like a file manager: from the list into its source directory.
+    browser.goto(&site.url("/snapshots"));
+    browser.click(&format!("tr[data-snapshot='{snapshot}'] a"));
+    browser.wait_until("the snapshot's page", WAIT, |b| b.try_find("table.entries").is_some());
+    let src = site.dir.path().join("src");
+    browser.goto(&site.url(&format!("/snapshots/{snapshot}?path={}", src.display())));
+    assert_eq!(browser.find_all("tr[data-entry]").len(), 3, "d0, d1, d2");
+    browser.click("tr[data-entry=d1] a");
+    browser.wait_until("the directory d1", WAIT, |b| b.try_find("tr[data-entry='f001.bin']").is_some());
+    browser.screenshot(&screenshots().join("snapshot-browse.png"));
+    // A file downloads with the session, byte for byte.
+    let link = browser.attribute(&browser.find("tr[data-entry='f001.bin'] a"), "href").unwrap();
+    let fetched = browser.fetch(&link);
+    assert_eq!(fetched.status, 200);
+    assert!(fetched.disposition.as_deref().is_some_and(|d| d.starts_with("attachment")), "{fetched:?}");
+    assert_eq!(
+        fetched.body,
+        std::fs::read(src.join("d1/f001.bin")).unwrap(),
+        "the downloaded file is the backed-up one"
+    );
+
+    // A selected directory is restored by a restore job, watched on its page.
+    browser.goto(&site.url(&format!("/snapshots/{snapshot}?path={}", src.display())));
+    browser.click("tr[data-entry=d1] input[type=checkbox]");
+    let target = site.dir.path().join("restored");
+    browser.fill("#target", target.to_str().unwrap());
+    browser.click("form#restore button[name=restore]");
+    browser.wait_until("the restore job's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
+    let restore = browser.attribute(&browser.find("#job"), "data-job").unwrap();
+    assert_eq!(site.job(&restore)["kind"], "restore");
+    browser.wait_until("the restore to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
+    let back = target.join(src.strip_prefix("/").unwrap());
+    for i in (1..32).step_by(3) {
+        let name = format!("d1/f{i:03}.bin");
+        assert_eq!(std::fs::read(back.join(&name)).unwrap(), std::fs::read(src.join(&name)).unwrap(), "{name}");
+    }
+    assert!(!back.join("d0").exists() && !back.join("d2").exists(), "only the selected directory");
+
     // The jobs list finds it by its filters.
     browser.goto(&site.url("/jobs?state=succeeded&kind=backup"));
     assert!(browser.try_find(&format!("tr[data-job='{id}']")).is_some());
@@ -304,4 +342,77 @@ fn tenants_roles_and_csrf_hold_in_the_browser() {
     let job = site.job(&id);
     assert_eq!(job["state"], "queued", "the cross-site form changed nothing");
     assert_eq!(job["cancel_requested"], false);
+}
+
+#[test]
+fn an_operator_registers_a_source_and_a_plan_through_the_forms() {
+    let site = Site::start(1);
+    let docs = site.dir.path().join("docs");
+    std::fs::create_dir_all(docs.join("sub")).unwrap();
+    std::fs::write(docs.join("sub/readme.txt"), b"read me").unwrap();
+    let browser = Browser::start();
+    login(&browser, &site, &site.admin);
+
+    // A source through its kind's form.
+    browser.goto(&site.url("/sources"));
+    browser.click("a[href='/sources/new']");
+    browser.wait_until("the source form", WAIT, |b| b.try_find("form#source").is_some());
+    browser.fill("#name", "docs");
+    browser.fill("textarea[name='config.paths']", docs.to_str().unwrap());
+    browser.click("form#source button[type=submit]");
+    browser.wait_until("the source list", WAIT, |b| b.url().ends_with("/sources"));
+    assert!(browser.try_find("tr[data-source=docs]").is_some(), "{}", browser.text("main"));
+
+    // A plan: the schedule's next runs show while it is typed, an error too.
+    browser.goto(&site.url("/plans/new"));
+    browser.fill("#name", "weekly");
+    browser.click("#source option[value=docs]");
+    browser.click("#repository option[value=main]");
+    browser.fill("#schedule", "30 4 * * 1");
+    browser.wait_until("the schedule's next runs", WAIT, |b| b.find_all("#fires li").len() == 5);
+    assert!(browser.text("#fires").contains("04:30:00Z") || browser.text("#fires").contains(":30:00Z"));
+    browser.fill("#schedule", "30 4 * * 9");
+    browser.wait_until("the schedule's error", WAIT, |b| {
+        b.try_find("#fires .error").is_some_and(|e| b.text_of(&e).contains("day-of-week"))
+    });
+    assert!(browser.find_all("#fires li").is_empty());
+    browser.screenshot(&screenshots().join("plan-form.png"));
+    // Sent as it is, the API refuses it and the form says so next to the schedule.
+    browser.click("form#plan button[type=submit]");
+    browser.wait_until("the refused form", WAIT, |b| b.try_find(".field.invalid[data-field=schedule]").is_some());
+    assert_eq!(browser.property(&browser.find("#name"), "value"), json!("weekly"), "what was typed is kept");
+    browser.fill("#schedule", "30 4 * * 1");
+    browser.click("form#plan button[type=submit]");
+    browser.wait_until("the plan list", WAIT, |b| b.try_find("tr[data-plan=weekly]").is_some());
+    assert!(browser.text("tr[data-plan=weekly]").contains("30 4 * * 1"));
+    let plan = client(&site.serve.url(), &site.admin, &["plans", "get", "weekly"]);
+    assert_eq!(plan["schedule"], "30 4 * * 1");
+
+    // Run now: the backup of the new source succeeds.
+    browser.click("tr[data-plan=weekly] button[name=run]");
+    browser.wait_until("the new job's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
+    let id = browser.attribute(&browser.find("#job"), "data-job").unwrap();
+    let _worker = site.worker(None);
+    browser.wait_until("the job to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
+    assert_eq!(site.job(&id)["state"], "succeeded");
+
+    // A second run: the repository's page draws how its stored data grew, and the dashboard sums it up.
+    let again = site.run("weekly");
+    wait_for(&site.serve.url(), &site.admin, &again, "succeeded", |j| j["state"] == "succeeded");
+    browser.goto(&site.url("/repositories"));
+    assert!(
+        browser.try_find("section[data-repository=main] svg.growth polyline").is_some(),
+        "{}",
+        browser.text("main")
+    );
+    let stored = browser.text("section[data-repository=main] [data-field=stored]");
+    assert!(!stored.starts_with("0 B"), "{stored}");
+    browser.screenshot(&screenshots().join("repositories.png"));
+    browser.goto(&site.url("/"));
+    assert!(browser.try_find("#repositories tr[data-repository=main]").is_some());
+    assert!(browser.text("#workers tr[data-region=default]").contains('1'), "{}", browser.text("#workers"));
+    browser.screenshot(&screenshots().join("dashboard.png"));
+    browser.goto(&site.url("/admin/tokens"));
+    assert!(browser.try_find("tr[data-token=workers]").is_some());
+    browser.screenshot(&screenshots().join("tokens.png"));
 }

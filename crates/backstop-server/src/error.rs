@@ -10,11 +10,18 @@ use backstop_types::{ErrorBody, ErrorCode, ErrorDetail};
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// The request field it is about, if any ([`ErrorDetail::field`]).
+    pub field: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), field: None }
+    }
+
+    /// The same error, about the request's `field`.
+    pub fn on(self, field: &str) -> ApiError {
+        ApiError { field: Some(field.to_string()), ..self }
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
@@ -48,6 +55,10 @@ impl ApiError {
 impl From<backstop_catalog::Error> for ApiError {
     fn from(e: backstop_catalog::Error) -> ApiError {
         use backstop_catalog::Error as E;
+        let e = match e {
+            E::Field { field, error } => return ApiError::from(*error).on(field),
+            e => e,
+        };
         let code = match &e {
             E::NotFound(_) => ErrorCode::NotFound,
             E::Conflict(_) => ErrorCode::Conflict,
@@ -55,6 +66,7 @@ impl From<backstop_catalog::Error> for ApiError {
             E::KeyReused(_) => ErrorCode::IdempotencyKeyReused,
             E::StaleAttempt { .. } => ErrorCode::StaleAttempt,
             E::Corrupt(_) => ErrorCode::Internal,
+            E::Field { .. } => unreachable!("answered above"),
             E::Db(_) if e.is_transient() => {
                 return ApiError::new(ErrorCode::Unavailable, "the catalog database is busy; retry");
             }
@@ -70,7 +82,7 @@ impl From<backstop_catalog::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, field: self.field } };
         (status, Json(body)).into_response()
     }
 }

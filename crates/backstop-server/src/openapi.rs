@@ -117,6 +117,10 @@ fn operation(route: &Route, generator: &mut schemars::SchemaGenerator) -> Value 
                 }
                 Answer::Text => response["content"] = json!({"text/plain": {"schema": {"type": "string"}}}),
                 Answer::Events => response["content"] = json!({"text/event-stream": {"schema": {"type": "string"}}}),
+                Answer::Bytes => {
+                    response["content"] =
+                        json!({"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}})
+                }
                 Answer::Empty => {}
             }
         }
@@ -153,7 +157,7 @@ fn integer_bounds(value: &mut Value) {
 }
 
 /// A source to register is one of the kinds, each with its packager's
-/// `config` schema (`backstop_source::Packager::config_schema`).
+/// `config` schema (`backstop_source::config_schema`, from its fields).
 fn source_spec_by_kind(schemas: &mut Map<String, Value>) {
     let Some(base) = schemas.get("SourceSpec").cloned() else { return };
     let variants: Vec<Value> = backstop_types::SourceKind::ALL
@@ -162,7 +166,7 @@ fn source_spec_by_kind(schemas: &mut Map<String, Value>) {
             let mut variant = base.clone();
             variant["title"] = json!(format!("a {} source", kind.as_str()));
             variant["properties"]["kind"] = json!({"const": kind.as_str()});
-            variant["properties"]["config"] = backstop_source::packager(kind).config_schema();
+            variant["properties"]["config"] = backstop_source::config_schema(kind);
             variant.as_object_mut().map(|v| v.remove("description"));
             variant
         })

@@ -6,11 +6,11 @@
 //! with.
 
 use axum::Router;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use backstop_types::*;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
-use crate::handlers::{jobs, ops, plans, resources, worker};
+use crate::handlers::{jobs, ops, plans, resources, snapshots, worker};
 use crate::state::AppState;
 
 /// The JSON Schema of a type, as the document refers to it.
@@ -34,6 +34,8 @@ pub enum Answer {
     Text,
     /// `text/event-stream`.
     Events,
+    /// `application/octet-stream` (a file).
+    Bytes,
     /// No body (204).
     Empty,
 }
@@ -156,11 +158,15 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             get(ops::openapi),
         ),
         (
-            route("get", "/api/v1/jobs", "List jobs, newest first (filters: state, kind, plan, repository)")
-                .role(V)
-                .query::<jobs::ListQuery>()
-                .json::<Page<Job>>()
-                .also(&[404]),
+            route(
+                "get",
+                "/api/v1/jobs",
+                "List jobs, newest first (filters: state, kind, plan, repository, source, creation time)",
+            )
+            .role(V)
+            .query::<jobs::ListQuery>()
+            .json::<Page<Job>>()
+            .also(&[404]),
             get(jobs::list),
         ),
         (
@@ -222,6 +228,19 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             post(plans::run),
         ),
         (
+            route("get", "/api/v1/regions", "Worker pools by region: workers seen, jobs running and queued")
+                .role(V)
+                .json::<Vec<RegionPool>>(),
+            get(jobs::regions),
+        ),
+        (
+            route("get", "/api/v1/schedule", "When a cron schedule fires next (a plan's form previews it)")
+                .role(V)
+                .query::<plans::ScheduleQuery>()
+                .json::<ScheduleFires>(),
+            get(plans::schedule),
+        ),
+        (
             route("get", "/api/v1/repositories", "List repositories (filter: region)")
                 .role(V)
                 .query::<resources::RepositoryQuery>()
@@ -235,6 +254,16 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
                 .answer(Answer::Json(schema::<Repository>), 201)
                 .also(&[409]),
             post(resources::create_repository),
+        ),
+        (
+            route(
+                "get",
+                "/api/v1/repositories/usage",
+                "What each repository's snapshots hold and stored, and how it grew",
+            )
+            .role(V)
+            .json::<Vec<RepositoryUsage>>(),
+            get(resources::repository_usage),
         ),
         (
             route("get", "/api/v1/repositories/{id}", "One repository").role(V).json::<Repository>(),
@@ -264,6 +293,13 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
         ),
         (route("get", "/api/v1/sources/{id}", "One source").role(V).json::<Source>(), get(resources::get_source)),
         (
+            route("put", "/api/v1/sources/{id}", "Change a source's host and configuration (secrets: when given)")
+                .role(O)
+                .body::<SourceUpdate>()
+                .json::<Source>(),
+            put(resources::update_source),
+        ),
+        (
             route("delete", "/api/v1/sources/{id}", "Delete a source").role(O).answer(Empty, 204).also(&[409]),
             delete(resources::delete_source),
         ),
@@ -278,6 +314,22 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             .json::<Page<Snapshot>>()
             .also(&[404]),
             get(resources::list_snapshots),
+        ),
+        (
+            route("get", "/api/v1/snapshots/{id}/tree", "A directory of a snapshot (read by the coordinator)")
+                .role(V)
+                .query::<snapshots::PathQuery>()
+                .json::<SnapshotDir>()
+                .also(&[404, 503]),
+            get(snapshots::tree),
+        ),
+        (
+            route("get", "/api/v1/snapshots/{id}/file", "A file of a snapshot, as an attachment")
+                .role(V)
+                .query::<snapshots::PathQuery>()
+                .answer(Answer::Bytes, 200)
+                .also(&[404, 503]),
+            get(snapshots::file),
         ),
         (
             route("post", "/api/v1/catalog/rebuild", "Rebuild the catalog's snapshots from the repositories")

@@ -36,6 +36,10 @@ pub struct Inner {
     pub metrics_public: bool,
     /// The web UI's cookies are `Secure`: the service speaks TLS.
     pub secure_cookies: bool,
+    /// Repositories opened to browse snapshots (`handlers::snapshots`).
+    pub browsing: crate::handlers::snapshots::OpenRepositories,
+    /// Where repositories' local caches are kept (the in-process workers' too).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Event streams one token may hold open at once.
@@ -86,6 +90,8 @@ impl AppState {
             revocations: tokio::sync::watch::channel(0).0,
             metrics_public: config.metrics_public,
             secure_cookies: config.tls.is_some(),
+            browsing: Default::default(),
+            cache_dir: config.worker_cache_dir.clone(),
         }))
     }
 

@@ -426,6 +426,20 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
     let job: Job =
         serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", a.secret.expose(), None).await).unwrap();
     let a_reader = token("tenant-a", "viewer").await;
+    // A snapshot in tenant A's repository (no worker runs here: backed up
+    // by the engine itself, then found by the catalog's rebuild).
+    let snapshot = {
+        let backend = backstop_backend::open(&repo_dir.display().to_string(), &Default::default()).unwrap();
+        let engine = backstop_repo::Repository::open(backend, &backstop_repo::Password::new("pw-a")).unwrap();
+        let source = backstop_repo::backup::BackupSource::Paths(vec![src.clone().into()]);
+        let options = backstop_repo::backup::BackupOptions::default();
+        let cancel = backstop_repo::CancelToken::new();
+        backstop_repo::backup::run(&engine, source, &options, &backstop_repo::NoProgress, &cancel)
+            .unwrap()
+            .id
+            .to_string()
+    };
+    api.ok("post", "/api/v1/catalog/rebuild", a.secret.expose(), None).await;
 
     // Walk every route that names an object: tenant B gets 404 for A's.
     let mut checked = 0;
@@ -443,11 +457,17 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
             source.id.clone()
         } else if route.path.starts_with("/api/v1/tokens") {
             a_reader.token.id.clone()
+        } else if route.path.starts_with("/api/v1/snapshots") {
+            snapshot.clone()
         } else {
             panic!("no tenant-A object for {}", route.path);
         };
         let path = route.path.replace("{id}", &id);
-        let body = (route.method == "post").then(|| json!({}));
+        let body = match route.method {
+            "post" => Some(json!({})),
+            "put" => Some(json!({"config": {}})),
+            _ => None,
+        };
         let (status, v) = api.call(route.method, &path, Some(b.secret.expose()), body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{} {path} as tenant B: {v}", route.method);
         checked += 1;
@@ -468,7 +488,8 @@ async fn a_tenants_token_finds_nothing_of_another_tenant_on_any_endpoint() {
         let text = v.to_string();
         assert!(!text.contains("tenant-a") && !text.contains(&job.id) && !text.contains(&repo.id), "{path}: {text}");
     }
-    // And tenant A still sees its job; by name, too.
+    // And tenant A still sees its job (by name, too) and browses its snapshot.
+    api.ok("get", &format!("/api/v1/snapshots/{snapshot}/tree"), a_reader.secret.expose(), None).await;
     api.ok("get", &format!("/api/v1/jobs/{}", job.id), a_reader.secret.expose(), None).await;
     api.ok("get", "/api/v1/plans/nightly", a_reader.secret.expose(), None).await;
     // A tenant admin cannot create tokens for another tenant or tenants at all.
@@ -984,5 +1005,99 @@ async fn a_chained_verify_reads_the_snapshot_its_backup_wrote_and_only_it() {
         serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{}/events", job.id), &admin, None).await).unwrap();
     let log: Vec<String> = events.iter().filter_map(|e| e.data["message"].as_str().map(str::to_string)).collect();
     assert!(log.iter().any(|m| m.contains(&damaged)), "the verify names {damaged}: {log:?}");
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_is_browsed_and_a_file_downloaded_through_the_coordinator_within_its_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let src = source_tree(dir.path());
+    setup_plan(&api, &admin, &src, json!({})).await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/nightly/run", &admin, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let snapshot = done.result.as_ref().unwrap()["snapshot_id"].as_str().unwrap().to_string();
+
+    // A directory, by its path as backed up.
+    let tree = |path: &str| format!("/api/v1/snapshots/{snapshot}/tree?path={}", path.replace('/', "%2F"));
+    let listed: SnapshotDir = serde_json::from_value(api.ok("get", &tree(&src), &admin, None).await).unwrap();
+    let names: Vec<(&str, &str)> = listed.entries.iter().map(|e| (e.name.as_str(), e.kind.as_str())).collect();
+    assert_eq!(names, [("a.txt", "file"), ("sub", "dir")]);
+    assert_eq!(listed.entries[0].size, 13);
+    let root: SnapshotDir = serde_json::from_value(api.ok("get", &tree("/"), &admin, None).await).unwrap();
+    assert_eq!(root.entries.len(), 1, "{root:?}");
+
+    // A file, whole, as an attachment.
+    let url = format!("{}/api/v1/snapshots/{snapshot}/file?path={}/sub/b.bin", api.base, src);
+    let answer = reqwest::Client::new().get(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["content-type"], "application/octet-stream");
+    assert!(answer.headers()["content-disposition"].to_str().unwrap().contains("filename=\"b.bin\""));
+    assert_eq!(answer.bytes().await.unwrap().to_vec(), vec![7u8; 300_000]);
+
+    // What is not a directory, not a file, or not there is a 4xx that says so; a path cannot climb out.
+    let (status, body) = api.call("get", &tree(&format!("{src}/a.txt")), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "path");
+    let (status, _) =
+        api.call("get", &format!("/api/v1/snapshots/{snapshot}/file?path={src}/sub"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.call("get", &tree(&format!("{src}/nothing")), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api.call("get", &tree("/../etc"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.call("get", "/api/v1/snapshots/0123abcd/tree", Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Another tenant finds no such snapshot.
+    api.ok("post", "/api/v1/tenants", &admin, Some(json!({"id": "tb"}))).await;
+    let other: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "b", "role": "admin", "tenant": "tb"}))).await,
+    )
+    .unwrap();
+    let (status, _) = api.call("get", &tree("/"), Some(other.secret.expose()), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .call("get", &format!("/api/v1/snapshots/{snapshot}/file?path={src}/a.txt"), Some(other.secret.expose()), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The repository's usage, from its snapshots; the worker pool that ran the job.
+    let usage: Vec<RepositoryUsage> =
+        serde_json::from_value(api.ok("get", "/api/v1/repositories/usage", &admin, None).await).unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0].snapshots, 1);
+    assert!(usage[0].logical_bytes >= 300_013 && usage[0].stored_bytes > 0, "{usage:?}");
+    let regions: Vec<RegionPool> =
+        serde_json::from_value(api.ok("get", "/api/v1/regions", &admin, None).await).unwrap();
+    assert_eq!(regions.len(), 1, "{regions:?}");
+    assert_eq!((regions[0].region.as_str(), regions[0].workers > 0), ("default", true));
+    let theirs: Vec<RepositoryUsage> =
+        serde_json::from_value(api.ok("get", "/api/v1/repositories/usage", other.secret.expose(), None).await).unwrap();
+    assert!(theirs.is_empty(), "another tenant's usage: {theirs:?}");
+
+    // Jobs by source and by creation time.
+    let page = |q: &str| {
+        let api = &api;
+        let admin = admin.clone();
+        let q = q.to_string();
+        async move {
+            let page: Page<Job> =
+                serde_json::from_value(api.ok("get", &format!("/api/v1/jobs?{q}"), &admin, None).await).unwrap();
+            page.items.iter().map(|j| j.id.clone()).collect::<Vec<_>>()
+        }
+    };
+    assert!(page("source=files").await.contains(&job.id));
+    let created = job.created;
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true).replace('+', "%2B");
+    assert!(page(&format!("since={}", at(created))).await.contains(&job.id));
+    assert!(!page(&format!("since={}", at(created + chrono::Duration::milliseconds(1)))).await.contains(&job.id));
+    assert!(page(&format!("until={}", at(created + chrono::Duration::milliseconds(1)))).await.contains(&job.id));
+    assert!(!page(&format!("until={}", at(created))).await.contains(&job.id));
+    assert_eq!(api.call("get", "/api/v1/jobs?source=nothing", Some(&admin), None).await.0, StatusCode::NOT_FOUND);
     running.shutdown().await;
 }

@@ -45,6 +45,14 @@ impl Answer {
         set.split(';').next().unwrap_or_default().split_once('=').map(|(_, v)| v.to_string()).unwrap_or_default()
     }
 
+    /// The value of the input whose id is `id`.
+    fn hidden_value(&self, id: &str) -> String {
+        let at = self.body.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in {}", self.body));
+        let rest = &self.body[at..];
+        let value = rest.find("value=\"").unwrap() + "value=\"".len();
+        rest[value..].split('"').next().unwrap().to_string()
+    }
+
     /// The value of the first hidden input `name` in the page.
     fn hidden(&self, name: &str) -> String {
         let marker = format!("name=\"{name}\" value=\"");
@@ -276,4 +284,263 @@ async fn pages_act_with_the_sessions_role_and_see_only_its_tenant() {
     assert_eq!(page.get("/jobs?state=sleeping", &session_a).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(page.get("/jobs?colour=red", &session_a).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(page.get("/jobs/nonexistent", &session_a).await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sources_and_plans_are_made_through_forms_that_show_each_error_by_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let page = Page::new(&api);
+    let (session, csrf) = page.login(&admin).await;
+    let src = source_tree(dir.path());
+
+    // Every kind has its own form, from the kind's fields; credentials are password inputs.
+    for kind in SourceKind::ALL {
+        let form = page.get(&format!("/sources/new?kind={}", kind.as_str()), &session).await;
+        assert_eq!(form.status, StatusCode::OK, "{kind:?}");
+        for field in backstop_source::packager(kind).fields() {
+            assert!(
+                form.body.contains(&format!("\"config.{}\"", field.key))
+                    || form.body.contains(&format!("\"secret.{}\"", field.key)),
+                "{kind:?} {}",
+                field.key
+            );
+        }
+    }
+    assert!(
+        page.get("/sources/new?kind=postgres", &session)
+            .await
+            .body
+            .contains("type=\"password\" name=\"secret.password\"")
+    );
+    assert_eq!(page.get("/sources/new?kind=floppy", &session).await.status, StatusCode::BAD_REQUEST);
+
+    // An fs source without paths is refused by the API's check, and the form comes back with what was typed.
+    let missing = page.post("/sources", &session, None, &[("csrf", &csrf), ("kind", "fs"), ("name", "data")]).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    assert!(missing.body.contains("paths") && missing.body.contains("role=\"alert\""), "{}", missing.body);
+    assert!(missing.body.contains("value=\"data\""), "the name is kept");
+    let made = page
+        .post("/sources", &session, None, &[("csrf", &csrf), ("kind", "fs"), ("name", "data"), ("config.paths", &src)])
+        .await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    let source: Source = serde_json::from_value(api.ok("get", "/api/v1/sources/data", &admin, None).await).unwrap();
+    assert_eq!(source.config, json!({"paths": [src]}));
+
+    // A database's password goes into the sealed secrets and never into a page, not even a refused one.
+    let db = [("csrf", csrf.as_str()), ("kind", "postgres"), ("name", "db"), ("secret.password", "pw-never-shown")];
+    let refused = page.post("/sources", &session, None, &db).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "no url");
+    assert!(!refused.body.contains("pw-never-shown"));
+    let db = [db.as_slice(), &[("config.url", "postgres://127.0.0.1/app")]].concat();
+    assert_eq!(page.post("/sources", &session, None, &db).await.status, StatusCode::SEE_OTHER);
+    for path in ["/sources", "/plans/new", "/"] {
+        assert!(!page.get(path, &session).await.body.contains("pw-never-shown"), "{path}");
+    }
+
+    // A source is edited through the same form, its values shown, its credentials kept unless typed again.
+    let edit = page.get(&format!("/sources/{}/edit", source.id), &session).await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(edit.body.contains(&src) && edit.body.contains("Save source"), "{}", edit.body);
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let both = format!("{src}\n{}", other.display());
+    let changed = page
+        .post(
+            &format!("/sources/{}", source.id),
+            &session,
+            None,
+            &[("csrf", &csrf), ("config.paths", &both), ("config.one_file_system", "on")],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
+    let source: Source = serde_json::from_value(api.ok("get", "/api/v1/sources/data", &admin, None).await).unwrap();
+    assert_eq!(source.config, json!({"paths": [src, other.display().to_string()], "one_file_system": true}));
+    let emptied =
+        page.post(&format!("/sources/{}", source.id), &session, None, &[("csrf", &csrf), ("config.paths", "")]).await;
+    assert_eq!(emptied.status, StatusCode::BAD_REQUEST, "an fs source needs paths");
+    let db_source: Source = serde_json::from_value(api.ok("get", "/api/v1/sources/db", &admin, None).await).unwrap();
+    let db_edit = page.get(&format!("/sources/{}/edit", db_source.id), &session).await;
+    assert!(db_edit.body.contains("empty: keep the stored one") && !db_edit.body.contains("pw-never-shown"));
+    let kept = page
+        .post(
+            &format!("/sources/{}", db_source.id),
+            &session,
+            None,
+            &[("csrf", &csrf), ("config.url", "postgres://127.0.0.1/other")],
+        )
+        .await;
+    assert_eq!(kept.status, StatusCode::SEE_OTHER, "{}", kept.body);
+
+    // The schedule's next fires, as the form's script reads them; a bad one is a 400 on its field.
+    let fires = page.get("/live/schedule?schedule=0%202%20*%20*%20*&timezone=UTC", &session).await;
+    assert_eq!(fires.status, StatusCode::OK, "{}", fires.body);
+    let fires: ScheduleFires = serde_json::from_str(&fires.body).unwrap();
+    assert_eq!(fires.fires.len(), 5);
+    assert!(fires.fires.iter().all(|t| t.format("%H:%M").to_string() == "02:00"));
+    let bad = page.get("/live/schedule?schedule=61%20*%20*%20*%20*", &session).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(serde_json::from_str::<ErrorBody>(&bad.body).unwrap().error.field.as_deref(), Some("schedule"));
+
+    // A plan with a bad schedule comes back with the error next to the schedule, and its values kept.
+    let plan = |schedule: &str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("name", "nightly".into()),
+            ("source", "data".into()),
+            ("repository", "local".into()),
+            ("schedule", schedule.to_string()),
+            ("timezone", "Europe/Berlin".into()),
+            ("keep_daily", "7".into()),
+            ("chain_retention", "on".into()),
+            ("enabled", "on".into()),
+        ]
+    };
+    let refused = page.post("/plans", &session, None, &refs(&plan("0 25 * * *"))).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    assert!(field(&refused.body, "schedule").contains("field-error"), "{}", refused.body);
+    assert!(refused.body.contains("value=\"Europe/Berlin\""), "the values are kept");
+    let mut wrong_number = plan("0 2 * * *");
+    wrong_number.push(("jitter_seconds", "soon".into()));
+    let refused = page.post("/plans", &session, None, &refs(&wrong_number)).await;
+    assert!(field(&refused.body, "jitter_seconds").contains("field-error"), "{}", refused.body);
+    let mut no_source = plan("0 2 * * *");
+    no_source[2].1 = "nothing".into();
+    let refused = page.post("/plans", &session, None, &refs(&no_source)).await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    assert!(field(&refused.body, "source").contains("field-error"), "{}", refused.body);
+
+    let good = plan("0 2 * * *");
+    let saved = page.post("/plans", &session, None, &refs(&good)).await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let made: Plan = serde_json::from_value(api.ok("get", "/api/v1/plans/nightly", &admin, None).await).unwrap();
+    assert_eq!(
+        (made.timezone.as_str(), made.retention.keep_daily, made.chain.retention),
+        ("Europe/Berlin", Some(7), true)
+    );
+    assert!(made.enabled && made.next_fire.is_some());
+
+    // Its edit form shows it as it is, with its next fires; disable, enable and delete act on it.
+    let edit = page.get(&format!("/plans/{}/edit", made.id), &session).await;
+    assert_eq!(edit.status, StatusCode::OK);
+    assert!(edit.body.contains("value=\"0 2 * * *\"") && edit.body.contains("<li>"), "{}", edit.body);
+    let toggle = format!("/plans/{}/enabled", made.id);
+    assert_eq!(
+        page.post(&toggle, &session, None, &[("csrf", &csrf), ("enabled", "false")]).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let off: Plan = serde_json::from_value(api.ok("get", "/api/v1/plans/nightly", &admin, None).await).unwrap();
+    assert!(!off.enabled && off.next_fire.is_none() && off.retention == made.retention, "{off:?}");
+    assert_eq!(page.post(&toggle, &session, None, &[("enabled", "true")]).await.status, StatusCode::FORBIDDEN, "CSRF");
+
+    // A viewer gets no form and cannot post one.
+    let viewer: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "v", "role": "viewer"}))).await,
+    )
+    .unwrap();
+    let (viewer_session, viewer_csrf) = page.login(viewer.secret.expose()).await;
+    assert_eq!(page.get("/plans/new", &viewer_session).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(page.get("/sources/new", &viewer_session).await.status, StatusCode::FORBIDDEN);
+    let mut forged = good.clone();
+    forged[0].1 = viewer_csrf;
+    assert_eq!(page.post("/plans", &viewer_session, None, &refs(&forged)).await.status, StatusCode::FORBIDDEN);
+    let listed = page.get("/plans", &viewer_session).await;
+    assert!(!listed.body.contains("/edit") && !listed.body.contains("/delete"), "no controls for a viewer");
+
+    let delete = format!("/plans/{}/delete", made.id);
+    assert_eq!(page.post(&delete, &session, None, &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(api.call("get", "/api/v1/plans/nightly", Some(&admin), None).await.0, StatusCode::NOT_FOUND);
+}
+
+/// A form's fields as `Page::post` takes them.
+fn refs<'a>(fields: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    fields.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The markup of form field `name` (from its `div.field` to the next field), which must be marked invalid.
+fn field<'a>(page: &'a str, name: &str) -> &'a str {
+    let marker = format!("class=\"field invalid\" data-field=\"{name}\"");
+    let at = page.find(&marker).unwrap_or_else(|| panic!("{name} is not marked invalid in {page}"));
+    page[at + marker.len()..].split("data-field=").next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn repositories_tokens_tenants_and_the_audit_trail_have_their_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.workers = 0;
+    let running = backstop_server::start(c).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let page = Page::new(&api);
+    let (session, csrf) = page.login(&admin).await;
+
+    // Repositories: the local one, and one registered through the form (its password never shown again).
+    let listed = page.get("/repositories", &session).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert!(listed.body.contains("data-repository=\"local\""), "{}", listed.body);
+    let second = dir.path().join("second");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("name", "second"),
+        ("location", second.to_str().unwrap()),
+        ("password", "repo-pw-never-shown"),
+        ("init", "on"),
+    ];
+    let made = page.post("/repositories", &session, None, &form).await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    assert!(second.join("config").exists(), "created on disk");
+    let again = page.post("/repositories", &session, None, &form).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "the same name twice");
+    assert!(again.body.contains("value=\"second\"") && !again.body.contains("repo-pw-never-shown"), "{}", again.body);
+    // Check from its page: a check job, whose page follows.
+    let repo: Repository =
+        serde_json::from_value(api.ok("get", "/api/v1/repositories/second", &admin, None).await).unwrap();
+    let check = page.post(&format!("/repositories/{}/check", repo.id), &session, None, &[("csrf", &csrf)]).await;
+    assert_eq!(check.status, StatusCode::SEE_OTHER, "{}", check.body);
+    let id = check.location().strip_prefix("/jobs/").unwrap().to_string();
+    let job: Job = serde_json::from_value(api.ok("get", &format!("/api/v1/jobs/{id}"), &admin, None).await).unwrap();
+    assert_eq!((job.kind, job.repository.as_str()), (JobKind::Check, repo.id.as_str()));
+    let unknown = page.post(&format!("/repositories/{}/format", repo.id), &session, None, &[("csrf", &csrf)]).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+
+    // A token: its secret is on the page that made it, and on no other.
+    let made =
+        page.post("/admin/tokens", &session, None, &[("csrf", &csrf), ("name", "ops"), ("role", "operator")]).await;
+    assert_eq!(made.status, StatusCode::OK, "{}", made.body);
+    let secret = made.hidden_value("secret");
+    assert!(secret.starts_with("bst_"), "{secret}");
+    let tokens = page.get("/admin/tokens", &session).await;
+    assert!(tokens.body.contains("data-token=\"ops\"") && !tokens.body.contains(&secret));
+    let token: backstop_types::Page<Token> =
+        serde_json::from_value(api.ok("get", "/api/v1/tokens", &admin, None).await).unwrap();
+    let ops = token.items.iter().find(|t| t.name == "ops").unwrap();
+    assert_eq!(ops.role, Role::Operator);
+    let (ops_session, ops_csrf) = page.login(&secret).await;
+    assert_eq!(page.get("/admin/tokens", &ops_session).await.status, StatusCode::FORBIDDEN, "an operator is no admin");
+    assert_eq!(page.get("/admin/audit", &ops_session).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        page.post("/admin/tokens", &ops_session, None, &[("csrf", &ops_csrf), ("name", "x"), ("role", "admin")])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let revoke = format!("/admin/tokens/{}/revoke", ops.id);
+    assert_eq!(page.post(&revoke, &session, None, &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.get("/", &ops_session).await.location(), "/login", "revoked: its session ended");
+
+    // A tenant; the audit trail shows what was done.
+    let made = page.post("/admin/tenants", &session, None, &[("csrf", &csrf), ("id", "tb"), ("name", "Team B")]).await;
+    assert_eq!(made.status, StatusCode::SEE_OTHER, "{}", made.body);
+    assert!(page.get("/admin/tenants", &session).await.body.contains("data-tenant=\"tb\""));
+    let bad = page.post("/admin/tenants", &session, None, &[("csrf", &csrf), ("id", "no spaces")]).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    let audit = page.get("/admin/audit", &session).await;
+    for action in ["repository.create", "token.create", "token.revoke", "tenant.create"] {
+        assert!(audit.body.contains(&format!("data-action=\"{action}\"")), "{action}: {}", audit.body);
+    }
 }

@@ -7,7 +7,7 @@ use std::process::Command as Process;
 use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 
-use crate::packager::{Packager, SourceKind};
+use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::process::{ChildStream, run_with_input};
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
 
@@ -84,8 +84,13 @@ impl Packager for Command {
         CommandConfig::parse(config).map(drop)
     }
 
-    fn config_schema(&self) -> serde_json::Value {
-        crate::packager::keys_schema(&["command"], &["filename"])
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::text("command", "Command", "run with sh -c on the worker; its standard output is backed up")
+                .required(),
+            ConfigField::text("filename", "Stream name", "the name the output is stored under (default stdout)"),
+        ];
+        FIELDS
     }
 
     fn touches(&self, _config: &Config, _restore: bool) -> Result<Touches> {

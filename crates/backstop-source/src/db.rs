@@ -19,7 +19,7 @@ use backstop_repo::backup::source::{EntryData, SourceEntry, SourceTree};
 use backstop_secret::Secret;
 use url::Url;
 
-use crate::packager::{Packager, SourceKind};
+use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::process::{ChildStream, run, run_with_input};
 use crate::{
     Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_list, opt_str,
@@ -526,9 +526,18 @@ impl Packager for Database {
         DbConfig::parse(self.0, config).map(drop)
     }
 
-    fn config_schema(&self) -> serde_json::Value {
-        // The password goes in the source's secrets.
-        crate::packager::keys_schema(&["url"], &["databases"])
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::text(
+                "url",
+                "URL",
+                "postgres://user@host:port/db or mysql://user@host:port/db, without the password",
+            )
+            .required(),
+            ConfigField::lines("databases", "Databases", "one per line; none: the URL's database, or all of them"),
+            ConfigField::secret("password", "Password", "the database user's password"),
+        ];
+        FIELDS
     }
 
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {

@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use backstop_repo::backup::BackupSource;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::packager::{Packager, SourceKind};
+use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches};
 
 /// The settings of an `fs` source.
@@ -68,20 +68,18 @@ impl Packager for Fs {
         Ok(())
     }
 
-    fn config_schema(&self) -> Value {
-        let patterns = json!({"type": "array", "items": {"type": "string"}});
-        json!({
-            "type": "object",
-            "properties": {
-                "paths": {"type": "array", "items": {"type": "string", "pattern": "^/"}, "minItems": 1},
-                "excludes": patterns,
-                "one_file_system": {"type": "boolean"},
-                "exclude_caches": {"type": "boolean"},
-                "hooks": {},
-            },
-            "required": ["paths"],
-            "additionalProperties": false,
-        })
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::lines("paths", "Paths", "absolute paths of files and directories, one per line").required(),
+            ConfigField::lines("excludes", "Excludes", "gitignore-style patterns, one per line"),
+            ConfigField::flag("one_file_system", "One file system", "do not cross into other file systems"),
+            ConfigField::flag(
+                "exclude_caches",
+                "Leave out caches",
+                "directories with a CACHEDIR.TAG keep only the tag",
+            ),
+        ];
+        FIELDS
     }
 
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {

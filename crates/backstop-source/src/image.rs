@@ -27,7 +27,7 @@ use backstop_repo::backup::source::{
 };
 use serde_json::Value;
 
-use crate::packager::{Packager, SourceKind};
+use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::qcow2::{Backing, Qcow2Image, is_qcow2};
 use crate::{
     Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_str, req_str,
@@ -497,8 +497,25 @@ impl Packager for Image {
         ImageConfig::parse(config).map(drop)
     }
 
-    fn config_schema(&self) -> Value {
-        crate::packager::keys_schema(&["path"], &["cbt", "generation", "chunk_size", "format", "backing_outside"])
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::text("path", "Image", "absolute path of a raw or qcow2 disk image, or a directory of them")
+                .required(),
+            ConfigField::text(
+                "cbt",
+                "Changed-block map",
+                "a JSON extent map from the hypervisor (or a directory of <disk>.json maps)",
+            ),
+            ConfigField::text("generation", "Map generation", "the map's generation, recorded with the snapshot"),
+            ConfigField::text("chunk_size", "Chunk size", "a power of two from 4k to 16m (default 8k)"),
+            ConfigField::text("format", "Format", "auto (by the name), raw or qcow2"),
+            ConfigField::flag(
+                "backing_outside",
+                "Backing files anywhere",
+                "let qcow2 backing files lie outside the image's directory",
+            ),
+        ];
+        FIELDS
     }
 
     fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {

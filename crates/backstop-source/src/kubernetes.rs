@@ -38,7 +38,7 @@ use kube::core::{GroupVersion, GroupVersionKind};
 use kube::discovery::{ApiCapabilities, ApiResource, Scope, verbs};
 use serde_json::{Value, json};
 
-use crate::packager::{Packager, SourceKind};
+use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::{
     Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_bool, opt_list, opt_str,
 };
@@ -1179,11 +1179,26 @@ impl Packager for Kubernetes {
         BackupConfig::parse(config).map(drop)
     }
 
-    fn config_schema(&self) -> Value {
-        // The token goes in the source's secrets.
-        let mut keys: Vec<&str> = CONNECTION_KEYS.iter().copied().filter(|k| *k != "token").collect();
-        keys.extend(BACKUP_KEYS);
-        crate::packager::keys_schema(&[], &keys)
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::text("context", "Context", "a context of the workers' kubeconfig"),
+            ConfigField::text("kubeconfig", "Kubeconfig", "path of a kubeconfig file on the worker"),
+            ConfigField::text("server", "API server", "https://host:port of the cluster's API"),
+            ConfigField::secret("token", "Token", "a service account's bearer token"),
+            ConfigField::text("token_file", "Token file", "path of a file holding the token, on the worker"),
+            ConfigField::text("certificate_authority_data", "CA certificate", "base64 PEM of the API server's CA"),
+            ConfigField::flag(
+                "insecure_skip_tls_verify",
+                "Skip TLS verification",
+                "do not check the API server's certificate",
+            ),
+            ConfigField::lines("namespaces", "Namespaces", "one per line; none: every namespace"),
+            ConfigField::lines("exclude_namespaces", "Leave out namespaces", "one per line"),
+            ConfigField::text("selector", "Label selector", "e.g. app=shop,tier!=cache"),
+            ConfigField::lines("kinds", "Kinds", "resource kinds, one per line; none: every kind"),
+            ConfigField::flag("owned", "Owned resources too", "also back up resources a controller owns"),
+        ];
+        FIELDS
     }
 
     fn touches(&self, config: &Config, restore: bool) -> Result<Touches> {

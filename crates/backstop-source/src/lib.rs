@@ -39,7 +39,7 @@ use backstop_repo::tree::{Node, NodeType};
 use backstop_repo::{CancelToken, Progress, Repository, Snapshot, SnapshotKind};
 use serde_json::{Map, Value};
 
-pub use crate::packager::{Packager, SourceKind, kind, packager};
+pub use crate::packager::{ConfigField, FieldValue, Packager, SourceKind, config_schema, kind, packager};
 
 /// A source's configuration, as stored in a plan's source.
 pub type Config = Map<String, Value>;

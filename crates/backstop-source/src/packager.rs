@@ -23,11 +23,11 @@ pub trait Packager: Sync {
     /// without running anything.
     fn validate(&self, config: &Config) -> Result<()>;
 
-    /// The JSON Schema of a source's `config` (its keys, which are
-    /// required, `hooks` among them; credentials go in `secrets`), for
-    /// the OpenAPI document: a client checks before it sends, and
-    /// [`validate`](Packager::validate) checks again, values too.
-    fn config_schema(&self) -> Value;
+    /// The keys of a source's configuration and secrets (`hooks` aside),
+    /// each with how it is given: the OpenAPI document's schema
+    /// ([`config_schema`]) and the web UI's form are made from them;
+    /// [`validate`](Packager::validate) checks the values.
+    fn fields(&self) -> &'static [ConfigField];
 
     /// What the configuration makes a job reach on its worker's host (a
     /// source's, or with `restore` a restore target's): local paths, hosts,
@@ -68,14 +68,69 @@ pub fn packager(kind: SourceKind) -> &'static dyn Packager {
     }
 }
 
-/// A configuration's schema by its keys: these may be there (`required`
-/// must), with any value (the packager checks the values), `hooks` too,
-/// and nothing else.
-pub fn keys_schema(required: &[&str], optional: &[&str]) -> Value {
-    let mut properties = Map::new();
-    for key in required.iter().chain(optional).chain(&["hooks"]) {
-        properties.insert(key.to_string(), json!({}));
+/// One key of a kind's configuration (or secrets), as a form asks for it
+/// and the API's schema describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigField {
+    pub key: &'static str,
+    /// What a form calls it.
+    pub label: &'static str,
+    pub value: FieldValue,
+    pub required: bool,
+    /// One line on what to give.
+    pub help: &'static str,
+}
+
+/// How a configuration value is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValue {
+    /// A string.
+    Text,
+    /// A list of strings (a form: one per line).
+    Lines,
+    /// true or false.
+    Flag,
+    /// A credential: it goes in the source's `secrets`, sealed, never shown.
+    Secret,
+}
+
+impl ConfigField {
+    pub const fn text(key: &'static str, label: &'static str, help: &'static str) -> ConfigField {
+        ConfigField { key, label, value: FieldValue::Text, required: false, help }
     }
+    pub const fn lines(key: &'static str, label: &'static str, help: &'static str) -> ConfigField {
+        ConfigField { key, label, value: FieldValue::Lines, required: false, help }
+    }
+    pub const fn flag(key: &'static str, label: &'static str, help: &'static str) -> ConfigField {
+        ConfigField { key, label, value: FieldValue::Flag, required: false, help }
+    }
+    pub const fn secret(key: &'static str, label: &'static str, help: &'static str) -> ConfigField {
+        ConfigField { key, label, value: FieldValue::Secret, required: false, help }
+    }
+    pub const fn required(self) -> ConfigField {
+        ConfigField { required: true, ..self }
+    }
+}
+
+/// The JSON Schema of a `kind` source's `config` (its keys, which are
+/// required, `hooks` among them; credentials go in `secrets`), for the
+/// OpenAPI document: a client checks before it sends, and the packager's
+/// `validate` checks again, values too.
+pub fn config_schema(kind: SourceKind) -> Value {
+    let fields = packager(kind).fields();
+    let mut properties = Map::new();
+    for field in fields {
+        let schema = match field.value {
+            FieldValue::Text => json!({"type": "string"}),
+            FieldValue::Lines => json!({"type": "array", "items": {"type": "string"}}),
+            FieldValue::Flag => json!({"type": "boolean"}),
+            FieldValue::Secret => continue,
+        };
+        properties.insert(field.key.to_string(), schema);
+    }
+    properties.insert("hooks".into(), json!({}));
+    let required: Vec<&str> =
+        fields.iter().filter(|f| f.required && f.value != FieldValue::Secret).map(|f| f.key).collect();
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
@@ -110,8 +165,8 @@ impl Packager for Unbuilt {
     fn validate(&self, _: &Config) -> Result<()> {
         self.refuse()
     }
-    fn config_schema(&self) -> Value {
-        keys_schema(&[], &[])
+    fn fields(&self) -> &'static [ConfigField] {
+        &[]
     }
     fn touches(&self, _: &Config, _: bool) -> Result<Touches> {
         self.refuse()
@@ -160,7 +215,7 @@ mod tests {
             value.as_object().cloned().unwrap()
         };
         for kind in SourceKind::ALL {
-            let schema = packager(kind).config_schema();
+            let schema = config_schema(kind);
             assert_eq!(schema["additionalProperties"], json!(false), "{kind:?}");
             for key in schema["properties"].as_object().unwrap().keys().filter(|k| *k != "hooks") {
                 let mut config = required(kind);

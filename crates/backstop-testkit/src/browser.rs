@@ -47,6 +47,14 @@ pub struct Browser {
     _profile: tempfile::TempDir,
 }
 
+/// What [`Browser::fetch`] got.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub disposition: Option<String>,
+    pub body: Vec<u8>,
+}
+
 /// One element of the page.
 #[derive(Debug, Clone)]
 pub struct Element(String);
@@ -223,6 +231,29 @@ impl Browser {
     /// Run `script` as an async function body whose last argument is the callback to call with its result.
     pub fn execute_async(&self, script: &str, args: Value) -> Value {
         self.must("POST", "/execute/async", Some(json!({"script": script, "args": args})))
+    }
+
+    /// Fetch `url` from the page, with its cookies (a download, as the
+    /// browser would make it): the status, the `Content-Disposition` and
+    /// the body.
+    pub fn fetch(&self, url: &str) -> Fetched {
+        use base64::Engine;
+        let answer = self.execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch(arguments[0], {credentials: 'same-origin'}).then(async r => {
+               const bytes = new Uint8Array(await r.arrayBuffer());
+               let text = '';
+               for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+               done({status: r.status, disposition: r.headers.get('content-disposition'), body: btoa(text)});
+             });",
+            json!([url]),
+        );
+        let body = answer["body"].as_str().unwrap_or_default();
+        Fetched {
+            status: answer["status"].as_u64().unwrap_or(0) as u16,
+            disposition: answer["disposition"].as_str().map(str::to_string),
+            body: base64::engine::general_purpose::STANDARD.decode(body).expect("base64 from the page"),
+        }
     }
 
     /// The page as a PNG at `path` (its directory is made).

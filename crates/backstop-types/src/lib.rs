@@ -455,6 +455,65 @@ pub struct Snapshot {
     pub info: SnapshotInfo,
 }
 
+/// What a repository's snapshots in the catalog say of it
+/// (`GET /api/v1/repositories/usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RepositoryUsage {
+    pub repository: String,
+    pub snapshots: u32,
+    /// Bytes the snapshots hold (each snapshot's files, counted per snapshot).
+    pub logical_bytes: u64,
+    /// Bytes their backups stored (new data, after dedup and compression), before any prune.
+    pub stored_bytes: u64,
+    /// `stored_bytes` as it grew: after each snapshot, oldest first (at most 200 points).
+    pub growth: Vec<UsagePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UsagePoint {
+    pub time: DateTime<Utc>,
+    pub stored_bytes: u64,
+}
+
+/// A region's pool of workers (`GET /api/v1/regions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RegionPool {
+    pub region: String,
+    /// Workers that asked for work in the last two minutes or run a job now.
+    pub workers: u32,
+    /// Jobs running there now (a tenant's token: its own).
+    pub running: u32,
+    /// Jobs waiting there (a tenant's token: its own).
+    pub queued: u32,
+}
+
+/// One entry of a snapshot's directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotEntry {
+    /// The name as stored (bytes that are not UTF-8 shown as U+FFFD).
+    pub name: String,
+    /// `file`, `dir`, `symlink`, `blockdev`, `chardev`, `fifo` or `socket`.
+    pub kind: String,
+    /// Bytes (a file's length).
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    pub mtime: DateTime<Utc>,
+    /// Where a symbolic link points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+/// A directory of a snapshot (`GET /api/v1/snapshots/{id}/tree`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SnapshotDir {
+    pub snapshot: String,
+    /// The directory, absolute, as backed up (`/` is the snapshot's root).
+    pub path: String,
+    /// Its entries, by name.
+    pub entries: Vec<SnapshotEntry>,
+}
+
 /// A repository to register. Its password and options travel inward in clear.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -557,6 +616,22 @@ pub struct SourceSpec {
     #[schemars(with = "serde_json::Map<String, Value>")]
     pub config: Value,
     /// Credentials the kind needs (`password`, `token`); stored sealed, never shown.
+    #[serde(default, serialize_with = "backstop_secret::reveal")]
+    #[schemars(with = "Option<serde_json::Map<String, Value>>")]
+    pub secrets: Secret<Value>,
+}
+
+/// A change to a source (its kind and name stay): its host and
+/// configuration as given, and its secrets only when given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceUpdate {
+    #[serde(default)]
+    #[schemars(pattern(HOST_PATTERN))]
+    pub host: Option<String>,
+    #[schemars(with = "serde_json::Map<String, Value>")]
+    pub config: Value,
+    /// New credentials; absent (or null), the stored ones stay.
     #[serde(default, serialize_with = "backstop_secret::reveal")]
     #[schemars(with = "Option<serde_json::Map<String, Value>>")]
     pub secrets: Secret<Value>,
@@ -740,6 +815,28 @@ pub struct Plan {
     pub created: DateTime<Utc>,
 }
 
+impl From<&Plan> for PlanSpec {
+    /// The spec that makes `plan` as it is (its source and repository by id).
+    fn from(plan: &Plan) -> PlanSpec {
+        PlanSpec {
+            name: plan.name.clone(),
+            source: plan.source.clone(),
+            repository: plan.repository.clone(),
+            schedule: plan.schedule.clone(),
+            timezone: Some(plan.timezone.clone()),
+            jitter_seconds: plan.jitter_seconds,
+            misfire: plan.misfire,
+            overlap: plan.overlap,
+            retention: plan.retention.clone(),
+            chain: plan.chain.clone(),
+            tags: plan.tags.clone(),
+            max_attempts: Some(plan.max_attempts),
+            deadline_seconds: plan.deadline_seconds,
+            enabled: plan.enabled,
+        }
+    }
+}
+
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -864,6 +961,11 @@ pub struct ErrorDetail {
     /// Stable and machine-readable; each code has one HTTP status.
     pub code: ErrorCode,
     pub message: String,
+    /// The field of the request the error is about (`schedule`,
+    /// `retention`, `source`), when it is about one: a form shows the
+    /// message next to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 /// What went wrong, for a program to act on; [`ErrorCode::status`] is
@@ -922,6 +1024,13 @@ impl ErrorCode {
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::TooManyStreams)
     }
+}
+
+/// When a schedule fires next (`GET /api/v1/schedule`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleFires {
+    /// The next fire times, soonest first (none for a schedule that never fires again).
+    pub fires: Vec<DateTime<Utc>>,
 }
 
 /// An entry of the audit trail.

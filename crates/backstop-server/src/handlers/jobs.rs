@@ -36,6 +36,13 @@ pub struct ListQuery {
     /// A repository's name or id.
     #[schemars(pattern(backstop_types::REF_PATTERN))]
     pub repository: Option<String>,
+    /// A source's name or id.
+    #[schemars(pattern(backstop_types::REF_PATTERN))]
+    pub source: Option<String>,
+    /// Only jobs created at or after this time (RFC 3339).
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only jobs created before this time (RFC 3339).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
     /// `next_cursor` of the page before.
     pub cursor: Option<String>,
     #[schemars(range(min = 1, max = 1000))]
@@ -84,11 +91,19 @@ pub async fn list(
         Some(r) => Some(state.catalog.repository(&scope, r).await?.id),
         None => None,
     };
+    check_ref("source", &q.source)?;
+    let source = match &q.source {
+        Some(s) => Some(state.catalog.source(&scope, s).await?.id),
+        None => None,
+    };
     let filter = JobFilter {
         state: q.state,
         kind: q.kind,
         plan,
         repository,
+        source,
+        created_from_ms: q.since.map(|t| t.timestamp_millis()),
+        created_before_ms: q.until.map(|t| t.timestamp_millis()),
         cursor: q.cursor.clone(),
         limit: page_limit(q.limit)? as u32,
     };
@@ -417,4 +432,15 @@ pub async fn stream(
         Some((Ok(event), follow))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The worker pools by region: workers seen in the last two minutes (or
+/// running a job), and the caller's jobs running and queued there.
+pub async fn regions(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<backstop_types::RegionPool>>> {
+    caller.require(Role::Viewer)?;
+    let seen_since = now_ms() - 120_000;
+    Ok(Json(state.catalog.regions(&caller.scope(), seen_since).await?))
 }

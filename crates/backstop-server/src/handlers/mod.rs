@@ -6,6 +6,7 @@ pub mod jobs;
 pub mod ops;
 pub mod plans;
 pub mod resources;
+pub mod snapshots;
 pub mod worker;
 
 use backstop_catalog::now_ms;

@@ -3,11 +3,11 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use backstop_catalog::now_ms;
-use backstop_types::{Job, Page, Plan, PlanSpec, Role};
+use backstop_types::{Job, Page, Plan, PlanSpec, Role, ScheduleFires};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Query};
 use crate::handlers::{PageQuery, audit, check_ref, idempotency_key, paginate};
 use crate::state::AppState;
@@ -92,4 +92,37 @@ pub async fn run(
         state.wake();
     }
     Ok((if created { StatusCode::CREATED } else { StatusCode::OK }, Json(job)))
+}
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleQuery {
+    /// A cron expression as a plan takes it (`min hour day month weekday`, or `@daily`).
+    #[schemars(length(min = 1, max = 200), pattern(backstop_types::TEXT_PATTERN))]
+    pub schedule: String,
+    /// IANA time zone (default UTC).
+    #[schemars(length(min = 1, max = 100), pattern(backstop_types::TEXT_PATTERN))]
+    pub timezone: Option<String>,
+    /// How many fire times (default 5).
+    #[schemars(range(min = 1, max = 100))]
+    pub count: Option<u32>,
+}
+
+/// When a schedule would fire next: a plan's form shows it before saving.
+/// A bad expression or zone is a 400 on its field.
+pub async fn schedule(caller: Caller, Query(q): Query<ScheduleQuery>) -> ApiResult<Json<ScheduleFires>> {
+    caller.require(Role::Viewer)?;
+    let count = q.count.unwrap_or(5);
+    if !(1..=100).contains(&count) {
+        return Err(ApiError::invalid("count is between 1 and 100").on("count"));
+    }
+    let Some(schedule) = backstop_catalog::schedule::plan_schedule(Some(&q.schedule), q.timezone.as_deref())? else {
+        return Err(ApiError::invalid("a schedule is needed").on("schedule"));
+    };
+    let fires = schedule
+        .fires(now_ms(), count as usize)
+        .into_iter()
+        .filter_map(chrono::DateTime::from_timestamp_millis)
+        .collect();
+    Ok(Json(ScheduleFires { fires }))
 }

@@ -6,7 +6,7 @@ use backstop_catalog::now_ms;
 use backstop_catalog::resources::{SYSTEM_TENANT, Scope};
 use backstop_types::{
     AuditEvent, CatalogRebuild, NewToken, Page, RebuiltRepository, Repository, RepositoryOption, RepositorySpec, Role,
-    Snapshot, Source, SourceSpec, Tenant, TenantSpec, Token, TokenSpec,
+    Snapshot, Source, SourceKind, SourceSpec, SourceUpdate, Tenant, TenantSpec, Token, TokenSpec,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -191,34 +191,67 @@ pub async fn create_source(
     Json(spec): Json<SourceSpec>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     caller.require(Role::Operator)?;
-    refuse_secrets_in_config(&spec)?;
-    backstop_source::hooks::Hooks::parse(spec.config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mut config = spec.config.as_object().cloned().unwrap_or_default();
-    let secrets = match spec.secrets.expose() {
-        serde_json::Value::Null => Default::default(),
-        serde_json::Value::Object(secrets) => secrets.clone(),
-        _ => {
-            return Err(ApiError::invalid(
-                "secrets is an object: the kind's credentials by name ({\"password\": …} or {\"token\": …})",
-            ));
-        }
-    };
-    // Secrets are options too (a database password), stored apart, sealed.
-    config.extend(secrets);
-    backstop_source::validate(spec.kind, &config).map_err(|e| ApiError::invalid(e.to_string()))?;
-    // What it would reach on the workers' hosts, checked against the
-    // tenant's reach (and again by the worker when it runs).
-    let touches = backstop_source::touches(spec.kind, &config, false).map_err(|e| ApiError::invalid(e.to_string()))?;
-    crate::reach::check(&state, &caller, caller.scope().tenant(), &touches).await?;
+    check_source(&state, &caller, spec.kind, &spec.config, spec.secrets.expose()).await?;
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok((StatusCode::CREATED, Json(source)))
 }
 
+/// Change a source's host and configuration (and its secrets, when given).
+pub async fn update_source(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(update): Json<SourceUpdate>,
+) -> ApiResult<Json<Source>> {
+    caller.require(Role::Operator)?;
+    let scope = caller.scope();
+    let source = state.catalog.source(&scope, &id).await?;
+    // Checked with the credentials it will have: the new ones, or those stored.
+    let secrets = match update.secrets.expose() {
+        serde_json::Value::Null => state.catalog.source_secrets(&scope, &source.id).await?,
+        given => given.clone(),
+    };
+    check_source(&state, &caller, source.kind, &update.config, &secrets).await?;
+    let source = state.catalog.update_source(&scope, &source.id, &update).await?;
+    audit(&state, &caller, "source.update", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
+    Ok(Json(source))
+}
+
+/// A source's configuration and secrets, as its packager and the caller's
+/// tenant allow them: no credential in the configuration, valid hooks,
+/// values the packager takes, nothing beyond the tenant's reach.
+async fn check_source(
+    state: &AppState,
+    caller: &Caller,
+    kind: SourceKind,
+    config: &serde_json::Value,
+    secrets: &serde_json::Value,
+) -> ApiResult<()> {
+    refuse_secrets_in_config(config)?;
+    backstop_source::hooks::Hooks::parse(config.get("hooks")).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let mut all = config.as_object().cloned().unwrap_or_default();
+    match secrets {
+        serde_json::Value::Null => {}
+        serde_json::Value::Object(secrets) => all.extend(secrets.clone()),
+        _ => {
+            return Err(ApiError::invalid(
+                "secrets is an object: the kind's credentials by name ({\"password\": …} or {\"token\": …})",
+            ));
+        }
+    }
+    // Secrets are options too (a database password), stored apart, sealed.
+    backstop_source::validate(kind, &all).map_err(|e| ApiError::invalid(e.to_string()))?;
+    // What it would reach on the workers' hosts, checked against the
+    // tenant's reach (and again by the worker when it runs).
+    let touches = backstop_source::touches(kind, &all, false).map_err(|e| ApiError::invalid(e.to_string()))?;
+    crate::reach::check(state, caller, caller.scope().tenant(), &touches).await
+}
+
 /// A source's `config` is stored and shown as it is: a password or token in
 /// it (or in a URL) belongs in `secrets`, which are sealed and never shown.
-fn refuse_secrets_in_config(spec: &SourceSpec) -> ApiResult<()> {
-    let config = spec.config.as_object();
+fn refuse_secrets_in_config(config: &serde_json::Value) -> ApiResult<()> {
+    let config = config.as_object();
     let key =
         ["password", "token", "secret_access_key"].into_iter().find(|k| config.is_some_and(|c| c.contains_key(*k)));
     let url_password = config
@@ -449,4 +482,39 @@ pub async fn list_audit(
     }
     let limit = crate::handlers::page_limit(q.limit)? as u32;
     Ok(Json(state.catalog.list_audit(&caller.scope(), q.cursor, limit).await?))
+}
+
+/// What each repository's snapshots in the catalog say of it: how many,
+/// what they hold, what their backups stored and how that grew.
+pub async fn repository_usage(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<backstop_types::RepositoryUsage>>> {
+    caller.require(Role::Viewer)?;
+    let scope = caller.scope();
+    let mut by_repo: std::collections::BTreeMap<String, Vec<backstop_types::Snapshot>> =
+        state.catalog.list_repositories(&scope).await?.into_iter().map(|r| (r.id, Vec::new())).collect();
+    for s in state.catalog.list_snapshots(&scope, None).await? {
+        by_repo.entry(s.repository.clone()).or_default().push(s);
+    }
+    Ok(Json(by_repo.into_iter().map(|(repository, snaps)| usage(repository, snaps)).collect()))
+}
+
+/// The usage of one repository from its snapshots.
+fn usage(repository: String, mut snaps: Vec<backstop_types::Snapshot>) -> backstop_types::RepositoryUsage {
+    const POINTS: usize = 200;
+    let number = |s: &backstop_types::Snapshot, key: &str| {
+        s.info.summary.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0)
+    };
+    snaps.sort_by_key(|s| s.info.time);
+    let (mut logical_bytes, mut stored_bytes, mut growth) = (0, 0, Vec::new());
+    let every = snaps.len().div_ceil(POINTS).max(1);
+    for (i, s) in snaps.iter().enumerate() {
+        logical_bytes += number(s, "bytes_total");
+        stored_bytes += number(s, "bytes_added_stored");
+        if i % every == 0 || i + 1 == snaps.len() {
+            growth.push(backstop_types::UsagePoint { time: s.info.time, stored_bytes });
+        }
+    }
+    backstop_types::RepositoryUsage { repository, snapshots: snaps.len() as u32, logical_bytes, stored_bytes, growth }
 }

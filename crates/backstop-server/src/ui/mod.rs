@@ -18,7 +18,6 @@ mod pages;
 
 use std::time::Duration;
 
-use axum::Form;
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::header::{self, HeaderMap, HeaderValue};
@@ -51,11 +50,29 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/cancel", post(pages::cancel))
         .route("/jobs/{id}/rerun", post(pages::rerun))
         .route("/jobs/{id}/live", get(pages::live))
-        .route("/plans", get(pages::plans))
+        .route("/plans", get(pages::plans).post(pages::save_plan))
+        .route("/plans/new", get(pages::new_plan))
+        .route("/plans/{id}/edit", get(pages::edit_plan))
         .route("/plans/{id}/run", post(pages::run_plan))
-        .route("/sources", get(pages::sources))
+        .route("/plans/{id}/enabled", post(pages::set_enabled))
+        .route("/plans/{id}/delete", post(pages::delete_plan))
+        .route("/live/schedule", get(pages::live_schedule))
+        .route("/sources", get(pages::sources).post(pages::save_source))
+        .route("/sources/new", get(pages::new_source))
+        .route("/sources/{id}", post(pages::update_source))
+        .route("/sources/{id}/edit", get(pages::edit_source))
+        .route("/sources/{id}/delete", post(pages::delete_source))
+        .route("/repositories", get(pages::repositories).post(pages::register_repository))
+        .route("/repositories/{id}/{kind}", post(pages::maintain))
         .route("/snapshots", get(pages::snapshots))
+        .route("/snapshots/{id}", get(pages::snapshot))
+        .route("/snapshots/{id}/download", get(pages::download))
+        .route("/snapshots/{id}/restore", post(pages::restore))
         .route("/live/running", get(pages::running))
+        .route("/admin/tokens", get(pages::tokens).post(pages::create_token))
+        .route("/admin/tokens/{id}/revoke", post(pages::revoke_token))
+        .route("/admin/tenants", get(pages::tenants).post(pages::create_tenant))
+        .route("/admin/audit", get(pages::audit))
         .route("/assets/{name}", get(assets::serve))
         .layer(axum::middleware::map_response(secure_headers))
 }
@@ -172,25 +189,42 @@ struct CsrfForm {
     csrf: String,
 }
 
-/// A state-changing form of a logged-in browser: its session, once the
-/// form came from this site and carried the session's CSRF token. Every
-/// POST but the login's takes one, so no handler can forget the check.
+/// A state-changing form of a logged-in browser: its session and its
+/// fields (`T`), once the form came from this site and carried the
+/// session's CSRF token. Every POST but the login's takes one (or
+/// [`UiAction`], a form of no other fields), so no handler can forget the
+/// check.
+pub struct UiForm<T>(pub UiSession, pub T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<AppState> for UiForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<UiForm<T>, Response> {
+        let (mut parts, body) = req.into_parts();
+        same_origin(&parts.headers).map_err(|e| pages::error_page(&e))?;
+        let session = UiSession::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
+        let body = axum::body::Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let CsrfForm { csrf } = serde_urlencoded::from_bytes(&body).unwrap_or(CsrfForm { csrf: String::new() });
+        if !same_secret(&csrf, &session.session.csrf) {
+            let e = ApiError::forbidden("the form's CSRF token is missing or wrong; reload the page and try again");
+            return Err(pages::error_page(&e));
+        }
+        let form = serde_urlencoded::from_bytes(&body)
+            .map_err(|e| pages::error_page(&ApiError::invalid(format!("the form is not one this page sends: {e}"))))?;
+        Ok(UiForm(session, form))
+    }
+}
+
+/// A form with no fields but its CSRF token (a button: cancel, run now).
 pub struct UiAction(pub UiSession);
 
 impl FromRequest<AppState> for UiAction {
     type Rejection = Response;
 
     async fn from_request(req: Request, state: &AppState) -> Result<UiAction, Response> {
-        let (mut parts, body) = req.into_parts();
-        same_origin(&parts.headers).map_err(|e| pages::error_page(&e))?;
-        let session = UiSession::from_request_parts(&mut parts, state).await.map_err(IntoResponse::into_response)?;
-        let Form(form) = Form::<CsrfForm>::from_request(Request::from_parts(parts, body), state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        if !same_secret(&form.csrf, &session.session.csrf) {
-            let e = ApiError::forbidden("the form's CSRF token is missing or wrong; reload the page and try again");
-            return Err(pages::error_page(&e));
-        }
+        let UiForm(session, serde::de::IgnoredAny) = UiForm::from_request(req, state).await?;
         Ok(UiAction(session))
     }
 }

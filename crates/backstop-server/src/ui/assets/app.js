@@ -89,6 +89,51 @@ function followRunning(section) {
   setInterval(tick, 2000);
 }
 
+// A note under a list (`[data-note]`), made when missing.
+function note(box, text, error) {
+  let el = box.querySelector("[data-note]");
+  if (!el) { el = document.createElement("span"); el.dataset.note = ""; box.append(el); }
+  el.textContent = text;
+  el.className = error ? "error" : "empty";
+}
+
+// A plan's form: the schedule's next fires, as the API computes them, while it is typed.
+function previewSchedule(form) {
+  const schedule = form.querySelector("[name=schedule]");
+  const zone = form.querySelector("[name=timezone]");
+  const box = form.querySelector("[data-fires]");
+  if (!schedule || !zone || !box) return;
+  const list = box.querySelector("ol");
+  let timer = null;
+  const show = async () => {
+    const text = schedule.value.trim();
+    if (!text) { list.replaceChildren(); note(box, "none: the plan runs only when asked"); return; }
+    const q = new URLSearchParams({ schedule: text, timezone: zone.value.trim() || "UTC" });
+    try {
+      const answer = await fetch(`/live/schedule?${q}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
+      const body = await answer.json();
+      list.replaceChildren();
+      if (!answer.ok) { note(box, body.error ? body.error.message : "not a schedule", true); return; }
+      for (const t of body.fires) {
+        const li = document.createElement("li");
+        li.textContent = when(t);
+        list.append(li);
+      }
+      note(box, body.fires.length ? "" : "it never fires");
+    } catch (_) { /* the service restarts: keep what is shown */ }
+  };
+  const later = () => { clearTimeout(timer); timer = setTimeout(show, 300); };
+  schedule.addEventListener("input", later);
+  zone.addEventListener("input", later);
+}
+
+// Forms that destroy something ask first.
+for (const form of document.querySelectorAll("form[data-confirm]")) {
+  form.addEventListener("submit", (ev) => { if (!window.confirm(form.dataset.confirm)) ev.preventDefault(); });
+}
+
+const planForm = document.querySelector("form#plan");
+if (planForm) previewSchedule(planForm);
 const job = document.querySelector("#job[data-job]");
 if (job) followJob(job);
 const running = document.querySelector("#running[data-live-list]");

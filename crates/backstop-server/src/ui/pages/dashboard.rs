@@ -1,0 +1,97 @@
+//! The dashboard: what runs, what failed, what waits, what is unprotected.
+
+use super::repositories::{growth_chart, savings};
+use super::sources::protection_table;
+use super::*;
+
+pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> PageResult {
+    let running = list_jobs(&state, &session, only(JobState::Running, 200)).await?;
+    let queued = list_jobs(&state, &session, only(JobState::Queued, 200)).await?;
+    let day_ago = Utc::now() - chrono::Duration::hours(24);
+    let mut failures = Vec::new();
+    for s in [JobState::Failed, JobState::Dead] {
+        let page = list_jobs(&state, &session, only(s, 200)).await?;
+        failures.extend(page.items.into_iter().filter(|j| j.finished.is_some_and(|f| f > day_ago)));
+    }
+    failures.sort_by_key(|j| std::cmp::Reverse(j.finished));
+    let catalogue = Catalogue::load(&state, &session).await?;
+    let names = catalogue.names();
+    let backups = newest(&state, &session, JobKind::Backup, |j| j.source.clone()).await?;
+    let verifies = newest(&state, &session, JobKind::Verify, |j| j.plan.clone()).await?;
+    let sources = protection(&catalogue, &backups, &verifies);
+    let unprotected: Vec<&Protection> = sources.iter().filter(|p| p.last_backup.is_none()).collect();
+    let Json(usage) =
+        handlers::resources::repository_usage(State(state.clone()), session.caller()).await.map_err(fail)?;
+    let Json(regions) = handlers::jobs::regions(State(state.clone()), session.caller()).await.map_err(fail)?;
+    let body = html! {
+        h1 { "Dashboard" }
+        section #running data-live-list {
+            h2 { "Running now (" (running.items.len()) ")" }
+            (job_table(&running.items, &names, "Nothing is running."))
+        }
+        section #failures {
+            h2 { "Failed in the last 24 hours (" (failures.len()) ")" }
+            (job_table(&failures, &names, "No job failed in the last 24 hours."))
+        }
+        section #queue {
+            h2 { "Queued (" (queued.items.len()) ")" }
+            (job_table(&queued.items, &names, "The queue is empty."))
+        }
+        section #protection {
+            h2 { "Sources without a successful backup (" (unprotected.len()) " of " (sources.len()) ")" }
+            @if unprotected.is_empty() {
+                p.empty { "Every source has a successful backup. " a href="/sources" { "All sources →" } }
+            } @else {
+                (protection_table(&unprotected, false))
+                p { a href="/sources" { "All sources →" } }
+            }
+        }
+        section #repositories {
+            h2 { "Repositories (" (usage.len()) ")" }
+            @if usage.is_empty() {
+                p.empty { "No repository yet. " a href="/repositories" { "Register one →" } }
+            } @else {
+                table.usage {
+                    thead { tr { th { "Repository" } th { "Snapshots" } th { "Stored by its backups" } th { "Saved by dedup and compression" } th { "Growth" } } }
+                    tbody {
+                        @for u in &usage {
+                            tr data-repository=(names.of(Some(&u.repository))) {
+                                td { a href="/repositories" { (names.of(Some(&u.repository))) } }
+                                td { (u.snapshots) }
+                                td { (bytes(u.stored_bytes)) }
+                                td { (savings(u.stored_bytes, u.logical_bytes)) }
+                                td { (growth_chart(&u.growth)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section #workers {
+            h2 { "Workers by region" }
+            @if regions.is_empty() {
+                p.empty { "No worker has asked for work in the last two minutes." }
+            } @else {
+                table.regions {
+                    thead { tr { th { "Region" } th { "Workers" } th { "Running" } th { "Queued" } } }
+                    tbody {
+                        @for r in &regions {
+                            tr data-region=(r.region) class=[(r.workers == 0 && r.queued > 0).then_some("unprotected")] {
+                                td { (r.region) }
+                                td { (r.workers) @if r.workers == 0 { " " span.error { "none connected" } } }
+                                td { (r.running) }
+                                td { (r.queued) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(render("Dashboard", &session, body))
+}
+
+/// The running jobs as the API lists them, for the dashboard's live bars.
+pub async fn running(State(state): State<AppState>, session: UiSession) -> ApiResult<Json<Page<Job>>> {
+    handlers::jobs::list(State(state), session.caller(), Query(only(JobState::Running, 200))).await
+}

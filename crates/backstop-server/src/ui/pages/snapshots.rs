@@ -1,0 +1,257 @@
+//! Snapshots: the list, and one snapshot's files like a file manager —
+//! browse its directories, download a file, restore what is selected
+//! through a restore job (whose page then shows it running).
+
+use backstop_types::params::RestoreParams;
+use backstop_types::{SnapshotDir, SnapshotEntry};
+
+use super::*;
+use crate::handlers::snapshots::PathQuery;
+use crate::ui::UiForm;
+
+/// The snapshot list's filters as a browser's form sends them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotsQuery {
+    #[serde(default)]
+    repository: String,
+    #[serde(default)]
+    plan: String,
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    cursor: String,
+}
+
+pub async fn snapshots(
+    State(state): State<AppState>,
+    session: UiSession,
+    Query(q): Query<SnapshotsQuery>,
+) -> PageResult {
+    let api_q = SnapshotQuery {
+        repository: given(&q.repository),
+        plan: given(&q.plan),
+        host: given(&q.host),
+        cursor: given(&q.cursor),
+        limit: Some(100),
+    };
+    let Json(page) = handlers::resources::list_snapshots(State(state.clone()), session.caller(), Query(api_q))
+        .await
+        .map_err(fail)?;
+    let names = Names::load(&state, &session).await?;
+    let body = html! {
+        h1 { "Snapshots" }
+        form.filters method="get" action="/snapshots" {
+            label { "Repository " input type="text" name="repository" value=(q.repository); }
+            label { "Plan " input type="text" name="plan" value=(q.plan); }
+            label { "Host " input type="text" name="host" value=(q.host); }
+            button type="submit" { "Filter" }
+        }
+        @if page.items.is_empty() {
+            p.empty { "No snapshot matches." }
+        } @else {
+            table.snapshots {
+                thead { tr { th { "Snapshot" } th { "Time" } th { "Host" } th { "Paths" } th { "Tags" } th { "Repository" } th { "Plan" } th { "Size" } th { "Added" } th { "Job" } } }
+                tbody {
+                    @for snap in &page.items {
+                        tr data-snapshot=(snap.info.id) {
+                            td title=(snap.info.id) {
+                                a href={ "/snapshots/" (urlencode(&snap.info.id)) } { code { (snap.info.id.get(..8).unwrap_or(&snap.info.id)) } }
+                            }
+                            td { (when(&snap.info.time)) }
+                            td { (snap.info.hostname) }
+                            td { @for p in &snap.info.paths { (p) br; } }
+                            td { (snap.info.tags.join(", ")) }
+                            td { (names.of(Some(&snap.repository))) }
+                            td { (names.of(snap.plan.as_deref())) }
+                            td { (bytes(summary_u64(&snap.info, "bytes_total"))) }
+                            td { (bytes(summary_u64(&snap.info, "bytes_added_stored"))) }
+                            td { @if let Some(job) = &snap.job { a href=(job_url(job)) { "job" } } }
+                        }
+                    }
+                }
+            }
+        }
+        @if let Some(next) = &page.next_cursor {
+            @let fields = [("repository", &q.repository), ("plan", &q.plan), ("host", &q.host)];
+            p { a.next href=(query_url("/snapshots", &fields, next)) { "More snapshots →" } }
+        }
+    };
+    Ok(render("Snapshots", &session, body))
+}
+
+/// `/snapshots/{id}?path=…` of a directory, or `/snapshots/{id}/download?path=…` of a file.
+fn snapshot_url(id: &str, what: &str, path: &str) -> String {
+    format!("/snapshots/{}{what}?path={}", urlencode(id), urlencode(path))
+}
+
+/// `path` joined with an entry's `name`.
+fn child(path: &str, name: &str) -> String {
+    if path.ends_with('/') { format!("{path}{name}") } else { format!("{path}/{name}") }
+}
+
+/// Links to each directory above `path`, the root first.
+fn breadcrumbs(id: &str, path: &str) -> Markup {
+    let mut crumbs = Vec::new();
+    let mut at = String::from("/");
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        at = child(&at, part);
+        crumbs.push((part, at.clone()));
+    }
+    html! {
+        nav.breadcrumbs {
+            a href=(snapshot_url(id, "", "/")) { "/" }
+            @for (part, at) in &crumbs { " " a href=(snapshot_url(id, "", at)) { (part) } " /" }
+        }
+    }
+}
+
+fn entry_row(id: &str, dir: &SnapshotDir, e: &SnapshotEntry, select: bool) -> Markup {
+    let path = child(&dir.path, &e.name);
+    html! {
+        tr data-entry=(e.name) {
+            td { @if select { input type="checkbox" name="select" value=(path) aria-label={ "select " (e.name) }; } }
+            td.name {
+                @match e.kind.as_str() {
+                    "dir" => { a href=(snapshot_url(id, "", &path)) { (e.name) "/" } }
+                    "file" => { a href=(snapshot_url(id, "/download", &path)) download { (e.name) } }
+                    _ => { (e.name) @if let Some(t) = &e.target { " → " (t) } }
+                }
+            }
+            td { (e.kind) }
+            td { @if e.kind == "file" { (bytes(e.size)) } }
+            td { (format!("{:o}", e.mode)) }
+            td { (when(&e.mtime)) }
+        }
+    }
+}
+
+pub async fn snapshot(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> PageResult {
+    let Json(dir) = handlers::snapshots::tree(State(state.clone()), session.caller(), Path(id.clone()), Query(q))
+        .await
+        .map_err(fail)?;
+    let snapshots = handlers::resources::list_snapshots(
+        State(state.clone()),
+        session.caller(),
+        Query(SnapshotQuery { repository: None, plan: None, host: None, cursor: None, limit: Some(1000) }),
+    );
+    let Json(page) = snapshots.await.map_err(fail)?;
+    let info = page.items.into_iter().find(|s| s.info.id == id);
+    let names = Names::load(&state, &session).await?;
+    let operator = session.may(Role::Operator);
+    let body = html! {
+        h1 { "Snapshot " code { (id.get(..8).unwrap_or(&id)) } }
+        @if let Some(s) = &info {
+            dl.facts {
+                dt { "Time" } dd { (when(&s.info.time)) }
+                dt { "Host" } dd { (s.info.hostname) }
+                dt { "Paths" } dd { (s.info.paths.join(", ")) }
+                dt { "Repository" } dd { (names.of(Some(&s.repository))) }
+                dt { "Plan" } dd { (names.of(s.plan.as_deref())) }
+                dt { "Size" } dd { (bytes(summary_u64(&s.info, "bytes_total"))) }
+            }
+        }
+        h2 { "Files" }
+        (breadcrumbs(&id, &dir.path))
+        form #restore method="post" action={ "/snapshots/" (urlencode(&id)) "/restore" } {
+            input type="hidden" name="csrf" value=(session.session.csrf);
+            input type="hidden" name="path" value=(dir.path);
+            @if dir.entries.is_empty() {
+                p.empty { "This directory is empty." }
+            } @else {
+                table.entries {
+                    thead { tr { th { "" } th { "Name" } th { "Kind" } th { "Size" } th { "Mode" } th { "Modified" } } }
+                    tbody { @for e in &dir.entries { (entry_row(&id, &dir, e, operator)) } }
+                }
+            }
+            @if operator {
+                fieldset.restore {
+                    legend { "Restore" }
+                    p.help { "The selected files and directories — or, with none selected, all of " code { (dir.path) } " — are restored by a worker into a directory on its host, with their paths as backed up." }
+                    label { "Into directory " input #target type="text" name="target" required placeholder="/srv/restore"; }
+                    label.inline { input type="checkbox" name="verify"; " read every file back and compare" }
+                    button.primary type="submit" name="restore" { "Restore" }
+                }
+            }
+        }
+    };
+    Ok(render(&format!("Snapshot {}", id.get(..8).unwrap_or(&id)), &session, body))
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    session: UiSession,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> PageResult {
+    handlers::snapshots::file(State(state), session.caller(), Path(id), Query(q)).await.map_err(fail)
+}
+
+/// A pattern that matches exactly `path` (and what is below it): the
+/// pattern language's special characters are bracketed.
+fn literal(path: &str) -> String {
+    path.chars().map(|c| if "*?[]{}\\".contains(c) { format!("[{c}]") } else { c.to_string() }).collect()
+}
+
+/// Restore the selected paths (or the directory shown) through a restore job.
+pub async fn restore(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    UiForm(session, form): UiForm<Vec<(String, String)>>,
+) -> PageResult {
+    let value = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_string());
+    let mut include: Vec<String> = form.iter().filter(|(k, _)| k == "select").map(|(_, v)| literal(v)).collect();
+    // Nothing selected: the directory shown (at `/`, the whole snapshot).
+    if include.is_empty()
+        && let Some(dir) = value("path").filter(|p| p != "/")
+    {
+        include.push(literal(&dir));
+    }
+    let snapshot = handlers::resources::list_snapshots(
+        State(state.clone()),
+        session.caller(),
+        Query(SnapshotQuery { repository: None, plan: None, host: None, cursor: None, limit: Some(1000) }),
+    );
+    let Json(page) = snapshot.await.map_err(fail)?;
+    let repository = page
+        .items
+        .into_iter()
+        .find(|s| s.info.id == id)
+        .map(|s| s.repository)
+        .ok_or_else(|| fail(ApiError::not_found(format!("snapshot {id}"))))?;
+    let params = RestoreParams {
+        snapshot: Some(id),
+        target: value("target").filter(|t| !t.is_empty()),
+        include,
+        verify: value("verify").is_some_and(|v| v == "on"),
+        ..RestoreParams::default()
+    };
+    let spec = JobSpec {
+        kind: JobKind::Restore,
+        plan: None,
+        repository: Some(repository),
+        source: None,
+        params: serde_json::to_value(&params).map_err(|e| fail(ApiError::internal(e.to_string())))?,
+        max_attempts: None,
+        deadline_seconds: None,
+    };
+    let (_, Json(job)) =
+        handlers::jobs::create(State(state), session.caller(), HeaderMap::new(), Json(spec)).await.map_err(fail)?;
+    Ok(see_other(&job_url(&job.id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selected_path_is_matched_as_it_is() {
+        assert_eq!(literal("/srv/a b/x.txt"), "/srv/a b/x.txt");
+        assert_eq!(literal("/srv/*[1]?.{a}"), "/srv/[*][[]1[]][?].[{]a[}]");
+    }
+}
