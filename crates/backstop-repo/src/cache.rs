@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 
 use crate::id::object_hash;
 
+/// How long a file just kept outlives a listing that does not show it.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The kinds of object kept, by the directory of the repository they come
 /// from and the directory they are kept in.
 const KEPT: [(&str, &str); 3] = [("index/", "index"), ("snapshots/", "snapshots"), ("data/", "trees")];
@@ -50,12 +53,13 @@ impl Cache {
         for (_, sub) in KEPT {
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir.join(sub))?;
         }
-        let tag = base.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            let _ = std::fs::write(
-                &tag,
-                "Signature: 8a477f597d28d172789f06886806bc55\n\
-                 # This is Backstop's cache of repository metadata; it is rebuilt when deleted.\n",
+        // Made once, never through a link (create_new refuses any path that exists).
+        if let Ok(mut tag) =
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(base.join("CACHEDIR.TAG"))
+        {
+            let _ = tag.write_all(
+                b"Signature: 8a477f597d28d172789f06886806bc55\n\
+                  # This is Backstop's cache of repository metadata; it is rebuilt when deleted.\n",
             );
         }
         Ok(Cache { dir })
@@ -104,20 +108,29 @@ impl Cache {
         }
     }
 
+    /// Drop the copy of `key`: this process removed it from the repository.
+    pub(crate) fn evict(&self, key: &str) {
+        if let Some(path) = self.path(key) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Drop what is kept of the repository's directory `prefix` (`index/`,
     /// `snapshots/`, `data/`) but is not among `listed` (names, as in the
-    /// repository): the repository no longer has it.
+    /// repository): the repository no longer has it. What was kept in the
+    /// last [`FRESH`] stays: another process sharing the cache may have
+    /// written it after this one's listing (it goes at a later listing).
     pub(crate) fn retain(&self, prefix: &str, listed: &HashSet<String>) {
         let Some((_, to)) = KEPT.iter().find(|(from, _)| *from == prefix) else { return };
         let Ok(entries) = std::fs::read_dir(self.dir.join(to)) else { return };
+        let fresh = |entry: &std::fs::DirEntry| {
+            entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|age| age < FRESH))
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            // Another process's file being written is left to it.
-            if name.contains(".tmp-") {
-                continue;
-            }
-            if !listed.contains(name.as_ref()) {
+            if !listed.contains(name.as_ref()) && !fresh(&entry) {
+                // A temporary file left by a process that died is old too.
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -181,6 +194,12 @@ mod tests {
         for bytes in [&a, &b] {
             cache.put(&format!("snapshots/{}", named(bytes)), bytes);
         }
+        // Kept just now, another process's listing may not show it yet: it stays.
+        cache.retain("snapshots/", &HashSet::from([named(&a)]));
+        assert!(cache.get(&format!("snapshots/{}", named(&b))).is_some());
+        let old = std::time::SystemTime::now() - FRESH - std::time::Duration::from_secs(1);
+        let path = cache.dir().join("snapshots").join(named(&b));
+        std::fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
         cache.retain("snapshots/", &HashSet::from([named(&a)]));
         assert!(cache.get(&format!("snapshots/{}", named(&a))).is_some());
         assert!(cache.get(&format!("snapshots/{}", named(&b))).is_none());

@@ -100,7 +100,7 @@ impl Repository {
         let mut out = Vec::new();
         let mut unreadable = Vec::new();
         for meta in self.backend().list("damaged/")? {
-            let record = self.get_sealed(&meta.key, ObjectKind::Damage).and_then(|plain| {
+            let record = self.get_sealed(&meta.key, ObjectKind::Damage, false).and_then(|plain| {
                 serde_json::from_slice::<DamageRecord>(&plain)
                     .map_err(|e| Error::corrupt(meta.key.clone(), format!("not a damage record: {e}")))
             });

@@ -250,7 +250,7 @@ impl Repository {
     /// Fetch and open a sealed object, checking that its name matches; from
     /// the cache when it has the object, into it when it is a kind kept
     /// there.
-    pub(crate) fn get_sealed(&self, key: &str, kind: ObjectKind) -> Result<Vec<u8>> {
+    pub(crate) fn get_sealed(&self, key: &str, kind: ObjectKind, cached: bool) -> Result<Vec<u8>> {
         let open = |bytes: &[u8]| {
             if let Some(name) = key.rsplit('/').next()
                 && name.len() == 64
@@ -262,23 +262,30 @@ impl Repository {
         };
         // A kept copy matches its name (the cache checks that); one that
         // still does not open was kept under another key: fetch it.
-        if let Some(plain) = self.cache().and_then(|c| c.get(key)).and_then(|bytes| open(&bytes).ok()) {
+        let cache = self.cache().filter(|_| cached);
+        if let Some(plain) = cache.and_then(|c| c.get(key)).and_then(|bytes| open(&bytes).ok()) {
             return Ok(plain);
         }
         let bytes = self.backend().get(key)?;
         let plain = open(&bytes)?;
-        if let Some(cache) = self.cache() {
+        if let Some(cache) = cache {
             cache.put(key, &bytes);
         }
         Ok(plain)
     }
 
-    /// A tree pack, whole: from the cache, or fetched and kept there.
-    /// Damage is not checked here: each blob is opened on its own.
-    pub(crate) fn tree_pack(&self, id: &PackId) -> Result<Vec<u8>> {
+    /// A tree pack, whole: from the cache, or fetched and kept there. A
+    /// pack larger than `max` (a tree pack is a few MiB) is refused, not
+    /// read: the caller reads the blobs it needs by range instead. Damage
+    /// is not checked here: each blob is opened on its own.
+    pub(crate) fn tree_pack(&self, id: &PackId, max: u64) -> Result<Vec<u8>> {
         let key = pack::pack_key(id);
         if let Some(bytes) = self.cache().and_then(|c| c.get(&key)) {
             return Ok(bytes);
+        }
+        let size = self.backend().head(&key)?.size;
+        if size > max {
+            return Err(Error::Invalid(format!("{key} is {size} bytes, too large to read whole")));
         }
         let bytes = self.backend().get(&key)?;
         if let Some(cache) = self.cache() {
@@ -361,7 +368,7 @@ impl Repository {
             let loaded = parallel_map(&ids, 8, |id| {
                 let key = format!("index/{id}");
                 let result = self
-                    .get_sealed(&key, ObjectKind::Index)
+                    .get_sealed(&key, ObjectKind::Index, true)
                     .and_then(|plain| IndexFile::decode(&plain).map_err(|e| Error::corrupt(key.clone(), e)));
                 (*id, result)
             });
@@ -405,7 +412,11 @@ impl Repository {
         let file = IndexFile { supersedes: replaced.to_vec(), packs: kept };
         self.put_sealed(sealer, "index", ObjectKind::Index, &file.encode())?;
         for id in replaced {
-            self.backend().delete(&format!("index/{id}"))?;
+            let key = format!("index/{id}");
+            self.backend().delete(&key)?;
+            if let Some(cache) = self.cache() {
+                cache.evict(&key);
+            }
         }
         Ok(())
     }
@@ -451,7 +462,7 @@ impl Repository {
 
     fn load_manifest(&self, prefix: &str, id: &SnapshotId) -> Result<Snapshot> {
         let key = format!("{prefix}/{id}");
-        let plain = self.get_sealed(&key, ObjectKind::Snapshot)?;
+        let plain = self.get_sealed(&key, ObjectKind::Snapshot, true)?;
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt(key, format!("not a valid manifest: {e}")))
     }
 
@@ -474,8 +485,15 @@ impl Repository {
         self.load_manifests("checkpoints")
     }
 
+    /// Snapshot `id`, read from the repository itself (not a cached copy:
+    /// without a listing, a copy could be of a snapshot since forgotten).
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
-        self.load_manifest("snapshots", id).map_err(|e| match e {
+        let key = snapshot_key(id);
+        let read = self.get_sealed(&key, ObjectKind::Snapshot, false).and_then(|plain| {
+            serde_json::from_slice(&plain)
+                .map_err(|e| Error::corrupt(key.clone(), format!("not a valid manifest: {e}")))
+        });
+        read.map_err(|e| match e {
             Error::Backend(b) if b.is_not_found() => Error::not_found(format!("snapshot {}", id.short())),
             e => e,
         })
@@ -516,6 +534,9 @@ impl Repository {
     /// job logs stored beside it.
     pub fn delete_snapshot(&self, id: &SnapshotId) -> Result<()> {
         self.backend().delete(&snapshot_key(id))?;
+        if let Some(cache) = self.cache() {
+            cache.evict(&snapshot_key(id));
+        }
         for meta in self.backend().list(&job_log_prefix(id))? {
             // Best effort: a log left behind by a crash here is harmless.
             let _ = self.backend().delete(&meta.key);

@@ -33,6 +33,9 @@ const PARALLEL: usize = 8;
 const SWEEP_PACK: u64 = 32 << 20;
 /// ...and the walk has read no more than this ahead of being asked.
 const SWEEP_BUDGET: u64 = 64 << 20;
+/// A pack read whole for the cache is at most this large (its trees, at
+/// most [`SWEEP_PACK`], and its header); a larger one is read by range.
+const WHOLE_PACK: u64 = SWEEP_PACK + (8 << 20);
 
 /// Reads the tree-kind blobs (directory trees and chunk lists) of one walk,
 /// a level at a time. The first time a level needs a blob of some pack,
@@ -109,7 +112,7 @@ impl<'a> TreeReader<'a> {
                     Err(_) => Fetched::Failed,
                 }
             }
-            Read::Pack => match repo.tree_pack(&run[0].1.pack) {
+            Read::Pack => match repo.tree_pack(&run[0].1.pack, WHOLE_PACK) {
                 Ok(bytes) if run.iter().all(|(_, loc)| span(loc).1 <= bytes.len() as u64) => Fetched::Sealed(0, bytes),
                 _ => Fetched::Failed,
             },

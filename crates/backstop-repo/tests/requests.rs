@@ -32,6 +32,15 @@ fn many_small_files(root: &Path) {
 }
 
 fn open(server: &S3Server) -> Repository {
+    Repository::init(backend(server), &Password::new(PASSWORD), cheap_init()).unwrap()
+}
+
+/// The repository `open` made, opened again (as another process would).
+fn reopen(server: &S3Server) -> Repository {
+    Repository::open(backend(server), &Password::new(PASSWORD)).unwrap()
+}
+
+fn backend(server: &S3Server) -> std::sync::Arc<dyn backstop_backend::Backend> {
     let options = OpenOptions {
         s3: S3Options {
             endpoint: Some(server.endpoint()),
@@ -43,8 +52,7 @@ fn open(server: &S3Server) -> Repository {
         },
         ..OpenOptions::default()
     };
-    let backend = backstop_backend::open("s3://bench/repo", &options).unwrap();
-    Repository::init(backend, &Password::new(PASSWORD), cheap_init()).unwrap()
+    backstop_backend::open("s3://bench/repo", &options).unwrap()
 }
 
 fn directory_reads(stats: &S3Stats) -> u64 {
@@ -186,12 +194,21 @@ fn with_a_cache_a_backup_fetches_no_index_manifest_or_tree() {
         |b| backstop_repo::id::hex(blake3::hash(&b).as_bytes()) == damaged.file_name().unwrap().to_str().unwrap()
     ));
 
-    // What the repository no longer has leaves the cache at the next listing.
+    // What this process removes leaves the cache at once; what another
+    // removed leaves it at the next listing (once it is not fresh).
     let snapshots = repo.snapshots().unwrap();
-    assert_eq!(std::fs::read_dir(cached.dir().join("snapshots")).unwrap().count(), 3);
+    let kept = || std::fs::read_dir(cached.dir().join("snapshots")).unwrap().count();
+    assert_eq!(kept(), 3);
     repo.delete_snapshot(&snapshots[0].0).unwrap();
+    assert_eq!(kept(), 2);
+    let other = reopen(&server);
+    assert!(other.snapshots().unwrap().len() == 2);
+    other.delete_snapshot(&snapshots[1].0).unwrap();
+    let copy = cached.dir().join("snapshots").join(snapshots[1].0.to_string());
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&copy).unwrap().set_modified(old).unwrap();
     repo.snapshots().unwrap();
-    assert_eq!(std::fs::read_dir(cached.dir().join("snapshots")).unwrap().count(), 2);
+    assert_eq!(kept(), 1, "the listing no longer shows it");
 
     // check judges what is stored: it reads every index file from the repository.
     server.take_stats();

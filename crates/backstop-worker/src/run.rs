@@ -64,7 +64,10 @@ pub fn execute(claim: &Claim, tracker: &JobTracker, open: &OpenOptions, cache_di
         Ok(repo) => match JobParams::of(&claim.job) {
             Err(e) => Err(permanent(e)),
             Ok(params) => {
-                let repo = with_cache(repo, &params, cache_dir, tracker);
+                // Each catalog repository has its own cache: the id in a
+                // repository's config is its tenant's to write.
+                let cache_dir = cache_dir.map(|d| d.join(&claim.repository.id));
+                let repo = with_cache(repo, &params, cache_dir.as_deref(), tracker);
                 match params {
                     JobParams::Backup(p) => backup(&repo, claim, &p, tracker),
                     JobParams::Verify(p) => verify(&repo, &p, tracker),

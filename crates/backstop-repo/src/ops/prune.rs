@@ -183,7 +183,7 @@ fn finish_pending(
     for meta in repo.backend().list("prune/")? {
         let Some(id) = meta.key.strip_prefix("prune/").and_then(|s| s.parse::<PlanId>().ok()) else { continue };
         let plan = repo
-            .get_sealed(&meta.key, ObjectKind::Plan)
+            .get_sealed(&meta.key, ObjectKind::Plan, false)
             .and_then(|p| serde_json::from_slice::<DeletionPlan>(&p).map_err(|e| Error::corrupt(meta.key.clone(), e)));
         match plan {
             Ok(plan) => {
@@ -474,7 +474,7 @@ fn finish_plan(
         let mut roots = Vec::new();
         for key in &new_manifests {
             let kind = if key.starts_with("checkpoints/") { "checkpoint" } else { "snapshot" };
-            let plain = match repo.get_sealed(key, ObjectKind::Snapshot) {
+            let plain = match repo.get_sealed(key, ObjectKind::Snapshot, false) {
                 Ok(p) => p,
                 Err(Error::Backend(e)) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
