@@ -186,6 +186,14 @@ CREATE TABLE ui_sessions (
 CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
 ";
 
+/// The newest job of each source, plan or repository by kind and state
+/// (the web UI's protection view), and a snapshot by its id alone.
+const V6_LATEST_INDEXES: &str = "
+CREATE INDEX jobs_latest_by_source ON jobs (kind, state, source_id, id);
+CREATE INDEX jobs_latest_by_plan ON jobs (kind, state, plan_id, id);
+CREATE INDEX snapshots_by_id ON snapshots (id);
+";
+
 fn migrations() -> Vec<Migration> {
     vec![
         Migration { version: 1, sql: &[V1_TABLES, V1_SEQUENCED] },
@@ -193,6 +201,7 @@ fn migrations() -> Vec<Migration> {
         Migration { version: 3, sql: &[V3_TENANT_NETWORKS] },
         Migration { version: 4, sql: &[V4_REQUEST_DIGESTS] },
         Migration { version: 5, sql: &[V5_UI_SESSIONS] },
+        Migration { version: 6, sql: &[V6_LATEST_INDEXES] },
     ]
 }
 

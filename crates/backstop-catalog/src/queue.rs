@@ -1294,6 +1294,32 @@ impl Catalog {
         Ok(n > 0)
     }
 
+    /// The newest job of `kind` in `state` of each source, plan or
+    /// repository (`per`), of the tenants `scope` sees.
+    pub async fn latest_jobs(
+        &self,
+        scope: &Scope,
+        kind: JobKind,
+        state: JobState,
+        per: backstop_types::Per,
+    ) -> Result<Vec<Job>> {
+        let (clause, t) = scope.clause("tenant");
+        let column = match per {
+            backstop_types::Per::Source => "source_id",
+            backstop_types::Per::Plan => "plan_id",
+            backstop_types::Per::Repository => "repository_id",
+        };
+        let sql = self.sql(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE kind = ? AND state = ?{clause} \
+             AND {column} IS NOT NULL GROUP BY {column}) ORDER BY id DESC"
+        ));
+        let mut q = sqlx::query(&sql).bind(kind.as_str()).bind(state.as_str());
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(job_from_row).collect()
+    }
+
     /// Jobs by state (for metrics and `/readyz`).
     /// Jobs by state, of the tenants `scope` sees.
     pub async fn job_counts(&self, scope: &Scope) -> Result<Vec<(JobState, u64)>> {

@@ -178,6 +178,17 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
                 .keyed(),
             post(jobs::create),
         ),
+        (
+            route(
+                "get",
+                "/api/v1/jobs/latest",
+                "The newest job of a kind and state of each source, plan or repository",
+            )
+            .role(V)
+            .query::<jobs::LatestQuery>()
+            .json::<Vec<Job>>(),
+            get(jobs::latest),
+        ),
         (route("get", "/api/v1/jobs/{id}", "One job").role(V).json::<Job>(), get(jobs::get)),
         (
             route("post", "/api/v1/jobs/{id}/cancel", "Cancel a job").role(O).json::<Job>().also(&[409]),
@@ -316,6 +327,10 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             get(resources::list_snapshots),
         ),
         (
+            route("get", "/api/v1/snapshots/{id}", "One snapshot of the catalog").role(V).json::<Snapshot>(),
+            get(snapshots::get),
+        ),
+        (
             route("get", "/api/v1/snapshots/{id}/tree", "A directory of a snapshot (read by the coordinator)")
                 .role(V)
                 .query::<snapshots::PathQuery>()
@@ -324,11 +339,15 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             get(snapshots::tree),
         ),
         (
-            route("get", "/api/v1/snapshots/{id}/file", "A file of a snapshot, as an attachment")
-                .role(V)
-                .query::<snapshots::PathQuery>()
-                .answer(Answer::Bytes, 200)
-                .also(&[404, 503]),
+            route(
+                "get",
+                "/api/v1/snapshots/{id}/file",
+                "A file of a snapshot, as an attachment (operators: it is data)",
+            )
+            .role(O)
+            .query::<snapshots::PathQuery>()
+            .answer(Answer::Bytes, 200)
+            .also(&[404, 503]),
             get(snapshots::file),
         ),
         (

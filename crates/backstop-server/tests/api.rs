@@ -1038,6 +1038,17 @@ async fn a_snapshot_is_browsed_and_a_file_downloaded_through_the_coordinator_wit
     assert!(answer.headers()["content-disposition"].to_str().unwrap().contains("filename=\"b.bin\""));
     assert_eq!(answer.bytes().await.unwrap().to_vec(), vec![7u8; 300_000]);
 
+    // A file's content is data: a viewer lists, an operator downloads, and the download is audited.
+    let viewer: NewToken = serde_json::from_value(
+        api.ok("post", "/api/v1/tokens", &admin, Some(json!({"name": "v", "role": "viewer"}))).await,
+    )
+    .unwrap();
+    api.ok("get", &tree(&src), viewer.secret.expose(), None).await;
+    let answer = reqwest::Client::new().get(&url).bearer_auth(viewer.secret.expose()).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::FORBIDDEN);
+    let audit = api.ok("get", "/api/v1/audit", &admin, None).await;
+    assert!(audit["items"].as_array().unwrap().iter().any(|e| e["action"] == "snapshot.download"), "{audit}");
+
     // What is not a directory, not a file, or not there is a 4xx that says so; a path cannot climb out.
     let (status, body) = api.call("get", &tree(&format!("{src}/a.txt")), Some(&admin), None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");

@@ -342,7 +342,13 @@ async fn sources_and_plans_are_made_through_forms_that_show_each_error_by_its_fi
         assert!(!page.get(path, &session).await.body.contains("pw-never-shown"), "{path}");
     }
 
-    // A source is edited through the same form, its values shown, its credentials kept unless typed again.
+    // A source is edited through the same form, its values shown, its credentials kept unless typed again,
+    // and what the form has no field for (hooks) kept as it was.
+    let hooks = json!({"pre": [{"command": "true"}]});
+    let (status, body) = api
+        .call("put", "/api/v1/sources/data", Some(&admin), Some(json!({"config": {"paths": [src], "hooks": hooks}})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let edit = page.get(&format!("/sources/{}/edit", source.id), &session).await;
     assert_eq!(edit.status, StatusCode::OK);
     assert!(edit.body.contains(&src) && edit.body.contains("Save source"), "{}", edit.body);
@@ -359,7 +365,10 @@ async fn sources_and_plans_are_made_through_forms_that_show_each_error_by_its_fi
         .await;
     assert_eq!(changed.status, StatusCode::SEE_OTHER, "{}", changed.body);
     let source: Source = serde_json::from_value(api.ok("get", "/api/v1/sources/data", &admin, None).await).unwrap();
-    assert_eq!(source.config, json!({"paths": [src, other.display().to_string()], "one_file_system": true}));
+    assert_eq!(
+        source.config,
+        json!({"paths": [src, other.display().to_string()], "one_file_system": true, "hooks": hooks})
+    );
     let emptied =
         page.post(&format!("/sources/{}", source.id), &session, None, &[("csrf", &csrf), ("config.paths", "")]).await;
     assert_eq!(emptied.status, StatusCode::BAD_REQUEST, "an fs source needs paths");

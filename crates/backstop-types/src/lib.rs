@@ -455,6 +455,15 @@ pub struct Snapshot {
     pub info: SnapshotInfo,
 }
 
+/// What the newest jobs are grouped by (`GET /api/v1/jobs/latest`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    Source,
+    Plan,
+    Repository,
+}
+
 /// What a repository's snapshots in the catalog say of it
 /// (`GET /api/v1/repositories/usage`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -479,7 +488,8 @@ pub struct UsagePoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RegionPool {
     pub region: String,
-    /// Workers that asked for work in the last two minutes or run a job now.
+    /// Workers that asked for work in the last two minutes or run a job
+    /// now (any tenant's: the pool is shared).
     pub workers: u32,
     /// Jobs running there now (a tenant's token: its own).
     pub running: u32,
@@ -510,6 +520,10 @@ pub struct SnapshotDir {
     pub snapshot: String,
     /// The directory, absolute, as backed up (`/` is the snapshot's root).
     pub path: String,
+    /// The packager that made the snapshot (`image`, `postgres`, …), which
+    /// can also restore it into a system; none for a file tree or a stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_kind: Option<String>,
     /// Its entries, by name.
     pub entries: Vec<SnapshotEntry>,
 }

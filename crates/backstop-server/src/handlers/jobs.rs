@@ -444,3 +444,22 @@ pub async fn regions(
     let seen_since = now_ms() - 120_000;
     Ok(Json(state.catalog.regions(&caller.scope(), seen_since).await?))
 }
+
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LatestQuery {
+    pub kind: JobKind,
+    pub state: JobState,
+    pub per: backstop_types::Per,
+}
+
+/// The newest job of a kind and state of each source, plan or repository
+/// (`per`): when each was last backed up, verified, checked or pruned.
+pub async fn latest(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<LatestQuery>,
+) -> ApiResult<Json<Vec<Job>>> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(state.catalog.latest_jobs(&caller.scope(), q.kind, q.state, q.per).await?))
+}

@@ -191,7 +191,7 @@ pub async fn create_source(
     Json(spec): Json<SourceSpec>,
 ) -> ApiResult<(StatusCode, Json<Source>)> {
     caller.require(Role::Operator)?;
-    check_source(&state, &caller, spec.kind, &spec.config, spec.secrets.expose()).await?;
+    check_source(&state, &caller, caller.scope().tenant(), spec.kind, &spec.config, spec.secrets.expose()).await?;
     let source = state.catalog.create_source(&caller.scope(), &spec, now_ms()).await?;
     audit(&state, &caller, "source.create", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok((StatusCode::CREATED, Json(source)))
@@ -212,18 +212,19 @@ pub async fn update_source(
         serde_json::Value::Null => state.catalog.source_secrets(&scope, &source.id).await?,
         given => given.clone(),
     };
-    check_source(&state, &caller, source.kind, &update.config, &secrets).await?;
+    check_source(&state, &caller, &source.tenant, source.kind, &update.config, &secrets).await?;
     let source = state.catalog.update_source(&scope, &source.id, &update).await?;
     audit(&state, &caller, "source.update", format!("source/{}", source.name), json!({"kind": source.kind})).await?;
     Ok(Json(source))
 }
 
-/// A source's configuration and secrets, as its packager and the caller's
-/// tenant allow them: no credential in the configuration, valid hooks,
-/// values the packager takes, nothing beyond the tenant's reach.
+/// A source's configuration and secrets, as its packager and its tenant
+/// allow them: no credential in the configuration, valid hooks, values the
+/// packager takes, nothing beyond the tenant's reach.
 async fn check_source(
     state: &AppState,
     caller: &Caller,
+    tenant: &str,
     kind: SourceKind,
     config: &serde_json::Value,
     secrets: &serde_json::Value,
@@ -245,7 +246,7 @@ async fn check_source(
     // What it would reach on the workers' hosts, checked against the
     // tenant's reach (and again by the worker when it runs).
     let touches = backstop_source::touches(kind, &all, false).map_err(|e| ApiError::invalid(e.to_string()))?;
-    crate::reach::check(state, caller, caller.scope().tenant(), &touches).await
+    crate::reach::check(state, caller, tenant, &touches).await
 }
 
 /// A source's `config` is stored and shown as it is: a password or token in
@@ -492,28 +493,26 @@ pub async fn repository_usage(
 ) -> ApiResult<Json<Vec<backstop_types::RepositoryUsage>>> {
     caller.require(Role::Viewer)?;
     let scope = caller.scope();
-    let mut by_repo: std::collections::BTreeMap<String, Vec<backstop_types::Snapshot>> =
+    let mut by_repo: std::collections::BTreeMap<String, Vec<(i64, u64, u64)>> =
         state.catalog.list_repositories(&scope).await?.into_iter().map(|r| (r.id, Vec::new())).collect();
-    for s in state.catalog.list_snapshots(&scope, None).await? {
-        by_repo.entry(s.repository.clone()).or_default().push(s);
+    for (repo, time, total, stored) in state.catalog.snapshot_sizes(&scope).await? {
+        by_repo.entry(repo).or_default().push((time, total.max(0) as u64, stored.max(0) as u64));
     }
-    Ok(Json(by_repo.into_iter().map(|(repository, snaps)| usage(repository, snaps)).collect()))
+    Ok(Json(by_repo.into_iter().map(|(repository, snaps)| usage(repository, &snaps)).collect()))
 }
 
-/// The usage of one repository from its snapshots.
-fn usage(repository: String, mut snaps: Vec<backstop_types::Snapshot>) -> backstop_types::RepositoryUsage {
+/// The usage of one repository from its snapshots (time, bytes held,
+/// bytes stored), oldest first.
+fn usage(repository: String, snaps: &[(i64, u64, u64)]) -> backstop_types::RepositoryUsage {
     const POINTS: usize = 200;
-    let number = |s: &backstop_types::Snapshot, key: &str| {
-        s.info.summary.get(key).and_then(serde_json::Value::as_u64).unwrap_or(0)
-    };
-    snaps.sort_by_key(|s| s.info.time);
     let (mut logical_bytes, mut stored_bytes, mut growth) = (0, 0, Vec::new());
     let every = snaps.len().div_ceil(POINTS).max(1);
-    for (i, s) in snaps.iter().enumerate() {
-        logical_bytes += number(s, "bytes_total");
-        stored_bytes += number(s, "bytes_added_stored");
+    for (i, (time, total, stored)) in snaps.iter().enumerate() {
+        logical_bytes += total;
+        stored_bytes += stored;
         if i % every == 0 || i + 1 == snaps.len() {
-            growth.push(backstop_types::UsagePoint { time: s.info.time, stored_bytes });
+            let time = chrono::DateTime::from_timestamp_millis(*time).unwrap_or_default();
+            growth.push(backstop_types::UsagePoint { time, stored_bytes });
         }
     }
     backstop_types::RepositoryUsage { repository, snapshots: snaps.len() as u32, logical_bytes, stored_bytes, growth }

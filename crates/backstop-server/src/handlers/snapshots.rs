@@ -116,13 +116,12 @@ fn engine_error(e: backstop_repo::Error) -> ApiError {
 /// Snapshot `id` (a full id), if it is in a repository the caller may see.
 async fn find(state: &AppState, caller: &Caller, id: &str) -> ApiResult<Snapshot> {
     caller.require(Role::Viewer)?;
-    state
-        .catalog
-        .list_snapshots(&caller.scope(), None)
-        .await?
-        .into_iter()
-        .find(|s| s.info.id == id)
-        .ok_or_else(|| ApiError::not_found(format!("snapshot {id}")))
+    Ok(state.catalog.snapshot(&caller.scope(), id).await?)
+}
+
+/// One snapshot of the catalog.
+pub async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> ApiResult<Json<Snapshot>> {
+    Ok(Json(find(&state, &caller, &id).await?))
 }
 
 /// `snapshot`'s repository open (as its tenant's job would open it) and its manifest read.
@@ -135,7 +134,8 @@ async fn open(state: &AppState, caller: &Caller, snapshot: Snapshot) -> ApiResul
         None => {
             let access = state.catalog.repository_access(&scope, &snapshot.repository).await?;
             let reach = state.reach_of(&snapshot.tenant).await?;
-            let cache = state.cache_dir.clone();
+            // The workers' cache of this catalog repository (see backstop_worker::run).
+            let cache = state.cache_dir.as_ref().map(|d| d.join(&snapshot.repository));
             let (repo, index) = tokio::task::spawn_blocking(move || -> Result<_, backstop_repo::Error> {
                 let repo = backstop_worker::run::open_repository(&access, &reach)?;
                 let repo = match cache.as_deref().map(|dir| repo.open_cache(dir)) {
@@ -152,12 +152,24 @@ async fn open(state: &AppState, caller: &Caller, snapshot: Snapshot) -> ApiResul
             (repo, index)
         }
     };
-    let manifest = {
-        let repo = repo.clone();
-        tokio::task::spawn_blocking(move || repo.load_snapshot(&snapshot_id))
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(engine_error)?
+    let (manifest, index) = {
+        let kept = repo.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<_, backstop_repo::Error> {
+            let manifest = kept.load_snapshot(&snapshot_id)?;
+            // An index kept open from before this snapshot was written does
+            // not know its trees: load it again.
+            if index.contains(backstop_repo::pack::BlobKind::Tree, &manifest.tree) {
+                Ok((manifest, index, false))
+            } else {
+                Ok((manifest, Arc::new(kept.load_index()?), true))
+            }
+        });
+        let (manifest, index, reloaded) =
+            read.await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(engine_error)?;
+        if reloaded {
+            state.browsing.put(&snapshot.repository, repo.clone(), index.clone());
+        }
+        (manifest, index)
     };
     Ok(Opened { snapshot, repo, index, manifest })
 }
@@ -188,6 +200,7 @@ pub async fn tree(
     let path = inside(q.path.as_deref())?;
     let Opened { snapshot, repo, index, manifest } = open(&state, &caller, snapshot).await?;
     let shown = path.clone();
+    let source_kind = manifest.source.as_ref().map(|s| s.kind.clone());
     let entries = tokio::task::spawn_blocking(move || -> ApiResult<Vec<SnapshotEntry>> {
         let subtree = match backstop_repo::ops::ls::find(&repo, &index, &manifest, &path).map_err(engine_error)? {
             None => manifest.tree,
@@ -201,7 +214,12 @@ pub async fn tree(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    Ok(Json(SnapshotDir { snapshot: snapshot.info.id, path: shown.to_string_lossy().into_owned(), entries }))
+    Ok(Json(SnapshotDir {
+        snapshot: snapshot.info.id,
+        path: shown.to_string_lossy().into_owned(),
+        source_kind,
+        entries,
+    }))
 }
 
 /// Hands what a blocking writer writes to an HTTP body, a piece at a time.
@@ -228,6 +246,8 @@ pub async fn file(
     Path(id): Path<String>,
     Query(q): Query<PathQuery>,
 ) -> ApiResult<Response> {
+    // Its content is data, not a listing: as a restore, for operators, audited.
+    caller.require(Role::Operator)?;
     let snapshot = find(&state, &caller, &id).await?;
     let path = inside(q.path.as_deref())?;
     let Opened { repo, index, manifest, .. } = open(&state, &caller, snapshot).await?;
@@ -249,6 +269,8 @@ pub async fn file(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??
     };
+    let detail = serde_json::json!({"path": path.to_string_lossy(), "bytes": size});
+    crate::handlers::audit(&state, &caller, "snapshot.download", format!("snapshot/{id}"), detail).await?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {

@@ -68,6 +68,7 @@ pub fn router() -> Router<AppState> {
         .route("/snapshots/{id}", get(pages::snapshot))
         .route("/snapshots/{id}/download", get(pages::download))
         .route("/snapshots/{id}/restore", post(pages::restore))
+        .route("/snapshots/{id}/restore-disk", post(pages::restore_disk))
         .route("/live/running", get(pages::running))
         .route("/admin/tokens", get(pages::tokens).post(pages::create_token))
         .route("/admin/tokens/{id}/revoke", post(pages::revoke_token))

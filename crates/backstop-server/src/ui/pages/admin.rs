@@ -71,11 +71,7 @@ async fn tokens_page(
             }
         }
     };
-    let mut page = render("Tokens", session, body);
-    if let Some(e) = error {
-        *page.status_mut() = e.status();
-    }
-    Ok(page)
+    Ok(with_status(render("Tokens", session, body), error))
 }
 
 pub async fn tokens(State(state): State<AppState>, session: UiSession) -> PageResult {
@@ -152,11 +148,7 @@ async fn tenants_page(state: &AppState, session: &UiSession, error: Option<&ApiE
             }
         }
     };
-    let mut page = render("Tenants", session, body);
-    if let Some(e) = error {
-        *page.status_mut() = e.status();
-    }
-    Ok(page)
+    Ok(with_status(render("Tenants", session, body), error))
 }
 
 #[derive(Debug, Default, Deserialize)]

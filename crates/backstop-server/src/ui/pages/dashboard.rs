@@ -2,22 +2,29 @@
 
 use super::repositories::{growth_chart, savings};
 use super::sources::protection_table;
+use backstop_types::Per;
+
 use super::*;
+
+/// Rows of each list the dashboard shows; the rest are a link away.
+const SHOWN: usize = 20;
 
 pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> PageResult {
     let running = list_jobs(&state, &session, only(JobState::Running, 200)).await?;
     let queued = list_jobs(&state, &session, only(JobState::Queued, 200)).await?;
     let day_ago = Utc::now() - chrono::Duration::hours(24);
-    let mut failures = Vec::new();
+    let (mut failures, mut failed_more) = (Vec::new(), false);
     for s in [JobState::Failed, JobState::Dead] {
         let page = list_jobs(&state, &session, only(s, 200)).await?;
+        failed_more |=
+            page.next_cursor.is_some() && page.items.last().is_some_and(|j| j.finished.is_some_and(|f| f > day_ago));
         failures.extend(page.items.into_iter().filter(|j| j.finished.is_some_and(|f| f > day_ago)));
     }
     failures.sort_by_key(|j| std::cmp::Reverse(j.finished));
     let catalogue = Catalogue::load(&state, &session).await?;
     let names = catalogue.names();
-    let backups = newest(&state, &session, JobKind::Backup, |j| j.source.clone()).await?;
-    let verifies = newest(&state, &session, JobKind::Verify, |j| j.plan.clone()).await?;
+    let backups = newest(&state, &session, JobKind::Backup, Per::Source).await?;
+    let verifies = newest(&state, &session, JobKind::Verify, Per::Plan).await?;
     let sources = protection(&catalogue, &backups, &verifies);
     let unprotected: Vec<&Protection> = sources.iter().filter(|p| p.last_backup.is_none()).collect();
     let Json(usage) =
@@ -30,19 +37,21 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
             (job_table(&running.items, &names, "Nothing is running."))
         }
         section #failures {
-            h2 { "Failed in the last 24 hours (" (failures.len()) ")" }
-            (job_table(&failures, &names, "No job failed in the last 24 hours."))
+            h2 { "Failed in the last 24 hours (" (failures.len()) @if failed_more { "+" } ")" }
+            (job_table(&failures[..failures.len().min(SHOWN)], &names, "No job failed in the last 24 hours."))
+            @if failures.len() > SHOWN || failed_more { p { a href="/jobs?state=failed" { "All failed jobs →" } } }
         }
         section #queue {
-            h2 { "Queued (" (queued.items.len()) ")" }
-            (job_table(&queued.items, &names, "The queue is empty."))
+            h2 { "Queued (" (queued.items.len()) @if queued.next_cursor.is_some() { "+" } ")" }
+            (job_table(&queued.items[..queued.items.len().min(SHOWN)], &names, "The queue is empty."))
+            @if queued.items.len() > SHOWN { p { a href="/jobs?state=queued" { "The whole queue →" } } }
         }
         section #protection {
             h2 { "Sources without a successful backup (" (unprotected.len()) " of " (sources.len()) ")" }
             @if unprotected.is_empty() {
                 p.empty { "Every source has a successful backup. " a href="/sources" { "All sources →" } }
             } @else {
-                (protection_table(&unprotected, false))
+                (protection_table(&unprotected[..unprotected.len().min(SHOWN)], None))
                 p { a href="/sources" { "All sources →" } }
             }
         }

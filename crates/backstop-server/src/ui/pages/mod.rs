@@ -19,7 +19,7 @@ pub use jobs::{cancel, job, jobs, live, rerun};
 pub use login::{login, login_form, logout};
 pub use plans::{delete_plan, edit_plan, live_schedule, new_plan, plans, run_plan, save_plan, set_enabled};
 pub use repositories::{maintain, register_repository, repositories};
-pub use snapshots::{download, restore, snapshot, snapshots};
+pub use snapshots::{download, restore, restore_disk, snapshot, snapshots};
 pub use sources::{delete_source, edit_source, new_source, save_source, sources, update_source};
 
 use std::collections::HashMap;
@@ -59,6 +59,43 @@ pub fn error_page(e: &ApiError) -> Response {
         },
     );
     (e.status(), Html(body.into_string())).into_response()
+}
+
+/// Rows a list page shows at once.
+const PAGE_ROWS: usize = 100;
+
+/// `?page=N` (from 0) of a list shown a page at a time.
+fn page_of<T>(items: &[T], page: usize) -> &[T] {
+    let start = page.saturating_mul(PAGE_ROWS).min(items.len());
+    &items[start..(start + PAGE_ROWS).min(items.len())]
+}
+
+/// Links to the pages before and after `page` of `total` rows; `url`
+/// makes a page's address.
+fn pager(page: usize, total: usize, url: impl Fn(usize) -> String) -> Markup {
+    let pages = total.div_ceil(PAGE_ROWS).max(1);
+    html! {
+        @if pages > 1 {
+            p.pager {
+                @if page > 0 { a.prev href=(url(page - 1)) { "← earlier" } " " }
+                "page " (page + 1) " of " (pages) " (" (total) ")"
+                @if page + 1 < pages { " " a.next href=(url(page + 1)) { "later →" } }
+            }
+        }
+    }
+}
+
+/// The value a form sent for `name` (empty if none).
+fn sent<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
+    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
+}
+
+/// A form page answered with the status of the error it shows, if any.
+fn with_status(mut page: Response, error: Option<&ApiError>) -> Response {
+    if let Some(e) = error {
+        *page.status_mut() = e.status();
+    }
+    page
 }
 
 /// The message of `error` if it is about the form's `field`.
@@ -192,21 +229,27 @@ impl Names {
     }
 }
 
-/// The newest succeeded job of `kind` of each key `key_of` gives, among the newest thousand.
+/// The newest succeeded job of `kind` of each source, plan or repository, by its id.
 async fn newest(
     state: &AppState,
     session: &UiSession,
     kind: JobKind,
-    key_of: impl Fn(&Job) -> Option<String>,
+    per: backstop_types::Per,
 ) -> Result<HashMap<String, Job>, Response> {
-    let q = ListQuery { kind: Some(kind), ..only(JobState::Succeeded, 1000) };
-    let mut newest = HashMap::new();
-    for job in list_jobs(state, session, q).await?.items {
-        if let Some(key) = key_of(&job) {
-            newest.entry(key).or_insert(job);
-        }
-    }
-    Ok(newest)
+    use backstop_types::Per;
+    let q = handlers::jobs::LatestQuery { kind, state: JobState::Succeeded, per };
+    let Json(jobs) = handlers::jobs::latest(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
+    Ok(jobs
+        .into_iter()
+        .filter_map(|job| {
+            let key = match per {
+                Per::Source => job.source.clone(),
+                Per::Plan => job.plan.clone(),
+                Per::Repository => Some(job.repository.clone()),
+            };
+            key.map(|k| (k, job))
+        })
+        .collect())
 }
 
 /// How well a source is protected.

@@ -7,14 +7,23 @@ use std::str::FromStr;
 
 use backstop_types::{Chain, PlanSpec, Retention, ScheduleFires};
 
+use backstop_types::Per;
+
 use super::*;
 use crate::handlers::plans::ScheduleQuery;
 use crate::ui::UiForm;
 
-pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageResult {
+/// `?page=N` of a list.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PageNumber {
+    page: usize,
+}
+
+pub async fn plans(State(state): State<AppState>, session: UiSession, Query(q): Query<PageNumber>) -> PageResult {
     let catalogue = Catalogue::load(&state, &session).await?;
-    let last = newest(&state, &session, JobKind::Backup, |j| j.plan.clone()).await?;
-    let (all, names) = (&catalogue.plans, catalogue.names());
+    let last = newest(&state, &session, JobKind::Backup, Per::Plan).await?;
+    let (all, names) = (page_of(&catalogue.plans, q.page), catalogue.names());
     let operator = session.may(Role::Operator);
     let csrf = &session.session.csrf;
     let body = html! {
@@ -47,6 +56,10 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
                                         input type="hidden" name="csrf" value=(csrf);
                                         button type="submit" name="run" { "Run now" }
                                     }
+                                    // A plan is put into the session's own tenant: another
+                                    // tenant's (an admin of the system tenant sees them) is
+                                    // run or deleted here, not edited.
+                                    @if plan.tenant == session.session.token.tenant {
                                     " " a href={ (url) "/edit" } { "Edit" } " "
                                     form.inline method="post" action={ (url) "/enabled" } {
                                         input type="hidden" name="csrf" value=(csrf);
@@ -57,6 +70,7 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
                                             input type="hidden" name="enabled" value="true";
                                             button type="submit" name="enable" { "Enable" }
                                         }
+                                    }
                                     }
                                     " "
                                     form.inline method="post" action={ (url) "/delete" } data-confirm={ "Delete plan " (plan.name) "? Its snapshots stay." } {
@@ -69,6 +83,7 @@ pub async fn plans(State(state): State<AppState>, session: UiSession) -> PageRes
                     }
                 }
             }
+            (pager(q.page, catalogue.plans.len(), |page| format!("/plans?page={page}")))
         }
     };
     Ok(render("Plans", &session, body))
@@ -345,11 +360,7 @@ async fn form_page(state: &AppState, session: &UiSession, form: &PlanForm, error
         }
         (plan_form(session, &catalogue, form, error, &fires))
     };
-    let mut page = render(&title, session, body);
-    if let Some(e) = error {
-        *page.status_mut() = e.status();
-    }
-    Ok(page)
+    Ok(with_status(render(&title, session, body), error))
 }
 
 pub async fn new_plan(State(state): State<AppState>, session: UiSession) -> PageResult {

@@ -9,6 +9,8 @@ use backstop_types::params::{CheckParams, PruneParams, VerifyParams};
 use backstop_types::{RepositoryOption, RepositorySpec, RepositoryUsage, UsagePoint};
 
 use super::plans::labelled;
+use backstop_types::Per;
+
 use super::*;
 use crate::ui::UiForm;
 
@@ -59,8 +61,8 @@ async fn repositories_page(
 ) -> PageResult {
     let catalogue = Catalogue::load(state, session).await?;
     let usage = usage(state, session).await?;
-    let checks = newest(state, session, JobKind::Check, |j| Some(j.repository.clone())).await?;
-    let prunes = newest(state, session, JobKind::Prune, |j| Some(j.repository.clone())).await?;
+    let checks = newest(state, session, JobKind::Check, Per::Repository).await?;
+    let prunes = newest(state, session, JobKind::Prune, Per::Repository).await?;
     let operator = session.may(Role::Operator);
     let csrf = &session.session.csrf;
     let body = html! {
@@ -74,7 +76,7 @@ async fn repositories_page(
                 dl.facts {
                     dt { "Location" } dd { code { (repo.location) } " (region " (repo.region) ")" }
                     dt { "Snapshots" } dd { (count) }
-                    dt { "Stored by its backups" } dd data-field="stored" { (bytes(stored)) " (before prunes)" }
+                    dt { "Stored by the backups of its snapshots" } dd data-field="stored" { (bytes(stored)) " (before prunes)" }
                     dt { "Held by its snapshots" } dd { (bytes(logical)) }
                     dt { "Saved by dedup and compression" } dd data-field="savings" { (savings(stored, logical)) }
                     dt { "Growth" } dd { (growth_chart(u.map(|u| u.growth.as_slice()).unwrap_or_default())) }
@@ -95,11 +97,7 @@ async fn repositories_page(
         }
         @if operator { (register_form(session, form, error)) }
     };
-    let mut page = render("Repositories", session, body);
-    if let Some(e) = error {
-        *page.status_mut() = e.status();
-    }
-    Ok(page)
+    Ok(with_status(render("Repositories", session, body), error))
 }
 
 /// The share of what snapshots hold that their backups did not store.
@@ -118,11 +116,6 @@ fn last(job: Option<&Job>) -> Markup {
             None => { "never" }
         }
     }
-}
-
-/// The value a form sent for `name` (empty if none).
-fn sent<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
-    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
 /// Options whose values are credentials: password inputs, never shown again.

@@ -135,26 +135,20 @@ pub async fn snapshot(
     let Json(dir) = handlers::snapshots::tree(State(state.clone()), session.caller(), Path(id.clone()), Query(q))
         .await
         .map_err(fail)?;
-    let snapshots = handlers::resources::list_snapshots(
-        State(state.clone()),
-        session.caller(),
-        Query(SnapshotQuery { repository: None, plan: None, host: None, cursor: None, limit: Some(1000) }),
-    );
-    let Json(page) = snapshots.await.map_err(fail)?;
-    let info = page.items.into_iter().find(|s| s.info.id == id);
+    let Json(s) =
+        handlers::snapshots::get(State(state.clone()), session.caller(), Path(id.clone())).await.map_err(fail)?;
     let names = Names::load(&state, &session).await?;
     let operator = session.may(Role::Operator);
     let body = html! {
         h1 { "Snapshot " code { (id.get(..8).unwrap_or(&id)) } }
-        @if let Some(s) = &info {
-            dl.facts {
-                dt { "Time" } dd { (when(&s.info.time)) }
-                dt { "Host" } dd { (s.info.hostname) }
-                dt { "Paths" } dd { (s.info.paths.join(", ")) }
-                dt { "Repository" } dd { (names.of(Some(&s.repository))) }
-                dt { "Plan" } dd { (names.of(s.plan.as_deref())) }
-                dt { "Size" } dd { (bytes(summary_u64(&s.info, "bytes_total"))) }
-            }
+        dl.facts {
+            dt { "Time" } dd { (when(&s.info.time)) }
+            dt { "Host" } dd { (s.info.hostname) }
+            dt { "Paths" } dd { (s.info.paths.join(", ")) }
+            dt { "Repository" } dd { (names.of(Some(&s.repository))) }
+            dt { "Plan" } dd { (names.of(s.plan.as_deref())) }
+            dt { "Size" } dd { (bytes(summary_u64(&s.info, "bytes_total"))) }
+            @if let Some(kind) = &dir.source_kind { dt { "Made by" } dd { "the " (kind) " packager" } }
         }
         h2 { "Files" }
         (breadcrumbs(&id, &dir.path))
@@ -169,7 +163,7 @@ pub async fn snapshot(
                     tbody { @for e in &dir.entries { (entry_row(&id, &dir, e, operator)) } }
                 }
             }
-            @if operator {
+            @if operator && dir.source_kind.is_none() {
                 fieldset.restore {
                     legend { "Restore" }
                     p.help { "The selected files and directories — or, with none selected, all of " code { (dir.path) } " — are restored by a worker into a directory on its host, with their paths as backed up." }
@@ -178,6 +172,31 @@ pub async fn snapshot(
                     button.primary type="submit" name="restore" { "Restore" }
                 }
             }
+        }
+        @if operator && dir.source_kind.as_deref() == Some("image") {
+            @let disks: Vec<&SnapshotEntry> = dir.entries.iter().filter(|e| e.kind == "file").collect();
+            @if !disks.is_empty() {
+                form #restore-disk method="post" action={ "/snapshots/" (urlencode(&id)) "/restore-disk" } {
+                    input type="hidden" name="csrf" value=(session.session.csrf);
+                    fieldset.restore {
+                        legend { "Restore a disk" }
+                        p.help { "A worker writes the disk to a raw file (sparse), a block device, or a qcow2 file on its host." }
+                        label { "Disk "
+                            select name="entry" {
+                                @for d in &disks { option value=(child(&dir.path, &d.name).trim_start_matches('/')) { (d.name) " (" (bytes(d.size)) ")" } }
+                            }
+                        }
+                        label { "To " input #disk-path type="text" name="path" required placeholder="/srv/restore/vm1.raw"; }
+                        label { "Format "
+                            select name="format" { option value="raw" { "raw" } option value="qcow2" { "qcow2" } }
+                        }
+                        button.primary type="submit" name="restore-disk" { "Restore disk" }
+                    }
+                }
+            }
+        }
+        @if operator && dir.source_kind.as_deref().is_some_and(|k| k != "image") {
+            p.help { "This snapshot was made by the " (dir.source_kind.as_deref().unwrap_or_default()) " packager: restore it into its system with " code { "backstop restore --to" } " or a restore job (" code { "POST /api/v1/jobs" } ")." }
         }
     };
     Ok(render(&format!("Snapshot {}", id.get(..8).unwrap_or(&id)), &session, body))
@@ -212,18 +231,7 @@ pub async fn restore(
     {
         include.push(literal(&dir));
     }
-    let snapshot = handlers::resources::list_snapshots(
-        State(state.clone()),
-        session.caller(),
-        Query(SnapshotQuery { repository: None, plan: None, host: None, cursor: None, limit: Some(1000) }),
-    );
-    let Json(page) = snapshot.await.map_err(fail)?;
-    let repository = page
-        .items
-        .into_iter()
-        .find(|s| s.info.id == id)
-        .map(|s| s.repository)
-        .ok_or_else(|| fail(ApiError::not_found(format!("snapshot {id}"))))?;
+    let repository = repository_of(&state, &session, &id).await?;
     let params = RestoreParams {
         snapshot: Some(id),
         target: value("target").filter(|t| !t.is_empty()),
@@ -231,12 +239,56 @@ pub async fn restore(
         verify: value("verify").is_some_and(|v| v == "on"),
         ..RestoreParams::default()
     };
+    restore_job(state, &session, repository, &params).await
+}
+
+/// A disk of an image snapshot as a restore form sends it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct DiskForm {
+    entry: String,
+    path: String,
+    format: String,
+}
+
+/// Restore one disk of an image snapshot to a path, through a restore job.
+pub async fn restore_disk(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    UiForm(session, form): UiForm<DiskForm>,
+) -> PageResult {
+    let repository = repository_of(&state, &session, &id).await?;
+    let mut config = serde_json::Map::new();
+    config.insert("path".into(), form.path.trim().into());
+    if let Some(entry) = given(&form.entry) {
+        config.insert("entry".into(), entry.into());
+    }
+    if let Some(format) = given(&form.format) {
+        config.insert("format".into(), format.into());
+    }
+    let params = RestoreParams {
+        snapshot: Some(id),
+        to: Some(backstop_types::params::RestoreTo { kind: backstop_types::SourceKind::Image, config }),
+        ..RestoreParams::default()
+    };
+    restore_job(state, &session, repository, &params).await
+}
+
+/// The repository of snapshot `id`, as the session may see it.
+async fn repository_of(state: &AppState, session: &UiSession, id: &str) -> Result<String, Response> {
+    let Json(snapshot) =
+        handlers::snapshots::get(State(state.clone()), session.caller(), Path(id.to_string())).await.map_err(fail)?;
+    Ok(snapshot.repository)
+}
+
+/// Submit a restore job with `params` and show its page.
+async fn restore_job(state: AppState, session: &UiSession, repository: String, params: &RestoreParams) -> PageResult {
     let spec = JobSpec {
         kind: JobKind::Restore,
         plan: None,
         repository: Some(repository),
         source: None,
-        params: serde_json::to_value(&params).map_err(|e| fail(ApiError::internal(e.to_string())))?,
+        params: serde_json::to_value(params).map_err(|e| fail(ApiError::internal(e.to_string())))?,
         max_attempts: None,
         deadline_seconds: None,
     };

@@ -8,17 +8,21 @@ use backstop_types::{SourceKind, SourceSpec, SourceUpdate};
 use serde_json::{Map, Value};
 
 use super::plans::labelled;
+use backstop_types::Per;
+
 use super::*;
 use crate::ui::UiForm;
 
-pub(super) fn protection_table(rows: &[&Protection], editable: bool) -> Markup {
+/// Sources and how well each is protected; with `csrf` (an operator's
+/// session), each row has Edit and Remove.
+pub(super) fn protection_table(rows: &[&Protection], csrf: Option<&str>) -> Markup {
     html! {
         table.sources {
-            thead { tr { th { "Source" } th { "Kind" } th { "Host" } th { "Plans" } th { "Last successful backup" } th { "Last verify" } th { "Next run" } } }
+            thead { tr { th { "Source" } th { "Kind" } th { "Host" } th { "Plans" } th { "Last successful backup" } th { "Last verify" } th { "Next run" } @if csrf.is_some() { th { "" } } } }
             tbody {
                 @for p in rows {
                     tr data-source=(p.source.name) class=[p.last_backup.is_none().then_some("unprotected")] {
-                        td { (p.source.name) @if editable { " " a.edit href={ "/sources/" (urlencode(&p.source.id)) "/edit" } { "Edit" } } }
+                        td { (p.source.name) }
                         td { (p.source.kind.as_str()) }
                         td { (p.source.host.as_deref().unwrap_or("–")) }
                         td {
@@ -41,6 +45,16 @@ pub(super) fn protection_table(rows: &[&Protection], editable: bool) -> Markup {
                             }
                         }
                         td { (p.next_run.as_ref().map(when).unwrap_or_else(|| "–".into())) }
+                        @if let Some(csrf) = csrf {
+                            td.actions-cell {
+                                a.edit href={ "/sources/" (urlencode(&p.source.id)) "/edit" } { "Edit" } " "
+                                form.inline method="post" action={ "/sources/" (urlencode(&p.source.id)) "/delete" }
+                                    data-confirm={ "Remove source " (p.source.name) "? Its snapshots stay in their repository." } {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button.danger type="submit" name="delete" { "Remove" }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -48,34 +62,45 @@ pub(super) fn protection_table(rows: &[&Protection], editable: bool) -> Markup {
     }
 }
 
-pub async fn sources(State(state): State<AppState>, session: UiSession) -> PageResult {
+/// The source list's filters and page, as a browser sends them (empty: any).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourcesQuery {
+    kind: String,
+    host: String,
+    page: usize,
+}
+
+pub async fn sources(State(state): State<AppState>, session: UiSession, Query(q): Query<SourcesQuery>) -> PageResult {
     let catalogue = Catalogue::load(&state, &session).await?;
-    let backups = newest(&state, &session, JobKind::Backup, |j| j.source.clone()).await?;
-    let verifies = newest(&state, &session, JobKind::Verify, |j| j.plan.clone()).await?;
-    let rows = protection(&catalogue, &backups, &verifies);
+    let backups = newest(&state, &session, JobKind::Backup, Per::Source).await?;
+    let verifies = newest(&state, &session, JobKind::Verify, Per::Plan).await?;
+    let rows: Vec<Protection> = protection(&catalogue, &backups, &verifies)
+        .into_iter()
+        .filter(|p| q.kind.is_empty() || p.source.kind.as_str() == q.kind)
+        .filter(|p| q.host.is_empty() || p.source.host.as_deref() == Some(q.host.trim()))
+        .collect();
     let operator = session.may(Role::Operator);
+    let shown: Vec<&Protection> = page_of(&rows, q.page).iter().collect();
+    let url = |page: usize| format!("/sources?kind={}&host={}&page={page}", urlencode(&q.kind), urlencode(&q.host));
     let body = html! {
         h1 { "Sources" }
         @if operator { p { a.button href="/sources/new" { "Add a source" } } }
-        @if rows.is_empty() {
-            p.empty { "No source yet." }
-        } @else {
-            (protection_table(&rows.iter().collect::<Vec<_>>(), operator))
-        }
-        @if operator && !rows.is_empty() {
-            h2 { "Remove a source" }
-            p.help { "A source that a plan still uses cannot be removed; its snapshots stay in their repository." }
-            ul.plain {
-                @for p in &rows {
-                    li {
-                        form.inline method="post" action={ "/sources/" (urlencode(&p.source.id)) "/delete" }
-                            data-confirm={ "Remove source " (p.source.name) "?" } {
-                            input type="hidden" name="csrf" value=(session.session.csrf);
-                            button.danger type="submit" name="delete" data-source=(p.source.name) { "Remove " (p.source.name) }
-                        }
-                    }
+        form.filters method="get" action="/sources" {
+            label { "Kind "
+                select name="kind" {
+                    option value="" { "any" }
+                    @for k in SourceKind::ALL { option value=(k.as_str()) selected[q.kind == k.as_str()] { (k.as_str()) } }
                 }
             }
+            label { "Host " input type="text" name="host" value=(q.host); }
+            button type="submit" { "Filter" }
+        }
+        @if rows.is_empty() {
+            p.empty { "No source matches." }
+        } @else {
+            (protection_table(&shown, operator.then_some(session.session.csrf.as_str())))
+            (pager(q.page, rows.len(), url))
         }
     };
     Ok(render("Sources", &session, body))
@@ -94,11 +119,6 @@ fn input_name(field: &ConfigField) -> String {
         FieldValue::Secret => format!("secret.{}", field.key),
         _ => format!("config.{}", field.key),
     }
-}
-
-/// The value a form sent for `name` (empty if none).
-fn sent<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
-    form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
 }
 
 /// The source the form describes: the kind's fields into `config`, its
@@ -176,7 +196,8 @@ fn form_of(source: &Source) -> Vec<(String, String)> {
     form
 }
 
-/// The form of a new source of `kind`, or (with `editing`) of that source.
+/// The form of a new source of `kind`, or (with `editing`) of that source
+/// (whose hooks, having no field here, it keeps).
 fn source_form(
     session: &UiSession,
     kind: SourceKind,
@@ -245,11 +266,10 @@ fn source_page(
         Some(s) => format!("Source {}", s.name),
         None => format!("New {} source", kind.as_str()),
     };
-    let mut page = render(&title, session, html! { h1 { (title) } (source_form(session, kind, form, error, editing)) });
-    if let Some(e) = error {
-        *page.status_mut() = e.status();
-    }
-    page
+    with_status(
+        render(&title, session, html! { h1 { (title) } (source_form(session, kind, form, error, editing)) }),
+        error,
+    )
 }
 
 pub async fn new_source(session: UiSession, Query(q): Query<KindQuery>) -> PageResult {
@@ -296,8 +316,16 @@ pub async fn update_source(
 ) -> PageResult {
     let Json(source) =
         handlers::resources::get_source(State(state.clone()), session.caller(), Path(id)).await.map_err(fail)?;
-    let (config, secrets) = config_and_secrets(source.kind, &form);
-    let update = SourceUpdate { host: given(sent(&form, "host")), config, secrets: secrets.into() };
+    let (fields, secrets) = config_and_secrets(source.kind, &form);
+    // The form owns the kind's fields; what it has no field for (the
+    // source's hooks) stays as it was.
+    let mut config = source.config.as_object().cloned().unwrap_or_default();
+    for field in backstop_source::packager(source.kind).fields() {
+        config.remove(field.key);
+    }
+    config.extend(fields.as_object().cloned().unwrap_or_default());
+    let update =
+        SourceUpdate { host: given(sent(&form, "host")), config: Value::Object(config), secrets: secrets.into() };
     match handlers::resources::update_source(State(state), session.caller(), Path(source.id.clone()), Json(update))
         .await
     {
