@@ -672,32 +672,46 @@ impl Catalog {
         Ok(())
     }
 
-    /// Each snapshot of `scope` as its repository's usage counts it:
-    /// (repository id, time in ms, bytes it holds, bytes its backup
-    /// stored), by repository and time. The summary's numbers are read by
-    /// the database, so 10,000 snapshots cost no JSON parsing here.
-    pub async fn snapshot_sizes(&self, scope: &Scope) -> Result<Vec<(String, i64, i64, i64)>> {
+    /// What each repository's snapshots of `scope` hold and stored, and up
+    /// to `points` (time, stored so far) along the way, oldest first. The
+    /// database reads the summaries' numbers and samples the points, so
+    /// 10,000 snapshots cost a few hundred rows here.
+    pub async fn snapshot_usage(&self, scope: &Scope, points: i64) -> Result<Vec<SnapshotUsage>> {
         let number = |key: &str| match self.kind() {
             crate::DbKind::Postgres => format!("COALESCE((summary::jsonb ->> '{key}')::BIGINT, 0)"),
             crate::DbKind::Sqlite => format!("COALESCE(CAST(json_extract(summary, '$.{key}') AS INTEGER), 0)"),
         };
         let (clause, t) = scope.clause("tenant");
+        let (total, stored) = (number("bytes_total"), number("bytes_added_stored"));
         let sql = self.sql(&format!(
-            "SELECT repository_id, time_ms, {} AS total, {} AS stored FROM snapshots WHERE 1 = 1{clause} \
-             ORDER BY repository_id, time_ms, id",
-            number("bytes_total"),
-            number("bytes_added_stored")
+            "SELECT repository_id, time_ms, n, total_all, stored_so_far FROM ( \
+               SELECT repository_id, time_ms, \
+                 CAST(SUM({stored}) OVER (PARTITION BY repository_id ORDER BY time_ms, id) AS BIGINT) AS stored_so_far, \
+                 CAST(SUM({total}) OVER (PARTITION BY repository_id) AS BIGINT) AS total_all, \
+                 COUNT(*) OVER (PARTITION BY repository_id) AS n, \
+                 ROW_NUMBER() OVER (PARTITION BY repository_id ORDER BY time_ms, id) AS rn \
+               FROM snapshots WHERE 1 = 1{clause}) sampled \
+             WHERE rn = n OR rn % ((n + ? - 1) / ?) = 0 ORDER BY repository_id, time_ms"
         ));
         let mut q = sqlx::query(&sql);
         if let Some(t) = t {
             q = q.bind(t);
         }
-        let rows = q.fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok((r.try_get("repository_id")?, r.try_get("time_ms")?, r.try_get("total")?, r.try_get("stored")?))
-            })
-            .collect()
+        let points = points.max(1);
+        let rows = q.bind(points).bind(points).fetch_all(self.pool()).await?;
+        let mut out: Vec<SnapshotUsage> = Vec::new();
+        for r in &rows {
+            let repository: String = r.try_get("repository_id")?;
+            let (time, n, total, stored): (i64, i64, i64, i64) =
+                (r.try_get("time_ms")?, r.try_get("n")?, r.try_get("total_all")?, r.try_get("stored_so_far")?);
+            if out.last().is_none_or(|u| u.repository != repository) {
+                out.push(SnapshotUsage { repository, snapshots: n, total_bytes: total, growth: Vec::new() });
+            }
+            if let Some(u) = out.last_mut() {
+                u.growth.push((time, stored));
+            }
+        }
+        Ok(out)
     }
 
     /// The snapshot of id `id` in a repository of `scope` (one repository's
@@ -884,4 +898,15 @@ fn check_plan_limits(spec: &PlanSpec) -> Result<()> {
         check_text("a tag", tag, 128).map_err(|e| e.on("tags"))?;
     }
     Ok(())
+}
+
+/// One repository's snapshots as [`Catalog::snapshot_usage`] sums them up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotUsage {
+    pub repository: String,
+    pub snapshots: i64,
+    /// What the snapshots hold, each counted whole.
+    pub total_bytes: i64,
+    /// (time in ms, bytes their backups stored up to then), the last at the newest snapshot.
+    pub growth: Vec<(i64, i64)>,
 }

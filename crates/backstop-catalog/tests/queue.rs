@@ -764,3 +764,84 @@ async fn a_browser_session_acts_as_its_token_until_it_expires_is_ended_or_its_to
         assert!(c.session(&third.secret, T0 + 3).await.unwrap().is_none(), "{}", db.name);
     }
 }
+
+/// What the web UI's pages ask of the catalog, on both databases: the
+/// newest job of each source, jobs by source and creation time, a
+/// repository's usage from its snapshots' summaries (sampled by the
+/// database), the worker pools, a snapshot by id and a source's change.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ui_queries_answer_alike_on_both_databases() {
+    for db in both().await {
+        let c = &db.catalog;
+        let s = setup(c, "acme", 4, "h1", Chain::default()).await;
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let (j, _) = c.enqueue(job(&s, JobKind::Backup, "h1"), T0 + i * 1000).await.unwrap();
+            let claim = c.claim("w1", "eu", T0 + i * 1000 + 1).await.unwrap().expect("a claim");
+            c.complete(&j.id, &done(claim.attempt, ok()), T0 + i * 1000 + 2).await.unwrap();
+            ids.push(j.id);
+        }
+        let latest = c.latest_jobs(&s.scope, JobKind::Backup, JobState::Succeeded, backstop_types::Per::Source).await;
+        let latest = latest.unwrap();
+        assert_eq!(latest.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[2].as_str()], "{}", db.name);
+        assert!(
+            c.latest_jobs(&s.scope, JobKind::Verify, JobState::Succeeded, backstop_types::Per::Plan)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let filter = |from: Option<i64>, before: Option<i64>| backstop_catalog::queue::JobFilter {
+            source: Some(s.source.clone()),
+            created_from_ms: from,
+            created_before_ms: before,
+            limit: 100,
+            ..Default::default()
+        };
+        let page = c.list_jobs(&s.scope, &filter(Some(T0 + 1000), Some(T0 + 2000))).await.unwrap();
+        assert_eq!(page.items.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()], "{}", db.name);
+        assert_eq!(c.list_jobs(&s.scope, &filter(None, None)).await.unwrap().items.len(), 3);
+
+        let repo = c.repository(&s.scope, "main").await.unwrap();
+        let snapshots: Vec<backstop_types::SnapshotInfo> = (0..5u64)
+            .map(|i| backstop_types::SnapshotInfo {
+                id: format!("{:064x}", i + 1),
+                time: chrono::DateTime::from_timestamp_millis(T0 + i as i64 * 60_000).unwrap(),
+                hostname: "h1".into(),
+                paths: vec!["/home".into()],
+                tags: vec![],
+                summary: json!({"bytes_total": 1000, "bytes_added_stored": 10 * (i + 1)}),
+            })
+            .collect();
+        c.reconcile_snapshots(&repo, &snapshots).await.unwrap();
+        let usage = c.snapshot_usage(&s.scope, 2).await.unwrap();
+        assert_eq!(usage.len(), 1, "{}", db.name);
+        let u = &usage[0];
+        assert_eq!((u.snapshots, u.total_bytes), (5, 5000), "{}", db.name);
+        // Two points asked for: every third snapshot, and the last: 10+20+30 = 60, then 150 in all.
+        assert_eq!(u.growth.iter().map(|(_, b)| *b).collect::<Vec<_>>(), [60, 150], "{}", db.name);
+        assert!(c.snapshot_usage(&Scope::Tenant("other".into()), 200).await.unwrap().is_empty());
+        assert_eq!(c.snapshot(&s.scope, &format!("{:064x}", 3)).await.unwrap().info.hostname, "h1");
+        assert!(matches!(
+            c.snapshot(&Scope::Tenant("other".into()), &format!("{:064x}", 3)).await,
+            Err(Error::NotFound(_))
+        ));
+
+        let pools = c.regions(&s.scope, T0).await.unwrap();
+        assert_eq!(pools.len(), 1, "{}", db.name);
+        assert_eq!((pools[0].region.as_str(), pools[0].workers, pools[0].running), ("eu", 1, 0));
+
+        let update = backstop_types::SourceUpdate {
+            host: Some("h2".into()),
+            config: json!({"paths": ["/srv"]}),
+            secrets: serde_json::Value::Null.into(),
+        };
+        let changed = c.update_source(&s.scope, "home", &update).await.unwrap();
+        assert_eq!((changed.host.as_deref(), &changed.config), (Some("h2"), &json!({"paths": ["/srv"]})));
+        assert_eq!(c.source_secrets(&s.scope, "home").await.unwrap(), json!({}), "the stored secrets stay");
+        assert!(matches!(
+            c.update_source(&Scope::Tenant("other".into()), "home", &update).await,
+            Err(Error::NotFound(_))
+        ));
+    }
+}

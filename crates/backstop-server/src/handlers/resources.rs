@@ -493,27 +493,35 @@ pub async fn repository_usage(
 ) -> ApiResult<Json<Vec<backstop_types::RepositoryUsage>>> {
     caller.require(Role::Viewer)?;
     let scope = caller.scope();
-    let mut by_repo: std::collections::BTreeMap<String, Vec<(i64, u64, u64)>> =
-        state.catalog.list_repositories(&scope).await?.into_iter().map(|r| (r.id, Vec::new())).collect();
-    for (repo, time, total, stored) in state.catalog.snapshot_sizes(&scope).await? {
-        by_repo.entry(repo).or_default().push((time, total.max(0) as u64, stored.max(0) as u64));
-    }
-    Ok(Json(by_repo.into_iter().map(|(repository, snaps)| usage(repository, &snaps)).collect()))
-}
-
-/// The usage of one repository from its snapshots (time, bytes held,
-/// bytes stored), oldest first.
-fn usage(repository: String, snaps: &[(i64, u64, u64)]) -> backstop_types::RepositoryUsage {
-    const POINTS: usize = 200;
-    let (mut logical_bytes, mut stored_bytes, mut growth) = (0, 0, Vec::new());
-    let every = snaps.len().div_ceil(POINTS).max(1);
-    for (i, (time, total, stored)) in snaps.iter().enumerate() {
-        logical_bytes += total;
-        stored_bytes += stored;
-        if i % every == 0 || i + 1 == snaps.len() {
-            let time = chrono::DateTime::from_timestamp_millis(*time).unwrap_or_default();
-            growth.push(backstop_types::UsagePoint { time, stored_bytes });
-        }
-    }
-    backstop_types::RepositoryUsage { repository, snapshots: snaps.len() as u32, logical_bytes, stored_bytes, growth }
+    let (repositories, usage) =
+        tokio::join!(state.catalog.list_repositories(&scope), state.catalog.snapshot_usage(&scope, 200));
+    let mut usage: std::collections::HashMap<String, _> =
+        usage?.into_iter().map(|u| (u.repository.clone(), u)).collect();
+    Ok(Json(
+        repositories?
+            .into_iter()
+            .map(|r| {
+                let u = usage.remove(&r.id);
+                let growth: Vec<backstop_types::UsagePoint> = u
+                    .as_ref()
+                    .map(|u| {
+                        u.growth
+                            .iter()
+                            .map(|(t, stored)| backstop_types::UsagePoint {
+                                time: chrono::DateTime::from_timestamp_millis(*t).unwrap_or_default(),
+                                stored_bytes: (*stored).max(0) as u64,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                backstop_types::RepositoryUsage {
+                    repository: r.id,
+                    snapshots: u.as_ref().map_or(0, |u| u.snapshots.max(0) as u32),
+                    logical_bytes: u.as_ref().map_or(0, |u| u.total_bytes.max(0) as u64),
+                    stored_bytes: growth.last().map_or(0, |p| p.stored_bytes),
+                    growth,
+                }
+            })
+            .collect(),
+    ))
 }

@@ -10,26 +10,33 @@ use super::*;
 const SHOWN: usize = 20;
 
 pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> PageResult {
-    let running = list_jobs(&state, &session, only(JobState::Running, 200)).await?;
-    let queued = list_jobs(&state, &session, only(JobState::Queued, 200)).await?;
+    // Every list the page shows, asked for at once: they do not depend on
+    // each other, and the catalog answers several readers together.
+    let (state, session) = (&state, &session);
+    let (running, queued, failed, dead, catalogue, backups, verifies, usage, regions) = tokio::join!(
+        list_jobs(state, session, only(JobState::Running, 200)),
+        list_jobs(state, session, only(JobState::Queued, 200)),
+        list_jobs(state, session, only(JobState::Failed, 200)),
+        list_jobs(state, session, only(JobState::Dead, 200)),
+        Catalogue::load(state, session),
+        newest(state, session, JobKind::Backup, Per::Source),
+        newest(state, session, JobKind::Verify, Per::Plan),
+        handlers::resources::repository_usage(State(state.clone()), session.caller()),
+        handlers::jobs::regions(State(state.clone()), session.caller()),
+    );
+    let (running, queued, catalogue, backups, verifies) = (running?, queued?, catalogue?, backups?, verifies?);
+    let (Json(usage), Json(regions)) = (usage.map_err(fail)?, regions.map_err(fail)?);
     let day_ago = Utc::now() - chrono::Duration::hours(24);
     let (mut failures, mut failed_more) = (Vec::new(), false);
-    for s in [JobState::Failed, JobState::Dead] {
-        let page = list_jobs(&state, &session, only(s, 200)).await?;
+    for page in [failed?, dead?] {
         failed_more |=
             page.next_cursor.is_some() && page.items.last().is_some_and(|j| j.finished.is_some_and(|f| f > day_ago));
         failures.extend(page.items.into_iter().filter(|j| j.finished.is_some_and(|f| f > day_ago)));
     }
     failures.sort_by_key(|j| std::cmp::Reverse(j.finished));
-    let catalogue = Catalogue::load(&state, &session).await?;
     let names = catalogue.names();
-    let backups = newest(&state, &session, JobKind::Backup, Per::Source).await?;
-    let verifies = newest(&state, &session, JobKind::Verify, Per::Plan).await?;
     let sources = protection(&catalogue, &backups, &verifies);
     let unprotected: Vec<&Protection> = sources.iter().filter(|p| p.last_backup.is_none()).collect();
-    let Json(usage) =
-        handlers::resources::repository_usage(State(state.clone()), session.caller()).await.map_err(fail)?;
-    let Json(regions) = handlers::jobs::regions(State(state.clone()), session.caller()).await.map_err(fail)?;
     let body = html! {
         h1 { "Dashboard" }
         section #running data-live-list {
@@ -97,7 +104,7 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
             }
         }
     };
-    Ok(render("Dashboard", &session, body))
+    Ok(render("Dashboard", session, body))
 }
 
 /// The running jobs as the API lists them, for the dashboard's live bars.

@@ -185,22 +185,21 @@ struct Catalogue {
 
 impl Catalogue {
     async fn load(state: &AppState, session: &UiSession) -> Result<Catalogue, Response> {
-        let repositories = every(|cursor| {
-            let q = RepositoryQuery { region: None, cursor, limit: Some(1000) };
-            handlers::resources::list_repositories(State(state.clone()), session.caller(), Query(q))
-        })
-        .await?;
-        let sources = every(|cursor| {
-            let q = SourceQuery { kind: None, host: None, cursor, limit: Some(1000) };
-            handlers::resources::list_sources(State(state.clone()), session.caller(), Query(q))
-        })
-        .await?;
-        let plans = every(|cursor| {
-            let q = handlers::plans::ListQuery { repository: None, cursor, limit: Some(1000) };
-            handlers::plans::list(State(state.clone()), session.caller(), Query(q))
-        })
-        .await?;
-        Ok(Catalogue { repositories, sources, plans })
+        let (repositories, sources, plans) = tokio::join!(
+            every(|cursor| {
+                let q = RepositoryQuery { region: None, cursor, limit: Some(1000) };
+                handlers::resources::list_repositories(State(state.clone()), session.caller(), Query(q))
+            }),
+            every(|cursor| {
+                let q = SourceQuery { kind: None, host: None, cursor, limit: Some(1000) };
+                handlers::resources::list_sources(State(state.clone()), session.caller(), Query(q))
+            }),
+            every(|cursor| {
+                let q = handlers::plans::ListQuery { repository: None, cursor, limit: Some(1000) };
+                handlers::plans::list(State(state.clone()), session.caller(), Query(q))
+            }),
+        );
+        Ok(Catalogue { repositories: repositories?, sources: sources?, plans: plans? })
     }
 
     fn names(&self) -> Names {
