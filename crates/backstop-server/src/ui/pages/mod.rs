@@ -85,6 +85,29 @@ fn pager(page: usize, total: usize, url: impl Fn(usize) -> String) -> Markup {
     }
 }
 
+/// Submit a job of `kind` on `repository` through the API, and show its page.
+async fn submit_job(
+    state: &AppState,
+    session: &UiSession,
+    kind: JobKind,
+    repository: String,
+    params: &impl serde::Serialize,
+) -> PageResult {
+    let spec = JobSpec {
+        kind,
+        plan: None,
+        repository: Some(repository),
+        source: None,
+        params: serde_json::to_value(params).map_err(|e| fail(ApiError::internal(e.to_string())))?,
+        max_attempts: None,
+        deadline_seconds: None,
+    };
+    let (_, Json(job)) = handlers::jobs::create(State(state.clone()), session.caller(), HeaderMap::new(), Json(spec))
+        .await
+        .map_err(fail)?;
+    Ok(see_other(&job_url(&job.id)))
+}
+
 /// The value a form sent for `name` (empty if none).
 fn sent<'a>(form: &'a [(String, String)], name: &str) -> &'a str {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")

@@ -222,24 +222,15 @@ pub async fn maintain(
     Path((id, kind)): Path<(String, String)>,
     UiAction(session): UiAction,
 ) -> PageResult {
-    let (kind, params) = match kind.as_str() {
-        "check" => (JobKind::Check, serde_json::to_value(CheckParams::default())),
-        "verify" => (JobKind::Verify, serde_json::to_value(VerifyParams { percent: Some(5), ..Default::default() })),
-        "prune" => (JobKind::Prune, serde_json::to_value(PruneParams::default())),
-        other => return Err(fail(ApiError::not_found(format!("a {other:?} job")))),
-    };
-    let spec = JobSpec {
-        kind,
-        plan: None,
-        repository: Some(id),
-        source: None,
-        params: params.map_err(|e| fail(ApiError::internal(e.to_string())))?,
-        max_attempts: None,
-        deadline_seconds: None,
-    };
-    let (_, Json(job)) =
-        handlers::jobs::create(State(state), session.caller(), HeaderMap::new(), Json(spec)).await.map_err(fail)?;
-    Ok(see_other(&job_url(&job.id)))
+    match kind.as_str() {
+        "check" => submit_job(&state, &session, JobKind::Check, id, &CheckParams::default()).await,
+        "verify" => {
+            let params = VerifyParams { percent: Some(5), ..Default::default() };
+            submit_job(&state, &session, JobKind::Verify, id, &params).await
+        }
+        "prune" => submit_job(&state, &session, JobKind::Prune, id, &PruneParams::default()).await,
+        other => Err(fail(ApiError::not_found(format!("a {other:?} job")))),
+    }
 }
 
 #[cfg(test)]

@@ -239,7 +239,7 @@ pub async fn restore(
         verify: value("verify").is_some_and(|v| v == "on"),
         ..RestoreParams::default()
     };
-    restore_job(state, &session, repository, &params).await
+    submit_job(&state, &session, JobKind::Restore, repository, &params).await
 }
 
 /// A disk of an image snapshot as a restore form sends it.
@@ -271,7 +271,7 @@ pub async fn restore_disk(
         to: Some(backstop_types::params::RestoreTo { kind: backstop_types::SourceKind::Image, config }),
         ..RestoreParams::default()
     };
-    restore_job(state, &session, repository, &params).await
+    submit_job(&state, &session, JobKind::Restore, repository, &params).await
 }
 
 /// The repository of snapshot `id`, as the session may see it.
@@ -279,22 +279,6 @@ async fn repository_of(state: &AppState, session: &UiSession, id: &str) -> Resul
     let Json(snapshot) =
         handlers::snapshots::get(State(state.clone()), session.caller(), Path(id.to_string())).await.map_err(fail)?;
     Ok(snapshot.repository)
-}
-
-/// Submit a restore job with `params` and show its page.
-async fn restore_job(state: AppState, session: &UiSession, repository: String, params: &RestoreParams) -> PageResult {
-    let spec = JobSpec {
-        kind: JobKind::Restore,
-        plan: None,
-        repository: Some(repository),
-        source: None,
-        params: serde_json::to_value(params).map_err(|e| fail(ApiError::internal(e.to_string())))?,
-        max_attempts: None,
-        deadline_seconds: None,
-    };
-    let (_, Json(job)) =
-        handlers::jobs::create(State(state), session.caller(), HeaderMap::new(), Json(spec)).await.map_err(fail)?;
-    Ok(see_other(&job_url(&job.id)))
 }
 
 #[cfg(test)]
