@@ -8,7 +8,8 @@ use crate::{Catalog, DbKind, Error, Result};
 
 struct Migration {
     version: i64,
-    /// Statements for both databases; `{serial}` is an auto-increment primary key.
+    /// Statements for both databases; `{serial}` is an auto-increment primary
+    /// key, `{summary.KEY}` a number of a snapshot's summary.
     sql: &'static [&'static str],
 }
 
@@ -186,13 +187,42 @@ CREATE TABLE ui_sessions (
 CREATE INDEX ui_sessions_expiry ON ui_sessions (expires_ms);
 ";
 
-/// The newest job of each source, plan or repository by kind and state
-/// (the web UI's protection view), and a snapshot by its id alone.
-const V6_LATEST_INDEXES: &str = "
-CREATE INDEX jobs_latest_by_source ON jobs (kind, state, source_id, id);
-CREATE INDEX jobs_latest_by_plan ON jobs (kind, state, plan_id, id);
+/// What the web UI's pages show of every source, plan and repository,
+/// kept as it changes instead of derived on every view: the last job of
+/// each kind that succeeded for it (`last_success`, written with the job's
+/// completion; filled here from the jobs), a snapshot's sizes (filled from
+/// its summary), and a snapshot found by its id alone.
+const V6_UI_FIGURES: &str = "
+CREATE TABLE last_success (
+    kind TEXT NOT NULL,
+    per TEXT NOT NULL,
+    key TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (kind, per, key)
+);
+INSERT INTO last_success (kind, per, key, tenant, job_id)
+    SELECT kind, 'source', source_id, MAX(tenant), MAX(id) FROM jobs
+    WHERE state = 'succeeded' AND source_id IS NOT NULL GROUP BY kind, source_id;
+INSERT INTO last_success (kind, per, key, tenant, job_id)
+    SELECT kind, 'plan', plan_id, MAX(tenant), MAX(id) FROM jobs
+    WHERE state = 'succeeded' AND plan_id IS NOT NULL GROUP BY kind, plan_id;
+INSERT INTO last_success (kind, per, key, tenant, job_id)
+    SELECT kind, 'repository', repository_id, MAX(tenant), MAX(id) FROM jobs
+    WHERE state = 'succeeded' GROUP BY kind, repository_id;
+ALTER TABLE snapshots ADD COLUMN bytes_total BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE snapshots ADD COLUMN bytes_stored BIGINT NOT NULL DEFAULT 0;
+UPDATE snapshots SET bytes_total = {summary.bytes_total}, bytes_stored = {summary.bytes_added_stored};
 CREATE INDEX snapshots_by_id ON snapshots (id);
 ";
+
+/// A whole number from a snapshot's JSON `summary`, in this database's words (0 when absent).
+fn summary_number(kind: DbKind, key: &str) -> String {
+    match kind {
+        DbKind::Postgres => format!("COALESCE((summary::jsonb ->> '{key}')::BIGINT, 0)"),
+        DbKind::Sqlite => format!("COALESCE(CAST(json_extract(summary, '$.{key}') AS INTEGER), 0)"),
+    }
+}
 
 fn migrations() -> Vec<Migration> {
     vec![
@@ -201,7 +231,7 @@ fn migrations() -> Vec<Migration> {
         Migration { version: 3, sql: &[V3_TENANT_NETWORKS] },
         Migration { version: 4, sql: &[V4_REQUEST_DIGESTS] },
         Migration { version: 5, sql: &[V5_UI_SESSIONS] },
-        Migration { version: 6, sql: &[V6_LATEST_INDEXES] },
+        Migration { version: 6, sql: &[V6_UI_FIGURES] },
     ]
 }
 
@@ -242,7 +272,10 @@ async fn apply(catalog: &Catalog, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> 
             DbKind::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
             DbKind::Postgres => "BIGSERIAL PRIMARY KEY",
         };
-        let sql = m.sql.join("\n").replace("{serial}", serial);
+        let mut sql = m.sql.join("\n").replace("{serial}", serial);
+        for key in ["bytes_total", "bytes_added_stored"] {
+            sql = sql.replace(&format!("{{summary.{key}}}"), &summary_number(catalog.kind(), key));
+        }
         for statement in statements(&sql) {
             sqlx::query(statement).execute(&mut **tx).await?;
         }

@@ -989,6 +989,7 @@ impl Catalog {
             if let Some(snap) = snapshot {
                 self.record_snapshot(&mut tx, &job, snap).await?;
             }
+            self.record_success(&mut tx, &job).await?;
             let done = Job { result: Some(result_value(&c.outcome)), ..job };
             self.chain_next(&mut tx, &done, now).await?;
         }
@@ -1294,30 +1295,45 @@ impl Catalog {
         Ok(n > 0)
     }
 
-    /// The newest job of `kind` in `state` of each source, plan or
+    /// The last job of `kind` that succeeded for each source, plan or
     /// repository (`per`), of the tenants `scope` sees.
-    pub async fn latest_jobs(
-        &self,
-        scope: &Scope,
-        kind: JobKind,
-        state: JobState,
-        per: backstop_types::Per,
-    ) -> Result<Vec<Job>> {
+    pub async fn latest_jobs(&self, scope: &Scope, kind: JobKind, per: backstop_types::Per) -> Result<Vec<Job>> {
         let (clause, t) = scope.clause("tenant");
-        let column = match per {
-            backstop_types::Per::Source => "source_id",
-            backstop_types::Per::Plan => "plan_id",
-            backstop_types::Per::Repository => "repository_id",
-        };
         let sql = self.sql(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN (SELECT MAX(id) FROM jobs WHERE kind = ? AND state = ?{clause} \
-             AND {column} IS NOT NULL GROUP BY {column}) ORDER BY id DESC"
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN \
+             (SELECT job_id FROM last_success WHERE kind = ? AND per = ?{clause}) ORDER BY id DESC"
         ));
-        let mut q = sqlx::query(&sql).bind(kind.as_str()).bind(state.as_str());
+        let mut q = sqlx::query(&sql).bind(kind.as_str()).bind(per_name(per));
         if let Some(t) = t {
             q = q.bind(t);
         }
         q.fetch_all(self.pool()).await?.iter().map(job_from_row).collect()
+    }
+
+    /// `job` succeeded: it is now the last success of its kind for its
+    /// source, plan and repository.
+    async fn record_success(&self, conn: &mut AnyConnection, job: &Job) -> Result<()> {
+        let keys = [
+            (backstop_types::Per::Source, job.source.as_deref()),
+            (backstop_types::Per::Plan, job.plan.as_deref()),
+            (backstop_types::Per::Repository, Some(job.repository.as_str())),
+        ];
+        for (per, key) in keys {
+            let Some(key) = key else { continue };
+            sqlx::query(&self.sql(
+                "INSERT INTO last_success (kind, per, key, tenant, job_id) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (kind, per, key) DO UPDATE SET job_id = excluded.job_id, tenant = excluded.tenant \
+                 WHERE last_success.job_id < excluded.job_id",
+            ))
+            .bind(job.kind.as_str())
+            .bind(per_name(per))
+            .bind(key)
+            .bind(&job.tenant)
+            .bind(&job.id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Jobs by state (for metrics and `/readyz`).
@@ -1396,6 +1412,15 @@ impl LostAttempt {
         } else {
             (JobState::Dead, None, None)
         }
+    }
+}
+
+/// How `last_success` names what a job is the last of.
+fn per_name(per: backstop_types::Per) -> &'static str {
+    match per {
+        backstop_types::Per::Source => "source",
+        backstop_types::Per::Plan => "plan",
+        backstop_types::Per::Repository => "repository",
     }
 }
 

@@ -655,7 +655,8 @@ impl Catalog {
     ) -> Result<()> {
         sqlx::query(&self.sql(
             "INSERT INTO snapshots (repository_id, id, tenant, plan_id, job_id, time_ms, hostname, paths, tags, \
-             summary) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repository_id, id) DO NOTHING",
+             summary, bytes_total, bytes_stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (repository_id, id) DO NOTHING",
         ))
         .bind(&job.repository)
         .bind(&snap.id)
@@ -667,6 +668,8 @@ impl Catalog {
         .bind(json!(snap.paths).to_string())
         .bind(json!(snap.tags).to_string())
         .bind(snap.summary.to_string())
+        .bind(summary_number(snap, "bytes_total"))
+        .bind(summary_number(snap, "bytes_added_stored"))
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -674,15 +677,11 @@ impl Catalog {
 
     /// What each repository's snapshots of `scope` hold and stored, and up
     /// to `points` (time, stored so far) along the way, oldest first. The
-    /// database reads the summaries' numbers and samples the points, so
-    /// 10,000 snapshots cost a few hundred rows here.
+    /// database sums the sizes kept with each snapshot and samples the
+    /// points, so 10,000 snapshots cost a few hundred rows here.
     pub async fn snapshot_usage(&self, scope: &Scope, points: i64) -> Result<Vec<SnapshotUsage>> {
-        let number = |key: &str| match self.kind() {
-            crate::DbKind::Postgres => format!("COALESCE((summary::jsonb ->> '{key}')::BIGINT, 0)"),
-            crate::DbKind::Sqlite => format!("COALESCE(CAST(json_extract(summary, '$.{key}') AS INTEGER), 0)"),
-        };
         let (clause, t) = scope.clause("tenant");
-        let (total, stored) = (number("bytes_total"), number("bytes_added_stored"));
+        let (total, stored) = ("bytes_total", "bytes_stored");
         let sql = self.sql(&format!(
             "SELECT repository_id, time_ms, n, total_all, stored_so_far FROM ( \
                SELECT repository_id, time_ms, \
@@ -776,8 +775,8 @@ impl Catalog {
         let mut added = 0;
         for snap in snapshots.iter().filter(|s| !known.contains(&s.id)) {
             sqlx::query(&self.sql(
-                "INSERT INTO snapshots (repository_id, id, tenant, time_ms, hostname, paths, tags, summary) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO snapshots (repository_id, id, tenant, time_ms, hostname, paths, tags, summary, \
+                 bytes_total, bytes_stored) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             ))
             .bind(&repository.id)
             .bind(&snap.id)
@@ -787,6 +786,8 @@ impl Catalog {
             .bind(json!(snap.paths).to_string())
             .bind(json!(snap.tags).to_string())
             .bind(snap.summary.to_string())
+            .bind(summary_number(snap, "bytes_total"))
+            .bind(summary_number(snap, "bytes_added_stored"))
             .execute(&mut *tx)
             .await?;
             added += 1;
@@ -898,6 +899,12 @@ fn check_plan_limits(spec: &PlanSpec) -> Result<()> {
         check_text("a tag", tag, 128).map_err(|e| e.on("tags"))?;
     }
     Ok(())
+}
+
+/// A whole number of a snapshot's summary (0 when absent), kept beside it
+/// so that usage is summed without reading every summary.
+fn summary_number(snap: &SnapshotInfo, key: &str) -> i64 {
+    snap.summary.get(key).and_then(Value::as_u64).map_or(0, |n| n.min(i64::MAX as u64) as i64)
 }
 
 /// One repository's snapshots as [`Catalog::snapshot_usage`] sums them up.

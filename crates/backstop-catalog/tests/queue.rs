@@ -781,15 +781,22 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
             c.complete(&j.id, &done(claim.attempt, ok()), T0 + i * 1000 + 2).await.unwrap();
             ids.push(j.id);
         }
-        let latest = c.latest_jobs(&s.scope, JobKind::Backup, JobState::Succeeded, backstop_types::Per::Source).await;
+        let latest = c.latest_jobs(&s.scope, JobKind::Backup, backstop_types::Per::Source).await;
         let latest = latest.unwrap();
         assert_eq!(latest.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[2].as_str()], "{}", db.name);
-        assert!(
-            c.latest_jobs(&s.scope, JobKind::Verify, JobState::Succeeded, backstop_types::Per::Plan)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        let verifies = c.latest_jobs(&s.scope, JobKind::Verify, backstop_types::Per::Plan).await.unwrap();
+        assert!(verifies.is_empty());
+        let other = Scope::Tenant("other".into());
+        assert!(c.latest_jobs(&other, JobKind::Backup, backstop_types::Per::Source).await.unwrap().is_empty());
+        // The repository's last success too, and a failure changes none of them.
+        let repo_last = c.latest_jobs(&s.scope, JobKind::Backup, backstop_types::Per::Repository).await.unwrap();
+        assert_eq!(repo_last.len(), 1);
+        let (failing, _) = c.enqueue(job(&s, JobKind::Backup, "h1"), T0 + 5000).await.unwrap();
+        let claim = c.claim("w1", "eu", T0 + 5001).await.unwrap().expect("a claim");
+        let failed = Outcome::Failed { error: "no".into(), retryable: false };
+        c.complete(&failing.id, &done(claim.attempt, failed), T0 + 5002).await.unwrap();
+        let after = c.latest_jobs(&s.scope, JobKind::Backup, backstop_types::Per::Source).await.unwrap();
+        assert_eq!(after[0].id, ids[2], "{}", db.name);
 
         let filter = |from: Option<i64>, before: Option<i64>| backstop_catalog::queue::JobFilter {
             source: Some(s.source.clone()),
@@ -800,7 +807,7 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
         };
         let page = c.list_jobs(&s.scope, &filter(Some(T0 + 1000), Some(T0 + 2000))).await.unwrap();
         assert_eq!(page.items.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [ids[1].as_str()], "{}", db.name);
-        assert_eq!(c.list_jobs(&s.scope, &filter(None, None)).await.unwrap().items.len(), 3);
+        assert_eq!(c.list_jobs(&s.scope, &filter(None, None)).await.unwrap().items.len(), 4);
 
         let repo = c.repository(&s.scope, "main").await.unwrap();
         let snapshots: Vec<backstop_types::SnapshotInfo> = (0..5u64)
@@ -843,5 +850,43 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
             c.update_source(&Scope::Tenant("other".into()), "home", &update).await,
             Err(Error::NotFound(_))
         ));
+    }
+}
+
+/// A catalog of version 5 (before `last_success` and the snapshots' sizes)
+/// gets both filled from what it holds when it is opened by this version.
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_6_fills_the_ui_figures_from_what_was_there() {
+    for db in both().await {
+        let c = &db.catalog;
+        let s = setup(c, "acme", 4, "h1", Chain::default()).await;
+        let (j, _) = c.enqueue(job(&s, JobKind::Backup, "h1"), T0).await.unwrap();
+        let claim = c.claim("w1", "eu", T0 + 1).await.unwrap().expect("a claim");
+        c.complete(&j.id, &done(claim.attempt, ok()), T0 + 2).await.unwrap();
+        let repo = c.repository(&s.scope, "main").await.unwrap();
+        let snap = SnapshotInfo {
+            id: format!("{:064x}", 7),
+            time: chrono::DateTime::from_timestamp_millis(T0).unwrap(),
+            hostname: "h1".into(),
+            paths: vec!["/home".into()],
+            tags: vec![],
+            summary: json!({"bytes_total": 4096, "bytes_added_stored": 512}),
+        };
+        c.reconcile_snapshots(&repo, &[snap]).await.unwrap();
+        // Back to version 5: what migration 6 made is gone.
+        for sql in [
+            "DELETE FROM schema_version WHERE version = 6",
+            "DROP TABLE last_success",
+            "DROP INDEX snapshots_by_id",
+            "ALTER TABLE snapshots DROP COLUMN bytes_total",
+            "ALTER TABLE snapshots DROP COLUMN bytes_stored",
+        ] {
+            sqlx::query(sql).execute(c.pool()).await.unwrap();
+        }
+        let again = Catalog::connect(&db.url, db.key.clone(), config()).await.unwrap();
+        let latest = again.latest_jobs(&s.scope, JobKind::Backup, backstop_types::Per::Source).await.unwrap();
+        assert_eq!(latest.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), [j.id.as_str()], "{}", db.name);
+        let usage = again.snapshot_usage(&s.scope, 200).await.unwrap();
+        assert_eq!((usage[0].total_bytes, usage[0].growth.last().map(|p| p.1)), (4096, Some(512)), "{}", db.name);
     }
 }

@@ -449,17 +449,17 @@ pub async fn regions(
 #[serde(deny_unknown_fields)]
 pub struct LatestQuery {
     pub kind: JobKind,
-    pub state: JobState,
     pub per: backstop_types::Per,
 }
 
-/// The newest job of a kind and state of each source, plan or repository
-/// (`per`): when each was last backed up, verified, checked or pruned.
+/// The last job of a kind that succeeded for each source, plan or
+/// repository (`per`): when each was last backed up, verified, checked or
+/// pruned.
 pub async fn latest(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<LatestQuery>,
 ) -> ApiResult<Json<Vec<Job>>> {
     caller.require(Role::Viewer)?;
-    Ok(Json(state.catalog.latest_jobs(&caller.scope(), q.kind, q.state, q.per).await?))
+    Ok(Json(state.catalog.latest_jobs(&caller.scope(), q.kind, q.per).await?))
 }

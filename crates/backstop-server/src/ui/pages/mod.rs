@@ -259,7 +259,7 @@ async fn newest(
     per: backstop_types::Per,
 ) -> Result<HashMap<String, Job>, Response> {
     use backstop_types::Per;
-    let q = handlers::jobs::LatestQuery { kind, state: JobState::Succeeded, per };
+    let q = handlers::jobs::LatestQuery { kind, per };
     let Json(jobs) = handlers::jobs::latest(State(state.clone()), session.caller(), Query(q)).await.map_err(fail)?;
     Ok(jobs
         .into_iter()
