@@ -676,39 +676,56 @@ impl Catalog {
     }
 
     /// What each repository's snapshots of `scope` hold and stored, and up
-    /// to `points` (time, stored so far) along the way, oldest first. The
-    /// database sums the sizes kept with each snapshot and samples the
-    /// points, so 10,000 snapshots cost a few hundred rows here.
+    /// to `points` (time, stored so far) along the way, oldest first: the
+    /// database sums the sizes kept with each snapshot, over all of them
+    /// and over `points` spans of time, so 10,000 snapshots cost a few
+    /// hundred rows here.
     pub async fn snapshot_usage(&self, scope: &Scope, points: i64) -> Result<Vec<SnapshotUsage>> {
         let (clause, t) = scope.clause("tenant");
-        let (total, stored) = ("bytes_total", "bytes_stored");
-        let sql = self.sql(&format!(
-            "SELECT repository_id, time_ms, n, total_all, stored_so_far FROM ( \
-               SELECT repository_id, time_ms, \
-                 CAST(SUM({stored}) OVER (PARTITION BY repository_id ORDER BY time_ms, id) AS BIGINT) AS stored_so_far, \
-                 CAST(SUM({total}) OVER (PARTITION BY repository_id) AS BIGINT) AS total_all, \
-                 COUNT(*) OVER (PARTITION BY repository_id) AS n, \
-                 ROW_NUMBER() OVER (PARTITION BY repository_id ORDER BY time_ms, id) AS rn \
-               FROM snapshots WHERE 1 = 1{clause}) sampled \
-             WHERE rn = n OR rn % ((n + ? - 1) / ?) = 0 ORDER BY repository_id, time_ms"
+        let totals = self.sql(&format!(
+            "SELECT repository_id, COUNT(*) AS n, CAST(SUM(bytes_total) AS BIGINT) AS total, \
+             MIN(time_ms) AS t0, MAX(time_ms) AS t1 FROM snapshots WHERE 1 = 1{clause} GROUP BY repository_id \
+             ORDER BY repository_id"
         ));
-        let mut q = sqlx::query(&sql);
+        let mut out: Vec<SnapshotUsage> = Vec::new();
+        let (mut t0, mut t1) = (i64::MAX, i64::MIN);
+        let mut q = sqlx::query(&totals);
         if let Some(t) = t {
             q = q.bind(t);
         }
-        let points = points.max(1);
-        let rows = q.bind(points).bind(points).fetch_all(self.pool()).await?;
-        let mut out: Vec<SnapshotUsage> = Vec::new();
+        for r in q.fetch_all(self.pool()).await? {
+            let (first, last): (i64, i64) = (r.try_get("t0")?, r.try_get("t1")?);
+            (t0, t1) = (t0.min(first), t1.max(last));
+            out.push(SnapshotUsage {
+                repository: r.try_get("repository_id")?,
+                snapshots: r.try_get("n")?,
+                total_bytes: r.try_get("total")?,
+                growth: Vec::new(),
+            });
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let width = ((t1 - t0) / points.max(1)).max(1) + 1;
+        let spans = self.sql(&format!(
+            "SELECT repository_id, MAX(time_ms) AS t, CAST(SUM(bytes_stored) AS BIGINT) AS stored FROM snapshots \
+             WHERE 1 = 1{clause} GROUP BY repository_id, (time_ms - ?) / ? ORDER BY repository_id, t"
+        ));
+        let mut q = sqlx::query(&spans);
+        if let Some(t) = t {
+            q = q.bind(t);
+        }
+        let rows = q.bind(t0).bind(width).fetch_all(self.pool()).await?;
+        let mut at = 0;
+        let mut so_far = 0i64;
         for r in &rows {
             let repository: String = r.try_get("repository_id")?;
-            let (time, n, total, stored): (i64, i64, i64, i64) =
-                (r.try_get("time_ms")?, r.try_get("n")?, r.try_get("total_all")?, r.try_get("stored_so_far")?);
-            if out.last().is_none_or(|u| u.repository != repository) {
-                out.push(SnapshotUsage { repository, snapshots: n, total_bytes: total, growth: Vec::new() });
+            while out[at].repository != repository {
+                at += 1;
+                so_far = 0;
             }
-            if let Some(u) = out.last_mut() {
-                u.growth.push((time, stored));
-            }
+            so_far += r.try_get::<i64, _>("stored")?;
+            out[at].growth.push((r.try_get("t")?, so_far));
         }
         Ok(out)
     }
