@@ -407,6 +407,14 @@ fn an_operator_registers_a_source_and_a_plan_through_the_forms() {
     );
     let stored = browser.text("section[data-repository=main] [data-field=stored]");
     assert!(!stored.starts_with("0 B"), "{stored}");
+    // Its size on the storage is what its last check found.
+    assert!(browser.text("section[data-repository=main] [data-field=size]").contains("after a check"));
+    browser.click("section[data-repository=main] button[name=check]");
+    browser.wait_until("the check's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
+    browser.wait_until("the check to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
+    browser.goto(&site.url("/repositories"));
+    let size = browser.text("section[data-repository=main] [data-field=size]");
+    assert!(size.contains("of packs, at its last check") && !size.starts_with("0 B"), "{size}");
     browser.screenshot(&screenshots().join("repositories.png"));
     browser.goto(&site.url("/"));
     assert!(browser.try_find("#repositories tr[data-repository=main]").is_some());

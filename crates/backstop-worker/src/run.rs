@@ -288,6 +288,8 @@ fn report_check(report: &check::CheckReport, tracker: &JobTracker) -> Result<Out
         "errors": report.errors.len(),
         "notes": report.notes.len(),
         "snapshots": report.snapshots,
+        "packs": report.packs,
+        "pack_bytes": report.pack_bytes,
         "packs_read": report.packs_read,
         "blobs_read": report.blobs_read,
     });

@@ -76,6 +76,9 @@ pub struct CheckReport {
     pub notes: Vec<Finding>,
     pub snapshots: usize,
     pub packs: usize,
+    /// Bytes of every pack the repository holds: what its data takes on
+    /// the storage (index files and manifests aside).
+    pub pack_bytes: u64,
     pub packs_read: usize,
     pub blobs_read: u64,
     /// Damaged or lost blob copies this check wrote down (`damage`): no
@@ -209,6 +212,7 @@ fn check_packs(
 ) -> Result<Vec<(PackId, u64)>> {
     let present: HashMap<PackId, u64> = repo.present_packs()?;
     report.packs = present.len();
+    report.pack_bytes = present.values().sum();
     let mut expected_min: HashMap<PackId, u64> = HashMap::new();
     for (_, loc) in index.iter() {
         let end = loc.offset as u64 + loc.stored_len as u64 + pack::TRAILER_LEN as u64;

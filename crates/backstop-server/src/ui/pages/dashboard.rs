@@ -1,6 +1,6 @@
 //! The dashboard: what runs, what failed, what waits, what is unprotected.
 
-use super::repositories::{growth_chart, savings};
+use super::repositories::{growth_chart, savings, stored_size};
 use super::sources::protection_table;
 use backstop_types::Per;
 
@@ -13,7 +13,7 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
     // Every list the page shows, asked for at once: they do not depend on
     // each other, and the catalog answers several readers together.
     let (state, session) = (&state, &session);
-    let (running, queued, failed, dead, catalogue, backups, verifies, usage, regions) = tokio::join!(
+    let (running, queued, failed, dead, catalogue, backups, verifies, checks, usage, regions) = tokio::join!(
         list_jobs(state, session, only(JobState::Running, 200)),
         list_jobs(state, session, only(JobState::Queued, 200)),
         list_jobs(state, session, only(JobState::Failed, 200)),
@@ -21,10 +21,12 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
         Catalogue::load(state, session),
         newest(state, session, JobKind::Backup, Per::Source),
         newest(state, session, JobKind::Verify, Per::Plan),
+        newest(state, session, JobKind::Check, Per::Repository),
         handlers::resources::repository_usage(State(state.clone()), session.caller()),
         handlers::jobs::regions(State(state.clone()), session.caller()),
     );
-    let (running, queued, catalogue, backups, verifies) = (running?, queued?, catalogue?, backups?, verifies?);
+    let (running, queued, catalogue, backups, verifies, checks) =
+        (running?, queued?, catalogue?, backups?, verifies?, checks?);
     let (Json(usage), Json(regions)) = (usage.map_err(fail)?, regions.map_err(fail)?);
     let day_ago = Utc::now() - chrono::Duration::hours(24);
     let (mut failures, mut failed_more) = (Vec::new(), false);
@@ -68,12 +70,13 @@ pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> Pag
                 p.empty { "No repository yet. " a href="/repositories" { "Register one →" } }
             } @else {
                 table.usage {
-                    thead { tr { th { "Repository" } th { "Snapshots" } th { "Stored by its backups" } th { "Saved by dedup and compression" } th { "Growth" } } }
+                    thead { tr { th { "Repository" } th { "Snapshots" } th { "On its storage (last check)" } th { "Stored by its snapshots' backups" } th { "Saved by dedup and compression" } th { "Growth" } } }
                     tbody {
                         @for u in &usage {
                             tr data-repository=(names.of(Some(&u.repository))) {
                                 td { a href="/repositories" { (names.of(Some(&u.repository))) } }
                                 td { (u.snapshots) }
+                                td { (checks.get(&u.repository).and_then(stored_size).map(bytes).unwrap_or_else(|| "–".into())) }
                                 td { (bytes(u.stored_bytes)) }
                                 td { (savings(u.stored_bytes, u.logical_bytes)) }
                                 td { (growth_chart(&u.growth)) }

@@ -80,6 +80,12 @@ async fn repositories_page(
                     dt { "Held by its snapshots" } dd { (bytes(logical)) }
                     dt { "Saved by dedup and compression" } dd data-field="savings" { (savings(stored, logical)) }
                     dt { "Growth" } dd { (growth_chart(u.map(|u| u.growth.as_slice()).unwrap_or_default())) }
+                    dt { "On its storage" } dd data-field="size" {
+                        @match checks.get(&repo.id).and_then(stored_size) {
+                            Some(size) => { (bytes(size)) " of packs, at its last check" }
+                            None => { "– (known after a check)" }
+                        }
+                    }
                     dt { "Last check" } dd { (last(checks.get(&repo.id))) }
                     dt { "Last prune" } dd { (last(prunes.get(&repo.id))) }
                 }
@@ -107,6 +113,11 @@ pub(super) fn savings(stored: u64, logical: u64) -> String {
     } else {
         format!("{:.0} %", 100.0 * (1.0 - stored as f64 / logical as f64).max(0.0))
     }
+}
+
+/// What a repository's packs took on its storage, as its check found them.
+pub(super) fn stored_size(check: &Job) -> Option<u64> {
+    check.result.as_ref()?.get("pack_bytes")?.as_u64()
 }
 
 fn last(job: Option<&Job>) -> Markup {
