@@ -746,6 +746,44 @@ impl Catalog {
         snapshot_from_row(&row)
     }
 
+    /// Snapshots of `scope` in time order, filtered, after `after` (a
+    /// snapshot's time in ms and id), at most `limit`: a page of the list,
+    /// found by the database.
+    pub async fn snapshots_page(
+        &self,
+        scope: &Scope,
+        filter: &SnapshotFilter<'_>,
+        limit: u32,
+    ) -> Result<Vec<Snapshot>> {
+        let (clause, t) = scope.clause("tenant");
+        let mut sql = format!(
+            "SELECT repository_id, id, tenant, plan_id, job_id, time_ms, hostname, paths, tags, summary \
+             FROM snapshots WHERE 1 = 1{clause}"
+        );
+        let mut texts: Vec<&str> = t.into_iter().collect();
+        for (column, value) in
+            [("repository_id", filter.repository), ("plan_id", filter.plan), ("hostname", filter.host)]
+        {
+            if let Some(v) = value {
+                sql.push_str(&format!(" AND {column} = ?"));
+                texts.push(v);
+            }
+        }
+        if filter.after.is_some() {
+            sql.push_str(" AND (time_ms > ? OR (time_ms = ? AND id > ?))");
+        }
+        sql.push_str(&format!(" ORDER BY time_ms, id LIMIT {}", limit.clamp(1, 10_001)));
+        let sql = self.sql(&sql);
+        let mut q = sqlx::query(&sql);
+        for v in texts {
+            q = q.bind(v);
+        }
+        if let Some((time, id)) = filter.after {
+            q = q.bind(time).bind(time).bind(id);
+        }
+        q.fetch_all(self.pool()).await?.iter().map(snapshot_from_row).collect()
+    }
+
     pub async fn list_snapshots(&self, scope: &Scope, repository: Option<&str>) -> Result<Vec<Snapshot>> {
         let (clause, t) = scope.clause("tenant");
         let mut sql = format!(
@@ -916,6 +954,16 @@ fn check_plan_limits(spec: &PlanSpec) -> Result<()> {
         check_text("a tag", tag, 128).map_err(|e| e.on("tags"))?;
     }
     Ok(())
+}
+
+/// Which snapshots [`Catalog::snapshots_page`] lists.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SnapshotFilter<'a> {
+    pub repository: Option<&'a str>,
+    pub plan: Option<&'a str>,
+    pub host: Option<&'a str>,
+    /// After this snapshot (time in ms, id), in time order.
+    pub after: Option<(i64, &'a str)>,
 }
 
 /// A whole number of a snapshot's summary (0 when absent), kept beside it

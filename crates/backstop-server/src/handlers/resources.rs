@@ -295,6 +295,8 @@ pub struct SnapshotQuery {
     pub plan: Option<String>,
     #[schemars(pattern(backstop_types::HOST_PATTERN))]
     pub host: Option<String>,
+    /// `next_cursor` of the page before.
+    #[schemars(pattern(r"^([0-9]{1,18}/[0-9a-f]{0,64})?$"))]
     pub cursor: Option<String>,
     #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
@@ -319,19 +321,26 @@ pub async fn list_snapshots(
         Some(p) => Some(state.catalog.plan(&scope, p).await?.id),
         None => None,
     };
-    let snaps: Vec<Snapshot> = state
-        .catalog
-        .list_snapshots(&scope, repo.as_deref())
-        .await?
-        .into_iter()
-        .filter(|s| plan.as_ref().is_none_or(|p| s.plan.as_ref() == Some(p)))
-        .filter(|s| q.host.as_ref().is_none_or(|h| &s.info.hostname == h))
-        .collect();
-    Ok(Json(paginate(
-        snaps,
-        |s| format!("{:015}/{}", s.info.time.timestamp_millis(), s.info.id),
-        &PageQuery { cursor: q.cursor.clone(), limit: q.limit },
-    )?))
+    // The cursor is the last snapshot's `{time:015}/{id}`, as the pages before gave it.
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => {
+            let parsed = c.split_once('/').and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id)));
+            Some(parsed.ok_or_else(|| ApiError::invalid("cursor is not one a page of snapshots gave").on("cursor"))?)
+        }
+        None => None,
+    };
+    let limit = crate::handlers::page_limit(q.limit)?;
+    let filter = backstop_catalog::resources::SnapshotFilter {
+        repository: repo.as_deref(),
+        plan: plan.as_deref(),
+        host: q.host.as_deref(),
+        after,
+    };
+    let mut items = state.catalog.snapshots_page(&scope, &filter, limit as u32 + 1).await?;
+    let next_cursor = (items.len() > limit)
+        .then(|| format!("{:015}/{}", items[limit - 1].info.time.timestamp_millis(), items[limit - 1].info.id));
+    items.truncate(limit);
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// Rebuild the catalog's snapshots from the repositories themselves.
