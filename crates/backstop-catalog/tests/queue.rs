@@ -828,6 +828,22 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
         // Two points asked for: every third snapshot, and the last: 10+20+30 = 60, then 150 in all.
         assert_eq!(u.growth.iter().map(|(_, b)| *b).collect::<Vec<_>>(), [60, 150], "{}", db.name);
         assert!(c.snapshot_usage(&Scope::Tenant("other".into()), 200).await.unwrap().is_empty());
+        // A page of the list, and the next one after its last.
+        use backstop_catalog::resources::SnapshotFilter;
+        let page = c.snapshots_page(&s.scope, &SnapshotFilter::default(), 2).await.unwrap();
+        assert_eq!(
+            page.iter().map(|s| s.info.id.clone()).collect::<Vec<_>>(),
+            [format!("{:064x}", 1), format!("{:064x}", 2)]
+        );
+        let last = &page[1].info;
+        let after = SnapshotFilter { after: Some((last.time.timestamp_millis(), &last.id)), ..Default::default() };
+        let next = c.snapshots_page(&s.scope, &after, 10).await.unwrap();
+        assert_eq!(next.len(), 3, "{}", db.name);
+        let elsewhere = SnapshotFilter { host: Some("h2"), ..Default::default() };
+        assert!(c.snapshots_page(&s.scope, &elsewhere, 10).await.unwrap().is_empty());
+        let here = SnapshotFilter { repository: Some(&repo.id), host: Some("h1"), ..Default::default() };
+        assert_eq!(c.snapshots_page(&s.scope, &here, 10).await.unwrap().len(), 5);
+        assert!(c.snapshots_page(&Scope::Tenant("other".into()), &here, 10).await.unwrap().is_empty());
         assert_eq!(c.snapshot(&s.scope, &format!("{:064x}", 3)).await.unwrap().info.hostname, "h1");
         assert!(matches!(
             c.snapshot(&Scope::Tenant("other".into()), &format!("{:064x}", 3)).await,
