@@ -218,9 +218,14 @@ CREATE INDEX snapshots_by_id ON snapshots (id);
 
 /// A whole number from a snapshot's JSON `summary`, in this database's words (0 when absent).
 fn summary_number(kind: DbKind, key: &str) -> String {
+    // Between 0 and a snapshot's most (whatever a tenant's manifest claims:
+    // as NUMERIC on PostgreSQL, which a huge number cannot overflow).
+    let max = crate::resources::MAX_SNAPSHOT_BYTES;
     match kind {
-        DbKind::Postgres => format!("COALESCE((summary::jsonb ->> '{key}')::BIGINT, 0)"),
-        DbKind::Sqlite => format!("COALESCE(CAST(json_extract(summary, '$.{key}') AS INTEGER), 0)"),
+        DbKind::Postgres => {
+            format!("CAST(GREATEST(LEAST(COALESCE((summary::jsonb ->> '{key}')::NUMERIC, 0), {max}), 0) AS BIGINT)")
+        }
+        DbKind::Sqlite => format!("MAX(MIN(COALESCE(CAST(json_extract(summary, '$.{key}') AS INTEGER), 0), {max}), 0)"),
     }
 }
 

@@ -1299,13 +1299,14 @@ impl Catalog {
     /// repository (`per`), of the tenants `scope` sees.
     pub async fn latest_jobs(&self, scope: &Scope, kind: JobKind, per: backstop_types::Per) -> Result<Vec<Job>> {
         let (clause, t) = scope.clause("tenant");
+        // The scope holds for the jobs themselves too, not only for what points at them.
         let sql = self.sql(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE id IN \
-             (SELECT job_id FROM last_success WHERE kind = ? AND per = ?{clause}) ORDER BY id DESC"
+             (SELECT job_id FROM last_success WHERE kind = ? AND per = ?{clause}){clause} ORDER BY id DESC"
         ));
         let mut q = sqlx::query(&sql).bind(kind.as_str()).bind(per_name(per));
         if let Some(t) = t {
-            q = q.bind(t);
+            q = q.bind(t).bind(t);
         }
         q.fetch_all(self.pool()).await?.iter().map(job_from_row).collect()
     }

@@ -682,10 +682,15 @@ impl Catalog {
     /// hundred rows here.
     pub async fn snapshot_usage(&self, scope: &Scope, points: i64) -> Result<Vec<SnapshotUsage>> {
         let (clause, t) = scope.clause("tenant");
+        // Sums that cannot overflow, whatever a tenant's manifests claim.
+        let sum = |column: &str| match self.kind() {
+            crate::DbKind::Postgres => format!("CAST(LEAST(SUM({column}), {}) AS BIGINT)", i64::MAX),
+            crate::DbKind::Sqlite => format!("CAST(TOTAL({column}) AS INTEGER)"),
+        };
         let totals = self.sql(&format!(
-            "SELECT repository_id, COUNT(*) AS n, CAST(SUM(bytes_total) AS BIGINT) AS total, \
-             MIN(time_ms) AS t0, MAX(time_ms) AS t1 FROM snapshots WHERE 1 = 1{clause} GROUP BY repository_id \
-             ORDER BY repository_id"
+            "SELECT repository_id, COUNT(*) AS n, {} AS total, MIN(time_ms) AS t0, MAX(time_ms) AS t1 \
+             FROM snapshots WHERE 1 = 1{clause} GROUP BY repository_id ORDER BY repository_id",
+            sum("bytes_total")
         ));
         let mut out: Vec<SnapshotUsage> = Vec::new();
         let (mut t0, mut t1) = (i64::MAX, i64::MIN);
@@ -706,26 +711,26 @@ impl Catalog {
         if out.is_empty() {
             return Ok(out);
         }
-        let width = ((t1 - t0) / points.max(1)).max(1) + 1;
+        let width = (t1.saturating_sub(t0) / points.max(1)).max(1) + 1;
         let spans = self.sql(&format!(
-            "SELECT repository_id, MAX(time_ms) AS t, CAST(SUM(bytes_stored) AS BIGINT) AS stored FROM snapshots \
-             WHERE 1 = 1{clause} GROUP BY repository_id, (time_ms - ?) / ? ORDER BY repository_id, t"
+            "SELECT repository_id, MAX(time_ms) AS t, {} AS stored FROM snapshots \
+             WHERE 1 = 1{clause} GROUP BY repository_id, (time_ms - ?) / ? ORDER BY repository_id, t",
+            sum("bytes_stored")
         ));
         let mut q = sqlx::query(&spans);
         if let Some(t) = t {
             q = q.bind(t);
         }
         let rows = q.bind(t0).bind(width).fetch_all(self.pool()).await?;
-        let mut at = 0;
-        let mut so_far = 0i64;
+        // The two reads are not one: a repository whose first snapshot came
+        // between them has spans and no totals yet; it shows at the next view.
+        let at: std::collections::HashMap<String, usize> =
+            out.iter().enumerate().map(|(i, u)| (u.repository.clone(), i)).collect();
         for r in &rows {
             let repository: String = r.try_get("repository_id")?;
-            while out[at].repository != repository {
-                at += 1;
-                so_far = 0;
-            }
-            so_far += r.try_get::<i64, _>("stored")?;
-            out[at].growth.push((r.try_get("t")?, so_far));
+            let Some(&i) = at.get(&repository) else { continue };
+            let so_far = out[i].growth.last().map_or(0, |(_, b)| *b);
+            out[i].growth.push((r.try_get("t")?, so_far.saturating_add(r.try_get::<i64, _>("stored")?)));
         }
         Ok(out)
     }
@@ -747,8 +752,8 @@ impl Catalog {
     }
 
     /// Snapshots of `scope` in time order, filtered, after `after` (a
-    /// snapshot's time in ms and id), at most `limit`: a page of the list,
-    /// found by the database.
+    /// snapshot's time in ms, id and repository), at most `limit`: a page
+    /// of the list, found by the database.
     pub async fn snapshots_page(
         &self,
         scope: &Scope,
@@ -769,17 +774,21 @@ impl Catalog {
                 texts.push(v);
             }
         }
+        // A snapshot copied into two repositories has one id and time: the
+        // repository orders the copies.
         if filter.after.is_some() {
-            sql.push_str(" AND (time_ms > ? OR (time_ms = ? AND id > ?))");
+            sql.push_str(
+                " AND (time_ms > ? OR (time_ms = ? AND id > ?) OR (time_ms = ? AND id = ? AND repository_id > ?))",
+            );
         }
-        sql.push_str(&format!(" ORDER BY time_ms, id LIMIT {}", limit.clamp(1, 10_001)));
+        sql.push_str(&format!(" ORDER BY time_ms, id, repository_id LIMIT {}", limit.clamp(1, 10_001)));
         let sql = self.sql(&sql);
         let mut q = sqlx::query(&sql);
         for v in texts {
             q = q.bind(v);
         }
-        if let Some((time, id)) = filter.after {
-            q = q.bind(time).bind(time).bind(id);
+        if let Some((time, id, repository)) = filter.after {
+            q = q.bind(time).bind(time).bind(id).bind(time).bind(id).bind(repository);
         }
         q.fetch_all(self.pool()).await?.iter().map(snapshot_from_row).collect()
     }
@@ -962,15 +971,19 @@ pub struct SnapshotFilter<'a> {
     pub repository: Option<&'a str>,
     pub plan: Option<&'a str>,
     pub host: Option<&'a str>,
-    /// After this snapshot (time in ms, id), in time order.
-    pub after: Option<(i64, &'a str)>,
+    /// After this snapshot (time in ms, id, repository), in time order.
+    pub after: Option<(i64, &'a str, &'a str)>,
 }
 
 /// A whole number of a snapshot's summary (0 when absent), kept beside it
 /// so that usage is summed without reading every summary.
 fn summary_number(snap: &SnapshotInfo, key: &str) -> i64 {
-    snap.summary.get(key).and_then(Value::as_u64).map_or(0, |n| n.min(i64::MAX as u64) as i64)
+    snap.summary.get(key).and_then(Value::as_u64).map_or(0, |n| n.min(MAX_SNAPSHOT_BYTES as u64) as i64)
 }
+
+/// The most a snapshot's size may count for (1 PiB): a manifest is its
+/// tenant's to write, and no claim of its may overflow the sums.
+pub(crate) const MAX_SNAPSHOT_BYTES: i64 = 1 << 50;
 
 /// One repository's snapshots as [`Catalog::snapshot_usage`] sums them up.
 #[derive(Debug, Clone, PartialEq, Eq)]

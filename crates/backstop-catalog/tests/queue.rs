@@ -836,7 +836,10 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
             [format!("{:064x}", 1), format!("{:064x}", 2)]
         );
         let last = &page[1].info;
-        let after = SnapshotFilter { after: Some((last.time.timestamp_millis(), &last.id)), ..Default::default() };
+        let after = SnapshotFilter {
+            after: Some((last.time.timestamp_millis(), &last.id, &page[1].repository)),
+            ..Default::default()
+        };
         let next = c.snapshots_page(&s.scope, &after, 10).await.unwrap();
         assert_eq!(next.len(), 3, "{}", db.name);
         let elsewhere = SnapshotFilter { host: Some("h2"), ..Default::default() };
@@ -849,6 +852,21 @@ async fn the_ui_queries_answer_alike_on_both_databases() {
             c.snapshot(&Scope::Tenant("other".into()), &format!("{:064x}", 3)).await,
             Err(Error::NotFound(_))
         ));
+
+        // A manifest's claims cannot overflow the sums: each counts for at most 1 PiB.
+        let mut huge: Vec<SnapshotInfo> = snapshots.clone();
+        for i in 0..3u64 {
+            huge.push(SnapshotInfo {
+                id: format!("{:064x}", 100 + i),
+                summary: json!({"bytes_total": u64::MAX, "bytes_added_stored": u64::MAX}),
+                ..snapshots[0].clone()
+            });
+        }
+        c.reconcile_snapshots(&repo, &huge).await.unwrap();
+        let usage = c.snapshot_usage(&s.scope, 200).await.unwrap();
+        assert_eq!(usage[0].snapshots, 8, "{}", db.name);
+        assert!(usage[0].total_bytes >= 3 << 50, "{}: {}", db.name, usage[0].total_bytes);
+        c.reconcile_snapshots(&repo, &snapshots).await.unwrap();
 
         let pools = c.regions(&s.scope, T0).await.unwrap();
         assert_eq!(pools.len(), 1, "{}", db.name);

@@ -182,7 +182,7 @@ pub fn routes() -> Vec<(Route, MethodRouter<AppState>)> {
             route(
                 "get",
                 "/api/v1/jobs/latest",
-                "The newest job of a kind and state of each source, plan or repository",
+                "The last job of a kind that succeeded for each source, plan or repository",
             )
             .role(V)
             .query::<jobs::LatestQuery>()

@@ -296,7 +296,7 @@ pub struct SnapshotQuery {
     #[schemars(pattern(backstop_types::HOST_PATTERN))]
     pub host: Option<String>,
     /// `next_cursor` of the page before.
-    #[schemars(pattern(r"^([0-9]{1,18}/[0-9a-f]{0,64})?$"))]
+    #[schemars(pattern(r"^([0-9]{1,18}/[0-9a-f]{0,64}(/[0-9a-f-]{0,36})?)?$"))]
     pub cursor: Option<String>,
     #[schemars(range(min = 1, max = 1000))]
     pub limit: Option<u32>,
@@ -321,10 +321,14 @@ pub async fn list_snapshots(
         Some(p) => Some(state.catalog.plan(&scope, p).await?.id),
         None => None,
     };
-    // The cursor is the last snapshot's `{time:015}/{id}`, as the pages before gave it.
+    // The cursor is the last snapshot's `{time:015}/{id}/{repository}`, as the page before gave it.
     let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
         Some(c) => {
-            let parsed = c.split_once('/').and_then(|(t, id)| Some((t.parse::<i64>().ok()?, id)));
+            let mut parts = c.splitn(3, '/');
+            let parsed = match (parts.next().and_then(|t| t.parse::<i64>().ok()), parts.next()) {
+                (Some(time), Some(id)) => Some((time, id, parts.next().unwrap_or(""))),
+                _ => None,
+            };
             Some(parsed.ok_or_else(|| ApiError::invalid("cursor is not one a page of snapshots gave").on("cursor"))?)
         }
         None => None,
@@ -337,8 +341,10 @@ pub async fn list_snapshots(
         after,
     };
     let mut items = state.catalog.snapshots_page(&scope, &filter, limit as u32 + 1).await?;
-    let next_cursor = (items.len() > limit)
-        .then(|| format!("{:015}/{}", items[limit - 1].info.time.timestamp_millis(), items[limit - 1].info.id));
+    let next_cursor = (items.len() > limit).then(|| {
+        let last = &items[limit - 1];
+        format!("{:015}/{}/{}", last.info.time.timestamp_millis(), last.info.id, last.repository)
+    });
     items.truncate(limit);
     Ok(Json(Page { items, next_cursor }))
 }

@@ -11,7 +11,8 @@ const SHOWN: usize = 20;
 
 pub async fn dashboard(State(state): State<AppState>, session: UiSession) -> PageResult {
     // Every list the page shows, asked for at once: they do not depend on
-    // each other, and the catalog answers several readers together.
+    // each other, and PostgreSQL answers them on several connections (on
+    // SQLite's one they still go one after another).
     let (state, session) = (&state, &session);
     let (running, queued, failed, dead, catalogue, backups, verifies, checks, usage, regions) = tokio::join!(
         list_jobs(state, session, only(JobState::Running, 200)),
