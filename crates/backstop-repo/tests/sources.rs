@@ -38,6 +38,7 @@ fn tree(kind: &str, label: &str, entries: Vec<SourceEntry>) -> BackupSource {
         entries,
         image_chunk_size: 8 << 10,
         notes: Vec::new(),
+        capture: None,
     })
 }
 

@@ -52,6 +52,7 @@ pub fn tree(config: &CommandConfig) -> Result<SourceTree> {
         }],
         image_chunk_size: crate::image::DEFAULT_CHUNK,
         notes: Vec::new(),
+        capture: None,
     })
 }
 

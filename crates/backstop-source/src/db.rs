@@ -347,6 +347,7 @@ pub fn tree(config: &DbConfig) -> Result<SourceTree> {
         entries,
         image_chunk_size: crate::image::DEFAULT_CHUNK,
         notes: Vec::new(),
+        capture: None,
     })
 }
 

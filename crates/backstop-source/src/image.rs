@@ -50,7 +50,7 @@ pub struct ImageConfig {
     pub backing_outside: bool,
 }
 
-fn parse_size(text: &str) -> Option<usize> {
+pub(crate) fn parse_size(text: &str) -> Option<usize> {
     let t = text.trim().to_ascii_lowercase();
     let (num, mult) = if let Some(n) = t.strip_suffix("kib").or_else(|| t.strip_suffix('k')) {
         (n, 1 << 10)
@@ -62,6 +62,17 @@ fn parse_size(text: &str) -> Option<usize> {
     num.trim().parse::<usize>().ok()?.checked_mul(mult)
 }
 
+/// A configuration's `chunk_size` (default [`DEFAULT_CHUNK`]).
+pub(crate) fn chunk_size(config: &Config) -> Result<usize> {
+    Ok(match opt_str(config, "chunk_size")? {
+        None => DEFAULT_CHUNK,
+        Some(s) => match parse_size(&s) {
+            Some(n) if n.is_power_of_two() && (4096..=16 << 20).contains(&n) => n,
+            _ => return Err(Error::Invalid(format!("chunk_size {s:?} is not a power of two from 4k to 16m"))),
+        },
+    })
+}
+
 impl ImageConfig {
     pub fn parse(config: &Config) -> Result<ImageConfig> {
         known_keys(config, "image", &["path", "cbt", "generation", "chunk_size", "format", "backing_outside"])?;
@@ -69,13 +80,7 @@ impl ImageConfig {
         if !path.is_absolute() {
             return Err(Error::Invalid(format!("the image path {} must be absolute", path.display())));
         }
-        let chunk_size = match opt_str(config, "chunk_size")? {
-            None => DEFAULT_CHUNK,
-            Some(s) => match parse_size(&s) {
-                Some(n) if n.is_power_of_two() && (4096..=16 << 20).contains(&n) => n,
-                _ => return Err(Error::Invalid(format!("chunk_size {s:?} is not a power of two from 4k to 16m"))),
-            },
-        };
+        let chunk_size = chunk_size(config)?;
         let format = opt_str(config, "format")?.unwrap_or_else(|| "auto".into());
         if !["auto", "raw", "qcow2"].contains(&format.as_str()) {
             return Err(Error::Invalid(format!("format {format:?} is not auto, raw or qcow2")));
@@ -328,6 +333,7 @@ pub fn tree(config: &ImageConfig, scope: &PathScope) -> Result<SourceTree> {
         entries,
         image_chunk_size: config.chunk_size,
         notes: Vec::new(),
+        capture: None,
     })
 }
 

@@ -832,6 +832,7 @@ pub fn tree(config: &BackupConfig, net: &NetScope) -> Result<SourceTree> {
         entries,
         image_chunk_size: crate::image::DEFAULT_CHUNK,
         notes,
+        capture: None,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | `command` | a shell command | its standard output, one entry |
 //! | `postgres` | a connection URL, with or without a database | `globals.sql` (whole cluster only), `databases/<name>.dump` (`pg_dump -Fc`) |
 //! | `mysql` | a connection URL, with or without a database | `databases/<name>.sql` (`mariadb-dump --single-transaction`) |
+//! | `qemu` | a running VM's QMP socket | `<disk>.raw` per writable disk (its point in time, all disks at once; incrementals through dirty bitmaps), `vm.json` (name, uuid, disk layout) |
 //! | `kubernetes` | a kubeconfig context (empty: the current one) | `<namespace>/<resource>/<name>.yaml`, `_cluster/<resource>/<name>.yaml` (clean manifests) |
 
 // One file per kind (`fs`, `image`, `command`, `db` for postgres and
@@ -29,6 +30,8 @@ pub mod kubernetes;
 pub mod packager;
 pub mod process;
 pub mod qcow2;
+pub mod qemu;
+pub mod qmp;
 
 use std::path::Path;
 

@@ -61,6 +61,7 @@ pub fn packager(kind: SourceKind) -> &'static dyn Packager {
         SourceKind::Command => &crate::command::Command,
         SourceKind::Postgres => &crate::db::POSTGRES,
         SourceKind::Mysql => &crate::db::MYSQL,
+        SourceKind::Qemu => &crate::qemu::Qemu,
         #[cfg(feature = "kubernetes")]
         SourceKind::Kubernetes => &crate::kubernetes::Kubernetes,
         #[cfg(not(feature = "kubernetes"))]
@@ -210,6 +211,7 @@ mod tests {
                 SourceKind::Command => json!({"command": "true"}),
                 SourceKind::Postgres => json!({"url": "postgres://db/app"}),
                 SourceKind::Mysql => json!({"url": "mysql://db/app"}),
+                SourceKind::Qemu => json!({"socket": "/run/vm1.qmp"}),
                 SourceKind::Kubernetes => json!({}),
             };
             value.as_object().cloned().unwrap()

@@ -265,6 +265,34 @@ impl Qcow2Image {
         1 << self.cluster_bits
     }
 
+    /// `(start, end)` of every cluster this image itself says something
+    /// about — data, compressed, or written as zeros — merged and sorted;
+    /// its backing files are not asked. What a copy of only the changed
+    /// clusters (an incremental `blockdev-backup`) holds.
+    pub fn written_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        let cluster = self.cluster();
+        let per_table = cluster / 8;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        let mut index = 0;
+        while index < self.size.div_ceil(cluster) {
+            if index % per_table == 0
+                && self.l1.get((index / per_table) as usize).copied().unwrap_or(0) & OFFSET_MASK == 0
+            {
+                index += per_table;
+                continue;
+            }
+            let (a, b) = (index * cluster, ((index + 1) * cluster).min(self.size));
+            if self.l2_entry(index)? != 0 {
+                match out.last_mut() {
+                    Some(last) if last.1 == a => last.1 = b,
+                    _ => out.push((a, b)),
+                }
+            }
+            index += 1;
+        }
+        Ok(out)
+    }
+
     /// The L2 entry of guest cluster `index` (0: unallocated).
     fn l2_entry(&self, index: u64) -> std::io::Result<u64> {
         let per_table = self.cluster() / 8;

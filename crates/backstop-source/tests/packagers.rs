@@ -911,6 +911,7 @@ mod kubernetes {
             }],
             image_chunk_size: 8192,
             notes: Vec::new(),
+            capture: None,
         };
         let options = BackupOptions::default();
         let forged =

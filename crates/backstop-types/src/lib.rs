@@ -661,16 +661,18 @@ pub enum SourceKind {
     Postgres,
     Mysql,
     Kubernetes,
+    Qemu,
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 6] = [
+    pub const ALL: [SourceKind; 7] = [
         SourceKind::Fs,
         SourceKind::Image,
         SourceKind::Command,
         SourceKind::Postgres,
         SourceKind::Mysql,
         SourceKind::Kubernetes,
+        SourceKind::Qemu,
     ];
 
     pub fn parse(s: &str) -> Option<SourceKind> {
@@ -685,6 +687,7 @@ impl SourceKind {
             SourceKind::Postgres => "postgres",
             SourceKind::Mysql => "mysql",
             SourceKind::Kubernetes => "kubernetes",
+            SourceKind::Qemu => "qemu",
         }
     }
 }

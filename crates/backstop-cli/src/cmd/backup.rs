@@ -22,6 +22,12 @@ With --source KIND:TARGET, a packager produces what is backed up (options with -
                    generation), generation=G (for a backup without a map), chunk_size=8k,
                    format=auto|raw|qcow2 (auto: qcow2 by a .qcow2 name), backing_outside=true
                    (qcow2 backing files outside the image's directory).
+  qemu:SOCKET      a running QEMU/KVM VM through its monitor (QMP) socket: every writable disk
+                   at one point in time while the guest runs (DISK.raw), and vm.json (name, uuid,
+                   disks); incrementals copy only what QEMU's dirty bitmaps marked since the parent.
+                   Options: agent=SOCKET (qemu-guest-agent: file systems frozen for the point in
+                   time, thawed at once), agent_timeout=10, temp_dir=DIR (where QEMU writes the
+                   point-in-time copies), speed=100m (bytes/s QEMU may copy), chunk_size=8k.
   command:'CMD'    the standard output of `sh -c CMD` (etcdctl, vzdump, ...). Options:
                    filename=NAME.
   postgres://USER@HOST:PORT/DB   pg_dump -Fc of DB; without /DB every database and the globals
@@ -45,7 +51,7 @@ pub struct Args {
     #[arg(value_name = "PATH", required_unless_present_any = ["stdin", "source", "files_from"])]
     paths: Vec<PathBuf>,
 
-    /// Back up what a packager produces: image:PATH, command:'CMD', postgres://…, mysql://…, kubernetes:[CONTEXT].
+    /// Back up what a packager produces: image:PATH, qemu:SOCKET, command:'CMD', postgres://…, mysql://…, kubernetes:[CONTEXT].
     #[arg(long, value_name = "KIND:TARGET", conflicts_with_all = ["paths", "stdin"])]
     source: Option<String>,
 

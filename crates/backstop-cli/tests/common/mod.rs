@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+#[allow(unused_imports)] // not every test binary uses the fixtures
 pub use backstop_testkit::fixture::*;
 
 mod serve;

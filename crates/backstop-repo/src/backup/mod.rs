@@ -211,11 +211,6 @@ pub fn run(
     let started = Instant::now();
     let excludes = PathFilter::new(&options.excludes)?;
     let (kind, paths) = check_source(&source, options, progress)?;
-    let source_record = source_record(&source);
-    let source_dir = match &mut source {
-        BackupSource::Tree(tree) => Some(SourceDir::build(std::mem::take(&mut tree.entries))?),
-        _ => None,
-    };
 
     // The marker goes first: a prune that starts after it will wait for us;
     // one that started before has already removed what it doomed from the
@@ -228,7 +223,7 @@ pub fn run(
     );
     let (session, index) = opened?;
     let index = Arc::new(index);
-    let template = Snapshot {
+    let mut template = Snapshot {
         version: 1,
         time: options.time.unwrap_or_else(Utc::now),
         hostname: options.hostname.clone().unwrap_or_else(crate::util::hostname),
@@ -245,10 +240,28 @@ pub fn run(
         excludes: options.excludes.clone(),
         program_version: concat!("backstop ", env!("CARGO_PKG_VERSION")).to_string(),
         summary: Summary::default(),
-        source: source_record,
+        source: None,
         job: options.job.clone(),
     };
     let parents = find_parents(repo, &index, &template, options, candidates?, progress, cancel)?;
+    if let BackupSource::Tree(tree) = &mut source
+        && let Some(capture) = tree.capture.take()
+    {
+        // The session ends when dropped, on these errors too.
+        let (entries, notes) = capture(&parents.generations).map_err(|e| Error::io(&tree.label, e))?;
+        for note in &notes {
+            progress.info(note);
+        }
+        tree.entries = entries;
+        if tree.entries.is_empty() {
+            return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
+        }
+    }
+    template.source = source_record(&source);
+    let source_dir = match &mut source {
+        BackupSource::Tree(tree) => Some(SourceDir::build(std::mem::take(&mut tree.entries))?),
+        _ => None,
+    };
 
     let write_index = Arc::new(WriteIndex::new(index.clone()));
     let uploaders = options.uploaders.unwrap_or(if repo.backend().staging_dir().is_some() { 2 } else { 4 });
@@ -352,7 +365,7 @@ fn check_source(
                     "image chunk size {block} is not a power of two between 4 KiB and 16 MiB"
                 )));
             }
-            if tree.entries.is_empty() {
+            if tree.entries.is_empty() && tree.capture.is_none() {
                 return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
             }
             for note in &tree.notes {

@@ -19,6 +19,15 @@ use crate::sys;
 /// processes start one reader at a time rather than all at once.
 pub type StreamOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn Read + Send>> + Send>;
 
+/// Takes a source's point in time once the parent snapshot is known: called
+/// with the image generations the parent recorded (entry path →
+/// generation; empty without a parent), it returns the entries and the
+/// notes for the log. A running VM's disks are captured this way: whether
+/// its hypervisor copies only what changed depends on the parent.
+pub type Capture = Box<
+    dyn FnOnce(&std::collections::BTreeMap<String, String>) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)> + Send,
+>;
+
 /// A packager's output, backed up as one snapshot of kind `Source`.
 pub struct SourceTree {
     /// The packager (`image`, `postgres`, …), recorded in the snapshot.
@@ -33,6 +42,9 @@ pub struct SourceTree {
     /// What the packager wants said in the backup's log (parts of the
     /// source it left out, and why).
     pub notes: Vec<String>,
+    /// Entries taken only after the parent is found (`entries` is then
+    /// empty), see [`Capture`].
+    pub capture: Option<Capture>,
 }
 
 pub struct SourceEntry {

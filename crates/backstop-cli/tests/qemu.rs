@@ -1,0 +1,411 @@
+//! Live VM backups (`--source qemu:SOCKET`) against real QEMU processes:
+//! `qemu-system-x86_64` with qcow2 and raw disks and no guest (QEMU's
+//! block layer runs without one, as in its own iotests); the guest's
+//! writes are made through the monitor (`qemu-io`), a stand-in guest agent
+//! answers on its own socket. `scripts/test` installs QEMU.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backstop_source::qmp::Qmp;
+use common::*;
+use serde_json::{Value, json};
+
+const MIB: u64 = 1 << 20;
+
+/// A running QEMU with disks and two QMP sockets — the backup's, and the
+/// test's own (a monitor serves one client at a time) — killed when dropped.
+struct Vm {
+    child: Child,
+    socket: PathBuf,
+    control: PathBuf,
+    drives: Vec<(PathBuf, &'static str)>,
+}
+
+impl Vm {
+    fn start(dir: &Path, drives: &[(PathBuf, &'static str)]) -> Vm {
+        let socket = dir.join("vm.qmp");
+        let control = dir.join("control.qmp");
+        let _ = fs::remove_file(&socket);
+        let _ = fs::remove_file(&control);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-M", "q35", "-S", "-nodefaults", "-display", "none", "-accel", "tcg"]);
+        for (i, (path, format)) in drives.iter().enumerate() {
+            cmd.arg("-drive").arg(format!("file={},format={format},if=virtio,id=drive{i}", path.display()));
+        }
+        for s in [&socket, &control] {
+            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", s.display()));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| {
+            panic!("qemu-system-x86_64 cannot start ({e}); scripts/test installs it (apt-get install qemu-system-x86 qemu-utils)")
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Qmp::monitor(&control, Duration::from_secs(5)).is_err() {
+            assert!(Instant::now() < deadline, "QEMU's monitor did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Vm { child, socket, control, drives: drives.to_vec() }
+    }
+
+    fn qmp(&self) -> Qmp {
+        Qmp::monitor(&self.control, Duration::from_secs(30)).unwrap()
+    }
+
+    /// A guest write: `pattern` over `[offset, offset + len)` of drive `i`.
+    fn write(&self, i: usize, pattern: u8, offset: u64, len: u64) {
+        let line = format!("qemu-io drive{i} \"write -P {pattern} {offset} {len}\"");
+        let out = self.qmp().execute("human-monitor-command", json!({"command-line": line})).unwrap();
+        assert!(!out.as_str().unwrap_or("").contains("error"), "{out}");
+    }
+
+    fn names(&self, command: &str, args: Value) -> Vec<String> {
+        let out = self.qmp().execute(command, args).unwrap();
+        let key = if command == "query-jobs" { "id" } else { "node-name" };
+        out.as_array().unwrap().iter().filter_map(|v| v[key].as_str().map(str::to_string)).collect()
+    }
+
+    fn backstop_nodes(&self) -> Vec<String> {
+        let all = self.names("query-named-block-nodes", json!({"flat": true}));
+        all.into_iter().filter(|n| n.starts_with("backstop-")).collect()
+    }
+
+    fn backstop_jobs(&self) -> Vec<String> {
+        self.names("query-jobs", json!({})).into_iter().filter(|n| n.starts_with("backstop-")).collect()
+    }
+
+    /// The names of drive `i`'s dirty bitmaps.
+    fn bitmaps(&self, i: usize) -> Vec<String> {
+        let block = self.qmp().execute("query-block", json!({})).unwrap();
+        let dev = block.as_array().unwrap().iter().find(|d| d["device"] == format!("drive{i}")).unwrap().clone();
+        let maps = dev["inserted"]["dirty-bitmaps"].as_array().cloned().unwrap_or_default();
+        maps.iter().map(|b| b["name"].as_str().unwrap().to_string()).collect()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self, dir: &Path) {
+        self.kill9();
+        *self = Vm::start(dir, &self.drives.clone());
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A disk file of `size` bytes with `writes` in it, and what the guest sees.
+fn make_disk(path: &Path, format: &str, size: u64, writes: &[(u8, u64, u64)]) -> Vec<u8> {
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size.to_string())
+        .status()
+        .expect("qemu-img (qemu-utils) is needed");
+    assert!(status.success());
+    let mut expected = vec![0u8; size as usize];
+    for &(pattern, offset, len) in writes {
+        let out = Command::new("qemu-io")
+            .args(["-f", format, "-c", &format!("write -P {pattern} {offset} {len}")])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        apply(&mut expected, pattern, offset, len);
+    }
+    expected
+}
+
+fn apply(disk: &mut [u8], pattern: u8, offset: u64, len: u64) {
+    disk[offset as usize..(offset + len) as usize].fill(pattern);
+}
+
+/// Restore `entry` of the latest snapshot as a raw image and read it.
+fn restored(cli: &Cli, snapshot: &str, entry: &str) -> Vec<u8> {
+    let out = cli.path(&format!("restored-{entry}"));
+    let _ = fs::remove_file(&out);
+    let to = format!("image:{}", out.display());
+    let entry = format!("entry={entry}");
+    cli.ok(&["restore", snapshot, "--to", &to, "--to-opt", &entry]);
+    fs::read(&out).unwrap()
+}
+
+/// Run a backup of the VM, returning its snapshot (as `snapshots --json`
+/// shows it) and its log.
+fn backup(cli: &Cli, vm: &Vm, opts: &[&str]) -> (Value, String) {
+    let spec = format!("qemu:{}", vm.socket.display());
+    let mut args = vec!["backup", "--source", &spec];
+    for o in opts {
+        args.extend(["--source-opt", o]);
+    }
+    let out = cli.run(&args);
+    let text = output_text(&out);
+    assert!(out.status.success(), "backup failed:\n{text}");
+    (latest(cli), text)
+}
+
+fn latest(cli: &Cli) -> Value {
+    cli.json(&["snapshots"]).as_array().unwrap().last().unwrap().clone()
+}
+
+/// Wait until the backup `child` has started QEMU's copy.
+fn wait_for_copy(vm: &Vm, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while vm.backstop_jobs().is_empty() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let (mut out, mut err) = (String::new(), String::new());
+            std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the backup ended ({status}) before QEMU's copy was seen:\n{out}\n{err}");
+        }
+        assert!(Instant::now() < deadline, "no copy job appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: size");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: differs first at byte {at} ({} instead of {})", got[at], want[at]);
+    }
+}
+
+#[test]
+fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_changed() {
+    let cli = Cli::local();
+    cli.init();
+    let dir = cli.path("vm");
+    fs::create_dir_all(&dir).unwrap();
+    let d0 = dir.join("d0.qcow2");
+    let d1 = dir.join("d1.raw");
+    let mut want0 = make_disk(&d0, "qcow2", 16 * MIB, &[(0x11, 0, MIB), (0x22, 9 * MIB, 2 * MIB)]);
+    let mut want1 = make_disk(&d1, "raw", 8 * MIB, &[(0x33, MIB, MIB)]);
+    let vm = Vm::start(&dir, &[(d0.clone(), "qcow2"), (d1.clone(), "raw")]);
+
+    // The first backup, slowed down so that the guest writes while QEMU
+    // copies: the writes land after the point in time, on both disks.
+    let spec = format!("qemu:{}", vm.socket.display());
+    let mut child = cli
+        .command(&["backup", "--source", &spec, "--source-opt", "speed=8m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_copy(&vm, &mut child);
+    let during = [(0, 0xa1, 9 * MIB + 8192, 4096), (0, 0xa2, 15 * MIB, 4096), (1, 0xa3, MIB + 4096, 4096)];
+    for &(drive, pattern, offset, len) in &during {
+        vm.write(drive, pattern, offset, len);
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = output_text(&out);
+    assert!(out.status.success(), "{log}");
+    let first = latest(&cli);
+    assert!(log.contains("drive0.raw: reading the whole disk: no parent snapshot"), "{log}");
+    assert!(log.contains("keeps its dirty bitmap only while QEMU runs"), "{log}");
+    let id = first["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want0, "drive0 at the point in time");
+    assert_same(&restored(&cli, &id, "drive1.raw"), &want1, "drive1 at the point in time");
+    let layout: Value = serde_json::from_str(&cli.ok(&["dump", &id, "vm.json"])).unwrap();
+    assert_eq!(layout["disks"][0]["size"], 16 * MIB, "{layout}");
+    assert_eq!(layout["disks"][1]["format"], "raw", "{layout}");
+    assert!(vm.backstop_nodes().is_empty() && vm.backstop_jobs().is_empty());
+    for &(drive, pattern, offset, len) in &during {
+        apply(if drive == 0 { &mut want0 } else { &mut want1 }, pattern, offset, len);
+    }
+
+    // N scattered 4 KiB writes (and those made during the first backup):
+    // the incremental reads only the 64 KiB clusters QEMU copies for them
+    // (its copy's unit: QEMU 7.2 has no smaller one), not the disks.
+    let mut written = during.len() as u64;
+    for k in 0..24u64 {
+        let (drive, offset) = (k as usize % 2, (k * 331 * 4096) % (8 * MIB));
+        vm.write(drive, 0x40 + k as u8, offset, 4096);
+        apply(if drive == 0 { &mut want0 } else { &mut want1 }, 0x40 + k as u8, offset, 4096);
+        written += 1;
+    }
+    let (second, log) = backup(&cli, &vm, &[]);
+    assert_eq!(second["parent"], first["id"]);
+    assert!(log.contains("drive0.raw: reading only what the guest wrote"), "{log}");
+    let read = second["summary"]["bytes_read"].as_u64().unwrap();
+    assert!(read <= written * (64 << 10) + 4096, "read {read} bytes for {written} scattered writes");
+    let id = second["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want0, "drive0 after the incremental");
+    assert_same(&restored(&cli, &id, "drive1.raw"), &want1, "drive1 after the incremental");
+    // Each disk keeps the bitmaps of the last two backups (the next one
+    // follows the newer and removes the older), nothing else.
+    let bitmap = |snapshot: &Value, entry: &str| {
+        snapshot["source"]["generations"][entry].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    for (i, entry) in [(0, "drive0.raw"), (1, "drive1.raw")] {
+        let mut have = vm.bitmaps(i);
+        have.sort();
+        let mut want = vec![bitmap(&first, entry), bitmap(&second, entry)];
+        want.sort();
+        assert_eq!(have, want);
+    }
+    cli.check_clean(true);
+}
+
+#[test]
+fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
+    let cli = Cli::local();
+    cli.init();
+    let dir = cli.path("vm");
+    fs::create_dir_all(&dir).unwrap();
+    let d0 = dir.join("d0.qcow2");
+    let mut want = make_disk(&d0, "qcow2", 16 * MIB, &[(0x11, 0, 4 * MIB)]);
+    let mut vm = Vm::start(&dir, &[(d0.clone(), "qcow2")]);
+    backup(&cli, &vm, &[]);
+
+    // QEMU killed: its persistent bitmap was not saved; the next backup
+    // reads the whole disk and says why.
+    vm.restart(&dir);
+    vm.write(0, 0x55, 5 * MIB, 4096);
+    apply(&mut want, 0x55, 5 * MIB, 4096);
+    let (report, log) = backup(&cli, &vm, &[]);
+    assert!(log.contains("drive0.raw: reading the whole disk"), "{log}");
+    assert!(log.contains("inconsistent") || log.contains("has no dirty bitmap"), "{log}");
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want, "after QEMU was killed");
+
+    // The backup process killed while QEMU copies: its node and job stay
+    // in the VM until the next backup removes them.
+    let spec = format!("qemu:{}", vm.socket.display());
+    let mut child = cli
+        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_copy(&vm, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!vm.backstop_nodes().is_empty(), "a killed backup leaves its target node");
+    let (report, log) = backup(&cli, &vm, &[]);
+    assert!(log.contains("left by an earlier backup"), "{log}");
+    assert!(vm.backstop_nodes().is_empty(), "{:?}", vm.backstop_nodes());
+    assert!(vm.backstop_jobs().is_empty(), "{:?}", vm.backstop_jobs());
+    assert_eq!(vm.bitmaps(0).len(), 1, "{:?}", vm.bitmaps(0));
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want, "after the worker was killed");
+    // No copy is left in the temporary directory either.
+    let left: Vec<_> = fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("backstop-")
+                && e.path().extension().is_some_and(|x| x == "qcow2")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A stand-in guest agent: answers `guest-sync` and records freeze and
+/// thaw; `answer_freeze` false leaves a freeze unanswered (a hung guest).
+fn agent(path: &Path, answer_freeze: bool, on_freeze: impl Fn() + Send + Sync + 'static) -> Arc<Mutex<Vec<String>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let listener = UnixListener::bind(path).unwrap();
+    let (log, on_freeze) = (seen.clone(), Arc::new(on_freeze));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let (log, on_freeze) = (log.clone(), on_freeze.clone());
+            std::thread::spawn(move || {
+                let mut out = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    let req: Value = serde_json::from_str(&line).unwrap();
+                    let cmd = req["execute"].as_str().unwrap().to_string();
+                    let answer = match cmd.as_str() {
+                        "guest-sync" => req["arguments"]["id"].clone(),
+                        "guest-fsfreeze-freeze" => {
+                            log.lock().unwrap().push("freeze".into());
+                            on_freeze();
+                            if !answer_freeze {
+                                continue;
+                            }
+                            json!(2)
+                        }
+                        "guest-fsfreeze-thaw" => {
+                            log.lock().unwrap().push("thaw".into());
+                            json!(2)
+                        }
+                        _ => json!({}),
+                    };
+                    let _ = writeln!(out, "{}", json!({"return": answer}));
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[test]
+fn the_guest_is_frozen_for_the_point_in_time_and_always_thawed() {
+    let cli = Cli::local();
+    cli.init();
+    let dir = cli.path("vm");
+    fs::create_dir_all(&dir).unwrap();
+    let d0 = dir.join("d0.qcow2");
+    make_disk(&d0, "qcow2", 4 * MIB, &[(0x11, 0, MIB)]);
+    let vm = Arc::new(Vm::start(&dir, &[(d0.clone(), "qcow2")]));
+
+    let sock = dir.join("qga.sock");
+    let seen = agent(&sock, true, || {});
+    let opt = format!("agent={}", sock.display());
+    let (_, log) = backup(&cli, &vm, &[&opt]);
+    assert!(log.contains("the guest agent froze 2 file system(s)"), "{log}");
+    assert_eq!(*seen.lock().unwrap(), ["freeze", "thaw"]);
+
+    // The point in time fails while the guest is frozen (its copy's node
+    // is taken away): the backup fails, the guest is thawed anyway.
+    let sock = dir.join("qga-fail.sock");
+    let socket = vm.control.clone();
+    let seen = agent(&sock, true, move || {
+        let mut qmp = Qmp::monitor(&socket, Duration::from_secs(10)).unwrap();
+        let nodes = qmp.execute("query-named-block-nodes", json!({"flat": true})).unwrap();
+        for n in nodes.as_array().unwrap() {
+            let name = n["node-name"].as_str().unwrap_or("");
+            if name.starts_with("backstop-") {
+                qmp.execute("blockdev-del", json!({"node-name": name})).unwrap();
+            }
+        }
+    });
+    let spec = format!("qemu:{}", vm.socket.display());
+    let opt = format!("agent={}", sock.display());
+    let out = cli.run(&["backup", "--source", &spec, "--source-opt", &opt]);
+    assert_eq!(code(&out), 1, "{}", output_text(&out));
+    assert!(output_text(&out).contains("point-in-time transaction"), "{}", output_text(&out));
+    assert_eq!(*seen.lock().unwrap(), ["freeze", "thaw"]);
+    assert!(vm.backstop_jobs().is_empty());
+
+    // A guest whose freeze never answers: after the timeout the backup goes
+    // on crash-consistent, says so, and thaws.
+    let sock = dir.join("qga-hung.sock");
+    let seen = agent(&sock, false, || {});
+    let opts = [format!("agent={}", sock.display()), "agent_timeout=1".to_string()];
+    let (_, log) = backup(&cli, &vm, &[&opts[0], &opts[1]]);
+    assert!(log.contains("the backup is crash-consistent"), "{log}");
+    assert_eq!(*seen.lock().unwrap(), ["freeze", "thaw"]);
+
+    // Not a QEMU monitor, and no socket at all: clear errors.
+    let out = cli.run(&["backup", "--source", &format!("qemu:{}", dir.join("none.sock").display())]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("no QEMU monitor socket"), "{}", output_text(&out));
+    let plain = dir.join("plain-file");
+    fs::write(&plain, "not a socket").unwrap();
+    let out = cli.run(&["backup", "--source", &format!("qemu:{}", plain.display())]);
+    assert_eq!(code(&out), 1);
+    assert!(output_text(&out).contains("QEMU monitor"), "{}", output_text(&out));
+}

@@ -1,0 +1,595 @@
+//! `qemu`: a running QEMU/KVM virtual machine, through its monitor (QMP),
+//! while the guest keeps running (docs/decisions/0013).
+//!
+//! One backup: the VM's disks are found (`query-block`); the guest agent,
+//! if given, freezes the guest's file systems; one QMP `transaction` takes
+//! every disk's point in time at once — a `blockdev-backup` per disk into a
+//! temporary qcow2 next to a new dirty bitmap — and the guest is thawed at
+//! once, whatever happened. QEMU copies what the guest overwrites before it
+//! is overwritten, so the copies are the disks at that instant. The copies
+//! are then read by Backstop's qcow2 reader (and only the clusters they
+//! hold: an incremental holds what the guest changed).
+//!
+//! Incrementals: each backup leaves a dirty bitmap `backstop-<id>` per disk
+//! (persistent in a qcow2 disk, so it survives a restart of QEMU), and the
+//! snapshot records it as the disk's generation. The next backup copies
+//! only what that bitmap marks (`sync=bitmap`, the bitmap left as it was),
+//! and only when the parent snapshot recorded that very bitmap, for a disk
+//! of the same size and chunk size; otherwise (no parent, the bitmap gone
+//! or inconsistent after QEMU crashed, a resized disk) the whole disk is
+//! copied and read, and the job log says why. Bitmaps of earlier backups
+//! are removed by the next one, so a backup that failed after its
+//! transaction costs nothing but a full copy at worst.
+//!
+//! Nothing stays behind in the VM: targets, jobs and the new bitmap are
+//! removed on every error, and nodes or jobs a killed backup left are
+//! removed by the next backup of the VM before it starts.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backstop_repo::backup::BackupSource;
+use backstop_repo::backup::source::{BlockImage, ChangeMap, EntryData, SourceEntry, SourceTree};
+use serde_json::{Value, json};
+
+use crate::image::{chunk_size, parse_size};
+use crate::packager::{ConfigField, Packager, SourceKind};
+use crate::qcow2::{Backing, Qcow2Image};
+use crate::qmp::{Qmp, QmpError};
+use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
+
+/// Names of everything a backup makes in the VM start with this.
+const PREFIX: &str = "backstop-";
+/// How long the monitor may take to answer one command.
+const MONITOR_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a guest agent may take to answer (freezing waits for the
+/// guest's file systems to flush).
+const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct QemuConfig {
+    /// The VM's QMP socket.
+    pub socket: PathBuf,
+    /// Its guest agent's socket, if it has one.
+    pub agent: Option<PathBuf>,
+    pub agent_timeout: Duration,
+    /// Where the point-in-time copies go (QEMU writes them, Backstop reads them).
+    pub temp_dir: PathBuf,
+    /// Bytes per second QEMU may copy (0: as fast as it can).
+    pub speed: u64,
+    pub chunk_size: usize,
+}
+
+impl QemuConfig {
+    pub fn parse(config: &Config) -> Result<QemuConfig> {
+        known_keys(config, "qemu", &["socket", "agent", "agent_timeout", "temp_dir", "speed", "chunk_size"])?;
+        let absolute = |key: &str, path: PathBuf| {
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(Error::Invalid(format!("{key} {} must be an absolute path", path.display())))
+            }
+        };
+        let socket = absolute("socket", PathBuf::from(req_str(config, "socket", "qemu")?))?;
+        let agent = opt_str(config, "agent")?.map(|a| absolute("agent", PathBuf::from(a))).transpose()?;
+        let temp_dir = match opt_str(config, "temp_dir")? {
+            Some(dir) => absolute("temp_dir", PathBuf::from(dir))?,
+            None => std::env::temp_dir(),
+        };
+        let agent_timeout = match opt_str(config, "agent_timeout")? {
+            None => DEFAULT_AGENT_TIMEOUT,
+            Some(s) => match s.trim().trim_end_matches('s').parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => Duration::from_secs(n),
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "agent_timeout {s:?} is not a number of seconds from 1 to 3600"
+                    )));
+                }
+            },
+        };
+        let speed = match opt_str(config, "speed")? {
+            None => 0,
+            Some(s) => parse_size(&s)
+                .map(|n| n as u64)
+                .ok_or_else(|| Error::Invalid(format!("speed {s:?} is not bytes per second (e.g. 100m)")))?,
+        };
+        Ok(QemuConfig { socket, agent, agent_timeout, temp_dir, speed, chunk_size: chunk_size(config)? })
+    }
+}
+
+/// One disk of the VM.
+#[derive(Debug, Clone)]
+struct Disk {
+    /// Its entry in the snapshot: `<name>.raw`.
+    entry: String,
+    device: String,
+    node: String,
+    size: u64,
+    format: String,
+    file: String,
+    bitmaps: Vec<Value>,
+}
+
+/// How a disk is copied this time.
+enum Copy {
+    Full { why: String },
+    Changed { bitmap: String, parent_generation: String },
+}
+
+/// A disk's generation as the snapshot records it: its bitmap, size and
+/// chunk size, so that an incremental follows only a parent of the same shape.
+fn generation(bitmap: &str, size: u64, chunk: usize) -> String {
+    format!("{bitmap}/{size}/{chunk}")
+}
+
+fn qmp_err(what: &str) -> impl Fn(QmpError) -> std::io::Error + '_ {
+    move |e| std::io::Error::other(format!("{what}: {e}"))
+}
+
+fn random_hex(bytes: usize) -> String {
+    backstop_repo::id::SessionId::random().to_hex()[..bytes * 2].to_string()
+}
+
+/// A name fit for a snapshot entry: letters, digits, `.`, `_` and `-`.
+fn entry_name(name: &str) -> String {
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
+    let clean = clean.trim_start_matches('.').to_string();
+    if clean.is_empty() { "disk".into() } else { clean }
+}
+
+/// The VM's writable disks (and notes on what was left out).
+fn disks(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk>> {
+    let block = qmp.execute("query-block", json!({})).map_err(qmp_err("query-block"))?;
+    let mut out: Vec<Disk> = Vec::new();
+    for dev in block.as_array().into_iter().flatten() {
+        let Some(inserted) = dev.get("inserted") else { continue };
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_string();
+        let device = text(dev.get("device"));
+        let node = text(inserted.get("node-name"));
+        let name = if device.is_empty() { node.clone() } else { device.clone() };
+        if inserted.get("ro").and_then(Value::as_bool) == Some(true) {
+            notes.push(format!("{name}: read-only (a CD-ROM or an image the guest cannot change), not backed up"));
+            continue;
+        }
+        let image = inserted.get("image");
+        let size = image.and_then(|i| i.get("virtual-size")).and_then(Value::as_u64);
+        let (Some(size), false) = (size, node.is_empty()) else {
+            return Err(std::io::Error::other(format!("query-block gave disk {name} without a node name or size")));
+        };
+        let mut entry = format!("{}.raw", entry_name(&name));
+        while out.iter().any(|d| d.entry == entry) {
+            entry = format!("{}-{}.raw", entry_name(&name), out.len());
+        }
+        out.push(Disk {
+            entry,
+            device,
+            node,
+            size,
+            format: text(image.and_then(|i| i.get("format"))),
+            file: text(inserted.get("file")),
+            bitmaps: inserted.get("dirty-bitmaps").and_then(Value::as_array).cloned().unwrap_or_default(),
+        });
+    }
+    Ok(out)
+}
+
+/// Remove the nodes and jobs a backup that was killed left in the VM.
+fn remove_leftovers(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<()> {
+    let jobs = qmp.execute("query-jobs", json!({})).map_err(qmp_err("query-jobs"))?;
+    for job in jobs.as_array().into_iter().flatten() {
+        let id = job.get("id").and_then(Value::as_str).unwrap_or("");
+        if id.starts_with(PREFIX) {
+            let _ = qmp.execute("job-cancel", json!({"id": id}));
+            wait_concluded(qmp, &[id.to_string()], false)?;
+            let _ = qmp.execute("job-dismiss", json!({"id": id}));
+            notes.push(format!("removed job {id}, left by an earlier backup"));
+        }
+    }
+    let nodes =
+        qmp.execute("query-named-block-nodes", json!({"flat": true})).map_err(qmp_err("query-named-block-nodes"))?;
+    for node in nodes.as_array().into_iter().flatten() {
+        let name = node.get("node-name").and_then(Value::as_str).unwrap_or("");
+        if name.starts_with(PREFIX) {
+            qmp.execute("blockdev-del", json!({"node-name": name})).map_err(qmp_err("blockdev-del"))?;
+            notes.push(format!("removed block node {name}, left by an earlier backup"));
+        }
+    }
+    Ok(())
+}
+
+/// Wait until every job of `ids` has concluded; with `strict`, a job that
+/// failed is an error.
+fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool) -> std::io::Result<()> {
+    loop {
+        let jobs = qmp.execute("query-jobs", json!({})).map_err(qmp_err("query-jobs"))?;
+        let mut pending = false;
+        for id in ids {
+            let job = jobs.as_array().into_iter().flatten().find(|j| j.get("id").and_then(Value::as_str) == Some(id));
+            let Some(job) = job else { continue };
+            match job.get("status").and_then(Value::as_str) {
+                Some("concluded") => {
+                    if let (true, Some(error)) = (strict, job.get("error").and_then(Value::as_str)) {
+                        return Err(std::io::Error::other(format!("QEMU's copy {id} failed: {error}")));
+                    }
+                }
+                _ => pending = true,
+            }
+        }
+        if !pending {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a backup made in the VM, removed when it is dropped unless kept.
+struct Made<'a> {
+    qmp: &'a mut Qmp,
+    jobs: Vec<String>,
+    nodes: Vec<String>,
+    /// `(node, bitmap)`: the new bitmaps, removed unless the copy succeeded.
+    bitmaps: Vec<(String, String)>,
+    keep_bitmaps: bool,
+}
+
+impl Drop for Made<'_> {
+    fn drop(&mut self) {
+        for id in &self.jobs {
+            let _ = self.qmp.execute("job-cancel", json!({"id": id}));
+        }
+        let _ = wait_concluded(self.qmp, &self.jobs, false);
+        for id in &self.jobs {
+            let _ = self.qmp.execute("job-dismiss", json!({"id": id}));
+        }
+        for node in &self.nodes {
+            let _ = self.qmp.execute("blockdev-del", json!({"node-name": node}));
+        }
+        if !self.keep_bitmaps {
+            for (node, name) in &self.bitmaps {
+                let _ = self.qmp.execute("block-dirty-bitmap-remove", json!({"node": node, "name": name}));
+            }
+        }
+    }
+}
+
+/// Freeze the guest's file systems through its agent: the agent to thaw
+/// them with, or `None` (crash-consistent) and a note saying why.
+fn freeze(config: &QemuConfig, notes: &mut Vec<String>) -> Option<Qmp> {
+    let path = config.agent.as_ref()?;
+    let frozen = Qmp::agent(path, config.agent_timeout).and_then(|mut qga| {
+        let n = qga.execute("guest-fsfreeze-freeze", json!({}))?;
+        Ok((qga, n))
+    });
+    match frozen {
+        Ok((qga, n)) => {
+            notes.push(format!("the guest agent froze {n} file system(s) for the point in time"));
+            Some(qga)
+        }
+        Err(e) => {
+            notes.push(format!(
+                "the guest agent at {} did not freeze the guest's file systems ({e}): the backup is crash-consistent",
+                path.display()
+            ));
+            // A freeze that timed out may still happen: thaw on a fresh connection.
+            if let Ok(mut qga) = Qmp::agent(path, config.agent_timeout) {
+                let _ = qga.execute("guest-fsfreeze-thaw", json!({}));
+            }
+            None
+        }
+    }
+}
+
+fn thaw(config: &QemuConfig, qga: Option<Qmp>, notes: &mut Vec<String>) {
+    let Some(mut qga) = qga else { return };
+    if let Err(e) = qga.execute("guest-fsfreeze-thaw", json!({})) {
+        // Once more on a fresh connection: the guest must not stay frozen.
+        let again = config
+            .agent
+            .as_ref()
+            .map(|p| Qmp::agent(p, config.agent_timeout).and_then(|mut q| q.execute("guest-fsfreeze-thaw", json!({}))));
+        match again {
+            Some(Ok(_)) => {}
+            _ => notes.push(format!("the guest agent did not thaw the guest's file systems ({e}); check the VM")),
+        }
+    }
+}
+
+/// How `disk` is copied, given the generation the parent recorded for it.
+fn choose(disk: &Disk, parent: Option<&String>, chunk: usize) -> Copy {
+    let Some(parent) = parent else {
+        return Copy::Full { why: "no parent snapshot holds this disk".into() };
+    };
+    let mut parts = parent.split('/');
+    let (Some(bitmap), Some(size), Some(pchunk)) = (parts.next(), parts.next(), parts.next()) else {
+        return Copy::Full { why: format!("the parent recorded generation {parent}, not one of this packager's") };
+    };
+    if size != disk.size.to_string() || pchunk != chunk.to_string() {
+        return Copy::Full { why: "its size or chunk size changed since the parent snapshot".into() };
+    }
+    let found = disk.bitmaps.iter().find(|b| b.get("name").and_then(Value::as_str) == Some(bitmap));
+    let Some(found) = found else {
+        return Copy::Full {
+            why: format!(
+                "QEMU has no dirty bitmap {bitmap} (the parent's) on it: QEMU was restarted or it was removed"
+            ),
+        };
+    };
+    let flag = |k: &str| found.get(k).and_then(Value::as_bool).unwrap_or(false);
+    if flag("inconsistent") || flag("busy") || !flag("recording") {
+        return Copy::Full {
+            why: format!(
+                "its dirty bitmap {bitmap} is inconsistent (QEMU stopped without saving it), busy or disabled"
+            ),
+        };
+    }
+    Copy::Changed { bitmap: bitmap.to_string(), parent_generation: parent.clone() }
+}
+
+/// A disk's point-in-time copy, read as the guest's disk. An incremental
+/// copy holds only the changed clusters: the engine reads only those (the
+/// rest is the parent's), and a read elsewhere is refused, never answered
+/// with zeros.
+struct Captured {
+    inner: Qcow2Image,
+    entry: String,
+    changed: Option<Vec<(u64, u64)>>,
+}
+
+impl BlockImage for Captured {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        if let Some(changed) = &self.changed {
+            let end = offset + buf.len().min(self.size().saturating_sub(offset) as usize) as u64;
+            if offset < end && !changed.iter().any(|&(a, b)| a <= offset && end <= b) {
+                return Err(std::io::Error::other(format!(
+                    "{}: only the blocks the VM changed since the parent snapshot were copied, and the parent's copy \
+                     of this disk cannot be used; back up again without a parent (--parent none) to read the whole disk",
+                    self.entry
+                )));
+            }
+        }
+        self.inner.read_at(buf, offset)
+    }
+    fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        self.inner.data_extents()
+    }
+    fn will_need(&self, ranges: &[(u64, u64)]) {
+        self.inner.will_need(ranges)
+    }
+    fn changes(&self) -> Option<&ChangeMap> {
+        self.inner.changes()
+    }
+    fn generation(&self) -> Option<String> {
+        self.inner.generation()
+    }
+}
+
+/// Take the VM's point in time and return its entries (see the module's
+/// documentation).
+fn capture(
+    config: &QemuConfig,
+    parents: &BTreeMap<String, String>,
+) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)> {
+    let mut notes = Vec::new();
+    let mut qmp = Qmp::monitor(&config.socket, MONITOR_TIMEOUT)
+        .map_err(|e| std::io::Error::other(format!("QEMU monitor {}: {e}", config.socket.display())))?;
+    remove_leftovers(&mut qmp, &mut notes)?;
+    let name = qmp.execute("query-name", json!({})).ok().and_then(|v| v.get("name").cloned());
+    let uuid = qmp.execute("query-uuid", json!({})).ok().and_then(|v| v.get("UUID").cloned());
+    let disks = disks(&mut qmp, &mut notes)?;
+    if disks.is_empty() {
+        return Err(std::io::Error::other("the VM has no writable disk"));
+    }
+
+    let run = random_hex(4);
+    let new_bitmap = format!("{PREFIX}{run}");
+    let mut made =
+        Made { qmp: &mut qmp, jobs: Vec::new(), nodes: Vec::new(), bitmaps: Vec::new(), keep_bitmaps: false };
+    let mut actions = Vec::new();
+    let mut copies = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        let copy = choose(disk, parents.get(&disk.entry), config.chunk_size);
+        // Bitmaps of earlier backups, but the one this copy follows.
+        for b in &disk.bitmaps {
+            let bname = b.get("name").and_then(Value::as_str).unwrap_or("");
+            let followed = matches!(&copy, Copy::Changed { bitmap, .. } if bitmap == bname);
+            if bname.starts_with(PREFIX) && !followed {
+                made.qmp
+                    .execute("block-dirty-bitmap-remove", json!({"node": disk.node, "name": bname}))
+                    .map_err(qmp_err("block-dirty-bitmap-remove"))?;
+            }
+        }
+        let persistent = disk.format == "qcow2";
+        if !persistent {
+            notes.push(format!(
+                "{}: a {} disk keeps its dirty bitmap only while QEMU runs: after a restart its next backup reads it whole",
+                disk.entry, disk.format
+            ));
+        }
+        // The copy: a new qcow2 QEMU writes and this process reads; its
+        // name is gone once both have it open.
+        let temp = config.temp_dir.join(format!("{PREFIX}{run}-{i}.qcow2"));
+        let created = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            // QEMU copies in clusters of at least 64 KiB; larger chunks, larger
+            // clusters (at most qcow2's 2 MiB).
+            .arg(format!("cluster_size={}", config.chunk_size.clamp(64 << 10, 2 << 20)))
+            .arg(&temp)
+            .arg(disk.size.to_string())
+            .output()
+            .map_err(|e| std::io::Error::other(format!("qemu-img (to make the copy of {}): {e}", disk.entry)))?;
+        if !created.status.success() {
+            return Err(std::io::Error::other(format!(
+                "qemu-img create {}: {}",
+                temp.display(),
+                String::from_utf8_lossy(&created.stderr).trim()
+            )));
+        }
+        let file = File::open(&temp);
+        let node = format!("{PREFIX}{run}-t{i}");
+        let added = made.qmp.execute(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": node, "discard": "ignore",
+                   "file": {"driver": "file", "filename": temp.to_string_lossy()}}),
+        );
+        let _ = std::fs::remove_file(&temp);
+        added.map_err(qmp_err("blockdev-add"))?;
+        made.nodes.push(node.clone());
+        let file = file?;
+        let job = format!("{PREFIX}{run}-j{i}");
+        let mut backup = json!({"device": disk.node, "target": node, "job-id": job, "auto-dismiss": false,
+                                "auto-finalize": true, "speed": config.speed});
+        match &copy {
+            Copy::Full { .. } => backup["sync"] = json!("full"),
+            Copy::Changed { bitmap, .. } => {
+                backup["sync"] = json!("bitmap");
+                backup["bitmap"] = json!(bitmap);
+                backup["bitmap-mode"] = json!("never");
+            }
+        }
+        actions.push(json!({"type": "block-dirty-bitmap-add",
+                            "data": {"node": disk.node, "name": new_bitmap, "persistent": persistent}}));
+        actions.push(json!({"type": "blockdev-backup", "data": backup}));
+        copies.push((disk, copy, file, job));
+    }
+
+    let qga = freeze(config, &mut notes);
+    let taken = made.qmp.execute("transaction", json!({"actions": actions}));
+    thaw(config, qga, &mut notes);
+    taken.map_err(qmp_err("the point-in-time transaction"))?;
+    let point = Instant::now();
+    for (disk, _, _, job) in &copies {
+        made.jobs.push(job.clone());
+        made.bitmaps.push((disk.node.clone(), new_bitmap.clone()));
+    }
+    wait_concluded(made.qmp, &made.jobs, true)?;
+    made.keep_bitmaps = true;
+    drop(made);
+
+    let mut entries = Vec::new();
+    let mut layout = Vec::new();
+    for (disk, copy, file, _) in copies {
+        let path = config.temp_dir.join(&disk.entry);
+        let image = Qcow2Image::from_file(file, &path, Backing::Anywhere)?;
+        let now = generation(&new_bitmap, disk.size, config.chunk_size);
+        let image = match copy {
+            Copy::Full { why } => {
+                notes.push(format!("{}: reading the whole disk: {why}", disk.entry));
+                Captured { inner: image.with_generation(Some(now)), entry: disk.entry.clone(), changed: None }
+            }
+            Copy::Changed { bitmap, parent_generation } => {
+                let extents = image.written_extents()?;
+                let bytes: u64 = extents.iter().map(|(a, b)| b - a).sum();
+                notes.push(format!(
+                    "{}: reading only what the guest wrote since the parent snapshot (dirty bitmap {bitmap}): {bytes} bytes",
+                    disk.entry
+                ));
+                let map = ChangeMap {
+                    generation: now,
+                    parent_generation,
+                    extents: extents.iter().map(|&(a, b)| (a, b - a)).collect(),
+                };
+                Captured { inner: image.with_changes(Some(map)), entry: disk.entry.clone(), changed: Some(extents) }
+            }
+        };
+        layout.push(json!({"entry": disk.entry, "device": disk.device, "node": disk.node, "size": disk.size,
+                           "format": disk.format, "file": disk.file}));
+        entries.push(SourceEntry { path: disk.entry.clone(), mode: 0o600, data: EntryData::Image(Arc::new(image)) });
+    }
+    notes.push(format!(
+        "point in time of {} disk(s) taken; QEMU copied what it needed in {:.1} s",
+        entries.len(),
+        point.elapsed().as_secs_f64()
+    ));
+    let vm = json!({"name": name, "uuid": uuid, "disks": layout});
+    let vm = serde_json::to_vec_pretty(&vm).map_err(std::io::Error::other)?;
+    entries.push(SourceEntry { path: "vm.json".into(), mode: 0o600, data: EntryData::Bytes(vm) });
+    Ok((entries, notes))
+}
+
+pub struct Qemu;
+
+impl Packager for Qemu {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Qemu
+    }
+
+    fn target_key(&self) -> Option<&'static str> {
+        Some("socket")
+    }
+
+    fn validate(&self, config: &Config) -> Result<()> {
+        QemuConfig::parse(config).map(drop)
+    }
+
+    fn fields(&self) -> &'static [ConfigField] {
+        const FIELDS: &[ConfigField] = &[
+            ConfigField::text("socket", "QMP socket", "absolute path of the running VM's QEMU monitor (QMP) socket")
+                .required(),
+            ConfigField::text(
+                "agent",
+                "Guest agent socket",
+                "the VM's qemu-guest-agent socket, to freeze file systems",
+            ),
+            ConfigField::text("agent_timeout", "Agent timeout", "seconds the guest agent may take (default 10)"),
+            ConfigField::text(
+                "temp_dir",
+                "Copy directory",
+                "where QEMU writes the point-in-time copies (default /tmp)",
+            ),
+            ConfigField::text("speed", "Copy speed", "bytes per second QEMU may copy, e.g. 100m (default: no limit)"),
+            ConfigField::text("chunk_size", "Chunk size", "a power of two from 4k to 16m (default 8k)"),
+        ];
+        FIELDS
+    }
+
+    fn touches(&self, config: &Config, _restore: bool) -> Result<Touches> {
+        let c = QemuConfig::parse(config)?;
+        let mut out = Touches { paths: vec![c.temp_dir], sockets: vec![c.socket], ..Touches::default() };
+        out.sockets.extend(c.agent);
+        Ok(out)
+    }
+
+    fn backup(&self, config: &Config, reach: &Reach) -> Result<BackupSource> {
+        let c = QemuConfig::parse(config)?;
+        for socket in std::iter::once(&c.socket).chain(&c.agent) {
+            reach.net.check_unix(socket).map_err(|e| Error::Invalid(e.to_string()))?;
+        }
+        reach.paths.check(&c.temp_dir).map_err(|e| Error::Invalid(format!("{}: {e}", c.temp_dir.display())))?;
+        if !c.socket.exists() {
+            return Err(Error::Invalid(format!("no QEMU monitor socket at {}", c.socket.display())));
+        }
+        Ok(BackupSource::Tree(SourceTree {
+            kind: "qemu".into(),
+            label: format!("qemu:{}", c.socket.display()),
+            entries: Vec::new(),
+            image_chunk_size: c.chunk_size,
+            notes: Vec::new(),
+            capture: Some(Box::new(move |parents| capture(&c, parents))),
+        }))
+    }
+
+    fn restore_connection(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    fn validate_restore(&self, _config: &Config) -> Result<()> {
+        Err(not_into_a_vm())
+    }
+
+    fn restore(&self, _ctx: &RestoreContext, _config: &Config, _reach: &Reach) -> Result<RestoreReport> {
+        Err(not_into_a_vm())
+    }
+}
+
+fn not_into_a_vm() -> Error {
+    Error::Invalid(
+        "a qemu snapshot is not restored into a running VM: restore each disk with --to image:PATH entry=DISK.raw"
+            .into(),
+    )
+}

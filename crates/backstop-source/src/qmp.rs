@@ -1,0 +1,143 @@
+//! A client of QEMU's JSON protocols over a Unix socket: the monitor (QMP,
+//! QEMU's `docs/interop/qmp-spec`) and the guest agent (QGA), which speak
+//! the same `{"execute": …}` / `{"return": …}` lines.
+//!
+//! Synchronous, one command at a time; asynchronous events between
+//! answers are skipped (jobs are polled instead). Every read has a
+//! deadline, so a hung peer is an error, never a hang.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+/// Answers longer than this are refused (a peer that is not QEMU).
+const MAX_LINE: usize = 16 << 20;
+
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    /// For messages: which socket this is.
+    what: String,
+}
+
+/// What went wrong talking to QEMU.
+#[derive(Debug)]
+pub enum QmpError {
+    /// The socket could not be used, or the peer went away or is too slow.
+    Io(std::io::Error),
+    /// The peer said something that is not the protocol.
+    Protocol(String),
+    /// QEMU refused the command: its class and description.
+    Command { class: String, desc: String },
+}
+
+impl std::fmt::Display for QmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QmpError::Io(e) => write!(f, "{e}"),
+            QmpError::Protocol(e) => write!(f, "not QEMU's protocol: {e}"),
+            QmpError::Command { class, desc } => write!(f, "{desc} ({class})"),
+        }
+    }
+}
+
+impl From<std::io::Error> for QmpError {
+    fn from(e: std::io::Error) -> QmpError {
+        QmpError::Io(e)
+    }
+}
+
+impl Qmp {
+    /// Connect to a socket whose reads time out after `timeout`.
+    fn open(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream, what: socket.display().to_string() })
+    }
+
+    /// Connect to QEMU's monitor: read its greeting and leave negotiation
+    /// mode (`qmp_capabilities`).
+    pub fn monitor(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let mut qmp = Qmp::open(socket, timeout)?;
+        let greeting = qmp.read_message()?;
+        if greeting.get("QMP").is_none() {
+            return Err(QmpError::Protocol(format!("{} did not greet as a QEMU monitor", qmp.what)));
+        }
+        qmp.execute("qmp_capabilities", json!({}))?;
+        Ok(qmp)
+    }
+
+    /// Connect to a guest agent and synchronise (`guest-sync` with a
+    /// random id, answers to earlier requests skipped), so that the next
+    /// answer read is to the next command.
+    pub fn agent(socket: &Path, timeout: Duration) -> Result<Qmp, QmpError> {
+        let mut qga = Qmp::open(socket, timeout)?;
+        let id = u32::from_le_bytes(backstop_repo::id::SessionId::random().as_bytes()[..4].try_into().expect("4"));
+        qga.send("guest-sync", json!({"id": id}))?;
+        loop {
+            let message = qga.read_message()?;
+            if message.get("return") == Some(&json!(id)) {
+                return Ok(qga);
+            }
+        }
+    }
+
+    pub fn set_timeout(&self, timeout: Duration) -> std::io::Result<()> {
+        self.writer.set_read_timeout(Some(timeout))
+    }
+
+    fn send(&mut self, command: &str, arguments: Value) -> Result<(), QmpError> {
+        let mut line = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))
+            .map_err(|e| QmpError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        Ok(())
+    }
+
+    fn read_message(&mut self) -> Result<Value, QmpError> {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = (&mut self.reader).take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+            if n == 0 {
+                return Err(QmpError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("{} closed the connection", self.what),
+                )));
+            }
+            if line.len() >= MAX_LINE {
+                return Err(QmpError::Protocol(format!("an answer of {} longer than {MAX_LINE} bytes", self.what)));
+            }
+            // The agent may send a 0xff sentinel before a synchronised answer.
+            let text: Vec<u8> = line.iter().copied().filter(|&b| b != 0xff).collect();
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return serde_json::from_slice(&text)
+                .map_err(|e| QmpError::Protocol(format!("{}: {e}: {}", self.what, String::from_utf8_lossy(&text))));
+        }
+    }
+
+    /// Run `command` and return its `return` value; events read meanwhile
+    /// are skipped.
+    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        self.send(command, arguments)?;
+        loop {
+            let message = self.read_message()?;
+            if let Some(value) = message.get("return") {
+                return Ok(value.clone());
+            }
+            if let Some(error) = message.get("error") {
+                let text = |k: &str| error.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                return Err(QmpError::Command { class: text("class"), desc: text("desc") });
+            }
+            if message.get("event").is_none() {
+                return Err(QmpError::Protocol(format!("{}: unexpected message {message}", self.what)));
+            }
+        }
+    }
+}
