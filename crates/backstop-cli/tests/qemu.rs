@@ -266,14 +266,18 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     let d0 = dir.join("d0.qcow2");
     let mut want = make_disk(&d0, "qcow2", 16 * MIB, &[(0x11, 0, 4 * MIB)]);
     let mut vm = Vm::start(&dir, &[(d0.clone(), "qcow2")]);
-    backup(&cli, &vm, &[]);
+    // The copies go to a directory of this test's own, checked at the end.
+    let copies = cli.path("copies");
+    fs::create_dir_all(&copies).unwrap();
+    let temp_dir = format!("temp_dir={}", copies.display());
+    backup(&cli, &vm, &[&temp_dir]);
 
     // QEMU killed: its persistent bitmap was not saved; the next backup
     // reads the whole disk and says why.
     vm.restart(&dir);
     vm.write(0, 0x55, 5 * MIB, 4096);
     apply(&mut want, 0x55, 5 * MIB, 4096);
-    let (report, log) = backup(&cli, &vm, &[]);
+    let (report, log) = backup(&cli, &vm, &[&temp_dir]);
     assert!(log.contains("drive0.raw: reading the whole disk"), "{log}");
     assert!(log.contains("inconsistent") || log.contains("has no dirty bitmap"), "{log}");
     let id = report["id"].as_str().unwrap().to_string();
@@ -283,7 +287,7 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     // in the VM until the next backup removes them.
     let spec = format!("qemu:{}", vm.socket.display());
     let mut child = cli
-        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m"])
+        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m", "--source-opt", &temp_dir])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -292,22 +296,15 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!vm.backstop_nodes().is_empty(), "a killed backup leaves its target node");
-    let (report, log) = backup(&cli, &vm, &[]);
+    let (report, log) = backup(&cli, &vm, &[&temp_dir]);
     assert!(log.contains("left by an earlier backup"), "{log}");
     assert!(vm.backstop_nodes().is_empty(), "{:?}", vm.backstop_nodes());
     assert!(vm.backstop_jobs().is_empty(), "{:?}", vm.backstop_jobs());
     assert_eq!(vm.bitmaps(0).len(), 1, "{:?}", vm.bitmaps(0));
     let id = report["id"].as_str().unwrap().to_string();
     assert_same(&restored(&cli, &id, "drive0.raw"), &want, "after the worker was killed");
-    // No copy is left in the temporary directory either.
-    let left: Vec<_> = fs::read_dir(std::env::temp_dir())
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            e.file_name().to_string_lossy().starts_with("backstop-")
-                && e.path().extension().is_some_and(|x| x == "qcow2")
-        })
-        .collect();
+    // No copy is left in the copies' directory either.
+    let left: Vec<_> = fs::read_dir(&copies).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
