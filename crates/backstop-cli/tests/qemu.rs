@@ -283,9 +283,30 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     let id = report["id"].as_str().unwrap().to_string();
     assert_same(&restored(&cli, &id, "drive0.raw"), &want, "after QEMU was killed");
 
+    // Cancelled (Ctrl-C) while QEMU copies: the copy is stopped and
+    // removed at once, no snapshot is written.
+    let before = cli.json(&["snapshots"]).as_array().unwrap().len();
+    let spec = format!("qemu:{}", vm.socket.display());
+    let mut child = cli
+        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m", "--source-opt", &temp_dir])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_copy(&vm, &mut child);
+    // SAFETY: a signal to our own child, which has not been waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", output_text(&out));
+    // Not after the copy's 16 s at 1 MiB/s: the copy itself was stopped.
+    assert!(signalled.elapsed() < Duration::from_secs(8), "{:?}", signalled.elapsed());
+    assert!(vm.backstop_nodes().is_empty(), "{:?}", vm.backstop_nodes());
+    assert!(vm.backstop_jobs().is_empty(), "{:?}", vm.backstop_jobs());
+    assert_eq!(cli.json(&["snapshots"]).as_array().unwrap().len(), before);
+
     // The backup process killed while QEMU copies: its node and job stay
     // in the VM until the next backup removes them.
-    let spec = format!("qemu:{}", vm.socket.display());
     let mut child = cli
         .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m", "--source-opt", &temp_dir])
         .stdout(Stdio::piped())

@@ -22,8 +22,9 @@
 //! transaction costs nothing but a full copy at worst.
 //!
 //! Nothing stays behind in the VM: targets, jobs and the new bitmap are
-//! removed on every error, and nodes or jobs a killed backup left are
-//! removed by the next backup of the VM before it starts.
+//! removed on every error and on cancellation (which stops QEMU's copy),
+//! and nodes or jobs a killed backup left are removed by the next backup
+//! of the VM before it starts.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,6 +32,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backstop_repo::CancelToken;
 use backstop_repo::backup::BackupSource;
 use backstop_repo::backup::source::{BlockImage, ChangeMap, EntryData, SourceEntry, SourceTree};
 use serde_json::{Value, json};
@@ -183,7 +185,7 @@ fn remove_leftovers(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<(
         let id = job.get("id").and_then(Value::as_str).unwrap_or("");
         if id.starts_with(PREFIX) {
             let _ = qmp.execute("job-cancel", json!({"id": id}));
-            wait_concluded(qmp, &[id.to_string()], false)?;
+            wait_concluded(qmp, &[id.to_string()], false, None)?;
             let _ = qmp.execute("job-dismiss", json!({"id": id}));
             notes.push(format!("removed job {id}, left by an earlier backup"));
         }
@@ -201,9 +203,13 @@ fn remove_leftovers(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<(
 }
 
 /// Wait until every job of `ids` has concluded; with `strict`, a job that
-/// failed is an error.
-fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool) -> std::io::Result<()> {
+/// failed is an error. Once `cancel` is cancelled, stop waiting (the
+/// caller's cleanup cancels the jobs).
+fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&CancelToken>) -> std::io::Result<()> {
     loop {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(std::io::Error::other("cancelled while QEMU copied the disks"));
+        }
         let jobs = qmp.execute("query-jobs", json!({})).map_err(qmp_err("query-jobs"))?;
         let mut pending = false;
         for id in ids {
@@ -240,7 +246,7 @@ impl Drop for Made<'_> {
         for id in &self.jobs {
             let _ = self.qmp.execute("job-cancel", json!({"id": id}));
         }
-        let _ = wait_concluded(self.qmp, &self.jobs, false);
+        let _ = wait_concluded(self.qmp, &self.jobs, false, None);
         for id in &self.jobs {
             let _ = self.qmp.execute("job-dismiss", json!({"id": id}));
         }
@@ -374,6 +380,7 @@ impl BlockImage for Captured {
 fn capture(
     config: &QemuConfig,
     parents: &BTreeMap<String, String>,
+    cancel: &CancelToken,
 ) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)> {
     let mut notes = Vec::new();
     let mut qmp = Qmp::monitor(&config.socket, MONITOR_TIMEOUT)
@@ -467,7 +474,7 @@ fn capture(
         made.jobs.push(job.clone());
         made.bitmaps.push((disk.node.clone(), new_bitmap.clone()));
     }
-    wait_concluded(made.qmp, &made.jobs, true)?;
+    wait_concluded(made.qmp, &made.jobs, true, Some(cancel))?;
     made.keep_bitmaps = true;
     drop(made);
 
@@ -570,7 +577,7 @@ impl Packager for Qemu {
             entries: Vec::new(),
             image_chunk_size: c.chunk_size,
             notes: Vec::new(),
-            capture: Some(Box::new(move |parents| capture(&c, parents))),
+            capture: Some(Box::new(move |parents, cancel| capture(&c, parents, cancel))),
         }))
     }
 

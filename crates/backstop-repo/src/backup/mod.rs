@@ -247,8 +247,13 @@ pub fn run(
     if let BackupSource::Tree(tree) = &mut source
         && let Some(capture) = tree.capture.take()
     {
-        // The session ends when dropped, on these errors too.
-        let (entries, notes) = capture(&parents.generations).map_err(|e| Error::io(&tree.label, e))?;
+        // The session ends when dropped, on these errors too; nothing is
+        // uploaded yet.
+        let taken = capture(&parents.generations, cancel);
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let (entries, notes) = taken.map_err(|e| Error::io(&tree.label, e))?;
         for note in &notes {
             progress.info(note);
         }

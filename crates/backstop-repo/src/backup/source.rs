@@ -21,11 +21,16 @@ pub type StreamOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn Read + Send>
 
 /// Takes a source's point in time once the parent snapshot is known: called
 /// with the image generations the parent recorded (entry path →
-/// generation; empty without a parent), it returns the entries and the
-/// notes for the log. A running VM's disks are captured this way: whether
-/// its hypervisor copies only what changed depends on the parent.
+/// generation; empty without a parent) and the backup's cancellation, it
+/// returns the entries and the notes for the log. A running VM's disks are
+/// captured this way: whether its hypervisor copies only what changed
+/// depends on the parent.
 pub type Capture = Box<
-    dyn FnOnce(&std::collections::BTreeMap<String, String>) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)> + Send,
+    dyn FnOnce(
+            &std::collections::BTreeMap<String, String>,
+            &crate::progress::CancelToken,
+        ) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)>
+        + Send,
 >;
 
 /// A packager's output, backed up as one snapshot of kind `Source`.
