@@ -242,6 +242,27 @@ fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_cha
     let id = second["id"].as_str().unwrap().to_string();
     assert_same(&restored(&cli, &id, "drive0.raw"), &want0, "drive0 after the incremental");
     assert_same(&restored(&cli, &id, "drive1.raw"), &want1, "drive1 after the incremental");
+
+    // The whole VM into a directory: every disk as a qcow2 file (checked
+    // against the snapshot by qemu-img compare), beside vm.json.
+    let whole = cli.path("whole-vm");
+    fs::create_dir_all(&whole).unwrap();
+    let to = format!("image:{}", whole.display());
+    cli.ok(&["restore", &id, "--to", &to, "--to-opt", "format=qcow2"]);
+    let mut names: Vec<String> =
+        fs::read_dir(&whole).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["drive0.qcow2", "drive1.qcow2", "vm.json"]);
+    for (name, want) in [("drive0", &want0), ("drive1", &want1)] {
+        let qcow2 = whole.join(format!("{name}.qcow2"));
+        let raw = whole.join(format!("{name}.check.raw"));
+        let status =
+            Command::new("qemu-img").args(["convert", "-f", "qcow2", "-O", "raw"]).arg(&qcow2).arg(&raw).status();
+        assert!(status.unwrap().success());
+        assert_same(&fs::read(&raw).unwrap(), want, &format!("{name}.qcow2 of the whole VM"));
+    }
+    let layout: Value = serde_json::from_slice(&fs::read(whole.join("vm.json")).unwrap()).unwrap();
+    assert_eq!(layout["disks"].as_array().unwrap().len(), 2);
     // Each disk keeps the bitmaps of the last two backups (the next one
     // follows the newer and removes the older), nothing else.
     let bitmap = |snapshot: &Value, entry: &str| {

@@ -360,7 +360,13 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
             target.display()
         )));
     }
+    let format = opt_str(config, "format")?;
+    if let Some(other) = format.as_deref().filter(|f| !["raw", "qcow2"].contains(f)) {
+        return Err(Error::Invalid(format!("format {other:?} is not raw or qcow2")));
+    }
     if kind == Some(libc::S_IFDIR) && chosen.is_none() {
+        // Every entry beneath the directory (a VM: its disks and its
+        // configuration); with format=qcow2 the disks as qcow2 files.
         let dir = parent.open_dir(Path::new(&name), Links::Refuse).map_err(in_place)?;
         for (path, node) in &ctx.entries {
             // Entry names are single components; directories on the way are
@@ -371,6 +377,13 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
                 None => (dir.try_clone().map_err(in_place)?, rel.file_name()),
             };
             let leaf = leaf.ok_or_else(|| Error::Invalid(format!("{path:?} is not a file name")))?;
+            if format.as_deref() == Some("qcow2") && is_disk_image(leaf.as_bytes()) {
+                let qcow2 = Path::new(leaf).with_extension("qcow2");
+                let out = target.join(path).with_extension("qcow2");
+                convert_to_qcow2(ctx, path, &sub, qcow2.as_os_str(), &out)?;
+                report.restored.push((path.clone(), out.display().to_string()));
+                continue;
+            }
             let out = target.join(path);
             write_raw(ctx, path, &sub, leaf, &out, scope)?;
             // The mode the snapshot recorded for it (for a tenant, without
@@ -382,12 +395,10 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
         return Ok(report);
     }
     let (entry, _) = ctx.single(chosen.as_deref(), "disk")?;
-    let format = match opt_str(config, "format")?.as_deref() {
-        Some("qcow2") => "qcow2",
-        Some("raw") => "raw",
+    let format = match format.as_deref() {
+        Some(chosen) => chosen,
         None if target.extension().is_some_and(|e| e == "qcow2") => "qcow2",
         None => "raw",
-        Some(other) => return Err(Error::Invalid(format!("format {other:?} is not raw or qcow2"))),
     };
     if format == "qcow2" {
         convert_to_qcow2(ctx, entry, &parent, &name, &target)?;
@@ -431,6 +442,14 @@ fn convert_to_qcow2(ctx: &RestoreContext, entry: &str, dir: &Dir, name: &OsStr, 
         c.args(["convert", "-q", "-f", "raw", "-O", "qcow2", "/proc/self/fd/3", "/proc/self/fd/4"]);
         crate::process::pass_fds(&mut c, &[&raw, &qcow2]);
         crate::process::run(c)?;
+        // Checked before it takes the target's place: the qcow2 file reads
+        // as the snapshot's bytes did.
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["compare", "-q", "-f", "raw", "-F", "qcow2", "/proc/self/fd/3", "/proc/self/fd/4"]);
+        crate::process::pass_fds(&mut c, &[&raw, &qcow2]);
+        crate::process::run(c).map_err(|e| {
+            Error::Invalid(format!("the qcow2 image made for {} differs from the snapshot: {e}", target.display()))
+        })?;
         dir.rename_at(&qcow2_name, dir, name, false)
             .map_err(|e| Error::Invalid(format!("cannot move the image to {}: {e}", target.display())))
     })();

@@ -596,7 +596,8 @@ impl Packager for Qemu {
 
 fn not_into_a_vm() -> Error {
     Error::Invalid(
-        "a qemu snapshot is not restored into a running VM: restore each disk with --to image:PATH entry=DISK.raw"
+        "a qemu snapshot is not restored into a running VM: restore its disks with --to image:PATH \
+         (entry=DISK.raw for one, a directory and format=qcow2 for all)"
             .into(),
     )
 }

@@ -16,8 +16,9 @@ restored; owners only when running as root.
 
 With --to KIND:TARGET, the snapshot goes back into a system instead (options with --to-opt):
   image:PATH       a disk to a raw file (sparse), a block device, or a qcow2 file (by its .qcow2
-                   name or format=qcow2, through qemu-img); a directory gets every entry.
-                   Options: entry=NAME (which disk), format=raw|qcow2.
+                   name or format=qcow2, through qemu-img, checked with qemu-img compare); a
+                   directory gets every entry (a VM's disks and vm.json; with format=qcow2 each
+                   disk as NAME.qcow2). Options: entry=NAME (which disk), format=raw|qcow2.
   command:'CMD'    the stream on the standard input of `sh -c CMD`; its exit status is checked.
                    Options: entry=NAME.
   postgres://USER@HOST:PORT/DB   pg_restore of one dump into DB (created if missing); without /DB
