@@ -197,7 +197,7 @@ fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_cha
     // copies: the writes land after the point in time, on both disks.
     let spec = format!("qemu:{}", vm.socket.display());
     let mut child = cli
-        .command(&["backup", "--source", &spec, "--source-opt", "speed=8m"])
+        .command(&["backup", "--source", &spec, "--source-opt", "speed=4m"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -315,6 +315,12 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
         .spawn()
         .unwrap();
     wait_for_copy(&vm, &mut child);
+    // Meanwhile a second backup of the VM is refused (it would take the
+    // first one's copy for a leftover).
+    let out = cli.run(&["backup", "--source", &spec]);
+    assert_eq!(code(&out), 1, "{}", output_text(&out));
+    assert!(output_text(&out).contains("another backup of the VM"), "{}", output_text(&out));
+    assert_eq!(vm.backstop_jobs().len(), 1);
     // SAFETY: a signal to our own child, which has not been waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let signalled = Instant::now();
@@ -345,7 +351,8 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     assert_eq!(vm.bitmaps(0).len(), 1, "{:?}", vm.bitmaps(0));
     let id = report["id"].as_str().unwrap().to_string();
     assert_same(&restored(&cli, &id, "drive0.raw"), &want, "after the worker was killed");
-    // No copy is left in the copies' directory either.
+    // No copy is left in the copies' directory either (the killed backup's
+    // directory was removed by the next one).
     let left: Vec<_> = fs::read_dir(&copies).unwrap().filter_map(|e| e.ok()).map(|e| e.path()).collect();
     assert!(left.is_empty(), "{left:?}");
 }

@@ -368,6 +368,7 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
         // Every entry beneath the directory (a VM: its disks and its
         // configuration); with format=qcow2 the disks as qcow2 files.
         let dir = parent.open_dir(Path::new(&name), Links::Refuse).map_err(in_place)?;
+        let mut written = std::collections::HashSet::new();
         for (path, node) in &ctx.entries {
             // Entry names are single components; directories on the way are
             // made beneath the target, never through a link.
@@ -380,6 +381,12 @@ pub(crate) fn restore(ctx: &RestoreContext, config: &Config, scope: &PathScope) 
             if format.as_deref() == Some("qcow2") && is_disk_image(leaf.as_bytes()) {
                 let qcow2 = Path::new(leaf).with_extension("qcow2");
                 let out = target.join(path).with_extension("qcow2");
+                if !written.insert(out.clone()) {
+                    return Err(Error::Invalid(format!(
+                        "two disks of the snapshot become {}; restore them one at a time with entry=",
+                        out.display()
+                    )));
+                }
                 convert_to_qcow2(ctx, path, &sub, qcow2.as_os_str(), &out)?;
                 report.restored.push((path.clone(), out.display().to_string()));
                 continue;

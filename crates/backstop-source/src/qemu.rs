@@ -10,7 +10,7 @@
 //! are then read by Backstop's qcow2 reader (and only the clusters they
 //! hold: an incremental holds what the guest changed).
 //!
-//! Incrementals: each backup leaves a dirty bitmap `backstop-<id>` per disk
+//! Incrementals: each backup leaves a dirty bitmap `backstop-<run>-<disk>` per disk
 //! (persistent in a qcow2 disk, so it survives a restart of QEMU), and the
 //! snapshot records it as the disk's generation. The next backup copies
 //! only what that bitmap marks (`sync=bitmap`, the bitmap left as it was),
@@ -21,13 +21,16 @@
 //! are removed by the next one, so a backup that failed after its
 //! transaction costs nothing but a full copy at worst.
 //!
-//! Nothing stays behind in the VM: targets, jobs and the new bitmap are
+//! One backup of a VM at a time on a host (a lock file); its copies are
+//! made in a 0700 directory of its own and unlinked once QEMU and this
+//! process hold them. Nothing stays behind in the VM: targets, jobs and the new bitmap are
 //! removed on every error and on cancellation (which stops QEMU's copy),
 //! and nodes or jobs a killed backup left are removed by the next backup
 //! of the VM before it starts.
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,7 +100,13 @@ impl QemuConfig {
                 .map(|n| n as u64)
                 .ok_or_else(|| Error::Invalid(format!("speed {s:?} is not bytes per second (e.g. 100m)")))?,
         };
-        Ok(QemuConfig { socket, agent, agent_timeout, temp_dir, speed, chunk_size: chunk_size(config)? })
+        let chunk_size = chunk_size(config)?;
+        if chunk_size > 2 << 20 {
+            return Err(Error::Invalid(format!(
+                "chunk_size {chunk_size} is larger than a qcow2 cluster can be (2m), which QEMU's copies are made of"
+            )));
+        }
+        Ok(QemuConfig { socket, agent, agent_timeout, temp_dir, speed, chunk_size })
     }
 }
 
@@ -110,6 +119,8 @@ struct Disk {
     node: String,
     size: u64,
     format: String,
+    /// qcow2's compatibility level (`0.10`: no persistent bitmaps).
+    compat: Option<String>,
     file: String,
     bitmaps: Vec<Value>,
 }
@@ -162,8 +173,10 @@ fn disks(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk>> {
             return Err(std::io::Error::other(format!("query-block gave disk {name} without a node name or size")));
         };
         let mut entry = format!("{}.raw", entry_name(&name));
+        let mut n = 1;
         while out.iter().any(|d| d.entry == entry) {
-            entry = format!("{}-{}.raw", entry_name(&name), out.len());
+            n += 1;
+            entry = format!("{}-{n}.raw", entry_name(&name));
         }
         out.push(Disk {
             entry,
@@ -171,6 +184,10 @@ fn disks(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk>> {
             node,
             size,
             format: text(image.and_then(|i| i.get("format"))),
+            compat: image
+                .and_then(|i| i.pointer("/format-specific/data/compat"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
             file: text(inserted.get("file")),
             bitmaps: inserted.get("dirty-bitmaps").and_then(Value::as_array).cloned().unwrap_or_default(),
         });
@@ -206,7 +223,12 @@ fn remove_leftovers(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<(
 /// failed is an error. Once `cancel` is cancelled, stop waiting (the
 /// caller's cleanup cancels the jobs).
 fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&CancelToken>) -> std::io::Result<()> {
+    // Cancelled jobs conclude at once; cleanup does not wait forever for them.
+    let deadline = (!strict).then(|| Instant::now() + Duration::from_secs(60));
     loop {
+        if deadline.is_some_and(|d| Instant::now() > d) {
+            return Err(std::io::Error::other("QEMU's jobs did not end within 60 s of being cancelled"));
+        }
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(std::io::Error::other("cancelled while QEMU copied the disks"));
         }
@@ -214,7 +236,13 @@ fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&C
         let mut pending = false;
         for id in ids {
             let job = jobs.as_array().into_iter().flatten().find(|j| j.get("id").and_then(Value::as_str) == Some(id));
-            let Some(job) = job else { continue };
+            let Some(job) = job else {
+                if strict {
+                    // Dismissed by someone else: whether it finished is unknown.
+                    return Err(std::io::Error::other(format!("QEMU's copy {id} vanished before it concluded")));
+                }
+                continue;
+            };
             match job.get("status").and_then(Value::as_str) {
                 Some("concluded") => {
                     if let (true, Some(error)) = (strict, job.get("error").and_then(Value::as_str)) {
@@ -280,8 +308,12 @@ fn freeze(config: &QemuConfig, notes: &mut Vec<String>) -> Option<Qmp> {
                 path.display()
             ));
             // A freeze that timed out may still happen: thaw on a fresh connection.
-            if let Ok(mut qga) = Qmp::agent(path, config.agent_timeout) {
-                let _ = qga.execute("guest-fsfreeze-thaw", json!({}));
+            let thawed = Qmp::agent(path, config.agent_timeout)
+                .and_then(|mut qga| qga.execute("guest-fsfreeze-thaw", json!({})));
+            if let Err(e) = thawed {
+                notes.push(format!(
+                    "WARNING: the guest agent did not confirm a thaw after the failed freeze ({e}): check the VM now"
+                ));
             }
             None
         }
@@ -291,16 +323,53 @@ fn freeze(config: &QemuConfig, notes: &mut Vec<String>) -> Option<Qmp> {
 fn thaw(config: &QemuConfig, qga: Option<Qmp>, notes: &mut Vec<String>) {
     let Some(mut qga) = qga else { return };
     if let Err(e) = qga.execute("guest-fsfreeze-thaw", json!({})) {
-        // Once more on a fresh connection: the guest must not stay frozen.
+        // Once more on a fresh connection (the agent serves one at a
+        // time): the guest must not stay frozen.
+        drop(qga);
         let again = config
             .agent
             .as_ref()
             .map(|p| Qmp::agent(p, config.agent_timeout).and_then(|mut q| q.execute("guest-fsfreeze-thaw", json!({}))));
         match again {
             Some(Ok(_)) => {}
-            _ => notes.push(format!("the guest agent did not thaw the guest's file systems ({e}); check the VM")),
+            _ => notes.push(format!(
+                "WARNING: the guest agent did not confirm thawing the guest's file systems ({e}): check the VM now"
+            )),
         }
     }
+}
+
+/// Hold the host's lock for backups of the VM at `socket` (a file in the
+/// temporary directory named by the socket's path), or say another
+/// backup of it is running. Returns the lock and the VM's tag in names.
+fn lock_vm(socket: &std::path::Path) -> std::io::Result<(File, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    // FNV-1a of the path: a stable name without a hash crate.
+    let hash = socket
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf29ce484222325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let tag = format!("{hash:016x}");
+    let path = std::env::temp_dir().join(format!("{PREFIX}qemu-{tag}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| std::io::Error::other(format!("the lock {}: {e}", path.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; released when it is closed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other(format!(
+            "another backup of the VM at {} is running on this host (it holds {})",
+            socket.display(),
+            path.display()
+        )));
+    }
+    Ok((file, tag))
 }
 
 /// How `disk` is copied, given the generation the parent recorded for it.
@@ -351,10 +420,12 @@ impl BlockImage for Captured {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         if let Some(changed) = &self.changed {
             let end = offset + buf.len().min(self.size().saturating_sub(offset) as usize) as u64;
-            if offset < end && !changed.iter().any(|&(a, b)| a <= offset && end <= b) {
+            // The extent that could hold `offset`: the last starting at or before it.
+            let at = changed.partition_point(|&(a, _)| a <= offset);
+            if offset < end && (at == 0 || changed[at - 1].1 < end) {
                 return Err(std::io::Error::other(format!(
                     "{}: only the blocks the VM changed since the parent snapshot were copied, and the parent's copy \
-                     of this disk cannot be used; back up again without a parent (--parent none) to read the whole disk",
+                     of this disk cannot be used; back up again with --force to read the whole disk",
                     self.entry
                 )));
             }
@@ -362,7 +433,13 @@ impl BlockImage for Captured {
         self.inner.read_at(buf, offset)
     }
     fn data_extents(&self) -> std::io::Result<Vec<(u64, u64)>> {
-        self.inner.data_extents()
+        match self.changed {
+            // An incremental copy's holes are the parent's data, not zeros:
+            // read whole (when the engine does not use the change map), it
+            // refuses in `read_at` instead of storing zeros.
+            Some(_) => Ok(vec![(0, self.size())]),
+            None => self.inner.data_extents(),
+        }
     }
     fn will_need(&self, ranges: &[(u64, u64)]) {
         self.inner.will_need(ranges)
@@ -381,109 +458,47 @@ fn capture(
     config: &QemuConfig,
     parents: &BTreeMap<String, String>,
     cancel: &CancelToken,
-) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)> {
-    let mut notes = Vec::new();
+    notes: &mut Vec<String>,
+) -> std::io::Result<Vec<SourceEntry>> {
+    // One backup of a VM at a time on this host: what another one made in
+    // it is not a leftover.
+    let (_lock, tag) = lock_vm(&config.socket)?;
+    // Copy directories of this VM's earlier backups that were killed.
+    if let Ok(dir) = std::fs::read_dir(&config.temp_dir) {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&format!("{PREFIX}{tag}-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let mut qmp = Qmp::monitor(&config.socket, MONITOR_TIMEOUT)
         .map_err(|e| std::io::Error::other(format!("QEMU monitor {}: {e}", config.socket.display())))?;
-    remove_leftovers(&mut qmp, &mut notes)?;
+    remove_leftovers(&mut qmp, notes)?;
     let name = qmp.execute("query-name", json!({})).ok().and_then(|v| v.get("name").cloned());
     let uuid = qmp.execute("query-uuid", json!({})).ok().and_then(|v| v.get("UUID").cloned());
-    let disks = disks(&mut qmp, &mut notes)?;
+    let disks = disks(&mut qmp, notes)?;
     if disks.is_empty() {
         return Err(std::io::Error::other("the VM has no writable disk"));
     }
 
     let run = random_hex(4);
-    let new_bitmap = format!("{PREFIX}{run}");
-    let mut made =
-        Made { qmp: &mut qmp, jobs: Vec::new(), nodes: Vec::new(), bitmaps: Vec::new(), keep_bitmaps: false };
-    let mut actions = Vec::new();
-    let mut copies = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        let copy = choose(disk, parents.get(&disk.entry), config.chunk_size);
-        // Bitmaps of earlier backups, but the one this copy follows.
-        for b in &disk.bitmaps {
-            let bname = b.get("name").and_then(Value::as_str).unwrap_or("");
-            let followed = matches!(&copy, Copy::Changed { bitmap, .. } if bitmap == bname);
-            if bname.starts_with(PREFIX) && !followed {
-                made.qmp
-                    .execute("block-dirty-bitmap-remove", json!({"node": disk.node, "name": bname}))
-                    .map_err(qmp_err("block-dirty-bitmap-remove"))?;
-            }
-        }
-        let persistent = disk.format == "qcow2";
-        if !persistent {
-            notes.push(format!(
-                "{}: a {} disk keeps its dirty bitmap only while QEMU runs: after a restart its next backup reads it whole",
-                disk.entry, disk.format
-            ));
-        }
-        // The copy: a new qcow2 QEMU writes and this process reads; its
-        // name is gone once both have it open.
-        let temp = config.temp_dir.join(format!("{PREFIX}{run}-{i}.qcow2"));
-        let created = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-o"])
-            // QEMU copies in clusters of at least 64 KiB; larger chunks, larger
-            // clusters (at most qcow2's 2 MiB).
-            .arg(format!("cluster_size={}", config.chunk_size.clamp(64 << 10, 2 << 20)))
-            .arg(&temp)
-            .arg(disk.size.to_string())
-            .output()
-            .map_err(|e| std::io::Error::other(format!("qemu-img (to make the copy of {}): {e}", disk.entry)))?;
-        if !created.status.success() {
-            return Err(std::io::Error::other(format!(
-                "qemu-img create {}: {}",
-                temp.display(),
-                String::from_utf8_lossy(&created.stderr).trim()
-            )));
-        }
-        let file = File::open(&temp);
-        let node = format!("{PREFIX}{run}-t{i}");
-        let added = made.qmp.execute(
-            "blockdev-add",
-            json!({"driver": "qcow2", "node-name": node, "discard": "ignore",
-                   "file": {"driver": "file", "filename": temp.to_string_lossy()}}),
-        );
-        let _ = std::fs::remove_file(&temp);
-        added.map_err(qmp_err("blockdev-add"))?;
-        made.nodes.push(node.clone());
-        let file = file?;
-        let job = format!("{PREFIX}{run}-j{i}");
-        let mut backup = json!({"device": disk.node, "target": node, "job-id": job, "auto-dismiss": false,
-                                "auto-finalize": true, "speed": config.speed});
-        match &copy {
-            Copy::Full { .. } => backup["sync"] = json!("full"),
-            Copy::Changed { bitmap, .. } => {
-                backup["sync"] = json!("bitmap");
-                backup["bitmap"] = json!(bitmap);
-                backup["bitmap-mode"] = json!("never");
-            }
-        }
-        actions.push(json!({"type": "block-dirty-bitmap-add",
-                            "data": {"node": disk.node, "name": new_bitmap, "persistent": persistent}}));
-        actions.push(json!({"type": "blockdev-backup", "data": backup}));
-        copies.push((disk, copy, file, job));
-    }
-
-    let qga = freeze(config, &mut notes);
-    let taken = made.qmp.execute("transaction", json!({"actions": actions}));
-    thaw(config, qga, &mut notes);
-    taken.map_err(qmp_err("the point-in-time transaction"))?;
-    let point = Instant::now();
-    for (disk, _, _, job) in &copies {
-        made.jobs.push(job.clone());
-        made.bitmaps.push((disk.node.clone(), new_bitmap.clone()));
-    }
-    wait_concluded(made.qmp, &made.jobs, true, Some(cancel))?;
-    made.keep_bitmaps = true;
-    drop(made);
+    // The copies live in a directory of this backup's own (0700): nobody
+    // else on the host reads a disk through them.
+    let private = config.temp_dir.join(format!("{PREFIX}{tag}-{run}"));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| std::io::Error::other(format!("{}: {e}", private.display())))?;
+    let taken = copy_disks(config, parents, cancel, notes, &mut qmp, &disks, &run, &private);
+    let _ = std::fs::remove_dir(&private);
+    let (copies, point) = taken?;
 
     let mut entries = Vec::new();
     let mut layout = Vec::new();
-    for (disk, copy, file, _) in copies {
+    for (disk, copy, file, bitmap) in copies {
         let path = config.temp_dir.join(&disk.entry);
         let image = Qcow2Image::from_file(file, &path, Backing::Anywhere)?;
-        let now = generation(&new_bitmap, disk.size, config.chunk_size);
+        let now = generation(&bitmap, disk.size, config.chunk_size);
         let image = match copy {
             Copy::Full { why } => {
                 notes.push(format!("{}: reading the whole disk: {why}", disk.entry));
@@ -511,12 +526,124 @@ fn capture(
     notes.push(format!(
         "point in time of {} disk(s) taken; QEMU copied what it needed in {:.1} s",
         entries.len(),
-        point.elapsed().as_secs_f64()
+        point.as_secs_f64()
     ));
     let vm = json!({"name": name, "uuid": uuid, "disks": layout});
     let vm = serde_json::to_vec_pretty(&vm).map_err(std::io::Error::other)?;
     entries.push(SourceEntry { path: "vm.json".into(), mode: 0o600, data: EntryData::Bytes(vm) });
-    Ok((entries, notes))
+    Ok(entries)
+}
+
+/// One disk's copy: how it was made, the copy itself, the bitmap that now
+/// tracks the disk's writes.
+type Copied<'d> = (&'d Disk, Copy, File, String);
+
+/// Take the point in time of `disks` and let QEMU copy them into files in
+/// `private` (see the module's documentation); how long the copy took.
+#[allow(clippy::too_many_arguments)]
+fn copy_disks<'d>(
+    config: &QemuConfig,
+    parents: &BTreeMap<String, String>,
+    cancel: &CancelToken,
+    notes: &mut Vec<String>,
+    qmp: &mut Qmp,
+    disks: &'d [Disk],
+    run: &str,
+    private: &std::path::Path,
+) -> std::io::Result<(Vec<Copied<'d>>, Duration)> {
+    let mut made = Made { qmp, jobs: Vec::new(), nodes: Vec::new(), bitmaps: Vec::new(), keep_bitmaps: false };
+    let mut actions = Vec::new();
+    let mut copies = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        let copy = choose(disk, parents.get(&disk.entry), config.chunk_size);
+        // Bitmaps of earlier backups, but the one this copy follows.
+        for b in &disk.bitmaps {
+            let bname = b.get("name").and_then(Value::as_str).unwrap_or("");
+            let followed = matches!(&copy, Copy::Changed { bitmap, .. } if bitmap == bname);
+            if bname.starts_with(PREFIX) && !followed {
+                made.qmp
+                    .execute("block-dirty-bitmap-remove", json!({"node": disk.node, "name": bname}))
+                    .map_err(qmp_err("block-dirty-bitmap-remove"))?;
+            }
+        }
+        // qcow2 v3 keeps bitmaps in the file; raw disks and qcow2 v2 (compat
+        // 0.10) only in QEMU's memory.
+        let persistent = disk.format == "qcow2" && disk.compat.as_deref() != Some("0.10");
+        if !persistent {
+            notes.push(format!(
+                "{}: a {} disk keeps its dirty bitmap only while QEMU runs: after a restart its next backup reads it whole",
+                disk.entry,
+                if disk.format == "qcow2" { "qcow2 v2 (compat 0.10)" } else { &disk.format }
+            ));
+        }
+        let bitmap = format!("{PREFIX}{run}-{i}");
+        // The copy: a new qcow2 QEMU writes and this process reads; its
+        // name is gone once both have it open.
+        let temp = private.join(format!("{i}.qcow2"));
+        let created = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-o"])
+            // QEMU copies in clusters of at least 64 KiB; larger chunks, larger
+            // clusters (at most qcow2's 2 MiB).
+            .arg(format!("cluster_size={}", config.chunk_size.clamp(64 << 10, 2 << 20)))
+            .arg(&temp)
+            .arg(disk.size.to_string())
+            .output()
+            .map_err(|e| std::io::Error::other(format!("qemu-img (to make the copy of {}): {e}", disk.entry)))?;
+        if !created.status.success() {
+            return Err(std::io::Error::other(format!(
+                "qemu-img create {}: {}",
+                temp.display(),
+                String::from_utf8_lossy(&created.stderr).trim()
+            )));
+        }
+        let file = File::open(&temp);
+        let node = format!("{PREFIX}{run}-t{i}");
+        let job = format!("{PREFIX}{run}-j{i}");
+        let added = made.qmp.execute(
+            "blockdev-add",
+            json!({"driver": "qcow2", "node-name": node, "discard": "ignore",
+                   "file": {"driver": "file", "filename": temp.to_string_lossy()}}),
+        );
+        let _ = std::fs::remove_file(&temp);
+        added.map_err(qmp_err("blockdev-add"))?;
+        made.nodes.push(node.clone());
+        made.jobs.push(job.clone());
+        made.bitmaps.push((disk.node.clone(), bitmap.clone()));
+        let file = file?;
+        let mut backup = json!({"device": disk.node, "target": node, "job-id": job, "auto-dismiss": false,
+                                "auto-finalize": true, "speed": config.speed});
+        match &copy {
+            Copy::Full { .. } => backup["sync"] = json!("full"),
+            Copy::Changed { bitmap, .. } => {
+                backup["sync"] = json!("bitmap");
+                backup["bitmap"] = json!(bitmap);
+                backup["bitmap-mode"] = json!("never");
+            }
+        }
+        actions.push(json!({"type": "block-dirty-bitmap-add",
+                            "data": {"node": disk.node, "name": bitmap, "persistent": persistent}}));
+        actions.push(json!({"type": "blockdev-backup", "data": backup}));
+        copies.push((disk, copy, file, bitmap));
+    }
+
+    let qga = freeze(config, notes);
+    let taken = made.qmp.execute("transaction", json!({"actions": actions}));
+    thaw(config, qga, notes);
+    taken.map_err(qmp_err("the point-in-time transaction"))?;
+    let point = Instant::now();
+    wait_concluded(made.qmp, &made.jobs, true, Some(cancel))?;
+    // The copies are read only once QEMU has closed them (flushing what
+    // it kept of them in memory): a node that does not go is an error.
+    for id in std::mem::take(&mut made.jobs) {
+        let _ = made.qmp.execute("job-dismiss", json!({"id": id}));
+    }
+    for node in std::mem::take(&mut made.nodes) {
+        made.qmp.execute("blockdev-del", json!({"node-name": node})).map_err(qmp_err("blockdev-del of a copy"))?;
+    }
+    made.keep_bitmaps = true;
+    drop(made);
+
+    Ok((copies, point.elapsed()))
 }
 
 pub struct Qemu;
@@ -577,7 +704,14 @@ impl Packager for Qemu {
             entries: Vec::new(),
             image_chunk_size: c.chunk_size,
             notes: Vec::new(),
-            capture: Some(Box::new(move |parents, cancel| capture(&c, parents, cancel))),
+            capture: Some(Box::new(move |parents, cancel, progress| {
+                let mut notes = Vec::new();
+                let taken = capture(&c, parents, cancel, &mut notes);
+                for note in &notes {
+                    progress.info(note);
+                }
+                taken
+            })),
         }))
     }
 

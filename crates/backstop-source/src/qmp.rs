@@ -21,6 +21,9 @@ pub struct Qmp {
     writer: UnixStream,
     /// For messages: which socket this is.
     what: String,
+    /// An earlier read or write failed (a timeout among them): a late answer
+    /// could be taken for the next command's, so the connection is not used again.
+    broken: bool,
 }
 
 /// What went wrong talking to QEMU.
@@ -56,7 +59,12 @@ impl Qmp {
         let stream = UnixStream::connect(socket)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Ok(Qmp { reader: BufReader::new(stream.try_clone()?), writer: stream, what: socket.display().to_string() })
+        Ok(Qmp {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+            what: socket.display().to_string(),
+            broken: false,
+        })
     }
 
     /// Connect to QEMU's monitor: read its greeting and leave negotiation
@@ -86,10 +94,6 @@ impl Qmp {
         }
     }
 
-    pub fn set_timeout(&self, timeout: Duration) -> std::io::Result<()> {
-        self.writer.set_read_timeout(Some(timeout))
-    }
-
     fn send(&mut self, command: &str, arguments: Value) -> Result<(), QmpError> {
         let mut line = serde_json::to_vec(&json!({"execute": command, "arguments": arguments}))
             .map_err(|e| QmpError::Protocol(e.to_string()))?;
@@ -102,7 +106,13 @@ impl Qmp {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let n = (&mut self.reader).take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+            let n = (&mut self.reader).take(MAX_LINE as u64).read_until(b'\n', &mut line).map_err(|e| {
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                    QmpError::Io(std::io::Error::new(e.kind(), format!("{} did not answer in time", self.what)))
+                } else {
+                    QmpError::Io(e)
+                }
+            })?;
             if n == 0 {
                 return Err(QmpError::Io(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -125,6 +135,17 @@ impl Qmp {
     /// Run `command` and return its `return` value; events read meanwhile
     /// are skipped.
     pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
+        if self.broken {
+            return Err(QmpError::Protocol(format!("{}: the connection failed earlier", self.what)));
+        }
+        let answer = self.answer(command, arguments);
+        if matches!(answer, Err(QmpError::Io(_) | QmpError::Protocol(_))) {
+            self.broken = true;
+        }
+        answer
+    }
+
+    fn answer(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         self.send(command, arguments)?;
         loop {
             let message = self.read_message()?;

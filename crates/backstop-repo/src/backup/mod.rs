@@ -249,15 +249,11 @@ pub fn run(
     {
         // The session ends when dropped, on these errors too; nothing is
         // uploaded yet.
-        let taken = capture(&parents.generations, cancel);
+        let taken = capture(&parents.generations, cancel, progress);
         if cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let (entries, notes) = taken.map_err(|e| Error::io(&tree.label, e))?;
-        for note in &notes {
-            progress.info(note);
-        }
-        tree.entries = entries;
+        tree.entries = taken.map_err(|e| Error::io(&tree.label, e))?;
         if tree.entries.is_empty() {
             return Err(Error::Invalid(format!("the {} source {} has nothing to back up", tree.kind, tree.label)));
         }

@@ -21,15 +21,16 @@ pub type StreamOpener = Box<dyn FnOnce() -> std::io::Result<Box<dyn Read + Send>
 
 /// Takes a source's point in time once the parent snapshot is known: called
 /// with the image generations the parent recorded (entry path →
-/// generation; empty without a parent) and the backup's cancellation, it
-/// returns the entries and the notes for the log. A running VM's disks are
-/// captured this way: whether its hypervisor copies only what changed
-/// depends on the parent.
+/// generation; empty without a parent), the backup's cancellation and its
+/// log (for what the capture has to say, also when it fails), it returns
+/// the entries. A running VM's disks are captured this way: whether its
+/// hypervisor copies only what changed depends on the parent.
 pub type Capture = Box<
     dyn FnOnce(
             &std::collections::BTreeMap<String, String>,
             &crate::progress::CancelToken,
-        ) -> std::io::Result<(Vec<SourceEntry>, Vec<String>)>
+            &dyn crate::progress::Progress,
+        ) -> std::io::Result<Vec<SourceEntry>>
         + Send,
 >;
 
