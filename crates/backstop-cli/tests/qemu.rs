@@ -455,3 +455,45 @@ fn the_guest_is_frozen_for_the_point_in_time_and_always_thawed() {
     assert_eq!(code(&out), 1);
     assert!(output_text(&out).contains("QEMU monitor"), "{}", output_text(&out));
 }
+
+#[test]
+fn a_plan_backs_up_a_running_vm_through_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path().join("d0.qcow2");
+    let mut want = make_disk(&d0, "qcow2", 8 * MIB, &[(0x11, 0, MIB)]);
+    let vm = Vm::start(dir.path(), &[(d0.clone(), "qcow2")]);
+
+    let data = dir.path().join("data");
+    let args: Vec<String> =
+        ["--data-dir", data.to_str().unwrap(), "--workers", "1"].iter().map(|s| s.to_string()).collect();
+    let (serve, admin) = Serve::start(free_port(), &args);
+    let (server, admin) = (serve.url(), admin.unwrap());
+    let repo = dir.path().join("repo");
+    let cli = Cli::at(repo.to_str().unwrap());
+    cli.init();
+    client(&server, &admin, &["repos", "add", "main", "--location", repo.to_str().unwrap()]);
+    let spec = format!("qemu:{}", vm.socket.display());
+    client(&server, &admin, &["sources", "add", "vm1", "--source", &spec]);
+    let sources = client(&server, &admin, &["sources", "list"]);
+    let vm1 = sources.as_array().unwrap().iter().find(|s| s["name"] == "vm1").unwrap().clone();
+    assert_eq!(vm1["kind"], "qemu", "{vm1}");
+    let plan = dir.path().join("plan.json");
+    fs::write(&plan, json!({"name": "vm1-nightly", "source": "vm1", "repository": "main"}).to_string()).unwrap();
+    client(&server, &admin, &["plans", "put", plan.to_str().unwrap()]);
+
+    let run = |what: &str| -> String {
+        let id = client(&server, &admin, &["plans", "run", "vm1-nightly"])["id"].as_str().unwrap().to_string();
+        let done = wait_for(&server, &admin, &id, what, |j| {
+            !["queued", "running"].contains(&j["state"].as_str().unwrap_or(""))
+        });
+        assert_eq!(done["state"], "succeeded", "{done}");
+        client(&server, &admin, &["jobs", "logs", &id]).to_string()
+    };
+    let logs = run("the first backup");
+    assert!(logs.contains("drive0.raw: reading the whole disk"), "{logs}");
+    vm.write(0, 0x77, 4 * MIB, 64 << 10);
+    apply(&mut want, 0x77, 4 * MIB, 64 << 10);
+    let logs = run("the incremental");
+    assert!(logs.contains("drive0.raw: reading only what the guest wrote"), "{logs}");
+    assert_same(&restored(&cli, "latest", "drive0.raw"), &want, "the service's incremental");
+}

@@ -516,14 +516,22 @@ pub fn repos(ctx: &Context, server: &ServerArgs, command: ReposCommand) -> Resul
 #[derive(clap::Subcommand)]
 pub enum SourcesCommand {
     List,
-    /// Register a file-system source.
+    /// Register a source: file-system paths (--path), or any kind as
+    /// KIND:TARGET with its options, as `backup --source` takes them
+    /// (credentials among the options go to the source's secrets).
     Add {
         name: String,
         /// Absolute paths to back up (repeatable).
-        #[arg(long = "path", required = true)]
+        #[arg(long = "path", required_unless_present = "source", conflicts_with = "source")]
         paths: Vec<String>,
-        #[arg(long = "exclude")]
+        #[arg(long = "exclude", conflicts_with = "source")]
         excludes: Vec<String>,
+        /// A source of another kind: image:PATH, qemu:SOCKET, postgres://…, … (see `backup --help`).
+        #[arg(long, value_name = "KIND:TARGET")]
+        source: Option<String>,
+        /// An option of --source (repeatable).
+        #[arg(long = "source-opt", value_name = "KEY=VALUE", requires = "source")]
+        source_opt: Vec<String>,
         /// The host the data lives on (per-host limits; default: the worker's).
         #[arg(long)]
         host: Option<String>,
@@ -553,13 +561,33 @@ pub fn sources(ctx: &Context, server: &ServerArgs, command: SourcesCommand) -> R
                 print_table(rows);
             }
         }
-        SourcesCommand::Add { name, paths, excludes, host } => {
-            let spec = SourceSpec {
-                name,
-                kind: SourceKind::Fs,
-                host,
-                config: json!({"paths": paths, "excludes": excludes}),
-                secrets: json!({}).into(),
+        SourcesCommand::Add { name, paths, excludes, source, source_opt, host } => {
+            let spec = match source {
+                None => SourceSpec {
+                    name,
+                    kind: SourceKind::Fs,
+                    host,
+                    config: json!({"paths": paths, "excludes": excludes}),
+                    secrets: json!({}).into(),
+                },
+                Some(spec) => {
+                    let (kind, mut config) = backstop_source::from_spec(&spec, &source_opt)?;
+                    let mut secrets = serde_json::Map::new();
+                    for field in backstop_source::packager(kind).fields() {
+                        if field.value == backstop_source::FieldValue::Secret
+                            && let Some(value) = config.remove(field.key)
+                        {
+                            secrets.insert(field.key.to_string(), value);
+                        }
+                    }
+                    SourceSpec {
+                        name,
+                        kind,
+                        host,
+                        config: serde_json::Value::Object(config),
+                        secrets: serde_json::Value::Object(secrets).into(),
+                    }
+                }
             };
             let source: Source = client.post("/api/v1/sources", &spec, None)?;
             if ctx.args.json { print_json(&source) } else { println!("source {} registered", source.name) }
