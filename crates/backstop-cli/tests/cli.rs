@@ -356,3 +356,20 @@ fn files_from_exclude_caches_and_one_file_system() {
     assert!(!listing.contains("other-fs.txt"), "its contents are not: {listing}");
     assert!(listing.contains("keep/a.txt"));
 }
+
+#[test]
+fn an_io_error_is_said_once() {
+    let cli = Cli::local();
+    cli.init();
+    let src = cli.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), "x").unwrap();
+    cli.backup(&[&src]);
+    // A target beneath a regular file cannot be made.
+    let blocker = cli.path("blocker");
+    fs::write(&blocker, "a file").unwrap();
+    let out = cli.run(&["restore", "latest", "--target", blocker.join("sub").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text = output_text(&out);
+    assert_eq!(text.matches("os error").count(), 1, "{text}");
+}

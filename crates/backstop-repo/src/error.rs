@@ -31,8 +31,10 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
 
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    /// Its cause is part of its message, not a source of its own: shown
+    /// with its chain (`{:#}`) it would be said twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
 
     /// The repository's storage (or the staging disk) has no room left:
     /// permanent until space is freed. The message ends with what to do.
@@ -63,7 +65,7 @@ impl Error {
             let hint = backstop_backend::STORAGE_FULL_HINT;
             return Error::StorageFull(format!("{}: {source}: {hint}", path.display()));
         }
-        Error::Io { path, source }
+        Error::Io { path, error: source }
     }
 
     pub fn not_found(what: impl Into<String>) -> Error {
@@ -91,7 +93,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Backend(e) => e.is_transient(),
-            Error::Io { source, .. } => backstop_backend::is_transient_io(source),
+            Error::Io { error, .. } => backstop_backend::is_transient_io(error),
             Error::Busy(_) => true,
             _ => false,
         }

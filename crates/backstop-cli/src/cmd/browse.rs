@@ -258,7 +258,7 @@ pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
     match dump_op::dump(&repo, &index, &snapshot, &path, &mut out)
         .and_then(|_| out.flush().map_err(|e| backstop_repo::Error::io("standard output", e)))
     {
-        Err(backstop_repo::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+        Err(backstop_repo::Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
         r => r.map(|_| 0).with_context(|| format!("cannot dump {}", path.display())),
     }
 }

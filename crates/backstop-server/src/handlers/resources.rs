@@ -104,7 +104,7 @@ fn init_or_open(access: &backstop_types::RepositoryAccess, reach: &backstop_type
     // location is the request's (400).
     let refused = |e: &backstop_repo::Error| match e {
         backstop_repo::Error::Backend(b) => b.kind() == backstop_backend::ErrorKind::PermissionDenied,
-        backstop_repo::Error::Io { source, .. } => source.kind() == std::io::ErrorKind::PermissionDenied,
+        backstop_repo::Error::Io { error, .. } => error.kind() == std::io::ErrorKind::PermissionDenied,
         _ => false,
     };
     let answer = |what: String, e: backstop_repo::Error| {
