@@ -159,6 +159,26 @@ fn latest(cli: &Cli) -> Value {
     cli.json(&["snapshots"]).as_array().unwrap().last().unwrap().clone()
 }
 
+/// A local repository and a directory for a VM's disks and sockets.
+fn repository_and_vm_dir() -> (Cli, PathBuf) {
+    let cli = Cli::local();
+    cli.init();
+    let dir = cli.path("vm");
+    fs::create_dir_all(&dir).unwrap();
+    (cli, dir)
+}
+
+/// A backup of `vm` (`args` before its `--source`) in the background,
+/// returned once QEMU's copy has started.
+fn start_backup(cli: &Cli, vm: &Vm, args: &[&str]) -> Child {
+    let spec = format!("qemu:{}", vm.socket.display());
+    let mut all = vec!["backup", "--source", &spec];
+    all.extend_from_slice(args);
+    let mut child = cli.command(&all).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_copy(vm, &mut child);
+    child
+}
+
 /// Wait until the backup `child` has started QEMU's copy.
 fn wait_for_copy(vm: &Vm, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -183,10 +203,7 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
 
 #[test]
 fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_changed() {
-    let cli = Cli::local();
-    cli.init();
-    let dir = cli.path("vm");
-    fs::create_dir_all(&dir).unwrap();
+    let (cli, dir) = repository_and_vm_dir();
     let d0 = dir.join("d0.qcow2");
     let d1 = dir.join("d1.raw");
     let mut want0 = make_disk(&d0, "qcow2", 16 * MIB, &[(0x11, 0, MIB), (0x22, 9 * MIB, 2 * MIB)]);
@@ -195,14 +212,7 @@ fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_cha
 
     // The first backup, slowed down so that the guest writes while QEMU
     // copies: the writes land after the point in time, on both disks.
-    let spec = format!("qemu:{}", vm.socket.display());
-    let mut child = cli
-        .command(&["backup", "--source", &spec, "--source-opt", "speed=4m"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_copy(&vm, &mut child);
+    let child = start_backup(&cli, &vm, &["--source-opt", "speed=4m"]);
     let during = [(0, 0xa1, 9 * MIB + 8192, 4096), (0, 0xa2, 15 * MIB, 4096), (1, 0xa3, MIB + 4096, 4096)];
     for &(drive, pattern, offset, len) in &during {
         vm.write(drive, pattern, offset, len);
@@ -280,10 +290,7 @@ fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_cha
 
 #[test]
 fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
-    let cli = Cli::local();
-    cli.init();
-    let dir = cli.path("vm");
-    fs::create_dir_all(&dir).unwrap();
+    let (cli, dir) = repository_and_vm_dir();
     let d0 = dir.join("d0.qcow2");
     let mut want = make_disk(&d0, "qcow2", 16 * MIB, &[(0x11, 0, 4 * MIB)]);
     let mut vm = Vm::start(&dir, &[(d0.clone(), "qcow2")]);
@@ -307,17 +314,10 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     // Cancelled (Ctrl-C) while QEMU copies: the copy is stopped and
     // removed at once, no snapshot is written.
     let before = cli.json(&["snapshots"]).as_array().unwrap().len();
-    let spec = format!("qemu:{}", vm.socket.display());
-    let mut child = cli
-        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m", "--source-opt", &temp_dir])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_copy(&vm, &mut child);
+    let child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=1m", "--source-opt", &temp_dir]);
     // Meanwhile a second backup of the VM is refused (it would take the
     // first one's copy for a leftover).
-    let out = cli.run(&["backup", "--source", &spec]);
+    let out = cli.run(&["backup", "--source", &format!("qemu:{}", vm.socket.display())]);
     assert_eq!(code(&out), 1, "{}", output_text(&out));
     assert!(output_text(&out).contains("another backup of the VM"), "{}", output_text(&out));
     assert_eq!(vm.backstop_jobs().len(), 1);
@@ -334,13 +334,7 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
 
     // The backup process killed while QEMU copies: its node and job stay
     // in the VM until the next backup removes them.
-    let mut child = cli
-        .command(&["backup", "--force", "--source", &spec, "--source-opt", "speed=1m", "--source-opt", &temp_dir])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_copy(&vm, &mut child);
+    let mut child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=1m", "--source-opt", &temp_dir]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!vm.backstop_nodes().is_empty(), "a killed backup leaves its target node");
@@ -399,10 +393,7 @@ fn agent(path: &Path, answer_freeze: bool, on_freeze: impl Fn() + Send + Sync + 
 
 #[test]
 fn the_guest_is_frozen_for_the_point_in_time_and_always_thawed() {
-    let cli = Cli::local();
-    cli.init();
-    let dir = cli.path("vm");
-    fs::create_dir_all(&dir).unwrap();
+    let (cli, dir) = repository_and_vm_dir();
     let d0 = dir.join("d0.qcow2");
     make_disk(&d0, "qcow2", 4 * MIB, &[(0x11, 0, MIB)]);
     let vm = Arc::new(Vm::start(&dir, &[(d0.clone(), "qcow2")]));
