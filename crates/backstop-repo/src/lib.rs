@@ -33,6 +33,7 @@ pub(crate) mod damage;
 pub(crate) mod error;
 pub(crate) mod filter;
 pub mod id;
+pub mod imagefs;
 pub mod index;
 pub mod ops;
 pub mod pack;

@@ -473,7 +473,7 @@ fn mark_failed(file: &PlannedFile, reason: &str) {
 }
 
 /// Make `rel` a real directory: replace a symlink or file in its place.
-fn ensure_dir(target: &Dir, rel: &Path) -> io::Result<()> {
+pub(crate) fn ensure_dir(target: &Dir, rel: &Path) -> io::Result<()> {
     let (parent, name) = target.parent_of(rel, Links::Refuse)?;
     match parent.stat_at(&name) {
         Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => Ok(()),
@@ -496,20 +496,26 @@ fn remove_non_dir(dir: &Dir, name: &OsStr) -> io::Result<()> {
 
 /// Create (truncate) the file at its full size, leaving holes unwritten.
 fn create_file(target: &Dir, f: &PlannedFile) -> io::Result<File> {
+    create_file_at(target, &f.path, f.size)
+}
+
+/// Create (truncate) the file at `path` beneath `target` with `size`
+/// bytes, all holes, replacing what stands there but a directory.
+pub(crate) fn create_file_at(target: &Dir, path: &Path, size: u64) -> io::Result<File> {
     // O_NONBLOCK: a FIFO in the way answers ENXIO instead of waiting for a reader.
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    let open = || target.open_file(&f.path, flags, 0o600, Links::Refuse);
+    let open = || target.open_file(path, flags, 0o600, Links::Refuse);
     let file = match open() {
         Ok(file) => file,
         // A symlink (or a special file) stands where the file goes: replace it.
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENXIO) => {
-            let (parent, name) = target.parent_of(&f.path, Links::Refuse)?;
+            let (parent, name) = target.parent_of(path, Links::Refuse)?;
             parent.remove_at(&name)?;
             open()?
         }
         Err(e) => return Err(e),
     };
-    file.set_len(f.size)?;
+    file.set_len(size)?;
     Ok(file)
 }
 
@@ -702,7 +708,7 @@ fn write_direct(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
 
 /// What of the snapshot's metadata a restore puts back.
 #[derive(Debug, Clone, Copy)]
-struct Meta {
+pub(crate) struct Meta {
     /// Owners (running as root).
     owners: bool,
     /// Into a confined tenant's tree, which others may use as themselves:
@@ -713,7 +719,7 @@ struct Meta {
 }
 
 impl Meta {
-    fn for_target(paths: &PathScope) -> Meta {
+    pub(crate) fn for_target(paths: &PathScope) -> Meta {
         let confined = !paths.is_any();
         Meta { owners: sys::is_root() && !confined, confined }
     }
@@ -755,7 +761,7 @@ fn apply_metadata(dir: &Dir, name: &OsStr, node: &Node, meta: Meta) -> io::Resul
 }
 
 /// [`apply_metadata`] for a regular file or directory through its open handle.
-fn apply_file_metadata(file: &File, node: &Node, meta: Meta) -> io::Result<()> {
+pub(crate) fn apply_file_metadata(file: &File, node: &Node, meta: Meta) -> io::Result<()> {
     let xattrs = meta.xattrs(&node.xattrs);
     let file_meta = sys::FileMeta {
         owner: meta.owners.then_some((node.uid, node.gid)),
@@ -767,14 +773,14 @@ fn apply_file_metadata(file: &File, node: &Node, meta: Meta) -> io::Result<()> {
     sys::set_file_meta(file, &file_meta)
 }
 
-fn restore_hard_link(target: &Dir, path: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn restore_hard_link(target: &Dir, path: &Path, to: &Path) -> io::Result<()> {
     let (from_dir, from_name) = target.parent_of(to, Links::Refuse)?;
     let (dir, name) = target.parent_of(path, Links::Refuse)?;
     remove_non_dir(&dir, &name)?;
     from_dir.hard_link_at(&from_name, &dir, &name)
 }
 
-fn restore_symlink(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
+pub(crate) fn restore_symlink(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
     let NodeData::Symlink { target: link } = &node.data else { return Ok(()) };
     let (dir, name) = target.parent_of(path, Links::Refuse)?;
     remove_non_dir(&dir, &name)?;
@@ -785,7 +791,7 @@ fn restore_symlink(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Re
     dir.set_times_at(&name, times_of(node))
 }
 
-fn restore_special(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
+pub(crate) fn restore_special(target: &Dir, path: &Path, node: &Node, meta: Meta) -> io::Result<()> {
     let (kind, rdev) = match (&node.node_type, &node.data) {
         (NodeType::Fifo, _) => (libc::S_IFIFO, 0),
         (NodeType::BlockDevice | NodeType::CharDevice, _) if meta.confined => {

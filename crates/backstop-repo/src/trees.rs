@@ -177,7 +177,7 @@ enum Fetched {
 
 /// `blobs` of one pack in runs that lie close together, each read in one
 /// request.
-fn runs_of(mut blobs: Vec<(BlobId, BlobLocation)>) -> Vec<Vec<(BlobId, BlobLocation)>> {
+pub(crate) fn runs_of(mut blobs: Vec<(BlobId, BlobLocation)>) -> Vec<Vec<(BlobId, BlobLocation)>> {
     blobs.sort_by_key(|(_, loc)| loc.offset);
     let mut runs = Vec::new();
     let mut run: Vec<(BlobId, BlobLocation)> = Vec::new();
@@ -199,7 +199,7 @@ fn runs_of(mut blobs: Vec<(BlobId, BlobLocation)>) -> Vec<Vec<(BlobId, BlobLocat
 }
 
 /// The bytes of its pack a run covers.
-fn run_span(run: &[(BlobId, BlobLocation)]) -> (u64, u64) {
+pub(crate) fn run_span(run: &[(BlobId, BlobLocation)]) -> (u64, u64) {
     let start = run[0].1.offset as u64;
     (start, run.iter().map(|(_, loc)| span(loc).1).max().unwrap_or(start))
 }
@@ -212,7 +212,7 @@ fn span(loc: &BlobLocation) -> (u64, u64) {
 /// One range request for blobs that lie together in a pack. If it fails,
 /// each blob is read alone, so that each reports its own damage (a
 /// truncated pack fails only the blobs past its end).
-fn read_run(repo: &Repository, run: &[(BlobId, BlobLocation)]) -> Vec<(BlobId, Result<Vec<u8>>)> {
+pub(crate) fn read_run(repo: &Repository, run: &[(BlobId, BlobLocation)]) -> Vec<(BlobId, Result<Vec<u8>>)> {
     let backend = repo.backend();
     let alone =
         |(id, loc): &(BlobId, BlobLocation)| (*id, pack::reader::load_blob(backend.as_ref(), repo.key(), loc, id));

@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
+use backstop_repo::imagefs::ImageView;
 use backstop_repo::ops::{diff as diff_op, dump as dump_op, ls as ls_op};
 use backstop_repo::tree::{Node, NodeData, NodeType};
 use backstop_repo::{Snapshot, SnapshotId, SnapshotKind};
@@ -94,7 +95,13 @@ pub fn snapshots(ctx: &Context, args: SnapshotsArgs) -> Result<u8> {
 
 #[derive(clap::Args)]
 #[command(long_about = "List the entries of a snapshot at or below PATH (default: everything). \
-With --json, one JSON object per line.")]
+With --json, one JSON object per line.
+
+With --image ENTRY, list the files inside that disk image of the snapshot instead (a VM's \
+drive0.raw, an image source's disk), read straight from the repository without restoring the \
+disk: ext2, ext3 and ext4 file systems, in MBR or GPT partitions or filling the disk. PATH is \
+then a path inside the image whose first component names the partition, as Linux numbers them: \
+`backstop ls latest --image drive0.raw /p1/etc`; `/` lists the partitions and everything in them.")]
 pub struct LsArgs {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
@@ -107,6 +114,10 @@ pub struct LsArgs {
     /// Show mode, owner, size and modification time.
     #[arg(short, long)]
     long: bool,
+
+    /// List the files inside this disk image of the snapshot (PATH is inside it: /p1/etc).
+    #[arg(long, value_name = "ENTRY")]
+    image: Option<PathBuf>,
 }
 
 fn node_json(path: &Path, node: &Node) -> serde_json::Value {
@@ -134,35 +145,23 @@ pub fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut write_err = None;
-    ls_op::walk(&repo, &index, &snapshot, &args.path, &mut |path, node| {
-        if write_err.is_some() {
-            return;
-        }
-        let r = if ctx.args.json {
-            writeln!(out, "{}", node_json(path, node))
-        } else if args.long {
-            let mtime = chrono::DateTime::from_timestamp_nanos(node.mtime_ns);
-            let mut line = format!(
-                "{} {:>8} {:>8} {:>12} {} {}",
-                mode_string(node.node_type, node.mode),
-                name_or_id(&node.user, node.uid),
-                name_or_id(&node.group, node.gid),
-                node.size,
-                local_time(&mtime),
-                path.display()
-            );
-            if let NodeData::Symlink { target } = &node.data {
-                line.push_str(" -> ");
-                line.push_str(&String::from_utf8_lossy(target));
-            }
-            writeln!(out, "{line}")
-        } else {
-            writeln!(out, "{}", path.display())
-        };
-        if let Err(e) = r {
+    let mut print = |path: &Path, node: &Node| {
+        if write_err.is_none()
+            && let Err(e) = print_entry(&mut out, ctx.args.json, args.long, path, node)
+        {
             write_err = Some(e);
         }
-    })?;
+    };
+    match &args.image {
+        Some(image) => {
+            let view = ImageView::open(&repo, &index, &snapshot, image)?;
+            let reporter = ctx.reporter(false);
+            let walked = view.walk(&args.path, &reporter, &mut print);
+            reporter.finish();
+            walked?;
+        }
+        None => ls_op::walk(&repo, &index, &snapshot, &args.path, &mut print)?,
+    }
     match write_err {
         Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
         Some(e) => Err(e.into()),
@@ -170,6 +169,30 @@ pub fn ls(ctx: &Context, args: LsArgs) -> Result<u8> {
             out.flush().ok();
             Ok(0)
         }
+    }
+}
+
+fn print_entry(out: &mut dyn Write, json: bool, long: bool, path: &Path, node: &Node) -> std::io::Result<()> {
+    if json {
+        writeln!(out, "{}", node_json(path, node))
+    } else if long {
+        let mtime = chrono::DateTime::from_timestamp_nanos(node.mtime_ns);
+        let mut line = format!(
+            "{} {:>8} {:>8} {:>12} {} {}",
+            mode_string(node.node_type, node.mode),
+            name_or_id(&node.user, node.uid),
+            name_or_id(&node.group, node.gid),
+            node.size,
+            local_time(&mtime),
+            path.display()
+        );
+        if let NodeData::Symlink { target } = &node.data {
+            line.push_str(" -> ");
+            line.push_str(&String::from_utf8_lossy(target));
+        }
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "{}", path.display())
     }
 }
 
@@ -217,7 +240,11 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<u8> {
 #[command(long_about = "Write the content of one file of a snapshot to standard output, or with \
 --output into a file or onto a block device at the same offsets (a disk image back onto a \
 volume; runs of zeros become holes in a regular file). For a snapshot of a stream (backup \
---stdin), PATH may be left out. Output is raw bytes; --json has no effect.")]
+--stdin), PATH may be left out. Output is raw bytes; --json has no effect.
+
+With --image ENTRY, PATH is a file inside that disk image of the snapshot (as for `ls --image`): \
+`backstop dump latest --image drive0.raw /p1/etc/hostname`. Only the chunks of the image that \
+the file system and the file need are read from the repository.")]
 pub struct DumpArgs {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
@@ -228,8 +255,12 @@ pub struct DumpArgs {
     path: Option<PathBuf>,
 
     /// Write into this file or block device instead of standard output.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", conflicts_with = "image")]
     output: Option<PathBuf>,
+
+    /// PATH is a file inside this disk image of the snapshot (/p1/etc/hostname).
+    #[arg(long, value_name = "ENTRY")]
+    image: Option<PathBuf>,
 }
 
 pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
@@ -255,9 +286,11 @@ pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    match dump_op::dump(&repo, &index, &snapshot, &path, &mut out)
-        .and_then(|_| out.flush().map_err(|e| backstop_repo::Error::io("standard output", e)))
-    {
+    let dumped = match &args.image {
+        Some(image) => ImageView::open(&repo, &index, &snapshot, image).and_then(|view| view.dump(&path, &mut out)),
+        None => dump_op::dump(&repo, &index, &snapshot, &path, &mut out),
+    };
+    match dumped.and_then(|_| out.flush().map_err(|e| backstop_repo::Error::io("standard output", e))) {
         Err(backstop_repo::Error::Io { error, .. }) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
         r => r.map(|_| 0).with_context(|| format!("cannot dump {}", path.display())),
     }

@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use backstop_repo::imagefs::ImageView;
 use backstop_repo::restore::{self, RestoreOptions};
 
 use crate::exit;
@@ -29,7 +30,13 @@ With --to KIND:TARGET, the snapshot goes back into a system instead (options wit
   kubernetes:[CONTEXT]  the manifests created in a cluster, namespaces and definitions first.
                    Options: as for the backup source (kubeconfig=, server=, token=, ...),
                    namespace_map=OLD:NEW,..., conflict=skip|overwrite (an object that exists:
-                   left as it is, the default, or replaced), namespaces=a,b, kinds=a,b.")]
+                   left as it is, the default, or replaced), namespaces=a,b, kinds=a,b.
+
+With --image ENTRY, files come from inside that disk image of the snapshot (ext2, ext3 or ext4, in
+an MBR or GPT partition or filling the disk; see `backstop ls --image`), without restoring the
+disk: only the chunks the file system and the chosen files need are read. --include and --exclude
+then match paths inside the image, and the paths keep their place under the target:
+`backstop restore latest --image drive0.raw --include /p1/etc --target out` writes out/p1/etc.")]
 pub struct Args {
     /// Snapshot id (or a unique prefix), or `latest`.
     #[arg(value_name = "SNAPSHOT")]
@@ -62,6 +69,10 @@ pub struct Args {
     /// Parallel pack downloads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     threads: usize,
+
+    /// Restore files from inside this disk image of the snapshot (ext2/3/4; --include /p1/etc).
+    #[arg(long, value_name = "ENTRY", conflicts_with_all = ["to", "verify"])]
+    image: Option<PathBuf>,
 }
 
 pub fn run(ctx: &Context, args: Args) -> Result<u8> {
@@ -79,6 +90,9 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
         threads: args.threads.max(1),
         ..RestoreOptions::new(&target)
     };
+    if let Some(image) = &args.image {
+        return restore_from_image(ctx, &repo, id, &snapshot, image, &options);
+    }
     if ctx.text() {
         eprintln!("restoring snapshot {} of {} into {}", id.short(), snapshot.paths.join(", "), target.display());
     }
@@ -86,8 +100,52 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
     let summary = restore::run(&repo, &snapshot, &options, &reporter, &ctx.cancel);
     reporter.finish();
     let summary = summary?;
+    print_summary(ctx, &summary, args.verify, serde_json::json!({ "snapshot_id": id, "target": target }))
+}
+
+/// Files from inside a disk image of the snapshot.
+fn restore_from_image(
+    ctx: &Context,
+    repo: &backstop_repo::Repository,
+    id: backstop_repo::SnapshotId,
+    snapshot: &backstop_repo::Snapshot,
+    image: &std::path::Path,
+    options: &RestoreOptions,
+) -> Result<u8> {
+    let _session = backstop_repo::session::Session::start(repo, "restore")?;
+    let index = repo.load_index()?;
+    let view = ImageView::open(repo, &index, snapshot, image)?;
+    if ctx.text() {
+        eprintln!(
+            "restoring from {} of snapshot {} into {}",
+            view.entry.display(),
+            id.short(),
+            options.target.display()
+        );
+    }
+    let reporter = ctx.reporter(true);
+    let summary = backstop_repo::imagefs::restore(&view, options, &reporter, &ctx.cancel);
+    reporter.finish();
+    let summary = summary?;
+    let (fetched, requests) = view.image.fetched();
+    let extra = serde_json::json!({
+        "snapshot_id": id,
+        "image": view.entry,
+        "target": options.target,
+        "fetched": { "bytes": fetched, "requests": requests },
+    });
+    print_summary(ctx, &summary, false, extra)
+}
+
+fn print_summary(
+    ctx: &Context,
+    summary: &restore::RestoreSummary,
+    verify: bool,
+    mut json: serde_json::Value,
+) -> Result<u8> {
     if ctx.args.json {
-        print_json(&serde_json::json!({ "snapshot_id": id, "target": target, "summary": summary }));
+        json["summary"] = serde_json::to_value(summary)?;
+        print_json(&json);
     } else if !ctx.args.quiet {
         println!(
             "restored {} files, {} dirs, {} links, {}",
@@ -96,7 +154,7 @@ pub fn run(ctx: &Context, args: Args) -> Result<u8> {
             summary.links,
             bytes(summary.bytes)
         );
-        if args.verify {
+        if verify {
             println!("verified {} files", summary.verified);
         }
     }
