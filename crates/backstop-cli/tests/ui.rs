@@ -424,3 +424,52 @@ fn an_operator_registers_a_source_and_a_plan_through_the_forms() {
     assert!(browser.try_find("tr[data-token=workers]").is_some());
     browser.screenshot(&screenshots().join("tokens.png"));
 }
+
+#[test]
+fn files_inside_a_vm_disk_are_browsed_downloaded_and_restored_in_the_browser() {
+    let site = Site::start(1);
+    let files: [(&str, &[u8]); 3] =
+        [("etc/hostname", b"vm1\n"), ("etc/motd", b"<b>welcome</b>\n"), ("var/log/x", b"x")];
+    let disk = backstop_testkit::fixture::gpt_disk_with_files(site.dir.path(), "vm1.raw", &files);
+    let spec = format!("image:{}", disk.display());
+    client(&site.serve.url(), &site.admin, &["sources", "add", "vm1", "--source", &spec]);
+    site.plan("vm1-nightly", "vm1");
+    let _worker = site.worker(None);
+    let id = site.run("vm1-nightly");
+    let deadline = std::time::Instant::now() + WAIT;
+    while site.job(&id)["state"] != "succeeded" {
+        assert!(std::time::Instant::now() < deadline, "{}", site.job(&id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snapshot = site.job(&id)["result"]["snapshot_id"].as_str().unwrap().to_string();
+
+    let browser = Browser::start();
+    login(&browser, &site, &site.admin);
+    // The disk of the snapshot, then its partitions, then a directory inside.
+    browser.goto(&site.url(&format!("/snapshots/{snapshot}")));
+    browser.click("tr[data-entry='vm1.raw'] a.inside");
+    browser.wait_until("the disk's partitions", WAIT, |b| b.try_find("tr[data-entry=p2]").is_some());
+    assert!(browser.text("h2").contains("inside vm1.raw"), "{}", browser.text("h2"));
+    browser.click("tr[data-entry=p2] a");
+    browser.wait_until("p2's root", WAIT, |b| b.try_find("tr[data-entry=etc]").is_some());
+    browser.click("tr[data-entry=etc] a");
+    browser.wait_until("/p2/etc", WAIT, |b| b.try_find("tr[data-entry=motd]").is_some());
+    browser.screenshot(&screenshots().join("snapshot-inside-disk.png"));
+    assert!(browser.text("nav.breadcrumbs").contains("vm1.raw"), "{}", browser.text("nav.breadcrumbs"));
+    // A file inside downloads with the session.
+    let link = browser.attribute(&browser.find("tr[data-entry=motd] a"), "href").unwrap();
+    let fetched = browser.fetch(&link);
+    assert_eq!((fetched.status, fetched.body.as_slice()), (200, &b"<b>welcome</b>\n"[..]));
+
+    // The selected file is restored by a restore job, into TARGET/p2/etc.
+    browser.click("tr[data-entry=motd] input[type=checkbox]");
+    let target = site.dir.path().join("from-disk");
+    browser.fill("#target", target.to_str().unwrap());
+    browser.click("form#restore button[name=restore]");
+    browser.wait_until("the restore job's page", WAIT, |b| b.try_find("#job[data-job]").is_some());
+    let restore = browser.attribute(&browser.find("#job"), "data-job").unwrap();
+    assert_eq!(site.job(&restore)["params"]["image"], "/vm1.raw");
+    browser.wait_until("the restore to succeed", WAIT, |b| b.try_find("#job[data-state=succeeded]").is_some());
+    assert_eq!(std::fs::read(target.join("p2/etc/motd")).unwrap(), b"<b>welcome</b>\n");
+    assert!(!target.join("p2/etc/hostname").exists(), "only the selected file");
+}

@@ -1112,3 +1112,73 @@ async fn a_snapshot_is_browsed_and_a_file_downloaded_through_the_coordinator_wit
     assert_eq!(api.call("get", "/api/v1/jobs?source=nothing", Some(&admin), None).await.0, StatusCode::NOT_FOUND);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_inside_a_disk_snapshot_are_browsed_downloaded_and_restored_through_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = backstop_server::start(config(dir.path())).await.unwrap();
+    let admin = running.admin_token.clone().unwrap();
+    let api = Api::new(&running);
+    let files: [(&str, &[u8]); 2] = [("etc/hostname", b"vm1\n"), ("etc/motd", b"welcome\n")];
+    let disk = backstop_testkit::fixture::gpt_disk_with_files(dir.path(), "vm1.raw", &files);
+    let source = json!({"name": "vm1", "kind": "image", "config": {"path": disk}});
+    api.ok("post", "/api/v1/sources", &admin, Some(source)).await;
+    api.ok(
+        "post",
+        "/api/v1/plans",
+        &admin,
+        Some(json!({"name": "vm1-nightly", "source": "vm1", "repository": "local"})),
+    )
+    .await;
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/plans/vm1-nightly/run", &admin, None).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    let snapshot = done.result.as_ref().unwrap()["snapshot_id"].as_str().unwrap().to_string();
+
+    // The partitions, then a directory inside one.
+    let tree =
+        |path: &str| format!("/api/v1/snapshots/{snapshot}/tree?image=%2Fvm1.raw&path={}", path.replace('/', "%2F"));
+    let root: SnapshotDir = serde_json::from_value(api.ok("get", &tree("/"), &admin, None).await).unwrap();
+    let names: Vec<&str> = root.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!((names, root.image.as_deref()), (vec!["p1", "p2"], Some("/vm1.raw")));
+    let etc: SnapshotDir = serde_json::from_value(api.ok("get", &tree("/p2/etc"), &admin, None).await).unwrap();
+    let names: Vec<(&str, u64)> = etc.entries.iter().map(|e| (e.name.as_str(), e.size)).collect();
+    assert_eq!(names, [("hostname", 4), ("motd", 8)]);
+
+    // One file, downloaded.
+    let url = format!("{}/api/v1/snapshots/{snapshot}/file?image=%2Fvm1.raw&path=%2Fp2%2Fetc%2Fmotd", api.base);
+    let answer = reqwest::Client::new().get(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.bytes().await.unwrap().to_vec(), b"welcome\n");
+
+    // What is not there, or no file system, is a 4xx that says so.
+    let (status, body) = api.call("get", &tree("/p2/nothing"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api.call("get", &tree("/p1"), Some(&admin), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no ext2/3/4 file system"), "{body}");
+
+    // A restore job of one directory inside the disk.
+    let target = dir.path().join("restored");
+    let restore = json!({"kind": "restore", "repository": "local",
+                         "params": {"target": target, "image": "/vm1.raw", "include": ["/p2/etc"]}});
+    let job: Job = serde_json::from_value(api.ok("post", "/api/v1/jobs", &admin, Some(restore)).await).unwrap();
+    let done = wait_job(&api, &admin, &job.id).await;
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(std::fs::read(target.join("p2/etc/hostname")).unwrap(), b"vm1\n");
+    assert_eq!(std::fs::read(target.join("p2/etc/motd")).unwrap(), b"welcome\n");
+    assert_eq!(done.result.as_ref().unwrap()["files"], 2, "{done:?}");
+    assert!(done.result.as_ref().unwrap()["fetched"]["bytes"].as_u64().unwrap() > 0, "{done:?}");
+
+    // An image restore goes into a directory, and the image is a path in the snapshot.
+    for params in [
+        json!({"image": "/vm1.raw", "to": {"kind": "image", "config": {"path": "/tmp/x.raw"}}}),
+        json!({"image": "/vm1.raw", "target": target, "verify": true}),
+        json!({"image": "/../vm1.raw", "target": target}),
+    ] {
+        let restore = json!({"kind": "restore", "repository": "local", "params": params});
+        let (status, body) = api.call("post", "/api/v1/jobs", Some(&admin), Some(restore)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{params}: {body}");
+    }
+    running.shutdown().await;
+}

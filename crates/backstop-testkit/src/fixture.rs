@@ -134,3 +134,28 @@ pub fn assert_same_tree(original: &Path, restored: &Path) {
 pub fn restored_path(target: &Path, source: &Path) -> PathBuf {
     target.join(source.strip_prefix("/").unwrap())
 }
+
+/// A 16 MiB GPT disk at `dir/NAME`: partition 1 (1 MiB) holds no file
+/// system, partition 2 an 8 MiB ext4 made from `files` (paths and
+/// contents) by `mkfs.ext4 -d` — no root needed; `sgdisk` writes the table.
+/// `scripts/test` installs both (gdisk, e2fsprogs).
+pub fn gpt_disk_with_files(dir: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test installs gdisk and e2fsprogs)"));
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let src = dir.join(format!("{name}.files"));
+    for (path, data) in files {
+        let at = src.join(path);
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::write(at, data).unwrap();
+    }
+    let fs_image = dir.join(format!("{name}.p2"));
+    run(std::process::Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(&src).arg(&fs_image).arg("8M"));
+    let disk = dir.join(name);
+    fs::File::create(&disk).unwrap().set_len(16 << 20).unwrap();
+    run(std::process::Command::new("sgdisk").args(["-o", "-n", "1:2048:+1M", "-n", "2:4096:+8M"]).arg(&disk));
+    let f = fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &fs::read(&fs_image).unwrap(), 4096 * 512).unwrap();
+    disk
+}

@@ -518,8 +518,12 @@ pub struct SnapshotEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SnapshotDir {
     pub snapshot: String,
-    /// The directory, absolute, as backed up (`/` is the snapshot's root).
+    /// The directory, absolute, as backed up (`/` is the snapshot's root);
+    /// with `image`, a directory inside that disk image (`/p1/etc`).
     pub path: String,
+    /// The disk image of the snapshot this directory is inside, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
     /// The packager that made the snapshot (`image`, `postgres`, …), which
     /// can also restore it into a system; none for a file tree or a stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,6 +111,12 @@ pub struct RestoreParams {
     /// Into a directory: read every restored file back and compare.
     #[serde(default, skip_serializing_if = "is_false")]
     pub verify: bool,
+    /// Into a directory: files from inside this disk image of the snapshot
+    /// (`/drive0.raw`), not the snapshot's own; `include` and `exclude`
+    /// then match paths inside it (`/p1/etc`: partition 1's `/etc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096), pattern(r"^/[^\x00-\x1f\x7f]*$"))]
+    pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
 }

@@ -395,6 +395,9 @@ fn restore(repo: &Repository, claim: &Claim, params: &RestoreParams, tracker: &J
     options.exclude = params.exclude.clone();
     options.verify = params.verify;
     options.paths = claim.reach.paths.clone();
+    if let Some(image) = &params.image {
+        return restore_from_image(repo, &snap, std::path::Path::new(image), &options, tracker);
+    }
     let summary = restore::run(repo, &snap, &options, tracker, &tracker.cancel)?;
     if summary.errors > 0 {
         return Err(Failure {
@@ -403,6 +406,38 @@ fn restore(repo: &Repository, claim: &Claim, params: &RestoreParams, tracker: &J
         });
     }
     Ok(Outcome::Succeeded { result: serde_json::to_value(&summary).unwrap_or(Value::Null), snapshot: None })
+}
+
+/// Files from inside a disk image of the snapshot into a directory.
+fn restore_from_image(
+    repo: &Repository,
+    snap: &backstop_repo::Snapshot,
+    image: &std::path::Path,
+    options: &RestoreOptions,
+    tracker: &JobTracker,
+) -> Result<Outcome, Failure> {
+    let _session = backstop_repo::session::Session::start(repo, "restore")?;
+    let index = repo.load_index()?;
+    let view = backstop_repo::imagefs::ImageView::open(repo, &index, snap, image)?;
+    let summary = backstop_repo::imagefs::restore(&view, options, tracker, &tracker.cancel)?;
+    let (fetched, requests) = view.image.fetched();
+    tracker.log(
+        LogLevel::Info,
+        format!(
+            "{} files from {}: {fetched} bytes read from the repository in {requests} requests",
+            summary.files,
+            image.display()
+        ),
+    );
+    if summary.errors > 0 {
+        return Err(Failure {
+            error: format!("{} entries could not be restored (named in the job log)", summary.errors),
+            retryable: false,
+        });
+    }
+    let mut result = serde_json::to_value(&summary).unwrap_or(Value::Null);
+    result["fetched"] = json!({"bytes": fetched, "requests": requests});
+    Ok(Outcome::Succeeded { result, snapshot: None })
 }
 
 #[cfg(test)]

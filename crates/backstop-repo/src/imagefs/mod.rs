@@ -300,6 +300,34 @@ impl<'a> ImageView<'a> {
         }
     }
 
+    /// The entries of the directory at `path` inside the image, by name
+    /// (at `/` of a partitioned disk: its partitions); one level only.
+    pub fn read_dir(&self, path: &Path, progress: &dyn Progress) -> Result<Vec<Node>> {
+        match self.place(path)? {
+            Place::Partitions => {
+                let (_, partitions) = self.table.as_ref().expect("a table has partitions");
+                Ok(partitions.iter().map(partition_node).collect())
+            }
+            Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
+                self.recovery_note(vol, progress);
+                let dir = self.lookup(vol, partition, &comps)?;
+                if dir.kind != Kind::Dir {
+                    return Err(Error::Invalid(format!(
+                        "{} is a {}, not a directory",
+                        path.display(),
+                        node_type(dir.kind).as_str()
+                    )));
+                }
+                let at = Path::new("/").join(&vol.prefix).join(join(&comps));
+                Ok(self
+                    .children(vol, &dir, &at, progress)
+                    .iter()
+                    .map(|(name, inode)| node_of(vol, name, inode))
+                    .collect())
+            }),
+        }
+    }
+
     fn walk_dir(&self, vol: &Volume, dir: &Inode, at: &Path, progress: &dyn Progress, f: &mut dyn FnMut(&Path, &Node)) {
         let mut above = Vec::new();
         self.walk_below(vol, dir, at, &mut above, progress, f);
@@ -372,6 +400,18 @@ impl<'a> ImageView<'a> {
             )),
             e => disk_error(&self.entry, partition, e),
         })
+    }
+
+    /// The entry at `path` inside the image.
+    pub fn stat(&self, path: &Path) -> Result<Node> {
+        match self.place(path)? {
+            Place::Partitions => Err(Error::Invalid("`/` of a partitioned disk holds its partitions".into())),
+            Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
+                let inode = self.lookup(vol, partition, &comps)?;
+                let name = comps.last().cloned().unwrap_or_else(|| vol.prefix.as_os_str().as_bytes().to_vec());
+                Ok(node_of(vol, &name, &inode))
+            }),
+        }
     }
 
     /// Write the file at `path` inside the image to `out`. Returns its length.
@@ -509,7 +549,9 @@ pub(crate) fn disk_error(entry: &Path, partition: Option<&Partition>, e: DiskErr
     };
     match e {
         DiskError::Read(e) => e,
-        DiskError::Damaged(what) => Error::corrupt(place, what),
+        // The guest's own structures, not the repository's: what was backed
+        // up is damaged (or is no disk), and the snapshot is as it was.
+        DiskError::Damaged(what) => Error::Invalid(format!("{place}: damaged or not a disk image: {what}")),
         DiskError::Unknown(what) => Error::Invalid(format!(
             "{place}: {what}; files can be listed and restored from ext2, ext3 and ext4 only \
              (restore the whole disk with `--to image:PATH` instead)"

@@ -232,6 +232,23 @@ async fn check_restore(
     source: Option<&Source>,
     restore: &RestoreParams,
 ) -> ApiResult<()> {
+    if let Some(image) = &restore.image {
+        if restore.to.is_some() || restore.target.is_none() {
+            return Err(ApiError::invalid(
+                "params.image restores files from inside a disk image of the snapshot into params.target, \
+                 a directory (not with params.to)",
+            ));
+        }
+        if restore.verify {
+            return Err(ApiError::invalid("params.verify is not available for files inside a disk image"));
+        }
+        let bad = image.contains(|c: char| c.is_control()) || image.split('/').any(|c| c == "..");
+        if !image.starts_with('/') || bad {
+            return Err(ApiError::invalid(format!(
+                "params.image {image:?} is not the absolute path of a disk image in the snapshot (/drive0.raw)"
+            )));
+        }
+    }
     if let Some(to) = &restore.to {
         // Job parameters are stored and shown as they are: no passwords in them.
         let url_password =

@@ -16,6 +16,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use backstop_repo::imagefs::ImageView;
 use backstop_repo::index::Index;
 use backstop_repo::tree::{NodeData, NodeType};
 use backstop_repo::{Repository, SnapshotId};
@@ -70,6 +71,10 @@ pub struct PathQuery {
     /// no `..` in it.
     #[schemars(length(min = 1, max = 4096), pattern(r"^/[^\x00-\x1f\x7f]*$"))]
     pub path: Option<String>,
+    /// A disk image of the snapshot (`/drive0.raw`): `path` is then inside
+    /// it, its first component the partition (`/p1/etc`).
+    #[schemars(length(min = 1, max = 4096), pattern(r"^/[^\x00-\x1f\x7f]*$"))]
+    pub image: Option<String>,
 }
 
 /// A snapshot the caller may see, its repository open, its manifest read.
@@ -201,7 +206,14 @@ pub async fn tree(
     let Opened { snapshot, repo, index, manifest } = open(&state, &caller, snapshot).await?;
     let shown = path.clone();
     let source_kind = manifest.source.as_ref().map(|s| s.kind.clone());
+    let image = q.image.as_deref().map(|i| inside(Some(i)).map_err(|e| e.on("image"))).transpose()?;
+    let in_image = image.clone();
     let entries = tokio::task::spawn_blocking(move || -> ApiResult<Vec<SnapshotEntry>> {
+        if let Some(image) = &in_image {
+            let view = ImageView::open(&repo, &index, &manifest, image).map_err(engine_error)?;
+            let nodes = view.read_dir(&path, &backstop_repo::NoProgress).map_err(engine_error)?;
+            return Ok(nodes.iter().map(entry).collect());
+        }
         let subtree = match backstop_repo::ops::ls::find(&repo, &index, &manifest, &path).map_err(engine_error)? {
             None => manifest.tree,
             Some(node) => node.subtree().ok_or_else(|| {
@@ -217,6 +229,7 @@ pub async fn tree(
     Ok(Json(SnapshotDir {
         snapshot: snapshot.info.id,
         path: shown.to_string_lossy().into_owned(),
+        image: image.map(|i| i.to_string_lossy().into_owned()),
         source_kind,
         entries,
     }))
@@ -250,12 +263,21 @@ pub async fn file(
     caller.require(Role::Operator)?;
     let snapshot = find(&state, &caller, &id).await?;
     let path = inside(q.path.as_deref())?;
+    let image = q.image.as_deref().map(|i| inside(Some(i)).map_err(|e| e.on("image"))).transpose()?;
     let Opened { repo, index, manifest, .. } = open(&state, &caller, snapshot).await?;
     // What it is, first: an error is an answer, not a broken download.
     let size = {
-        let (repo, index, manifest, path) = (repo.clone(), index.clone(), manifest.clone(), path.clone());
+        let (repo, index, manifest, path, image) =
+            (repo.clone(), index.clone(), manifest.clone(), path.clone(), image.clone());
         tokio::task::spawn_blocking(move || -> ApiResult<u64> {
-            match backstop_repo::ops::ls::find(&repo, &index, &manifest, &path).map_err(engine_error)? {
+            let node = match &image {
+                Some(image) => {
+                    let view = ImageView::open(&repo, &index, &manifest, image).map_err(engine_error)?;
+                    Some(view.stat(&path).map_err(engine_error)?)
+                }
+                None => backstop_repo::ops::ls::find(&repo, &index, &manifest, &path).map_err(engine_error)?,
+            };
+            match node {
                 Some(node) if node.node_type == NodeType::File => Ok(node.size),
                 Some(node) => Err(ApiError::invalid(format!(
                     "{} is a {}, not a file; restore it through a restore job",
@@ -269,13 +291,17 @@ pub async fn file(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))??
     };
-    let detail = serde_json::json!({"path": path.to_string_lossy(), "bytes": size});
+    let detail = serde_json::json!({"path": path.to_string_lossy(), "image": image, "bytes": size});
     crate::handlers::audit(&state, &caller, "snapshot.download", format!("snapshot/{id}"), detail).await?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
         let mut out = BodyWriter(tx.clone());
-        if let Err(e) = backstop_repo::ops::dump::dump(&repo, &index, &manifest, &path, &mut out) {
+        let dumped = match &image {
+            Some(image) => ImageView::open(&repo, &index, &manifest, image).and_then(|view| view.dump(&path, &mut out)),
+            None => backstop_repo::ops::dump::dump(&repo, &index, &manifest, &path, &mut out),
+        };
+        if let Err(e) = dumped {
             // The body ends short: the client sees an incomplete download.
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }

@@ -80,9 +80,20 @@ pub async fn snapshots(
     Ok(render("Snapshots", &session, body))
 }
 
-/// `/snapshots/{id}?path=…` of a directory, or `/snapshots/{id}/download?path=…` of a file.
-fn snapshot_url(id: &str, what: &str, path: &str) -> String {
-    format!("/snapshots/{}{what}?path={}", urlencode(id), urlencode(path))
+/// `/snapshots/{id}?path=…` of a directory, or `/snapshots/{id}/download?path=…` of a file;
+/// inside a disk image with `&image=…`.
+fn snapshot_url(id: &str, what: &str, path: &str, image: Option<&str>) -> String {
+    let mut url = format!("/snapshots/{}{what}?path={}", urlencode(id), urlencode(path));
+    if let Some(image) = image {
+        url.push_str("&image=");
+        url.push_str(&urlencode(image));
+    }
+    url
+}
+
+/// The packagers whose snapshots hold disk images, with files inside them.
+fn holds_disks(source_kind: Option<&str>) -> bool {
+    matches!(source_kind, Some("image" | "qemu"))
 }
 
 /// `path` joined with an entry's `name`.
@@ -90,8 +101,9 @@ fn child(path: &str, name: &str) -> String {
     if path.ends_with('/') { format!("{path}{name}") } else { format!("{path}/{name}") }
 }
 
-/// Links to each directory above `path`, the root first.
-fn breadcrumbs(id: &str, path: &str) -> Markup {
+/// Links to each directory above `path`, the root first (inside a disk
+/// image: the snapshot's root, the image, then the path inside it).
+fn breadcrumbs(id: &str, path: &str, image: Option<&str>) -> Markup {
     let mut crumbs = Vec::new();
     let mut at = String::from("/");
     for part in path.split('/').filter(|p| !p.is_empty()) {
@@ -100,23 +112,31 @@ fn breadcrumbs(id: &str, path: &str) -> Markup {
     }
     html! {
         nav.breadcrumbs {
-            a href=(snapshot_url(id, "", "/")) { "/" }
-            @for (part, at) in &crumbs { " " a href=(snapshot_url(id, "", at)) { (part) } " /" }
+            @if let Some(image) = image {
+                a href=(snapshot_url(id, "", "/", None)) { "/" } " "
+                a.image href=(snapshot_url(id, "", "/", Some(image))) { (image.trim_start_matches('/')) } " ▸ "
+            }
+            a href=(snapshot_url(id, "", "/", image)) { "/" }
+            @for (part, at) in &crumbs { " " a href=(snapshot_url(id, "", at, image)) { (part) } " /" }
         }
     }
 }
 
 fn entry_row(id: &str, dir: &SnapshotDir, e: &SnapshotEntry, select: bool) -> Markup {
     let path = child(&dir.path, &e.name);
+    let image = dir.image.as_deref();
+    // A disk of an image or VM snapshot: its files can be browsed.
+    let disk = image.is_none() && e.kind == "file" && holds_disks(dir.source_kind.as_deref());
     html! {
         tr data-entry=(e.name) {
             td { @if select { input type="checkbox" name="select" value=(path) aria-label={ "select " (e.name) }; } }
             td.name {
                 @match e.kind.as_str() {
-                    "dir" => { a href=(snapshot_url(id, "", &path)) { (e.name) "/" } }
-                    "file" => { a href=(snapshot_url(id, "/download", &path)) download { (e.name) } }
+                    "dir" => { a href=(snapshot_url(id, "", &path, image)) { (e.name) "/" } }
+                    "file" => { a href=(snapshot_url(id, "/download", &path, image)) download { (e.name) } }
                     _ => { (e.name) @if let Some(t) = &e.target { " → " (t) } }
                 }
+                @if disk { " " a.inside href=(snapshot_url(id, "", "/", Some(&path))) { "files inside" } }
             }
             td { (e.kind) }
             td { @if e.kind == "file" { (bytes(e.size)) } }
@@ -150,11 +170,12 @@ pub async fn snapshot(
             dt { "Size" } dd { (bytes(summary_u64(&s.info, "bytes_total"))) }
             @if let Some(kind) = &dir.source_kind { dt { "Made by" } dd { "the " (kind) " packager" } }
         }
-        h2 { "Files" }
-        (breadcrumbs(&id, &dir.path))
+        h2 { "Files" @if let Some(image) = &dir.image { " inside " code { (image.trim_start_matches('/')) } } }
+        (breadcrumbs(&id, &dir.path, dir.image.as_deref()))
         form #restore method="post" action={ "/snapshots/" (urlencode(&id)) "/restore" } {
             input type="hidden" name="csrf" value=(session.session.csrf);
             input type="hidden" name="path" value=(dir.path);
+            @if let Some(image) = &dir.image { input type="hidden" name="image" value=(image); }
             @if dir.entries.is_empty() {
                 p.empty { "This directory is empty." }
             } @else {
@@ -163,17 +184,18 @@ pub async fn snapshot(
                     tbody { @for e in &dir.entries { (entry_row(&id, &dir, e, operator)) } }
                 }
             }
-            @if operator && dir.source_kind.is_none() {
+            @if operator && (dir.source_kind.is_none() || dir.image.is_some()) {
                 fieldset.restore {
                     legend { "Restore" }
-                    p.help { "The selected files and directories — or, with none selected, all of " code { (dir.path) } " — are restored by a worker into a directory on its host, with their paths as backed up." }
+                    p.help { "The selected files and directories — or, with none selected, all of " code { (dir.path) } " — are restored by a worker into a directory on its host, with their paths as backed up"
+                        @if dir.image.is_some() { " (inside the disk: " code { "/p1/etc" } " becomes " code { "TARGET/p1/etc" } ")" } "." }
                     label { "Into directory " input #target type="text" name="target" required placeholder="/srv/restore"; }
-                    label.inline { input type="checkbox" name="verify"; " read every file back and compare" }
+                    @if dir.image.is_none() { label.inline { input type="checkbox" name="verify"; " read every file back and compare" } }
                     button.primary type="submit" name="restore" { "Restore" }
                 }
             }
         }
-        @if operator && dir.source_kind.as_deref() == Some("image") {
+        @if operator && dir.image.is_none() && dir.source_kind.as_deref() == Some("image") {
             @let disks: Vec<&SnapshotEntry> = dir.entries.iter().filter(|e| e.kind == "file").collect();
             @if !disks.is_empty() {
                 form #restore-disk method="post" action={ "/snapshots/" (urlencode(&id)) "/restore-disk" } {
@@ -195,7 +217,7 @@ pub async fn snapshot(
                 }
             }
         }
-        @if operator && dir.source_kind.as_deref().is_some_and(|k| k != "image") {
+        @if operator && dir.image.is_none() && !holds_disks(dir.source_kind.as_deref()) && dir.source_kind.is_some() {
             p.help { "This snapshot was made by the " (dir.source_kind.as_deref().unwrap_or_default()) " packager: restore it into its system with " code { "backstop restore --to" } " or a restore job (" code { "POST /api/v1/jobs" } ")." }
         }
     };
@@ -237,6 +259,7 @@ pub async fn restore(
         target: value("target").filter(|t| !t.is_empty()),
         include,
         verify: value("verify").is_some_and(|v| v == "on"),
+        image: value("image").filter(|i| !i.is_empty()),
         ..RestoreParams::default()
     };
     submit_job(&state, &session, JobKind::Restore, repository, &params).await
