@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod image;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
+pub mod libvirt;
 pub mod packager;
 pub mod process;
 pub mod qcow2;

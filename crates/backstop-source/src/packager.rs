@@ -62,6 +62,7 @@ pub fn packager(kind: SourceKind) -> &'static dyn Packager {
         SourceKind::Postgres => &crate::db::POSTGRES,
         SourceKind::Mysql => &crate::db::MYSQL,
         SourceKind::Qemu => &crate::qemu::Qemu,
+        SourceKind::Libvirt => &crate::libvirt::Libvirt,
         #[cfg(feature = "kubernetes")]
         SourceKind::Kubernetes => &crate::kubernetes::Kubernetes,
         #[cfg(not(feature = "kubernetes"))]
@@ -212,6 +213,7 @@ mod tests {
                 SourceKind::Postgres => json!({"url": "postgres://db/app"}),
                 SourceKind::Mysql => json!({"url": "mysql://db/app"}),
                 SourceKind::Qemu => json!({"socket": "/run/vm1.qmp"}),
+                SourceKind::Libvirt => json!({"domain": "vm1"}),
                 SourceKind::Kubernetes => json!({}),
             };
             value.as_object().cloned().unwrap()

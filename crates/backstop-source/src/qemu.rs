@@ -133,7 +133,7 @@ enum Copy {
 
 /// A disk's generation as the snapshot records it: its bitmap, size and
 /// chunk size, so that an incremental follows only a parent of the same shape.
-fn generation(bitmap: &str, size: u64, chunk: usize) -> String {
+pub(crate) fn generation(bitmap: &str, size: u64, chunk: usize) -> String {
     format!("{bitmap}/{size}/{chunk}")
 }
 
@@ -141,12 +141,12 @@ fn qmp_err(what: &str) -> impl Fn(QmpError) -> std::io::Error + '_ {
     move |e| std::io::Error::other(format!("{what}: {e}"))
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     backstop_repo::id::SessionId::random().to_hex()[..bytes * 2].to_string()
 }
 
 /// A name fit for a snapshot entry: letters, digits, `.`, `_` and `-`.
-fn entry_name(name: &str) -> String {
+pub(crate) fn entry_name(name: &str) -> String {
     let clean: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
     let clean = clean.trim_start_matches('.').to_string();
@@ -340,9 +340,9 @@ fn thaw(config: &QemuConfig, qga: Option<Qmp>, notes: &mut Vec<String>) {
 }
 
 /// Hold the host's lock for backups of the VM at `socket` (a file in the
-/// temporary directory named by the socket's path), or say another
-/// backup of it is running. Returns the lock and the VM's tag in names.
-fn lock_vm(socket: &std::path::Path) -> std::io::Result<(File, String)> {
+/// temporary directory named by the socket's path, or another name of the
+/// VM), or say another backup of it is running. Returns the lock and the VM's tag in names.
+pub(crate) fn lock_vm(socket: &std::path::Path) -> std::io::Result<(File, String)> {
     use std::os::unix::ffi::OsStrExt;
     // FNV-1a of the path: a stable name without a hash crate.
     let hash = socket
@@ -407,10 +407,22 @@ fn choose(disk: &Disk, parent: Option<&String>, chunk: usize) -> Copy {
 /// copy holds only the changed clusters: the engine reads only those (the
 /// rest is the parent's), and a read elsewhere is refused, never answered
 /// with zeros.
-struct Captured {
+pub(crate) struct Captured {
     inner: Qcow2Image,
     entry: String,
     changed: Option<Vec<(u64, u64)>>,
+}
+
+impl Captured {
+    /// A whole disk's copy.
+    pub(crate) fn full(inner: Qcow2Image, entry: &str) -> Captured {
+        Captured { inner, entry: entry.to_string(), changed: None }
+    }
+
+    /// A copy of what changed: the `changed` extents (start, end), sorted.
+    pub(crate) fn changed(inner: Qcow2Image, entry: &str, changed: Vec<(u64, u64)>) -> Captured {
+        Captured { inner, entry: entry.to_string(), changed: Some(changed) }
+    }
 }
 
 impl BlockImage for Captured {
@@ -502,7 +514,7 @@ fn capture(
         let image = match copy {
             Copy::Full { why } => {
                 notes.push(format!("{}: reading the whole disk: {why}", disk.entry));
-                Captured { inner: image.with_generation(Some(now)), entry: disk.entry.clone(), changed: None }
+                Captured::full(image.with_generation(Some(now)), &disk.entry)
             }
             Copy::Changed { bitmap, parent_generation } => {
                 let extents = image.written_extents()?;
@@ -516,7 +528,7 @@ fn capture(
                     parent_generation,
                     extents: extents.iter().map(|&(a, b)| (a, b - a)).collect(),
                 };
-                Captured { inner: image.with_changes(Some(map)), entry: disk.entry.clone(), changed: Some(extents) }
+                Captured::changed(image.with_changes(Some(map)), &disk.entry, extents)
             }
         };
         layout.push(json!({"entry": disk.entry, "device": disk.device, "node": disk.node, "size": disk.size,

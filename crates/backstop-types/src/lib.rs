@@ -666,10 +666,11 @@ pub enum SourceKind {
     Mysql,
     Kubernetes,
     Qemu,
+    Libvirt,
 }
 
 impl SourceKind {
-    pub const ALL: [SourceKind; 7] = [
+    pub const ALL: [SourceKind; 8] = [
         SourceKind::Fs,
         SourceKind::Image,
         SourceKind::Command,
@@ -677,6 +678,7 @@ impl SourceKind {
         SourceKind::Mysql,
         SourceKind::Kubernetes,
         SourceKind::Qemu,
+        SourceKind::Libvirt,
     ];
 
     pub fn parse(s: &str) -> Option<SourceKind> {
@@ -692,6 +694,7 @@ impl SourceKind {
             SourceKind::Mysql => "mysql",
             SourceKind::Kubernetes => "kubernetes",
             SourceKind::Qemu => "qemu",
+            SourceKind::Libvirt => "libvirt",
         }
     }
 }
