@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 
 use backstop_repo::CancelToken;
 use backstop_repo::backup::BackupSource;
-use backstop_repo::backup::source::{ChangeMap, EntryData, SourceEntry, SourceTree};
+use backstop_repo::backup::source::{ChangeMap, EntryData, SourceEntry};
 use serde_json::json;
 
 use crate::image::chunk_size;
 use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::qcow2::{Backing, Qcow2Image};
-use crate::qemu::{Captured, entry_name, generation, lock_vm, random_hex};
+use crate::qemu::{Captured, entry_name, generation, lock_vm, not_into_a_vm, random_hex, vm_source};
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
 
 const PREFIX: &str = "backstop-";
@@ -444,21 +444,8 @@ impl Packager for Libvirt {
                 c.socket.display()
             )));
         }
-        Ok(BackupSource::Tree(SourceTree {
-            kind: "libvirt".into(),
-            label: format!("libvirt:{}", c.domain),
-            entries: Vec::new(),
-            image_chunk_size: c.chunk_size,
-            notes: Vec::new(),
-            capture: Some(Box::new(move |parents, cancel, progress| {
-                let mut notes = Vec::new();
-                let taken = capture(&c, parents, cancel, &mut notes);
-                for note in &notes {
-                    progress.info(note);
-                }
-                taken
-            })),
-        }))
+        let label = format!("libvirt:{}", c.domain);
+        Ok(vm_source("libvirt", label, c.chunk_size, move |parents, cancel, notes| capture(&c, parents, cancel, notes)))
     }
 
     fn restore_connection(&self) -> Option<&'static [&'static str]> {
@@ -466,20 +453,12 @@ impl Packager for Libvirt {
     }
 
     fn validate_restore(&self, _config: &Config) -> Result<()> {
-        Err(not_into_a_vm())
+        Err(not_into_a_vm("libvirt"))
     }
 
     fn restore(&self, _ctx: &RestoreContext, _config: &Config, _reach: &Reach) -> Result<RestoreReport> {
-        Err(not_into_a_vm())
+        Err(not_into_a_vm("libvirt"))
     }
-}
-
-fn not_into_a_vm() -> Error {
-    Error::Invalid(
-        "a libvirt snapshot is not restored into a running domain: restore its disks with --to image:PATH \
-         (entry=DISK.raw for one, a directory and format=qcow2 for all)"
-            .into(),
-    )
 }
 
 #[cfg(test)]

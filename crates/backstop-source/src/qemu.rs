@@ -710,21 +710,8 @@ impl Packager for Qemu {
         if !c.socket.exists() {
             return Err(Error::Invalid(format!("no QEMU monitor socket at {}", c.socket.display())));
         }
-        Ok(BackupSource::Tree(SourceTree {
-            kind: "qemu".into(),
-            label: format!("qemu:{}", c.socket.display()),
-            entries: Vec::new(),
-            image_chunk_size: c.chunk_size,
-            notes: Vec::new(),
-            capture: Some(Box::new(move |parents, cancel, progress| {
-                let mut notes = Vec::new();
-                let taken = capture(&c, parents, cancel, &mut notes);
-                for note in &notes {
-                    progress.info(note);
-                }
-                taken
-            })),
-        }))
+        let label = format!("qemu:{}", c.socket.display());
+        Ok(vm_source("qemu", label, c.chunk_size, move |parents, cancel, notes| capture(&c, parents, cancel, notes)))
     }
 
     fn restore_connection(&self) -> Option<&'static [&'static str]> {
@@ -732,18 +719,46 @@ impl Packager for Qemu {
     }
 
     fn validate_restore(&self, _config: &Config) -> Result<()> {
-        Err(not_into_a_vm())
+        Err(not_into_a_vm("qemu"))
     }
 
     fn restore(&self, _ctx: &RestoreContext, _config: &Config, _reach: &Reach) -> Result<RestoreReport> {
-        Err(not_into_a_vm())
+        Err(not_into_a_vm("qemu"))
     }
 }
 
-fn not_into_a_vm() -> Error {
-    Error::Invalid(
-        "a qemu snapshot is not restored into a running VM: restore its disks with --to image:PATH \
+/// A running VM's source: its entries are its disks' point in time, taken
+/// once the engine knows the parent's generations; what the capture notes
+/// goes to the job's log, also when it fails.
+pub(crate) fn vm_source(
+    kind: &str,
+    label: String,
+    chunk_size: usize,
+    capture: impl FnOnce(&BTreeMap<String, String>, &CancelToken, &mut Vec<String>) -> std::io::Result<Vec<SourceEntry>>
+    + Send
+    + 'static,
+) -> BackupSource {
+    BackupSource::Tree(SourceTree {
+        kind: kind.into(),
+        label,
+        entries: Vec::new(),
+        image_chunk_size: chunk_size,
+        notes: Vec::new(),
+        capture: Some(Box::new(move |parents, cancel, progress| {
+            let mut notes = Vec::new();
+            let taken = capture(parents, cancel, &mut notes);
+            for note in &notes {
+                progress.info(note);
+            }
+            taken
+        })),
+    })
+}
+
+/// A VM's snapshot goes back as disk images, not into the VM.
+pub(crate) fn not_into_a_vm(kind: &str) -> Error {
+    Error::Invalid(format!(
+        "a {kind} snapshot is not restored into a running VM: restore its disks with --to image:PATH \
          (entry=DISK.raw for one, a directory and format=qcow2 for all)"
-            .into(),
-    )
+    ))
 }

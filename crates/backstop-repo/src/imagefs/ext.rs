@@ -11,6 +11,7 @@
 //! tree depths, loops); damage is a [`DiskError`], never a panic.
 
 use super::{DiskError, ReadAt, le16, le32};
+use crate::tree::NodeType;
 
 const SUPERBLOCK_AT: u64 = 1024;
 const MAGIC: u16 = 0xEF53;
@@ -41,23 +42,11 @@ const MAX_DEPTH: u16 = 5;
 /// An extent longer than this is unwritten (its length is `len - 32768`).
 const INIT_MAX_LEN: u16 = 32768;
 
-/// A file's type, from its mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    File,
-    Dir,
-    Symlink,
-    BlockDevice,
-    CharDevice,
-    Fifo,
-    Socket,
-}
-
 /// An inode, as far as a listing or a restore needs it.
 #[derive(Debug, Clone)]
 pub struct Inode {
     pub ino: u32,
-    pub kind: Kind,
+    pub kind: NodeType,
     /// Permission bits (with setuid, setgid, sticky).
     pub mode: u32,
     pub uid: u32,
@@ -286,13 +275,13 @@ impl<'a> ExtFs<'a> {
     fn parse_inode(&self, ino: u32, raw: &[u8]) -> Result<Inode, DiskError> {
         let mode = le16(raw, 0) as u32;
         let kind = match mode & 0o170000 {
-            0o100000 => Kind::File,
-            0o040000 => Kind::Dir,
-            0o120000 => Kind::Symlink,
-            0o060000 => Kind::BlockDevice,
-            0o020000 => Kind::CharDevice,
-            0o010000 => Kind::Fifo,
-            0o140000 => Kind::Socket,
+            0o100000 => NodeType::File,
+            0o040000 => NodeType::Dir,
+            0o120000 => NodeType::Symlink,
+            0o060000 => NodeType::BlockDevice,
+            0o020000 => NodeType::CharDevice,
+            0o010000 => NodeType::Fifo,
+            0o140000 => NodeType::Socket,
             _ => return Err(DiskError::damaged(format!("inode {ino} has no valid type (mode {mode:o})"))),
         };
         let extra_isize = if raw.len() > 128 { le16(raw, 0x80) as usize } else { 0 };
@@ -347,7 +336,7 @@ impl<'a> ExtFs<'a> {
     /// The extents of a file, directory or slow symlink, in logical order;
     /// holes are where none lies. Block maps (ext2/3) become extents too.
     pub fn extents(&self, inode: &Inode) -> Result<Vec<Extent>, DiskError> {
-        if inode.flags & ENCRYPT_FL != 0 && inode.kind == Kind::File {
+        if inode.flags & ENCRYPT_FL != 0 && inode.kind == NodeType::File {
             return Err(DiskError::Unsupported("the file is encrypted (fscrypt)".into()));
         }
         let blocks = inode.size.div_ceil(self.block_size);
@@ -491,7 +480,7 @@ impl<'a> ExtFs<'a> {
 
     /// The entries of a directory, but `.` and `..`.
     pub fn read_dir(&self, dir: &Inode) -> Result<Vec<Entry>, DiskError> {
-        if dir.kind != Kind::Dir {
+        if dir.kind != NodeType::Dir {
             return Err(DiskError::NotADirectory);
         }
         if dir.flags & ENCRYPT_FL != 0 {
@@ -544,12 +533,12 @@ impl<'a> ExtFs<'a> {
     pub fn lookup(&self, path: &[&[u8]]) -> Result<Inode, DiskError> {
         let mut inode = self.inode(ROOT)?;
         for (i, name) in path.iter().enumerate() {
-            if inode.kind == Kind::Symlink {
+            if inode.kind == NodeType::Symlink {
                 return Err(DiskError::Symlink(
                     path[..i].iter().map(|c| String::from_utf8_lossy(c)).collect::<Vec<_>>().join("/"),
                 ));
             }
-            if inode.kind != Kind::Dir {
+            if inode.kind != NodeType::Dir {
                 return Err(DiskError::NotADirectory);
             }
             let entry = self.read_dir(&inode)?.into_iter().find(|e| e.name == *name).ok_or(DiskError::NotFound)?;

@@ -33,7 +33,7 @@ use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
 use crate::tree::{Node, NodeData, NodeType};
-use ext::{ExtFs, Inode, Kind};
+use ext::{ExtFs, Inode};
 use parts::{Partition, Table};
 
 /// What went wrong reading a disk's structures.
@@ -292,7 +292,7 @@ impl<'a> ImageView<'a> {
                     let name = comps.last().cloned().unwrap_or_else(|| vol.prefix.as_os_str().as_bytes().to_vec());
                     f(&at, &node_of(vol, &name, &inode));
                 }
-                if inode.kind == Kind::Dir {
+                if inode.kind == NodeType::Dir {
                     self.walk_dir(vol, &inode, &at, progress, f);
                 }
                 Ok(())
@@ -311,11 +311,11 @@ impl<'a> ImageView<'a> {
             Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
                 self.recovery_note(vol, progress);
                 let dir = self.lookup(vol, partition, &comps)?;
-                if dir.kind != Kind::Dir {
+                if dir.kind != NodeType::Dir {
                     return Err(Error::Invalid(format!(
                         "{} is a {}, not a directory",
                         path.display(),
-                        node_type(dir.kind).as_str()
+                        dir.kind.as_str()
                     )));
                 }
                 let at = Path::new("/").join(&vol.prefix).join(join(&comps));
@@ -351,7 +351,7 @@ impl<'a> ImageView<'a> {
         for (name, inode) in self.children(vol, dir, at, progress) {
             let path = at.join(OsStr::from_bytes(&name));
             f(&path, &node_of(vol, &name, &inode));
-            if inode.kind == Kind::Dir {
+            if inode.kind == NodeType::Dir {
                 self.walk_below(vol, &inode, &path, above, progress, f);
             }
         }
@@ -421,11 +421,11 @@ impl<'a> ImageView<'a> {
         };
         self.with_volume(partition, |vol| {
             let inode = self.lookup(vol, partition, &comps)?;
-            if inode.kind != Kind::File {
+            if inode.kind != NodeType::File {
                 return Err(Error::Invalid(format!(
                     "{} is a {}, not a file; use `backstop restore --image` for directories",
                     path.display(),
-                    node_type(inode.kind).as_str()
+                    inode.kind.as_str()
                 )));
             }
             let write_err = |e: std::io::Error| Error::io("output", e);
@@ -560,30 +560,18 @@ pub(crate) fn disk_error(entry: &Path, partition: Option<&Partition>, e: DiskErr
     }
 }
 
-fn node_type(kind: Kind) -> NodeType {
-    match kind {
-        Kind::File => NodeType::File,
-        Kind::Dir => NodeType::Dir,
-        Kind::Symlink => NodeType::Symlink,
-        Kind::BlockDevice => NodeType::BlockDevice,
-        Kind::CharDevice => NodeType::CharDevice,
-        Kind::Fifo => NodeType::Fifo,
-        Kind::Socket => NodeType::Socket,
-    }
-}
-
 /// A file system's inode as a snapshot node (for listings and restores).
 /// A symlink whose target cannot be read gets an empty one.
 pub(crate) fn node_of(vol: &Volume, name: &[u8], inode: &Inode) -> Node {
     let data = match inode.kind {
-        Kind::Symlink => NodeData::Symlink { target: vol.fs.read_link(inode).unwrap_or_default() },
-        Kind::BlockDevice | Kind::CharDevice => NodeData::Device { rdev: inode.rdev() },
-        Kind::File => NodeData::File { content: Vec::new(), partial: false },
+        NodeType::Symlink => NodeData::Symlink { target: vol.fs.read_link(inode).unwrap_or_default() },
+        NodeType::BlockDevice | NodeType::CharDevice => NodeData::Device { rdev: inode.rdev() },
+        NodeType::File => NodeData::File { content: Vec::new(), partial: false },
         _ => NodeData::Other,
     };
     Node {
         name: name.to_vec(),
-        node_type: node_type(inode.kind),
+        node_type: inode.kind,
         mode: inode.mode,
         uid: inode.uid,
         gid: inode.gid,
@@ -595,7 +583,7 @@ pub(crate) fn node_of(vol: &Volume, name: &[u8], inode: &Inode) -> Node {
         device: vol.device,
         inode: inode.ino as u64,
         nlink: inode.links as u64,
-        size: if inode.kind == Kind::Dir { 0 } else { inode.size },
+        size: if inode.kind == NodeType::Dir { 0 } else { inode.size },
         xattrs: Vec::new(),
         data,
     }

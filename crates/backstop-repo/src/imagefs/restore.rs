@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use backstop_backend::{Dir, Links};
 
-use super::ext::{Inode, Kind};
+use super::ext::Inode;
 use super::{CopyError, ImageView, Piece, Place, Volume, copy_file, node_of};
 use crate::error::{Error, Result};
 use crate::filter::PathFilter;
@@ -22,7 +22,7 @@ use crate::restore::{
     Meta, RestoreOptions, RestoreSummary, apply_file_metadata, create_file_at, ensure_dir, restore_hard_link,
     restore_special, restore_symlink,
 };
-use crate::tree::Node;
+use crate::tree::{Node, NodeType};
 
 /// Restore the files of `view` selected by `options` (include and
 /// exclude patterns match paths inside the image) into `options.target`.
@@ -156,7 +156,7 @@ impl Run<'_, '_> {
         if self.cancel.is_cancelled() {
             return Err(Error::Cancelled);
         }
-        let is_dir = inode.kind == Kind::Dir;
+        let is_dir = inode.kind == NodeType::Dir;
         if self.exclude.matches(path, is_dir) {
             return Ok(());
         }
@@ -197,7 +197,7 @@ impl Run<'_, '_> {
         }
         self.make_pending()?;
         match inode.kind {
-            Kind::File => {
+            NodeType::File => {
                 if inode.links > 1 {
                     let key = (vol.device, inode.ino);
                     if let Some(first) = self.links.get(&key) {
@@ -220,8 +220,8 @@ impl Run<'_, '_> {
                     }
                 }
             }
-            Kind::Symlink => self.late.push(Late::Symlink(dest, node)),
-            Kind::Socket => {}
+            NodeType::Symlink => self.late.push(Late::Symlink(dest, node)),
+            NodeType::Socket => {}
             _ => self.late.push(Late::Special(dest, node)),
         }
         Ok(())

@@ -5,8 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::ext::{ExtFs, Inode, Kind};
+use super::ext::{ExtFs, Inode};
 use super::{DiskError, ReadAt, Slice, enter, parts};
+use crate::tree::NodeType;
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?} cannot start ({e}); scripts/test installs e2fsprogs"));
@@ -69,9 +70,9 @@ fn read_dir(fs: &ExtFs, dir: &Inode, at: &str, above: &mut Vec<u32>, out: &mut V
             }
         };
         match inode.kind {
-            Kind::Dir => read_dir(fs, &inode, &path, above, out),
-            Kind::Symlink => out.push(format!("{path} -> {:?}", fs.read_link(&inode).map(|t| t.len()))),
-            Kind::File => {
+            NodeType::Dir => read_dir(fs, &inode, &path, above, out),
+            NodeType::Symlink => out.push(format!("{path} -> {:?}", fs.read_link(&inode).map(|t| t.len()))),
+            NodeType::File => {
                 let head = fs.extents(&inode).and_then(|extents| {
                     let mut buf = vec![0u8; inode.size.min(64 << 10) as usize];
                     fs.read_file(&inode, &extents, 0, &mut buf).map(|()| buf)
