@@ -4,7 +4,8 @@ through its monitor (`--source qemu:SOCKET`).
 
   bench/vm-live.sh            (builds bench-lto, then runs this)
   Env: BACKSTOP_BIN, WORK (/tmp/bench-data/work-vm-live), SIZE_GIB (4),
-       DATA_MIB (1024), CHANGED_MIB (64), WRITE_KIB (64)
+       DATA_MIB (1024), CHANGED_MIB (64), WRITE_KIB (64), COPY_WORKERS (the
+       source's default; QEMU's own is 64)
 
 Steps, each timed (wall) with what Backstop read (`bytes_read`):
   1. first live backup (QEMU copies the whole disk, Backstop reads the copy);
@@ -35,6 +36,7 @@ SIZE = int(os.environ.get("SIZE_GIB", "4")) << 30
 DATA = int(os.environ.get("DATA_MIB", "1024")) * MIB
 CHANGED = int(os.environ.get("CHANGED_MIB", "64")) * MIB
 WRITE = int(os.environ.get("WRITE_KIB", "64")) << 10
+WORKERS = os.environ.get("COPY_WORKERS")
 
 env = dict(os.environ, BACKSTOP_PASSWORD="bench", BACKSTOP_REPOSITORY=f"{WORK}/repo",
            BACKSTOP_CACHE_DIR=f"{WORK}/cache")
@@ -129,14 +131,15 @@ def main():
     sh(BIN, "init", stdout=subprocess.DEVNULL)
     vm, ctl = start_vm(disk)
     spec = f"qemu:{WORK}/vm.qmp"
+    src = ["--source", spec] + (["--source-opt", f"copy_workers={WORKERS}"] if WORKERS else [])
     rows = []
 
-    t, read, _ = backstop("backup", "--source", spec)
+    t, read, _ = backstop("backup", *src)
     rows.append(("first live backup", t, read, "—"))
 
     n = CHANGED // WRITE
     guest_writes(ctl, scattered(rng, n), 1)
-    t_inc, read, log = backstop("backup", "--source", spec)
+    t_inc, read, log = backstop("backup", *src)
     assert "reading only what the guest wrote" in log, log
     rows.append((f"live incremental after {mib(CHANGED)} of scattered {WRITE >> 10} KiB writes", t_inc, read,
                  f"{read / CHANGED:.2f}×"))
@@ -145,7 +148,7 @@ def main():
     inserted = ctl.run("query-block")[0]["inserted"]
     for b in inserted.get("dirty-bitmaps", []):
         ctl.run("block-dirty-bitmap-remove", node=inserted["node-name"], name=b["name"])
-    t_fb, read, log = backstop("backup", "--source", spec)
+    t_fb, read, log = backstop("backup", *src)
     assert "reading the whole disk" in log, log
     rows.append(("the same with no bitmap (fallback: whole disk, block hashes)", t_fb, read,
                  f"{read / CHANGED:.2f}×"))
@@ -159,7 +162,7 @@ def main():
     done = {}
 
     def during_backup():
-        done["backup"] = backstop("backup", "--force", "--source", spec)
+        done["backup"] = backstop("backup", "--force", *src)
 
     th = threading.Thread(target=during_backup)
     th.start()

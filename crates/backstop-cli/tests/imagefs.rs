@@ -259,6 +259,17 @@ fn mbr_logical_partitions_ext2_ext3_and_a_disk_without_a_table() {
         .unwrap();
     std::io::Write::write_all(&mut debugfs.stdin.take().unwrap(), script.as_bytes()).unwrap();
     assert!(debugfs.wait().unwrap().success());
+    // A change still in the journal (committed, not yet in place: a disk
+    // captured while mounted): read as mounting would read it.
+    let small = Command::new("debugfs").args(["-R", "bmap /small 0"]).arg(&whole).output().unwrap();
+    let small: u64 = String::from_utf8_lossy(&small.stdout).trim().parse().unwrap();
+    let block = cli.path("journaled");
+    let mut data = b"S".to_vec();
+    data.resize(1024, 0);
+    fs::write(&block, data).unwrap();
+    let script = cli.path("journal.txt");
+    fs::write(&script, format!("jo\njw -b {small} {}\njc\n", block.display())).unwrap();
+    run(Command::new("debugfs").arg("-w").arg("-f").arg(&script).arg(&whole));
     let raw = fs::read(&whole).unwrap();
     let needle = &noise(256 << 10, 9)[..64];
     assert!(raw.windows(64).any(|w| w == needle), "the deleted file's bytes are still on the disk");
@@ -288,5 +299,7 @@ fn mbr_logical_partitions_ext2_ext3_and_a_disk_without_a_table() {
     let target = cli.path("whole-out");
     cli.ok(&["restore", "latest", "--image", "whole.raw", "--target", target.to_str().unwrap()]);
     assert_eq!(fs::read(target.join("d/mapped.bin")).unwrap(), noise(600 << 10, 3));
-    assert_eq!(fs::read(target.join("small")).unwrap(), b"s");
+    assert_eq!(fs::read(target.join("small")).unwrap(), b"S", "the journal's version");
+    let out = cli.run(&["ls", "latest", "--image", "whole.raw", "/small"]);
+    assert!(output_text(&out).contains("1 block(s) read from the journal"), "{}", output_text(&out));
 }

@@ -28,6 +28,8 @@ const DIRDATA: u32 = 0x1000;
 /// What this reader understands; anything else is refused by name.
 const KNOWN_INCOMPAT: u32 =
     FILETYPE | RECOVER | META_BG | 0x40 | BIT64 | 0x100 | 0x200 | 0x400 | 0x2000 | 0x4000 | 0x8000 | 0x10000 | 0x20000;
+// Compatible features (s_feature_compat).
+const HAS_JOURNAL: u32 = 0x4;
 // Read-only compatible features (s_feature_ro_compat).
 const SPARSE_SUPER: u32 = 0x1;
 
@@ -105,6 +107,8 @@ pub struct ExtFs<'a> {
     incompat: u32,
     ro_compat: u32,
     first_meta_bg: u64,
+    /// The journal's inode (ext3/4 with an internal journal).
+    journal_inode: Option<u32>,
     /// ext2, ext3 or ext4, by the features it uses.
     pub flavour: &'static str,
     pub label: String,
@@ -183,7 +187,7 @@ impl<'a> ExtFs<'a> {
         }
         let flavour = if incompat & (0x40 | BIT64 | 0x200 | 0x8000) != 0 {
             "ext4"
-        } else if compat & 0x4 != 0 {
+        } else if compat & HAS_JOURNAL != 0 {
             "ext3"
         } else {
             "ext2"
@@ -202,6 +206,7 @@ impl<'a> ExtFs<'a> {
             incompat,
             ro_compat,
             first_meta_bg: le32(&sb, 0x104) as u64,
+            journal_inode: (compat & HAS_JOURNAL != 0 && le32(&sb, 0xE0) != 0).then(|| le32(&sb, 0xE0)),
             flavour,
             label,
         })
@@ -215,6 +220,21 @@ impl<'a> ExtFs<'a> {
 
     pub fn block_size(&self) -> u64 {
         self.block_size
+    }
+
+    /// Blocks in the file system.
+    pub fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The journal's inode, if the journal is internal.
+    pub fn journal_inode(&self) -> Option<u32> {
+        self.journal_inode
+    }
+
+    /// The volume the file system is read from.
+    pub fn device(&self) -> &'a dyn ReadAt {
+        self.dev
     }
 
     fn read_block(&self, block: u64, offset: u64, buf: &mut [u8]) -> Result<(), DiskError> {

@@ -12,6 +12,7 @@
 //! image and the partition, never a panic.
 
 pub mod ext;
+pub mod journal;
 pub mod parts;
 mod restore;
 mod stored;
@@ -158,6 +159,9 @@ enum Place<'p> {
 /// A file system, open, with the partition it is in.
 pub(crate) struct Volume<'v> {
     pub fs: ExtFs<'v>,
+    /// For a file system whose journal held changes: what was applied of
+    /// it, or why it could not be.
+    pub replayed: Option<Result<journal::Applied, String>>,
     /// `p1` or empty (a whole-disk file system).
     pub prefix: PathBuf,
     /// The device number its nodes carry (the partition's number).
@@ -241,19 +245,36 @@ impl<'a> ImageView<'a> {
         let slice = Slice { disk: &self.image, start, len };
         let fs = ExtFs::open(&slice).map_err(|e| disk_error(&self.entry, partition, e))?;
         let prefix = partition.map_or_else(PathBuf::new, |p| PathBuf::from(format!("p{}", p.number)));
-        f(&Volume { fs, prefix, device: partition.map_or(0, |p| p.number as u64) })
+        let device = partition.map_or(0, |p| p.number as u64);
+        if !fs.needs_recovery() {
+            return f(&Volume { fs, replayed: None, prefix, device });
+        }
+        // Read as mounting it would: with its journal's committed changes.
+        let journal = match journal::Journal::read(&fs) {
+            Ok(journal) => journal,
+            Err(DiskError::Read(e)) => return Err(e),
+            Err(e) => return f(&Volume { fs, replayed: Some(Err(e.to_string())), prefix, device }),
+        };
+        let replayed = journal::Replayed { dev: &slice, block_size: fs.block_size(), journal: &journal };
+        let fs = ExtFs::open(&replayed).map_err(|e| disk_error(&self.entry, partition, e))?;
+        f(&Volume { fs, replayed: Some(Ok(journal.applied)), prefix, device })
     }
 
-    /// A note for the log when a file system's journal was not replayed.
+    /// A note for the log when a file system's journal held changes.
     pub(crate) fn recovery_note(&self, vol: &Volume, progress: &dyn Progress) {
-        if vol.fs.needs_recovery() {
-            progress.info(&format!(
-                "{}{}: the {} journal holds changes not yet applied (the disk was captured while mounted and \
-                 not frozen): the files are as of the journal's last checkpoint, the last seconds' changes may be missing",
-                self.entry.display(),
-                Path::new("/").join(&vol.prefix).display(),
+        let at = format!("{}{}", self.entry.display(), Path::new("/").join(&vol.prefix).display());
+        match &vol.replayed {
+            None => {}
+            Some(Ok(applied)) => progress.info(&format!(
+                "{at}: the {} journal held {} committed transaction(s) not yet in place (the disk was captured \
+                 while mounted and not frozen): {} block(s) read from the journal, as mounting would",
+                vol.fs.flavour, applied.transactions, applied.blocks
+            )),
+            Some(Err(why)) => progress.info(&format!(
+                "{at}: the {} journal holds changes not yet applied and cannot be replayed ({why}): the files \
+                 are as of its last checkpoint, the last seconds' changes may be missing",
                 vol.fs.flavour
-            ));
+            )),
         }
     }
 

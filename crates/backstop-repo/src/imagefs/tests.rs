@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::ext::{ExtFs, Inode};
+use super::journal::{Journal, Replayed};
 use super::{DiskError, ReadAt, Slice, enter, parts};
 use crate::tree::NodeType;
 
@@ -44,10 +45,19 @@ fn file_system(dir: &Path, kind: &str, size: &str) -> Vec<u8> {
 /// ends that branch with its error.
 fn read_all(dev: &dyn ReadAt) -> Result<Vec<String>, DiskError> {
     let fs = ExtFs::open(dev)?;
+    if fs.needs_recovery() {
+        let journal = Journal::read(&fs)?;
+        let replayed = Replayed { dev, block_size: fs.block_size(), journal: &journal };
+        return read_tree(&ExtFs::open(&replayed)?);
+    }
+    read_tree(&fs)
+}
+
+fn read_tree(fs: &ExtFs) -> Result<Vec<String>, DiskError> {
     let root = fs.inode(super::ext::ROOT)?;
     let mut out = Vec::new();
     let mut above = Vec::new();
-    read_dir(&fs, &root, "", &mut above, &mut out);
+    read_dir(fs, &root, "", &mut above, &mut out);
     Ok(out)
 }
 
@@ -176,11 +186,69 @@ impl Rng {
     }
 }
 
+/// Transactions written into the journal of `image` by debugfs (not
+/// applied: the file system then needs recovery), one per script.
+fn journal_transactions(dir: &Path, image: &Path, scripts: &[String]) {
+    for (i, script) in scripts.iter().enumerate() {
+        let file = dir.join(format!("journal-{i}.txt"));
+        std::fs::write(&file, format!("jo\n{script}\njc\n")).unwrap();
+        run(Command::new("debugfs").arg("-w").arg("-f").arg(&file).arg(image));
+    }
+}
+
+/// The physical block of `path`'s first block, as debugfs says.
+fn first_block(image: &Path, path: &str) -> u64 {
+    let out = Command::new("debugfs").args(["-R", &format!("bmap {path} 0")]).arg(image).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_journal_not_yet_applied_is_replayed_and_revoked_blocks_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    file_system(dir.path(), "ext4", "8M");
+    let image = dir.path().join("ext4.img");
+    let block = first_block(&image, "/etc/hostname");
+    let other = first_block(&image, "/etc/file-7");
+    let new = dir.path().join("new.bin");
+    let mut data = b"vm2\n".to_vec();
+    data.resize(1024, 0);
+    std::fs::write(&new, data.repeat(2)).unwrap();
+    // One transaction rewrites both blocks; a later one revokes the second.
+    journal_transactions(
+        dir.path(),
+        &image,
+        &[format!("jw -b {block},{other} {}", new.display()), format!("jw -r {other}")],
+    );
+    let disk = std::fs::read(&image).unwrap();
+    let fs = ExtFs::open(&disk).unwrap();
+    assert!(fs.needs_recovery(), "debugfs left the journal to be replayed");
+    let read = |fs: &ExtFs, path: &[&[u8]]| {
+        let inode = fs.lookup(path).unwrap();
+        let mut buf = vec![0u8; inode.size as usize];
+        fs.read_file(&inode, &fs.extents(&inode).unwrap(), 0, &mut buf).unwrap();
+        buf
+    };
+    assert_eq!(read(&fs, &[b"etc", b"hostname"]), b"vm1\n", "in place, the old content");
+    let journal = Journal::read(&fs).unwrap();
+    assert_eq!((journal.applied.transactions, journal.applied.blocks), (2, 1), "the revoked block is not applied");
+    let replayed = Replayed { dev: &disk, block_size: fs.block_size(), journal: &journal };
+    let fs = ExtFs::open(&replayed).unwrap();
+    assert_eq!(read(&fs, &[b"etc", b"hostname"]), b"vm2\n", "as the kernel would mount it");
+    assert_eq!(read(&fs, &[b"etc", b"file-7"]), b"7", "revoked by a later transaction");
+}
+
 #[test]
 fn damaged_images_give_errors_never_panics() {
     let iterations: usize = std::env::var("BACKSTOP_FUZZ_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(1500);
     let dir = tempfile::tempdir().unwrap();
-    let fs_image = file_system(dir.path(), "ext4", "4M");
+    file_system(dir.path(), "ext4", "4M");
+    // With a transaction in its journal, so that the damage reaches the journal's replay too.
+    let image = dir.path().join("ext4.img");
+    let block = first_block(&image, "/etc/hostname");
+    let new = dir.path().join("new.bin");
+    std::fs::write(&new, vec![b'x'; 1024]).unwrap();
+    journal_transactions(dir.path(), &image, &[format!("jw -b {block} {}", new.display())]);
+    let fs_image = std::fs::read(&image).unwrap();
     // A GPT disk with the file system in its second partition.
     let disk_path = dir.path().join("disk.raw");
     std::fs::File::create(&disk_path).unwrap().set_len(8 << 20).unwrap();
