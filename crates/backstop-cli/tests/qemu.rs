@@ -253,12 +253,12 @@ fn a_running_vm_is_backed_up_at_one_point_in_time_and_incrementals_read_what_cha
     assert_same(&restored(&cli, &id, "drive0.raw"), &want0, "drive0 after the incremental");
     assert_same(&restored(&cli, &id, "drive1.raw"), &want1, "drive1 after the incremental");
 
-    // The whole VM into a directory: every disk as a qcow2 file (checked
-    // against the snapshot by qemu-img compare), beside vm.json.
+    // The whole VM into a directory (`qemu-disks:DIR`, an image restore
+    // with format=qcow2): every disk as a qcow2 file (checked against the
+    // snapshot by qemu-img compare), beside vm.json.
     let whole = cli.path("whole-vm");
-    fs::create_dir_all(&whole).unwrap();
-    let to = format!("image:{}", whole.display());
-    cli.ok(&["restore", &id, "--to", &to, "--to-opt", "format=qcow2"]);
+    let to = format!("qemu-disks:{}", whole.display());
+    cli.ok(&["restore", &id, "--to", &to]);
     let mut names: Vec<String> =
         fs::read_dir(&whole).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     names.sort();

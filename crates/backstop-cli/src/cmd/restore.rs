@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use backstop_repo::imagefs::ImageView;
 use backstop_repo::restore::{self, RestoreOptions};
 
@@ -20,6 +20,8 @@ With --to KIND:TARGET, the snapshot goes back into a system instead (options wit
                    name or format=qcow2, through qemu-img, checked with qemu-img compare); a
                    directory gets every entry (a VM's disks and vm.json; with format=qcow2 each
                    disk as NAME.qcow2). Options: entry=NAME (which disk), format=raw|qcow2.
+  qemu-disks:DIR   every disk of a VM's snapshot (qemu, libvirt) rebuilt in DIR, made if missing,
+                   as qcow2 (format=raw for raw files), each checked, beside vm.json.
   command:'CMD'    the stream on the standard input of `sh -c CMD`; its exit status is checked.
                    Options: entry=NAME.
   postgres://USER@HOST:PORT/DB   pg_restore of one dump into DB (created if missing); without /DB
@@ -197,6 +199,17 @@ fn restore_to(
 
 /// `--to KIND:TARGET` with its options, as a kind and a configuration.
 fn restore_spec(spec: &str, options: &[String]) -> Result<(backstop_source::SourceKind, backstop_source::Config)> {
+    // `qemu-disks:DIR`: every disk of a VM's snapshot rebuilt in DIR (made
+    // if missing), as qcow2 unless format=raw, beside vm.json: an image
+    // restore into a directory.
+    if let Some(dir) = spec.strip_prefix("qemu-disks:") {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot make {dir}"))?;
+        let mut options = options.to_vec();
+        if !options.iter().any(|o| o.starts_with("format=")) {
+            options.push("format=qcow2".into());
+        }
+        return restore_spec(&format!("image:{dir}"), &options);
+    }
     // Restore options (entry, clean, conflict, …) are not source options:
     // split them off so that the source's own checks apply to the rest.
     let (own, rest): (Vec<String>, Vec<String>) = options.iter().cloned().partition(|o| {
