@@ -38,7 +38,9 @@ use serde_json::json;
 use crate::image::chunk_size;
 use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::qcow2::{Backing, Qcow2Image};
-use crate::qemu::{Captured, entry_name, generation, lock_vm, not_into_a_vm, random_hex, vm_source};
+use crate::qemu::{
+    Captured, entry_name, generation, lock_vm, not_into_a_vm, random_hex, remove_dead_copies, vm_source,
+};
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
 
 const PREFIX: &str = "backstop-";
@@ -245,13 +247,7 @@ fn capture(
     let (_lock, tag) = lock_vm(std::path::Path::new(&format!("{}/{}", c.uri, c.domain)))?;
     // A copy job a killed backup of this domain left ends by itself.
     wait_job(c, None, Some(Instant::now() + LEFTOVER_WAIT))?;
-    if let Ok(dir) = std::fs::read_dir(&c.temp_dir) {
-        for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&format!("{PREFIX}{tag}-")) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
+    remove_dead_copies(&c.temp_dir, &tag);
     let uuid = c.virsh(&["domuuid", &c.domain])?.trim().to_string();
     let disks = disks(c, notes)?;
     if disks.is_empty() {

@@ -391,6 +391,18 @@ pub(crate) fn lock_vm(socket: &std::path::Path) -> std::io::Result<(File, String
     Ok((file, tag))
 }
 
+/// Remove the copy directories in `temp_dir` of this VM's (`tag`'s)
+/// earlier backups that were killed (the caller holds the VM's lock).
+pub(crate) fn remove_dead_copies(temp_dir: &std::path::Path, tag: &str) {
+    if let Ok(dir) = std::fs::read_dir(temp_dir) {
+        for entry in dir.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&format!("{PREFIX}{tag}-")) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
 /// How `disk` is copied, given the generation the parent recorded for it.
 fn choose(disk: &Disk, parent: Option<&String>, chunk: usize) -> Copy {
     let Some(parent) = parent else {
@@ -494,14 +506,7 @@ fn capture(
     // One backup of a VM at a time on this host: what another one made in
     // it is not a leftover.
     let (_lock, tag) = lock_vm(&config.socket)?;
-    // Copy directories of this VM's earlier backups that were killed.
-    if let Ok(dir) = std::fs::read_dir(&config.temp_dir) {
-        for entry in dir.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&format!("{PREFIX}{tag}-")) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
+    remove_dead_copies(&config.temp_dir, &tag);
     let mut qmp = Qmp::monitor(&config.socket, MONITOR_TIMEOUT)
         .map_err(|e| std::io::Error::other(format!("QEMU monitor {}: {e}", config.socket.display())))?;
     remove_leftovers(&mut qmp, notes)?;

@@ -219,6 +219,29 @@ impl<'a> ImageView<'a> {
         Ok(Place::Volume { partition: Some(partition), path: comps[1..].to_vec() })
     }
 
+    /// The disk's partitions (none without a table).
+    pub fn partitions(&self) -> &[Partition] {
+        self.table.as_ref().map_or(&[], |(_, partitions)| partitions.as_slice())
+    }
+
+    /// Call `f` with partition `p`'s file system and its root directory; a
+    /// partition holding none this reader knows is passed by (and said).
+    pub(crate) fn with_partition_root(
+        &self,
+        p: &Partition,
+        progress: &dyn Progress,
+        f: impl FnOnce(&Volume, &Inode) -> Result<()>,
+    ) -> Result<()> {
+        if !self.has_file_system(p, progress)? {
+            return Ok(());
+        }
+        self.with_volume(Some(p), |vol| {
+            self.recovery_note(vol, progress);
+            let root = self.lookup(vol, Some(p), &[])?;
+            f(vol, &root)
+        })
+    }
+
     /// Whether partition `p` holds a file system this reader knows; one
     /// that holds none (swap, a boot loader's) is said so and passed by.
     pub(crate) fn has_file_system(&self, p: &Partition, progress: &dyn Progress) -> Result<bool> {
@@ -284,20 +307,12 @@ impl<'a> ImageView<'a> {
     pub fn walk(&self, path: &Path, progress: &dyn Progress, f: &mut dyn FnMut(&Path, &Node)) -> Result<()> {
         match self.place(path)? {
             Place::Partitions => {
-                let (_, partitions) = self.table.as_ref().expect("a table has partitions");
-                for p in partitions {
+                for p in self.partitions() {
                     let at = PathBuf::from(format!("/p{}", p.number));
                     f(&at, &partition_node(p));
-                    let walked = self.has_file_system(p, progress).and_then(|known| {
-                        if !known {
-                            return Ok(());
-                        }
-                        self.with_volume(Some(p), |vol| {
-                            self.recovery_note(vol, progress);
-                            let root = vol.fs.inode(ext::ROOT).map_err(|e| disk_error(&self.entry, Some(p), e))?;
-                            self.walk_dir(vol, &root, &at, progress, f);
-                            Ok(())
-                        })
+                    let walked = self.with_partition_root(p, progress, |vol, root| {
+                        self.walk_dir(vol, root, &at, progress, f);
+                        Ok(())
                     });
                     if let Err(e) = walked {
                         progress.warning(&at, &format!("not listed: {e}"));
@@ -325,10 +340,7 @@ impl<'a> ImageView<'a> {
     /// (at `/` of a partitioned disk: its partitions); one level only.
     pub fn read_dir(&self, path: &Path, progress: &dyn Progress) -> Result<Vec<Node>> {
         match self.place(path)? {
-            Place::Partitions => {
-                let (_, partitions) = self.table.as_ref().expect("a table has partitions");
-                Ok(partitions.iter().map(partition_node).collect())
-            }
+            Place::Partitions => Ok(self.partitions().iter().map(partition_node).collect()),
             Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
                 self.recovery_note(vol, progress);
                 let dir = self.lookup(vol, partition, &comps)?;

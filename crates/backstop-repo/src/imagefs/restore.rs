@@ -97,20 +97,9 @@ impl Run<'_, '_> {
         let view = self.view;
         match view.place(start)? {
             Place::Partitions => {
-                let (_, partitions) = view.table.as_ref().expect("a table has partitions");
-                for p in partitions {
+                for p in view.partitions() {
                     let at = PathBuf::from(format!("/p{}", p.number));
-                    let done = view.has_file_system(p, self.progress).and_then(|known| {
-                        if !known {
-                            return Ok(());
-                        }
-                        view.with_volume(Some(p), |vol| {
-                            view.recovery_note(vol, self.progress);
-                            let root = view.lookup(vol, Some(p), &[])?;
-                            self.entry(vol, &at, &root, false)
-                        })
-                    });
-                    match done {
+                    match view.with_partition_root(p, self.progress, |vol, root| self.entry(vol, &at, root, false)) {
                         Err(Error::Cancelled) => return Err(Error::Cancelled),
                         Err(e) => self.warn(&at, &format!("not restored: {e}")),
                         Ok(()) => {}
