@@ -16,7 +16,12 @@ Steps, each timed (wall) with what Backstop read (`bytes_read`):
   4. QEMU stopped: the disk file backed up as `image:` with a JSON
      changed-block map of the same writes (the offline map path);
   5. guest writes (256 MiB of 1 MiB writes through qemu-io) alone, and
-     during a full live backup: the guest's slowdown.
+     during a full live backup: the guest's slowdown;
+  6. the same writes with QEMU alone, no Backstop, each on a fresh copy of
+     the disk: alone, during QEMU's own push copy (`blockdev-backup
+     sync=full`, one worker), and during copy-before-write only (fleecing:
+     `sync=none` into an overlay, nothing read) -- the floor any live
+     backup through QEMU 7.2 pays, pull mode included.
 Prints a markdown section.
 """
 import json
@@ -112,11 +117,9 @@ def mib(n):
     return f"{n / MIB:.1f} MiB"
 
 
-def main():
-    shutil.rmtree(WORK, ignore_errors=True)
-    os.makedirs(WORK)
+def make_disk(disk):
+    """DATA bytes of incompressible data in 16 MiB runs spread over SIZE, as qcow2."""
     rng = random.Random(18)
-    # The disk: DATA bytes of incompressible data in 16 MiB runs spread over SIZE.
     raw = f"{WORK}/seed.raw"
     with open(raw, "wb") as f:
         f.truncate(SIZE)
@@ -125,9 +128,47 @@ def main():
         for i in range(runs):
             f.seek(i * step)
             f.write(rng.randbytes(16 * MIB))
-    disk = f"{WORK}/vm.qcow2"
     sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk)
     os.remove(raw)
+
+
+def timed_writes(ctl, offsets, seed):
+    t0 = time.monotonic()
+    for i, off in enumerate(offsets):
+        ctl.io(f"write -P {(i + seed) % 251 + 1} {off} 1M")
+    return time.monotonic() - t0
+
+
+def qemu_alone(offsets, mode):
+    """Guest writes at `offsets` on a fresh disk with QEMU alone: `alone`,
+    during a push copy (`full`), or during copy-before-write only (`cbw`)."""
+    disk = f"{WORK}/alone.qcow2"
+    make_disk(disk)
+    vm, ctl = start_vm(disk)
+    node = ctl.run("query-block")[0]["inserted"]["node-name"]
+    target = f"{WORK}/alone-target.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", target, str(SIZE))
+    if mode == "full":
+        ctl.run("blockdev-add", driver="qcow2", **{"node-name": "t", "file": {"driver": "file", "filename": target}})
+        ctl.run("blockdev-backup", device=node, target="t", sync="full", **{"job-id": "j", "x-perf": {"max-workers": 1}})
+    elif mode == "cbw":
+        ctl.run("blockdev-add", driver="qcow2", backing=node,
+                **{"node-name": "t", "file": {"driver": "file", "filename": target}})
+        ctl.run("blockdev-backup", device=node, target="t", sync="none", **{"job-id": "j"})
+    took = timed_writes(ctl, offsets, 1)
+    ctl.run("quit")
+    vm.wait()
+    os.remove(disk)
+    os.remove(target)
+    return took
+
+
+def main():
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    rng = random.Random(18)
+    disk = f"{WORK}/vm.qcow2"
+    make_disk(disk)
     sh(BIN, "init", stdout=subprocess.DEVNULL)
     vm, ctl = start_vm(disk)
     spec = f"qemu:{WORK}/vm.qmp"
@@ -155,10 +196,7 @@ def main():
 
     # Guest writes alone, then during a full live backup (--force: no parent).
     big = [i * MIB for i in rng.sample(range(SIZE // MIB), 256)]
-    t0 = time.monotonic()
-    for i, off in enumerate(big):
-        ctl.io(f"write -P {i % 251 + 1} {off} 1M")
-    alone = time.monotonic() - t0
+    alone = timed_writes(ctl, big, 0)
     done = {}
 
     def during_backup():
@@ -168,10 +206,7 @@ def main():
     th.start()
     while not [j for j in ctl.run("query-jobs") if j["id"].startswith("backstop-")]:
         time.sleep(0.01)
-    t0 = time.monotonic()
-    for i, off in enumerate(big):
-        ctl.io(f"write -P {(i + 7) % 251 + 1} {off} 1M")
-    during = time.monotonic() - t0
+    during = timed_writes(ctl, big, 7)
     th.join()
 
     # The offline changed-block map path on the same file and change volume.
@@ -200,6 +235,13 @@ def main():
     print(f"\nIncremental / fallback: {t_inc / t_fb:.2f}× the time (target ≤ 0.1×). "
           f"Guest writes of 256 MiB (1 MiB each, through qemu-io): {alone:.2f} s alone, {during:.2f} s "
           f"during a full live backup ({(during / alone - 1) * 100:+.0f} %, target ≤ +20 %).")
+    floor = {mode: [qemu_alone(big, mode) for _ in range(3)] for mode in ("alone", "full", "cbw")}
+    base = sorted(floor["alone"])[1]
+    print("\nThe same writes with QEMU alone (no Backstop), each on a fresh disk, 3 runs: "
+          f"{', '.join(f'{t:.2f}' for t in floor['alone'])} s alone; during QEMU's own copy "
+          f"(`sync=full`, one worker) {', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['full'])}; "
+          f"during copy-before-write only (fleecing, nothing read) "
+          f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['cbw'])}.")
     shutil.rmtree(WORK, ignore_errors=True)
 
 

@@ -655,7 +655,7 @@ impl<'a> Walker<'a> {
             changes.generation,
             changes.extents.len()
         ));
-        Some(Reuse { parent, changed: changes.extents.clone() })
+        Some(Reuse::new(parent, changes.extents.clone()))
     }
 }
 

@@ -191,7 +191,10 @@ fn find(entries: &[Entry], id: &BlobId) -> Option<usize> {
             lo + (hi - lo) / 2
         };
         rounds += 1;
-        match entries[pos].id.cmp(&id.0) {
+        // The first 8 bytes as a number decide nearly every comparison
+        // without a call to memcmp (a tenth of an image incremental's CPU,
+        // which looks up every chunk of the parent).
+        match entries[pos].key().cmp(&key).then_with(|| entries[pos].id.cmp(&id.0)) {
             std::cmp::Ordering::Equal => return Some(pos),
             std::cmp::Ordering::Less => lo = pos + 1,
             std::cmp::Ordering::Greater => hi = pos,
