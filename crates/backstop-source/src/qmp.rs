@@ -4,12 +4,13 @@
 //!
 //! Synchronous, one command at a time; asynchronous events between
 //! answers are skipped (jobs are polled instead). Every read has a
-//! deadline, so a hung peer is an error, never a hang.
+//! deadline, and so has every command's wait for its answer: a hung peer,
+//! or one that talks on without ever answering, is an error, never a hang.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -21,6 +22,8 @@ pub struct Qmp {
     writer: UnixStream,
     /// For messages: which socket this is.
     what: String,
+    /// How long a read, and a command's wait for its answer, may take.
+    timeout: Duration,
     /// An earlier read or write failed (a timeout among them): a late answer
     /// could be taken for the next command's, so the connection is not used again.
     broken: bool,
@@ -63,6 +66,7 @@ impl Qmp {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             what: socket.display().to_string(),
+            timeout,
             broken: false,
         })
     }
@@ -86,12 +90,30 @@ impl Qmp {
         let mut qga = Qmp::open(socket, timeout)?;
         let id = u32::from_le_bytes(backstop_repo::id::SessionId::random().as_bytes()[..4].try_into().expect("4"));
         qga.send("guest-sync", json!({"id": id}))?;
+        let deadline = Instant::now() + timeout;
         loop {
             let message = qga.read_message()?;
             if message.get("return") == Some(&json!(id)) {
                 return Ok(qga);
             }
+            qga.check_deadline(deadline, "guest-sync")?;
         }
+    }
+
+    /// Past `deadline`, waiting for the answer to `command` is an error
+    /// (the peer keeps sending other messages).
+    fn check_deadline(&self, deadline: Instant, command: &str) -> Result<(), QmpError> {
+        if Instant::now() <= deadline {
+            return Ok(());
+        }
+        Err(QmpError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "{} sent other messages for {} s without answering {command}",
+                self.what,
+                self.timeout.as_secs_f64()
+            ),
+        )))
     }
 
     fn send(&mut self, command: &str, arguments: Value) -> Result<(), QmpError> {
@@ -147,6 +169,7 @@ impl Qmp {
 
     fn answer(&mut self, command: &str, arguments: Value) -> Result<Value, QmpError> {
         self.send(command, arguments)?;
+        let deadline = Instant::now() + self.timeout;
         loop {
             let message = self.read_message()?;
             if let Some(value) = message.get("return") {
@@ -159,6 +182,85 @@ impl Qmp {
             if message.get("event").is_none() {
                 return Err(QmpError::Protocol(format!("{}: unexpected message {message}", self.what)));
             }
+            self.check_deadline(deadline, command)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// What a stand-in peer does with a line it reads.
+    enum Reply {
+        /// Writes this.
+        Once(&'static str),
+        /// Writes this, a millisecond apart, until the other end goes away.
+        Forever(&'static str),
+    }
+
+    /// A peer on a fresh socket: `greet` is written at once, then each line
+    /// read is replied to by `reply`.
+    fn peer(greet: &'static str, reply: fn(&str) -> Reply) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peer.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut writer = stream.try_clone().unwrap();
+            let _ = writer.write_all(greet.as_bytes());
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { return };
+                match reply(&line) {
+                    Reply::Once(text) => {
+                        if writer.write_all(text.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                    Reply::Forever(text) => {
+                        while writer.write_all(text.as_bytes()).is_ok() {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        (dir, path)
+    }
+
+    /// Run `f` on a thread; its result, or `None` if it took over 20 s.
+    fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(Duration::from_secs(20)).ok()
+    }
+
+    #[test]
+    fn an_agent_that_talks_without_answering_the_sync_times_out() {
+        let (_dir, path) = peer("", |_| Reply::Forever("{\"return\": 1}\n"));
+        let result = within(move || Qmp::agent(&path, Duration::from_millis(300)).map(drop));
+        let err = result.expect("guest-sync returned, not hung").expect_err("no answer to the sync");
+        assert!(err.to_string().contains("without answering guest-sync"), "{err}");
+    }
+
+    #[test]
+    fn a_monitor_that_sends_only_events_times_out() {
+        let (_dir, path) = peer("{\"QMP\": {}}\n", |line| {
+            if line.contains("qmp_capabilities") {
+                Reply::Once("{\"return\": {}}\n")
+            } else {
+                Reply::Forever("{\"event\": \"JOB_STATUS_CHANGE\"}\n")
+            }
+        });
+        let result = within(move || {
+            let mut qmp = Qmp::monitor(&path, Duration::from_millis(300))?;
+            qmp.execute("query-jobs", json!({}))
+        });
+        let err = result.expect("the command returned, not hung").expect_err("no answer to the command");
+        assert!(err.to_string().contains("without answering query-jobs"), "{err}");
     }
 }
