@@ -302,4 +302,9 @@ fn mbr_logical_partitions_ext2_ext3_and_a_disk_without_a_table() {
     assert_eq!(fs::read(target.join("small")).unwrap(), b"S", "the journal's version");
     let out = cli.run(&["ls", "latest", "--image", "whole.raw", "/small"]);
     assert!(output_text(&out).contains("1 block(s) read from the journal"), "{}", output_text(&out));
+    // dump says so too, on standard error: the file's bytes stay clean.
+    let out = cli.command(&["dump", "latest", "--image", "whole.raw", "/small"]).output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(&out.stdout[..], b"S", "the journal's version, and nothing else");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 block(s) read from the journal"), "{}", output_text(&out));
 }

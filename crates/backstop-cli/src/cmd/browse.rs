@@ -287,7 +287,14 @@ pub fn dump(ctx: &Context, args: DumpArgs) -> Result<u8> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     let dumped = match &args.image {
-        Some(image) => ImageView::open(&repo, &index, &snapshot, image).and_then(|view| view.dump(&path, &mut out)),
+        Some(image) => ImageView::open(&repo, &index, &snapshot, image).and_then(|view| {
+            // What is said of the file system (a replayed journal) goes to
+            // standard error, never into the dumped bytes.
+            let reporter = ctx.reporter(false);
+            let dumped = view.dump(&path, &mut out, &reporter);
+            reporter.finish();
+            dumped
+        }),
         None => dump_op::dump(&repo, &index, &snapshot, &path, &mut out),
     };
     match dumped.and_then(|_| out.flush().map_err(|e| backstop_repo::Error::io("standard output", e))) {

@@ -235,8 +235,7 @@ impl<'a> ImageView<'a> {
         if !self.has_file_system(p, progress)? {
             return Ok(());
         }
-        self.with_volume(Some(p), |vol| {
-            self.recovery_note(vol, progress);
+        self.with_volume(Some(p), progress, |vol| {
             let root = self.lookup(vol, Some(p), &[])?;
             f(vol, &root)
         })
@@ -258,12 +257,18 @@ impl<'a> ImageView<'a> {
         Ok(known)
     }
 
-    /// Call `f` with the file system of `partition` (or the whole disk's).
+    /// Call `f` with the file system of `partition` (or the whole disk's);
+    /// whether its journal had to be replayed is said to `progress` first.
     pub(crate) fn with_volume<T>(
         &self,
         partition: Option<&Partition>,
+        progress: &dyn Progress,
         f: impl FnOnce(&Volume) -> Result<T>,
     ) -> Result<T> {
+        let f = |vol: &Volume| {
+            self.recovery_note(vol, progress);
+            f(vol)
+        };
         let (start, len) = partition.map_or((0, self.image.size()), |p| (p.start, p.len));
         let slice = Slice { disk: &self.image, start, len };
         let fs = ExtFs::open(&slice).map_err(|e| disk_error(&self.entry, partition, e))?;
@@ -284,7 +289,7 @@ impl<'a> ImageView<'a> {
     }
 
     /// A note for the log when a file system's journal held changes.
-    pub(crate) fn recovery_note(&self, vol: &Volume, progress: &dyn Progress) {
+    fn recovery_note(&self, vol: &Volume, progress: &dyn Progress) {
         let at = format!("{}{}", self.entry.display(), Path::new("/").join(&vol.prefix).display());
         match &vol.replayed {
             None => {}
@@ -320,8 +325,7 @@ impl<'a> ImageView<'a> {
                 }
                 Ok(())
             }
-            Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
-                self.recovery_note(vol, progress);
+            Place::Volume { partition, path: comps } => self.with_volume(partition, progress, |vol| {
                 let inode = self.lookup(vol, partition, &comps)?;
                 let at = Path::new("/").join(&vol.prefix).join(join(&comps));
                 if !comps.is_empty() || partition.is_some() {
@@ -341,8 +345,7 @@ impl<'a> ImageView<'a> {
     pub fn read_dir(&self, path: &Path, progress: &dyn Progress) -> Result<Vec<Node>> {
         match self.place(path)? {
             Place::Partitions => Ok(self.partitions().iter().map(partition_node).collect()),
-            Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
-                self.recovery_note(vol, progress);
+            Place::Volume { partition, path: comps } => self.with_volume(partition, progress, |vol| {
                 let dir = self.lookup(vol, partition, &comps)?;
                 if dir.kind != NodeType::Dir {
                     return Err(Error::Invalid(format!(
@@ -436,10 +439,10 @@ impl<'a> ImageView<'a> {
     }
 
     /// The entry at `path` inside the image.
-    pub fn stat(&self, path: &Path) -> Result<Node> {
+    pub fn stat(&self, path: &Path, progress: &dyn Progress) -> Result<Node> {
         match self.place(path)? {
             Place::Partitions => Err(Error::Invalid("`/` of a partitioned disk holds its partitions".into())),
-            Place::Volume { partition, path: comps } => self.with_volume(partition, |vol| {
+            Place::Volume { partition, path: comps } => self.with_volume(partition, progress, |vol| {
                 let inode = self.lookup(vol, partition, &comps)?;
                 let name = comps.last().cloned().unwrap_or_else(|| vol.prefix.as_os_str().as_bytes().to_vec());
                 Ok(node_of(vol, &name, &inode))
@@ -448,11 +451,11 @@ impl<'a> ImageView<'a> {
     }
 
     /// Write the file at `path` inside the image to `out`. Returns its length.
-    pub fn dump(&self, path: &Path, out: &mut dyn Write) -> Result<u64> {
+    pub fn dump(&self, path: &Path, out: &mut dyn Write, progress: &dyn Progress) -> Result<u64> {
         let Place::Volume { partition, path: comps } = self.place(path)? else {
             return Err(Error::Invalid("give the path of a file inside the image".into()));
         };
-        self.with_volume(partition, |vol| {
+        self.with_volume(partition, progress, |vol| {
             let inode = self.lookup(vol, partition, &comps)?;
             if inode.kind != NodeType::File {
                 return Err(Error::Invalid(format!(

@@ -107,8 +107,7 @@ impl Run<'_, '_> {
                 }
                 Ok(())
             }
-            Place::Volume { partition, path } => view.with_volume(partition, |vol| {
-                view.recovery_note(vol, self.progress);
+            Place::Volume { partition, path } => view.with_volume(partition, self.progress, |vol| {
                 let inode = view.lookup(vol, partition, &path)?;
                 let at = Path::new("/").join(&vol.prefix).join(super::join(&path));
                 // The directories above the start are made plain.

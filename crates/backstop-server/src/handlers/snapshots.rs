@@ -273,7 +273,7 @@ pub async fn file(
             let node = match &image {
                 Some(image) => {
                     let view = ImageView::open(&repo, &index, &manifest, image).map_err(engine_error)?;
-                    Some(view.stat(&path).map_err(engine_error)?)
+                    Some(view.stat(&path, &backstop_repo::NoProgress).map_err(engine_error)?)
                 }
                 None => backstop_repo::ops::ls::find(&repo, &index, &manifest, &path).map_err(engine_error)?,
             };
@@ -298,7 +298,8 @@ pub async fn file(
     tokio::task::spawn_blocking(move || {
         let mut out = BodyWriter(tx.clone());
         let dumped = match &image {
-            Some(image) => ImageView::open(&repo, &index, &manifest, image).and_then(|view| view.dump(&path, &mut out)),
+            Some(image) => ImageView::open(&repo, &index, &manifest, image)
+                .and_then(|view| view.dump(&path, &mut out, &backstop_repo::NoProgress)),
             None => backstop_repo::ops::dump::dump(&repo, &index, &manifest, &path, &mut out),
         };
         if let Err(e) = dumped {
