@@ -351,6 +351,58 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A tmpfs of `size` mounted at `dir` (the test runs as root, as CI
+/// does), unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        let out = out.expect("mount (util-linux) is needed");
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_backup_whose_copies_cannot_fit_into_temp_dir_is_refused_before_it_starts() {
+    let (cli, dir) = repository_and_vm_dir();
+    let d0 = dir.join("d0.qcow2");
+    let want = make_disk(&d0, "qcow2", 16 * MIB, &[(0x21, 0, 6 * MIB)]);
+    let vm = Vm::start(&dir, &[(d0.clone(), "qcow2")]);
+    let small = SmallFs::mount(&cli.path("small"), "2m");
+    let temp_dir = format!("temp_dir={}", small.0.display());
+    let spec = format!("qemu:{}", vm.socket.display());
+    let out = cli.run(&["backup", "--source", &spec, "--source-opt", &temp_dir]);
+    assert_eq!(code(&out), 1, "{}", output_text(&out));
+    let text = output_text(&out);
+    assert!(text.contains("free, and QEMU's copies of the disks for this backup take at least"), "{text}");
+    assert!(text.contains("drive0.raw 6."), "the disk file's data, about 6 MiB: {text}");
+    // Nothing was started or left in the VM, and no snapshot written.
+    assert!(vm.backstop_nodes().is_empty() && vm.backstop_jobs().is_empty());
+    assert!(vm.bitmaps(0).is_empty(), "{:?}", vm.bitmaps(0));
+    assert!(cli.json(&["snapshots"]).as_array().unwrap().is_empty());
+
+    // With room, the full backup; then an incremental of one 64 KiB write
+    // fits where the whole disk did not.
+    let (_, log) = backup(&cli, &vm, &[]);
+    assert!(log.contains("reading the whole disk"), "{log}");
+    vm.write(0, 0x22, 8 * MIB, 64 << 10);
+    let mut want = want;
+    apply(&mut want, 0x22, 8 * MIB, 64 << 10);
+    let (report, log) = backup(&cli, &vm, &[&temp_dir]);
+    assert!(log.contains("reading only what the guest wrote"), "{log}");
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want, "the incremental through the small temp_dir");
+}
+
 /// A stand-in guest agent: answers `guest-sync` and records freeze and
 /// thaw; `answer_freeze` false leaves a freeze unanswered (a hung guest).
 fn agent(path: &Path, answer_freeze: bool, on_freeze: impl Fn() + Send + Sync + 'static) -> Arc<Mutex<Vec<String>>> {

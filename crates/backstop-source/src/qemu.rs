@@ -138,6 +138,8 @@ struct Disk {
     node: String,
     size: u64,
     format: String,
+    /// Bytes its file takes on the host (`actual-size`), when QEMU says.
+    allocated: Option<u64>,
     /// qcow2's compatibility level (`0.10`: no persistent bitmaps).
     compat: Option<String>,
     file: String,
@@ -203,6 +205,7 @@ fn disks(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk>> {
             node,
             size,
             format: text(image.and_then(|i| i.get("format"))),
+            allocated: image.and_then(|i| i.get("actual-size")).and_then(Value::as_u64),
             compat: image
                 .and_then(|i| i.pointer("/format-specific/data/compat"))
                 .and_then(Value::as_str)
@@ -517,6 +520,8 @@ fn capture(
         return Err(std::io::Error::other("the VM has no writable disk"));
     }
 
+    ensure_room(config, parents, &disks)?;
+
     let run = random_hex(4);
     // The copies live in a directory of this backup's own (0700): nobody
     // else on the host reads a disk through them.
@@ -568,6 +573,64 @@ fn capture(
     let vm = serde_json::to_vec_pretty(&vm).map_err(std::io::Error::other)?;
     entries.push(SourceEntry { path: "vm.json".into(), mode: 0o600, data: EntryData::Bytes(vm) });
     Ok(entries)
+}
+
+/// Refuse, before anything in the VM changes, a backup whose copies cannot
+/// fit into `temp_dir`: a whole copy holds at least the data the disk's
+/// file has allocated, an incremental's the bytes its dirty bitmap marks.
+/// Found out only by QEMU, a full file system (the host's `/tmp`, maybe)
+/// fails the backup midway, and whatever else writes there with it.
+fn ensure_room(config: &QemuConfig, parents: &BTreeMap<String, String>, disks: &[Disk]) -> std::io::Result<()> {
+    let mut need = 0u64;
+    let mut each = Vec::new();
+    for disk in disks {
+        let bytes = match choose(disk, parents.get(&disk.entry), config.chunk_size) {
+            Copy::Full { .. } => disk.allocated.unwrap_or(0).min(disk.size),
+            Copy::Changed { bitmap, .. } => disk
+                .bitmaps
+                .iter()
+                .find(|b| b.get("name").and_then(Value::as_str) == Some(bitmap.as_str()))
+                .and_then(|b| b.get("count"))
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+        };
+        need = need.saturating_add(bytes);
+        each.push(format!("{} {}", disk.entry, mib(bytes)));
+    }
+    let free = free_bytes(&config.temp_dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", config.temp_dir.display())))?;
+    if need > free {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!(
+                "{} has {} free, and QEMU's copies of the disks for this backup take at least {} ({}): \
+                 give the source a temp_dir on a file system with room (temp_dir=DIR), or free space there",
+                config.temp_dir.display(),
+                mib(free),
+                mib(need),
+                each.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Bytes an unprivileged writer may still put on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
+    // SAFETY: statvfs only writes into `st`, a plain C struct we own, and
+    // reads the NUL-terminated path that lives across the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// One disk's copy: how it was made, the copy itself, the bitmap that now
@@ -711,7 +774,7 @@ impl Packager for Qemu {
             ConfigField::text(
                 "temp_dir",
                 "Copy directory",
-                "where QEMU writes the point-in-time copies (default /tmp)",
+                "where QEMU writes the point-in-time copies (default /tmp); a backup they cannot fit into is refused",
             ),
             ConfigField::text("speed", "Copy speed", "bytes per second QEMU may copy, e.g. 100m (default: no limit)"),
             ConfigField::text(
