@@ -149,6 +149,17 @@ fn a_libvirt_domain_is_backed_up_live_then_incrementally_and_restored() {
     vm.write(0, 0x11, MIB, 64 << 10);
     vm.write(1, 0x22, 2 * MIB, 64 << 10);
 
+    // Copies that cannot fit into temp_dir: refused before anything
+    // changes (no checkpoint made), not failed midway.
+    vm.write(1, 0x33, 8 * MIB, 4 * MIB);
+    let small = SmallFs::mount(&cli.path("small"), "2m");
+    let spec = format!("libvirt:{}", vm.name);
+    let out = cli.run(&["backup", "--source", &spec, "--source-opt", &format!("temp_dir={}", small.0.display())]);
+    assert_eq!(code(&out), 1, "{}", output_text(&out));
+    assert!(output_text(&out).contains("copies of the disks for this backup take at least"), "{}", output_text(&out));
+    assert!(vm.checkpoints().is_empty(), "{:?}", vm.checkpoints());
+    drop(small);
+
     // The first backup: both disks whole; no guest agent, so crash-consistent.
     let (first, log) = backup(&cli, &vm);
     assert!(log.contains("crash-consistent"), "{log}");

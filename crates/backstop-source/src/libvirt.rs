@@ -39,7 +39,8 @@ use crate::image::chunk_size;
 use crate::packager::{ConfigField, Packager, SourceKind};
 use crate::qcow2::{Backing, Qcow2Image};
 use crate::qemu::{
-    Captured, entry_name, generation, lock_vm, not_into_a_vm, random_hex, remove_dead_copies, vm_source,
+    Captured, entry_name, generation, lock_vm, not_into_a_vm, random_hex, refuse_without_room, remove_dead_copies,
+    vm_source,
 };
 use crate::{Config, Error, Reach, RestoreContext, RestoreReport, Result, Touches, known_keys, opt_str, req_str};
 
@@ -122,6 +123,8 @@ struct Disk {
     target: String,
     source: String,
     size: u64,
+    /// Bytes its file takes on the host (`domblkinfo`'s allocation).
+    allocated: Option<u64>,
     qcow2: bool,
 }
 
@@ -162,16 +165,17 @@ fn disks(c: &LibvirtConfig, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk
         };
         let qcow2 = block.find("<driver ").and_then(|at| attr(&block[at..], "type")) == Some("qcow2");
         let info = c.virsh(&["domblkinfo", &c.domain, target])?;
-        let size = info
-            .lines()
-            .find_map(|l| l.strip_prefix("Capacity:").map(str::trim))
-            .and_then(|n| n.parse::<u64>().ok())
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(name).map(str::trim)).and_then(|n| n.parse::<u64>().ok())
+        };
+        let size = field("Capacity:")
             .ok_or_else(|| std::io::Error::other(format!("virsh domblkinfo {target}: no capacity in {info:?}")))?;
+        let allocated = field("Allocation:");
         let mut entry = format!("{}.raw", entry_name(target));
         while out.iter().any(|d| d.entry == entry) {
             entry = format!("{}-{}", out.len(), entry);
         }
-        out.push(Disk { entry, target: target.to_string(), source: source.to_string(), size, qcow2 });
+        out.push(Disk { entry, target: target.to_string(), source: source.to_string(), size, allocated, qcow2 });
     }
     Ok(out)
 }
@@ -256,6 +260,7 @@ fn capture(
     let checkpoints = our_checkpoints(c)?;
     let plans: Vec<Result<String, String>> =
         disks.iter().map(|d| choose(d, parents.get(&d.entry), c.chunk_size, &checkpoints)).collect();
+    ensure_room(c, &disks, &plans)?;
     // Checkpoints of earlier backups, but those followed now.
     for old in &checkpoints {
         if !plans.iter().any(|p| p.as_ref() == Ok(old)) {
@@ -325,6 +330,31 @@ fn capture(
     });
     let _ = std::fs::remove_dir_all(&private);
     taken
+}
+
+/// Refuse, before anything changes, a backup whose copies cannot fit into
+/// `temp_dir` (see the qemu kind's): a whole copy holds at least the disk
+/// file's allocated bytes, an incremental what libvirt counts as changed
+/// since its checkpoint (`checkpoint-dumpxml --size`).
+fn ensure_room(c: &LibvirtConfig, disks: &[Disk], plans: &[Result<String, String>]) -> std::io::Result<()> {
+    let mut needs = Vec::new();
+    for (disk, plan) in disks.iter().zip(plans) {
+        let bytes = match plan {
+            Err(_) => disk.allocated.unwrap_or(0).min(disk.size),
+            Ok(checkpoint) => c
+                .virsh(&["checkpoint-dumpxml", &c.domain, checkpoint, "--size"])
+                .ok()
+                .and_then(|xml| {
+                    xml.split("<disk ")
+                        .skip(1)
+                        .find(|d| attr(&format!(" {d}"), "name") == Some(disk.target.as_str()))
+                        .and_then(|d| attr(&format!(" {d}"), "size").and_then(|n| n.parse::<u64>().ok()))
+                })
+                .unwrap_or(0),
+        };
+        needs.push((disk.entry.as_str(), bytes));
+    }
+    refuse_without_room(&c.temp_dir, &needs)
 }
 
 /// Start the backup job (the guest frozen around its start), wait for

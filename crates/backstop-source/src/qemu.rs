@@ -581,8 +581,7 @@ fn capture(
 /// Found out only by QEMU, a full file system (the host's `/tmp`, maybe)
 /// fails the backup midway, and whatever else writes there with it.
 fn ensure_room(config: &QemuConfig, parents: &BTreeMap<String, String>, disks: &[Disk]) -> std::io::Result<()> {
-    let mut need = 0u64;
-    let mut each = Vec::new();
+    let mut needs = Vec::new();
     for disk in disks {
         let bytes = match choose(disk, parents.get(&disk.entry), config.chunk_size) {
             Copy::Full { .. } => disk.allocated.unwrap_or(0).min(disk.size),
@@ -594,18 +593,25 @@ fn ensure_room(config: &QemuConfig, parents: &BTreeMap<String, String>, disks: &
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
         };
-        need = need.saturating_add(bytes);
-        each.push(format!("{} {}", disk.entry, mib(bytes)));
+        needs.push((disk.entry.as_str(), bytes));
     }
-    let free = free_bytes(&config.temp_dir)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", config.temp_dir.display())))?;
+    refuse_without_room(&config.temp_dir, &needs)
+}
+
+/// An error unless `temp_dir` has room for copies of at least `needs`
+/// bytes, by disk entry.
+pub(crate) fn refuse_without_room(temp_dir: &std::path::Path, needs: &[(&str, u64)]) -> std::io::Result<()> {
+    let need = needs.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
+    let each: Vec<String> = needs.iter().map(|(entry, n)| format!("{entry} {}", mib(*n))).collect();
+    let free =
+        free_bytes(temp_dir).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", temp_dir.display())))?;
     if need > free {
         return Err(std::io::Error::new(
             std::io::ErrorKind::StorageFull,
             format!(
                 "{} has {} free, and QEMU's copies of the disks for this backup take at least {} ({}): \
                  give the source a temp_dir on a file system with room (temp_dir=DIR), or free space there",
-                config.temp_dir.display(),
+                temp_dir.display(),
                 mib(free),
                 mib(need),
                 each.join(", ")

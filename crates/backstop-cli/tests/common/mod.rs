@@ -200,3 +200,23 @@ pub fn with_tmpfs_at(mnt: &Path, script: &str, envs: &[(std::ffi::OsString, std:
         refusals.join("; ")
     )
 }
+
+/// A tmpfs of `size` mounted at `dir` (the test runs as root, as CI
+/// does), unmounted when dropped.
+pub struct SmallFs(pub PathBuf);
+
+impl SmallFs {
+    pub fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output();
+        let out = out.expect("mount (util-linux) is needed");
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        SmallFs(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
