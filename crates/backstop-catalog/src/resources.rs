@@ -961,6 +961,11 @@ fn check_plan_limits(spec: &PlanSpec) -> Result<()> {
     }
     for tag in &spec.tags {
         check_text("a tag", tag, 128).map_err(|e| e.on("tags"))?;
+        if tag.contains(',') {
+            // The web UI's plan form lists tags separated by commas: such a
+            // tag would come back from it as several.
+            return invalid("tags", format!("a tag cannot hold a comma ({tag:?}): give each tag on its own"));
+        }
     }
     Ok(())
 }

@@ -484,6 +484,7 @@ async fn the_api_refuses_careless_input_with_a_400_that_says_what_is_wrong() {
         ("post", "/api/v1/plans", plan(json!({"max_attempts": 4294967295u64})), "max_attempts"),
         ("post", "/api/v1/plans", plan(json!({"retention": {"keep_lats": 3}})), "keep_lats"),
         ("post", "/api/v1/plans", plan(json!({"tags": ["a\nb"]})), "tag"),
+        ("post", "/api/v1/plans", plan(json!({"tags": ["db,nightly"]})), "comma"),
         ("post", "/api/v1/jobs", json!({"kind": "check", "repository": "local", "max_attempts": 0}), "max_attempts"),
         ("post", "/api/v1/jobs", json!({"kind": "check", "repository": "local", "max_attempts": 101}), "max_attempts"),
         ("post", "/api/v1/jobs", json!({"kind": "check", "repository": "local", "priority": 1}), "priority"),

@@ -34,6 +34,9 @@ pub const REF_PATTERN: &str = NAME_PATTERN;
 pub const HOST_PATTERN: &str = r"^[A-Za-z0-9_:][A-Za-z0-9._:-]{0,252}$";
 /// Free text without control characters (newlines, NUL, …).
 pub const TEXT_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// A plan's tag: text without control characters or commas (the web UI's
+/// plan form separates tags with commas).
+pub const TAG_PATTERN: &str = r"^[^,\u0000-\u001F\u007F-\u009F]*$";
 /// An `Idempotency-Key`: 1 to 200 visible ASCII characters.
 pub const IDEMPOTENCY_KEY_PATTERN: &str = r"^[!-~]{1,200}$";
 /// The checks behind the patterns above, for the service to apply (the
@@ -801,7 +804,7 @@ pub struct PlanSpec {
     #[serde(default)]
     pub chain: Chain,
     #[serde(default)]
-    #[schemars(inner(length(min = 1, max = 128), pattern(TEXT_PATTERN)))]
+    #[schemars(inner(length(min = 1, max = 128), pattern(TAG_PATTERN)))]
     pub tags: Vec<String>,
     #[serde(default)]
     #[schemars(range(min = 1, max = MAX_ATTEMPTS))]
