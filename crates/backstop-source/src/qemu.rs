@@ -520,7 +520,10 @@ fn capture(
         return Err(std::io::Error::other("the VM has no writable disk"));
     }
 
-    ensure_room(config, parents, &disks)?;
+    // How each disk is copied this time: decided once, for the room check
+    // and for the copy.
+    let plans: Vec<Copy> = disks.iter().map(|d| choose(d, parents.get(&d.entry), config.chunk_size)).collect();
+    ensure_room(&config.temp_dir, &disks, &plans)?;
 
     let run = random_hex(4);
     // The copies live in a directory of this backup's own (0700): nobody
@@ -530,7 +533,7 @@ fn capture(
         .mode(0o700)
         .create(&private)
         .map_err(|e| std::io::Error::other(format!("{}: {e}", private.display())))?;
-    let taken = copy_disks(config, parents, cancel, notes, &mut qmp, &disks, &run, &private);
+    let taken = copy_disks(config, cancel, notes, &mut qmp, &disks, plans, &run, &private);
     let _ = std::fs::remove_dir(&private);
     let (copies, point) = taken?;
 
@@ -580,10 +583,10 @@ fn capture(
 /// file has allocated, an incremental's the bytes its dirty bitmap marks.
 /// Found out only by QEMU, a full file system (the host's `/tmp`, maybe)
 /// fails the backup midway, and whatever else writes there with it.
-fn ensure_room(config: &QemuConfig, parents: &BTreeMap<String, String>, disks: &[Disk]) -> std::io::Result<()> {
+fn ensure_room(temp_dir: &std::path::Path, disks: &[Disk], plans: &[Copy]) -> std::io::Result<()> {
     let mut needs = Vec::new();
-    for disk in disks {
-        let bytes = match choose(disk, parents.get(&disk.entry), config.chunk_size) {
+    for (disk, plan) in disks.iter().zip(plans) {
+        let bytes = match plan {
             Copy::Full { .. } => disk.allocated.unwrap_or(0).min(disk.size),
             Copy::Changed { bitmap, .. } => disk
                 .bitmaps
@@ -595,7 +598,7 @@ fn ensure_room(config: &QemuConfig, parents: &BTreeMap<String, String>, disks: &
         };
         needs.push((disk.entry.as_str(), bytes));
     }
-    refuse_without_room(&config.temp_dir, &needs)
+    refuse_without_room(temp_dir, &needs)
 }
 
 /// An error unless `temp_dir` has room for copies of at least `needs`
@@ -643,24 +646,24 @@ fn free_bytes(dir: &std::path::Path) -> std::io::Result<u64> {
 /// tracks the disk's writes.
 type Copied<'d> = (&'d Disk, Copy, File, String);
 
-/// Take the point in time of `disks` and let QEMU copy them into files in
-/// `private` (see the module's documentation); how long the copy took.
+/// Take the point in time of `disks` and let QEMU copy them, each as its
+/// plan says, into files in `private` (see the module's documentation);
+/// how long the copy took.
 #[allow(clippy::too_many_arguments)]
 fn copy_disks<'d>(
     config: &QemuConfig,
-    parents: &BTreeMap<String, String>,
     cancel: &CancelToken,
     notes: &mut Vec<String>,
     qmp: &mut Qmp,
     disks: &'d [Disk],
+    plans: Vec<Copy>,
     run: &str,
     private: &std::path::Path,
 ) -> std::io::Result<(Vec<Copied<'d>>, Duration)> {
     let mut made = Made { qmp, jobs: Vec::new(), nodes: Vec::new(), bitmaps: Vec::new(), keep_bitmaps: false };
     let mut actions = Vec::new();
     let mut copies = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
-        let copy = choose(disk, parents.get(&disk.entry), config.chunk_size);
+    for (i, (disk, copy)) in disks.iter().zip(plans).enumerate() {
         // Bitmaps of earlier backups, but the one this copy follows.
         for b in &disk.bitmaps {
             let bname = b.get("name").and_then(Value::as_str).unwrap_or("");
