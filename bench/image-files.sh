@@ -8,5 +8,5 @@
 #   bench/image-files.sh      Env: see bench/image_files.py (SIZE_GIB, DATA_MIB, WORK)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --profile bench-lto --locked -p backstop-cli --bin backstop
+bench/build.sh
 BACKSTOP_BIN=$PWD/target/bench-lto/backstop exec python3 bench/image_files.py

@@ -17,7 +17,7 @@ VM=$DATA/vm
 WORK=$DATA/work-image
 GEN=(python3 "$root/bench/gen_dataset.py")
 
-cargo build --profile bench-lto --locked -p backstop-cli
+bench/build.sh
 BIN=$root/target/bench-lto/backstop
 have() { command -v "$1" >/dev/null; }
 default="backstop-image backstop-image-16k backstop-image-32k backstop-image-nomap backstop-files"

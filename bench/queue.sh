@@ -14,7 +14,7 @@ jobs=${JOBS:-10000}
 claimers=${CLAIMERS:-8}
 pg=${BACKSTOP_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 
-cargo build --profile bench-lto --locked -p backstop-cli
+bench/build.sh
 cargo build --profile bench-lto --locked -p backstop-server --example queue_bench
 bin=$PWD/target/bench-lto/backstop
 bench=$PWD/target/bench-lto/examples/queue_bench

@@ -17,7 +17,7 @@ root=$PWD
 phases=("$@")
 [ ${#phases[@]} -gt 0 ] || phases=(gen mixed vm s3 s3-latency)
 
-cargo build --profile bench-lto --locked -p backstop-cli -p backstop-testkit --bin backstop --bin backstop-s3-server
+bench/build.sh
 export BACKSTOP_BIN=$root/target/bench-lto/backstop
 export S3_SERVER=$root/target/bench-lto/backstop-s3-server
 export REPS=${REPS:-1}

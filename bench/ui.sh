@@ -21,7 +21,7 @@ PG_URL=${PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(sqlite postgres)
 
-cargo build --profile bench-lto --locked -p backstop-cli --bin backstop
+bench/build.sh
 cargo build --profile bench-lto --locked -p backstop-catalog --example fill
 bin=$PWD/target/bench-lto/backstop
 fill=$PWD/target/bench-lto/examples/fill

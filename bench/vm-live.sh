@@ -8,5 +8,5 @@
 #   bench/vm-live.sh      Env: see bench/vm_live.py (SIZE_GIB, DATA_MIB, CHANGED_MIB, WRITE_KIB, WORK)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --profile bench-lto --locked -p backstop-cli --bin backstop
+bench/build.sh
 BACKSTOP_BIN=$PWD/target/bench-lto/backstop exec python3 bench/vm_live.py
