@@ -5,7 +5,8 @@ through its monitor (`--source qemu:SOCKET`).
   bench/vm-live.sh            (builds bench-lto, then runs this)
   Env: BACKSTOP_BIN, WORK (/tmp/bench-data/work-vm-live), SIZE_GIB (4),
        DATA_MIB (1024), CHANGED_MIB (64), WRITE_KIB (64), COPY_WORKERS (the
-       source's default; QEMU's own is 64)
+       source's default; QEMU's own is 64), SPEED_MIB (100: the copy rate
+       limit of the limited runs, bytes of data)
 
 Steps, each timed (wall) with what Backstop read (`bytes_read`):
   1. first live backup (QEMU copies the whole disk, Backstop reads the copy);
@@ -16,14 +17,18 @@ Steps, each timed (wall) with what Backstop read (`bytes_read`):
   4. QEMU stopped: the disk file backed up as `image:` with a JSON
      changed-block map of the same writes (the offline map path);
   5. guest writes (256 MiB of 1 MiB writes through qemu-io) alone, and
-     during a full live backup: the guest's slowdown;
-  6. the same writes with QEMU alone, no Backstop, each on a fresh copy of
-     the disk: alone, during QEMU's own push copy (`blockdev-backup
-     sync=full`, one worker), during copy-before-write only (fleecing:
+     during a full live backup, unlimited and with `speed=SPEED_MIB`m: the
+     guest's slowdown;
+  6. the same overwrites with QEMU alone, no Backstop, each on a fresh copy
+     of the disk written once at those offsets: alone, during QEMU's own push
+     copy as Backstop makes it (`blockdev-backup sync=top`, one worker;
+     unlimited, and at SPEED_MIB), during copy-before-write only (fleecing:
      `sync=none` into an overlay, nothing read) -- the floor any live
      backup through QEMU 7.2 pays -- and during pull mode as QEMU's own
      tools do it (the fleecing overlay exported over NBD and read whole by
-     `qemu-img convert`, which skips holes, into a null target).
+     `qemu-img convert`, which skips holes, into a null target), and
+     redirected into an external snapshot (`blockdev-snapshot-sync`: the
+     writes go to a new overlay, nothing is copied before them).
 Prints a markdown section.
 """
 import json
@@ -44,6 +49,7 @@ DATA = int(os.environ.get("DATA_MIB", "1024")) * MIB
 CHANGED = int(os.environ.get("CHANGED_MIB", "64")) * MIB
 WRITE = int(os.environ.get("WRITE_KIB", "64")) << 10
 WORKERS = os.environ.get("COPY_WORKERS")
+LIMIT = int(os.environ.get("SPEED_MIB", "100")) * MIB
 
 env = dict(os.environ, BACKSTOP_PASSWORD="bench", BACKSTOP_REPOSITORY=f"{WORK}/repo",
            BACKSTOP_CACHE_DIR=f"{WORK}/cache")
@@ -141,19 +147,29 @@ def timed_writes(ctl, offsets, seed):
     return time.monotonic() - t0
 
 
-def qemu_alone(offsets, mode):
-    """Guest writes at `offsets` on a fresh disk with QEMU alone: `alone`,
-    during a push copy (`full`), during copy-before-write only (`cbw`), or
-    during a pull of the fleecing overlay over NBD (`pull`)."""
+def qemu_alone(offsets, mode, speed=0):
+    """Guest overwrites at `offsets` (written once first, as the Backstop
+    runs above overwrite what they wrote alone) on a fresh disk with QEMU
+    alone: `alone`, during a push copy as Backstop's (`top`, at most `speed`
+    bytes/s when not 0), during copy-before-write only (`cbw`), during a
+    pull of the fleecing overlay over NBD (`pull`), or redirected into an
+    external snapshot (`row`: the guest writes into a new overlay, nothing
+    is copied before it)."""
     disk = f"{WORK}/alone.qcow2"
     make_disk(disk)
     vm, ctl = start_vm(disk)
+    timed_writes(ctl, offsets, 3)
     node = ctl.run("query-block")[0]["inserted"]["node-name"]
     target = f"{WORK}/alone-target.qcow2"
     sh("qemu-img", "create", "-q", "-f", "qcow2", target, str(SIZE))
-    if mode == "full":
+    if mode == "top":
         ctl.run("blockdev-add", driver="qcow2", **{"node-name": "t", "file": {"driver": "file", "filename": target}})
-        ctl.run("blockdev-backup", device=node, target="t", sync="full", **{"job-id": "j", "x-perf": {"max-workers": 1}})
+        ctl.run("blockdev-backup", device=node, target="t", sync="top", speed=speed,
+                **{"job-id": "j", "x-perf": {"max-workers": 1}})
+    elif mode == "row":
+        os.remove(target)
+        ctl.run("blockdev-snapshot-sync", **{"node-name": node, "snapshot-file": target,
+                                             "snapshot-node-name": "t", "format": "qcow2"})
     elif mode in ("cbw", "pull"):
         ctl.run("blockdev-add", driver="qcow2", backing=node,
                 **{"node-name": "t", "file": {"driver": "file", "filename": target}})
@@ -211,17 +227,18 @@ def main():
     # Guest writes alone, then during a full live backup (--force: no parent).
     big = [i * MIB for i in rng.sample(range(SIZE // MIB), 256)]
     alone = timed_writes(ctl, big, 0)
-    done = {}
 
-    def during_backup():
-        done["backup"] = backstop("backup", "--force", *src)
+    def during_backup(*opts):
+        th = threading.Thread(target=backstop, args=("backup", "--force", *src, *opts))
+        th.start()
+        while not [j for j in ctl.run("query-jobs") if j["id"].startswith("backstop-")]:
+            time.sleep(0.01)
+        took = timed_writes(ctl, big, 7)
+        th.join()
+        return took
 
-    th = threading.Thread(target=during_backup)
-    th.start()
-    while not [j for j in ctl.run("query-jobs") if j["id"].startswith("backstop-")]:
-        time.sleep(0.01)
-    during = timed_writes(ctl, big, 7)
-    th.join()
+    during = during_backup()
+    limited = during_backup("--source-opt", f"speed={LIMIT >> 20}m")
 
     # The offline changed-block map path on the same file and change volume.
     ctl.run("quit")
@@ -248,16 +265,22 @@ def main():
         print(f"| {name} | {t:.2f} s | {mib(read)} | {ratio} |")
     print(f"\nIncremental / fallback: {t_inc / t_fb:.2f}× the time (target ≤ 0.1×). "
           f"Guest writes of 256 MiB (1 MiB each, through qemu-io): {alone:.2f} s alone, {during:.2f} s "
-          f"during a full live backup ({(during / alone - 1) * 100:+.0f} %, target ≤ +20 %).")
-    floor = {mode: [qemu_alone(big, mode) for _ in range(3)] for mode in ("alone", "full", "cbw", "pull")}
+          f"during a full live backup ({(during / alone - 1) * 100:+.0f} %, target ≤ +20 %); "
+          f"{limited:.2f} s during one with `speed={LIMIT >> 20}m` ({(limited / alone - 1) * 100:+.0f} %).")
+    floor = {mode: [qemu_alone(big, mode) for _ in range(3)] for mode in ("alone", "top", "cbw", "pull", "row")}
+    floor["limited"] = [qemu_alone(big, "top", LIMIT) for _ in range(3)]
     base = sorted(floor["alone"])[1]
-    print("\nThe same writes with QEMU alone (no Backstop), each on a fresh disk, 3 runs: "
+    print("\nThe same overwrites with QEMU alone (no Backstop), each on a fresh disk, 3 runs: "
           f"{', '.join(f'{t:.2f}' for t in floor['alone'])} s alone; during QEMU's own copy "
-          f"(`sync=full`, one worker) {', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['full'])}; "
+          f"(`sync=top`, one worker) {', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['top'])}, "
+          f"the same at `speed={LIMIT >> 20}m` "
+          f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['limited'])}; "
           f"during copy-before-write only (fleecing, nothing read) "
           f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['cbw'])}; "
           f"during a pull of the fleecing overlay over NBD (`qemu-img convert`) "
-          f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['pull'])}.")
+          f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['pull'])}; "
+          f"redirected into an external snapshot (nothing copied first) "
+          f"{', '.join(f'{(t / base - 1) * 100:+.0f} %' for t in floor['row'])}.")
     shutil.rmtree(WORK, ignore_errors=True)
 
 

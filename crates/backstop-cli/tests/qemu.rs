@@ -314,7 +314,7 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     // Cancelled (Ctrl-C) while QEMU copies: the copy is stopped and
     // removed at once, no snapshot is written.
     let before = cli.json(&["snapshots"]).as_array().unwrap().len();
-    let child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=1m", "--source-opt", &temp_dir]);
+    let child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=256k", "--source-opt", &temp_dir]);
     // Meanwhile a second backup of the VM is refused (it would take the
     // first one's copy for a leftover).
     let out = cli.run(&["backup", "--source", &format!("qemu:{}", vm.socket.display())]);
@@ -326,7 +326,8 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     let signalled = Instant::now();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", output_text(&out));
-    // Not after the copy's 16 s at 1 MiB/s: the copy itself was stopped.
+    // Not after the copy's 16 s (4 MiB of data at 256 KiB/s): the copy
+    // itself was stopped.
     assert!(signalled.elapsed() < Duration::from_secs(8), "{:?}", signalled.elapsed());
     assert!(vm.backstop_nodes().is_empty(), "{:?}", vm.backstop_nodes());
     assert!(vm.backstop_jobs().is_empty(), "{:?}", vm.backstop_jobs());
@@ -334,7 +335,7 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
 
     // The backup process killed while QEMU copies: its node and job stay
     // in the VM until the next backup removes them.
-    let mut child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=1m", "--source-opt", &temp_dir]);
+    let mut child = start_backup(&cli, &vm, &["--force", "--source-opt", "speed=256k", "--source-opt", &temp_dir]);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!vm.backstop_nodes().is_empty(), "a killed backup leaves its target node");
@@ -381,6 +382,45 @@ fn a_backup_whose_copies_cannot_fit_into_temp_dir_is_refused_before_it_starts() 
     assert!(log.contains("reading only what the guest wrote"), "{log}");
     let id = report["id"].as_str().unwrap().to_string();
     assert_same(&restored(&cli, &id, "drive0.raw"), &want, "the incremental through the small temp_dir");
+}
+
+/// The bytes QEMU copied, as the backup's log says.
+fn copied_mib(log: &str) -> f64 {
+    let (_, after) = log.split_once("QEMU copied ").unwrap_or_else(|| panic!("no copy figure in:\n{log}"));
+    after.split_once(" MiB").and_then(|(n, _)| n.parse().ok()).unwrap_or_else(|| panic!("{after}"))
+}
+
+#[test]
+fn a_whole_copy_takes_the_disks_data_not_its_size_and_follows_backing_files() {
+    let (cli, dir) = repository_and_vm_dir();
+    // A large, mostly empty disk, and an overlay whose data is mostly in
+    // its backing file.
+    let sparse = dir.join("sparse.qcow2");
+    let want_sparse = make_disk(&sparse, "qcow2", 256 * MIB, &[(0x61, 100 * MIB, MIB)]);
+    let base = dir.join("base.qcow2");
+    let mut want_overlay = make_disk(&base, "qcow2", 8 * MIB, &[(0x62, 0, 3 * MIB)]);
+    let overlay = dir.join("overlay.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out =
+        Command::new("qemu-io").args(["-f", "qcow2", "-c", "write -P 0x63 2M 2M"]).arg(&overlay).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    apply(&mut want_overlay, 0x63, 2 * MIB, 2 * MIB);
+    let vm = Vm::start(&dir, &[(sparse.clone(), "qcow2"), (overlay.clone(), "qcow2")]);
+
+    // The sparse disk's 1 MiB is copied, not its 256 MiB (at 64 MiB/s those
+    // would take 4 s); the overlay is copied with its backing file's data.
+    let (report, log) = backup(&cli, &vm, &["speed=64m"]);
+    let copied = copied_mib(&log);
+    assert!(copied < 16.0, "QEMU copied {copied} MiB for 1 MiB of data and an 8 MiB overlay:\n{log}");
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_same(&restored(&cli, &id, "drive0.raw"), &want_sparse, "the sparse disk");
+    assert_same(&restored(&cli, &id, "drive1.raw"), &want_overlay, "the overlay with its backing file's data");
 }
 
 /// A stand-in guest agent: answers `guest-sync` and records freeze and

@@ -143,6 +143,8 @@ struct Disk {
     /// qcow2's compatibility level (`0.10`: no persistent bitmaps).
     compat: Option<String>,
     file: String,
+    /// The disk's image has a backing file (its data is a chain of files).
+    backed: bool,
     bitmaps: Vec<Value>,
 }
 
@@ -211,6 +213,8 @@ fn disks(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<Vec<Disk>> {
                 .and_then(Value::as_str)
                 .map(str::to_string),
             file: text(inserted.get("file")),
+            backed: inserted.get("backing_file_depth").and_then(Value::as_u64).unwrap_or(0) > 0
+                || image.and_then(|i| i.get("backing-image")).is_some(),
             bitmaps: inserted.get("dirty-bitmaps").and_then(Value::as_array).cloned().unwrap_or_default(),
         });
     }
@@ -243,8 +247,8 @@ fn remove_leftovers(qmp: &mut Qmp, notes: &mut Vec<String>) -> std::io::Result<(
 
 /// Wait until every job of `ids` has concluded; with `strict`, a job that
 /// failed is an error. Once `cancel` is cancelled, stop waiting (the
-/// caller's cleanup cancels the jobs).
-fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&CancelToken>) -> std::io::Result<()> {
+/// caller's cleanup cancels the jobs). Gives the bytes the jobs copied.
+fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&CancelToken>) -> std::io::Result<u64> {
     // Cancelled jobs conclude at once; cleanup does not wait forever for them.
     let deadline = (!strict).then(|| Instant::now() + Duration::from_secs(60));
     loop {
@@ -256,6 +260,7 @@ fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&C
         }
         let jobs = qmp.execute("query-jobs", json!({})).map_err(qmp_err("query-jobs"))?;
         let mut pending = false;
+        let mut copied = 0;
         for id in ids {
             let job = jobs.as_array().into_iter().flatten().find(|j| j.get("id").and_then(Value::as_str) == Some(id));
             let Some(job) = job else {
@@ -270,12 +275,13 @@ fn wait_concluded(qmp: &mut Qmp, ids: &[String], strict: bool, cancel: Option<&C
                     if let (true, Some(error)) = (strict, job.get("error").and_then(Value::as_str)) {
                         return Err(std::io::Error::other(format!("QEMU's copy {id} failed: {error}")));
                     }
+                    copied += job.get("total-progress").and_then(Value::as_u64).unwrap_or(0);
                 }
                 _ => pending = true,
             }
         }
         if !pending {
-            return Ok(());
+            return Ok(copied);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -568,9 +574,10 @@ fn capture(
         entries.push(SourceEntry { path: disk.entry.clone(), mode: 0o600, data: EntryData::Image(Arc::new(image)) });
     }
     notes.push(format!(
-        "point in time of {} disk(s) taken; QEMU copied what it needed in {:.1} s",
+        "point in time of {} disk(s) taken; QEMU copied {} in {:.1} s",
         entries.len(),
-        point.as_secs_f64()
+        mib(point.bytes),
+        point.took.as_secs_f64()
     ));
     let vm = json!({"name": name, "uuid": uuid, "disks": layout});
     let vm = serde_json::to_vec_pretty(&vm).map_err(std::io::Error::other)?;
@@ -659,7 +666,7 @@ fn copy_disks<'d>(
     plans: Vec<Copy>,
     run: &str,
     private: &std::path::Path,
-) -> std::io::Result<(Vec<Copied<'d>>, Duration)> {
+) -> std::io::Result<(Vec<Copied<'d>>, CopyTook)> {
     let mut made = Made { qmp, jobs: Vec::new(), nodes: Vec::new(), bitmaps: Vec::new(), keep_bitmaps: false };
     let mut actions = Vec::new();
     let mut copies = Vec::new();
@@ -722,7 +729,11 @@ fn copy_disks<'d>(
                                 "auto-finalize": true, "speed": config.speed,
                                 "x-perf": {"max-workers": config.copy_workers}});
         match &copy {
-            Copy::Full { .. } => backup["sync"] = json!("full"),
+            // `top` skips what the image never allocated (zeros anyway
+            // without a backing file): QEMU copies the data only, and a
+            // `speed` limit counts data, not the disk's size. A disk with a
+            // backing file needs `full`, its chain's data.
+            Copy::Full { .. } => backup["sync"] = json!(if disk.backed { "full" } else { "top" }),
             Copy::Changed { bitmap, .. } => {
                 backup["sync"] = json!("bitmap");
                 backup["bitmap"] = json!(bitmap);
@@ -740,7 +751,7 @@ fn copy_disks<'d>(
     thaw(config, qga, notes);
     taken.map_err(qmp_err("the point-in-time transaction"))?;
     let point = Instant::now();
-    wait_concluded(made.qmp, &made.jobs, true, Some(cancel))?;
+    let copied = wait_concluded(made.qmp, &made.jobs, true, Some(cancel))?;
     // The copies are read only once QEMU has closed them (flushing what
     // it kept of them in memory): a node that does not go is an error.
     for id in std::mem::take(&mut made.jobs) {
@@ -752,7 +763,13 @@ fn copy_disks<'d>(
     made.keep_bitmaps = true;
     drop(made);
 
-    Ok((copies, point.elapsed()))
+    Ok((copies, CopyTook { bytes: copied, took: point.elapsed() }))
+}
+
+/// What QEMU's copies took after the point in time.
+struct CopyTook {
+    bytes: u64,
+    took: Duration,
 }
 
 pub struct Qemu;
@@ -785,7 +802,11 @@ impl Packager for Qemu {
                 "Copy directory",
                 "where QEMU writes the point-in-time copies (default /tmp); a backup they cannot fit into is refused",
             ),
-            ConfigField::text("speed", "Copy speed", "bytes per second QEMU may copy, e.g. 100m (default: no limit)"),
+            ConfigField::text(
+                "speed",
+                "Copy speed",
+                "bytes of data per second QEMU may copy, e.g. 100m (default: no limit)",
+            ),
             ConfigField::text(
                 "copy_workers",
                 "Copy requests",

@@ -27,7 +27,7 @@ With --source KIND:TARGET, a packager produces what is backed up (options with -
                    disks); incrementals copy only what QEMU's dirty bitmaps marked since the parent.
                    Options: agent=SOCKET (qemu-guest-agent: file systems frozen for the point in
                    time, thawed at once), agent_timeout=10, temp_dir=DIR (where QEMU writes the
-                   point-in-time copies), speed=100m (bytes/s QEMU may copy), chunk_size=8k.
+                   point-in-time copies), speed=100m (bytes of data/s QEMU may copy), chunk_size=8k.
   command:'CMD'    the standard output of `sh -c CMD` (etcdctl, vzdump, ...). Options:
                    filename=NAME.
   postgres://USER@HOST:PORT/DB   pg_dump -Fc of DB; without /DB every database and the globals
