@@ -321,6 +321,16 @@ fn a_killed_qemu_or_worker_costs_a_full_read_and_leaves_nothing_behind() {
     assert_eq!(code(&out), 1, "{}", output_text(&out));
     assert!(output_text(&out).contains("another backup of the VM"), "{}", output_text(&out));
     assert_eq!(vm.backstop_jobs().len(), 1);
+    // The copy is never flushed to the disk: it is read once and unlinked.
+    let nodes = vm.qmp().execute("query-named-block-nodes", json!({"flat": true})).unwrap();
+    let copy_nodes: Vec<&Value> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["node-name"].as_str().is_some_and(|n| n.starts_with("backstop-")))
+        .collect();
+    let no_flush = copy_nodes.iter().all(|n| n["cache"]["no-flush"] == true);
+    assert!(!copy_nodes.is_empty() && no_flush, "{copy_nodes:?}");
     // SAFETY: a signal to our own child, which has not been waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let signalled = Instant::now();

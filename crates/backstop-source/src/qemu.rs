@@ -716,7 +716,10 @@ fn copy_disks<'d>(
         let job = format!("{PREFIX}{run}-j{i}");
         let added = made.qmp.execute(
             "blockdev-add",
-            json!({"driver": "qcow2", "node-name": node, "discard": "ignore",
+            // `no-flush`: the copy is read once and unlinked, so closing it
+            // need not write it to the disk first (a full copy is the
+            // whole disk's data).
+            json!({"driver": "qcow2", "node-name": node, "discard": "ignore", "cache": {"no-flush": true},
                    "file": {"driver": "file", "filename": temp.to_string_lossy()}}),
         );
         let _ = std::fs::remove_file(&temp);
