@@ -655,7 +655,7 @@ type Copied<'d> = (&'d Disk, Copy, File, String);
 
 /// Take the point in time of `disks` and let QEMU copy them, each as its
 /// plan says, into files in `private` (see the module's documentation);
-/// how long the copy took.
+/// what the copy took: bytes and time.
 #[allow(clippy::too_many_arguments)]
 fn copy_disks<'d>(
     config: &QemuConfig,
